@@ -1,0 +1,224 @@
+//! A model bound to a catalog: every index re-keyed by catalog item index, item features laid out densely, and the
+//! lists the lower fallback rungs serve from (category top sellers, the generic merchandising list).
+//!
+//! Binding happens once per (model, catalog) pair, off the decision path; a decision then only reads.
+
+use std::sync::Arc;
+
+use aisle_domain::bundle::BundleMeta;
+use aisle_domain::catalog::{BrandIdx, Catalog, CategoryIdx, ItemIdx};
+
+use crate::csr::Csr;
+use crate::features::N_FEATURES;
+use crate::model::{GeneratorParams, Model, ModelHeader};
+
+/// Dense per-item inputs of features (16 bytes per catalog item).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ItemInfo {
+    /// Log popularity, normalised to [0, 1].
+    pub popularity: f32,
+    /// Log recent popularity, normalised to [0, 1].
+    pub trending: f32,
+    /// Category.
+    pub category: CategoryIdx,
+    /// Brand.
+    pub brand: BrandIdx,
+    /// Natural log of the price in cents; NaN when unknown.
+    pub log_price: f32,
+}
+
+/// Top sellers kept per category (for retrieval and the RULES rung).
+const CATEGORY_TOP: usize = 100;
+/// Length of the generic merchandising list.
+const GENERIC_LEN: usize = 300;
+
+/// A model bound to a catalog, ready to rank.
+#[derive(Debug)]
+pub struct ServedModel {
+    /// Bundle identity (version, hash, source).
+    pub meta: BundleMeta,
+    /// The model's header (feature schema, training fingerprint, metrics).
+    pub header: ModelHeader,
+    /// The catalog it is bound to.
+    pub catalog: Arc<Catalog>,
+    /// Per catalog item.
+    pub items: Vec<ItemInfo>,
+    /// Association rules, catalog indices.
+    pub ar: Csr,
+    /// Sequential rules, catalog indices.
+    pub sr: Csr,
+    /// Session → items (catalog indices); sessions in time order.
+    pub sessions: Csr,
+    /// Catalog item → sessions, most recent first.
+    pub item_sessions: Csr,
+    /// Items by popularity, most popular first (at most 1,000).
+    pub popular: Vec<ItemIdx>,
+    /// Items by recent popularity, most trending first (at most 1,000).
+    pub trending: Vec<ItemIdx>,
+    /// Top sellers per category.
+    pub category_top: Vec<Vec<ItemIdx>>,
+    /// The generic merchandising list: top sellers, alternating over categories.
+    pub generic: Vec<ItemIdx>,
+    /// Generator settings.
+    pub params: GeneratorParams,
+    /// Ranker weights folded over standardisation.
+    pub weights: [f32; N_FEATURES],
+    /// Ranker bias.
+    pub bias: f32,
+    /// Model items the catalog does not know (ignored).
+    pub unmatched_items: usize,
+}
+
+fn log_norm(values: &[f32]) -> Vec<f32> {
+    let max = values.iter().copied().fold(0.0f32, f32::max);
+    let denom = (1.0 + max).ln();
+    values
+        .iter()
+        .map(|v| if denom > 0.0 { (1.0 + v.max(0.0)).ln() / denom } else { 0.0 })
+        .collect()
+}
+
+fn remap(csr: &Csr, rows: usize, row_of: impl Fn(usize) -> Option<usize>, target: impl Fn(u32) -> Option<u32>) -> Csr {
+    // Invert row_of: for each new row, which old row feeds it.
+    let mut source: Vec<Option<usize>> = vec![None; rows];
+    for old in 0..csr.rows() {
+        if let Some(new) = row_of(old) {
+            source[new] = Some(old);
+        }
+    }
+    Csr::from_rows(source.into_iter().map(|old| {
+        old.map(|o| {
+            csr.pairs(o)
+                .filter_map(|(t, w)| target(t).map(|t| (t, w)))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+    }))
+}
+
+fn ranked_by(values: &[f32], items: impl Iterator<Item = ItemIdx>, keep: usize) -> Vec<ItemIdx> {
+    let mut v: Vec<ItemIdx> = items.collect();
+    v.sort_by(|&a, &b| values[b as usize].total_cmp(&values[a as usize]).then(a.cmp(&b)));
+    v.truncate(keep);
+    v
+}
+
+impl ServedModel {
+    /// Binds `model` to `catalog`.
+    pub fn bind(model: &Model, catalog: Arc<Catalog>, source: &str) -> Self {
+        let data = &model.data;
+        let to_catalog: Vec<Option<ItemIdx>> = data.items.iter().map(|id| catalog.lookup(id)).collect();
+        let unmatched_items = to_catalog.iter().filter(|m| m.is_none()).count();
+        let n = catalog.len();
+        let mut popularity = vec![0.0f32; n];
+        let mut trending = vec![0.0f32; n];
+        for (local, cat_idx) in to_catalog.iter().enumerate() {
+            if let Some(c) = cat_idx {
+                popularity[*c as usize] = data.popularity[local];
+                trending[*c as usize] = data.trending[local];
+            }
+        }
+        let pop_feature = log_norm(&popularity);
+        let trend_feature = log_norm(&trending);
+        let items: Vec<ItemInfo> = catalog
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| ItemInfo {
+                popularity: pop_feature[i],
+                trending: trend_feature[i],
+                category: it.category,
+                brand: it.brand,
+                log_price: if it.price_cents > 0 {
+                    (it.price_cents as f32).ln()
+                } else {
+                    f32::NAN
+                },
+            })
+            .collect();
+        let map_target = |t: u32| to_catalog[t as usize];
+        let map_row = |r: usize| to_catalog[r].map(|c| c as usize);
+        let ar = remap(&data.ar, n, map_row, map_target);
+        let sr = remap(&data.sr, n, map_row, map_target);
+        let sessions = Csr::from_rows((0..data.sessions.rows()).map(|s| {
+            data.sessions
+                .pairs(s)
+                .filter_map(|(t, w)| map_target(t).map(|t| (t, w)))
+                .collect::<Vec<_>>()
+        }));
+        let item_sessions = remap(&data.item_sessions, n, map_row, Some);
+
+        let all = 0..n as ItemIdx;
+        let popular = ranked_by(&popularity, all.clone().filter(|&i| popularity[i as usize] > 0.0), 1_000);
+        let trending_list = ranked_by(&trending, all.filter(|&i| trending[i as usize] > 0.0), 1_000);
+        let category_top: Vec<Vec<ItemIdx>> = (0..catalog.categories.len())
+            .map(|c| ranked_by(&popularity, catalog.items_in_category(c as CategoryIdx).iter().copied(), CATEGORY_TOP))
+            .collect();
+        let generic = generic_list(&catalog, &popularity, &category_top);
+        let (w, bias) = model.data.ranker.folded();
+        let mut weights = [0.0f32; N_FEATURES];
+        weights.copy_from_slice(&w);
+        Self {
+            meta: model.meta(source),
+            header: model.header.clone(),
+            catalog,
+            items,
+            ar,
+            sr,
+            sessions,
+            item_sessions,
+            popular,
+            trending: trending_list,
+            category_top,
+            generic,
+            params: data.params,
+            weights,
+            bias,
+            unmatched_items,
+        }
+    }
+
+    /// The model's version label.
+    pub fn version(&self) -> &str {
+        &self.meta.version
+    }
+
+    /// The ranker's score of a feature vector.
+    #[inline]
+    pub fn score(&self, f: &[f32; N_FEATURES]) -> f32 {
+        let mut s = self.bias;
+        for k in 0..N_FEATURES {
+            s += self.weights[k] * f[k];
+        }
+        s
+    }
+
+    /// Approximate heap bytes held by the bound indexes.
+    pub fn heap_bytes(&self) -> usize {
+        self.items.capacity() * std::mem::size_of::<ItemInfo>()
+            + self.ar.heap_bytes()
+            + self.sr.heap_bytes()
+            + self.sessions.heap_bytes()
+            + self.item_sessions.heap_bytes()
+    }
+}
+
+/// Top sellers, taking categories in turn (strongest category first), so the list is varied.
+fn generic_list(catalog: &Catalog, popularity: &[f32], category_top: &[Vec<ItemIdx>]) -> Vec<ItemIdx> {
+    let mut order: Vec<usize> = (0..category_top.len()).collect();
+    let strength = |c: usize| -> f32 { category_top[c].iter().map(|&i| popularity[i as usize]).sum() };
+    order.sort_by(|&a, &b| strength(b).total_cmp(&strength(a)).then(a.cmp(&b)));
+    let mut out = Vec::with_capacity(GENERIC_LEN);
+    let deepest = category_top.iter().map(Vec::len).max().unwrap_or(0);
+    'fill: for depth in 0..deepest {
+        for &c in &order {
+            if let Some(&item) = category_top[c].get(depth) {
+                out.push(item);
+                if out.len() >= GENERIC_LEN.min(catalog.len()) {
+                    break 'fill;
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,816 @@
+//! `SessionContext`: everything Aisle holds about one active shopper, and how events change it. Pure logic: no
+//! actor, no clock, no I/O — time comes from the events themselves, so replaying the same events always gives the
+//! same context (the trainer relies on this to build exactly the views the node builds).
+
+use std::collections::VecDeque;
+
+use aisle_domain::TimestampMs;
+use aisle_domain::catalog::{BrandIdx, Catalog, CategoryIdx, ItemIdx};
+use aisle_domain::event::{EventKind, ItemRef, ShopperEvent};
+use aisle_domain::session::{SessionView, ViewedItem};
+use serde::{Deserialize, Serialize};
+
+/// Bounds on what one session may hold. Every collection in a session is capped, so a session's memory is
+/// bounded whatever a client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionLimits {
+    /// Item interactions kept (a ring: the oldest goes first).
+    pub history: usize,
+    /// Search queries kept.
+    pub searches: usize,
+    /// Purchased items kept (never recommended again while kept).
+    pub purchased: usize,
+    /// Distinct cart lines kept.
+    pub cart_lines: usize,
+    /// Category and brand affinities kept (each).
+    pub affinities: usize,
+    /// Half-life of category and brand affinities, in event time.
+    pub affinity_half_life_ms: i64,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            history: 64,
+            searches: 8,
+            purchased: 32,
+            cart_lines: 32,
+            affinities: 12,
+            affinity_half_life_ms: 30 * 60 * 1000,
+        }
+    }
+}
+
+/// When session activity becomes a suggestion for store associates.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AssistRules {
+    /// An in-store shopper whose cart reaches this value (cents) is worth assisting.
+    pub cart_value_threshold_cents: i64,
+    /// This many views or scans in one category within `linger_window_ms` is lingering.
+    pub linger_events: u32,
+    /// Window for lingering.
+    pub linger_window_ms: i64,
+    /// At most one lingering suggestion per shopper and category in this time.
+    pub linger_cooldown_ms: i64,
+    /// An item added to a cart with this stock or less needs replenishing.
+    pub low_stock_threshold: u32,
+    /// Consent assumed for shoppers whose events never stated it (suggestions about a shopper need consent).
+    pub default_consent: bool,
+}
+
+impl Default for AssistRules {
+    fn default() -> Self {
+        Self {
+            cart_value_threshold_cents: 15_000,
+            linger_events: 4,
+            linger_window_ms: 10 * 60 * 1000,
+            linger_cooldown_ms: 15 * 60 * 1000,
+            low_stock_threshold: 3,
+            default_consent: false,
+        }
+    }
+}
+
+/// Something in the session that store associates should hear about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AssistSignal {
+    /// The in-store shopper's cart passed the value threshold.
+    HighIntentCart {
+        /// The store.
+        store_id: Box<str>,
+        /// Last aisle seen, if any.
+        aisle: Option<Box<str>>,
+        /// Cart value in cents.
+        cart_value_cents: i64,
+        /// The cart's items.
+        cart: Vec<ItemIdx>,
+    },
+    /// The in-store shopper keeps looking at one category.
+    Lingering {
+        /// The store.
+        store_id: Box<str>,
+        /// Last aisle seen, if any.
+        aisle: Option<Box<str>>,
+        /// The category.
+        category: CategoryIdx,
+        /// Items of the category the shopper looked at, most recent last.
+        seen: Vec<ItemIdx>,
+    },
+    /// A low-stock item went into a cart.
+    Replenish {
+        /// The store.
+        store_id: Box<str>,
+        /// The item.
+        item: ItemIdx,
+        /// Its stock.
+        stock: u32,
+    },
+}
+
+/// One remembered item interaction: 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Interaction {
+    /// Catalog index, or `UNKNOWN_ITEM`.
+    item: u32,
+    kind: EventKind,
+    ts_ms: TimestampMs,
+}
+
+const UNKNOWN_ITEM: u32 = u32::MAX;
+
+/// A decayed score per key (category or brand), capped in size.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Affinities<K> {
+    /// (key, score as of `ts_ms`, `ts_ms`)
+    entries: Vec<(K, f32, TimestampMs)>,
+}
+
+impl<K: Copy + PartialEq> Affinities<K> {
+    fn decay(score: f32, from: TimestampMs, to: TimestampMs, half_life_ms: i64) -> f32 {
+        let dt = (to - from).max(0) as f32;
+        score * (-(dt / half_life_ms as f32) * std::f32::consts::LN_2).exp()
+    }
+
+    fn add(&mut self, key: K, weight: f32, ts: TimestampMs, limits: &SessionLimits) {
+        let hl = limits.affinity_half_life_ms;
+        if let Some(e) = self.entries.iter_mut().find(|e| e.0 == key) {
+            e.1 = Self::decay(e.1, e.2, ts, hl) + weight;
+            e.2 = e.2.max(ts);
+            return;
+        }
+        if self.entries.len() >= limits.affinities {
+            // Evict the weakest, judged at the same moment.
+            let weakest = self
+                .entries
+                .iter()
+                .enumerate()
+                .min_by(|a, b| {
+                    Self::decay(a.1.1, a.1.2, ts, hl).total_cmp(&Self::decay(b.1.1, b.1.2, ts, hl))
+                })
+                .map(|(i, _)| i);
+            if let Some(i) = weakest {
+                self.entries.swap_remove(i);
+            }
+        }
+        self.entries.push((key, weight, ts));
+    }
+
+    /// Scores decayed to `now`, normalised to sum 1, strongest first.
+    fn normalised(&self, now: TimestampMs, half_life_ms: i64) -> Vec<(K, f32)> {
+        let mut out: Vec<(K, f32)> = self
+            .entries
+            .iter()
+            .map(|&(k, s, t)| (k, Self::decay(s, t, now, half_life_ms)))
+            .collect();
+        let total: f32 = out.iter().map(|e| e.1).sum();
+        if total > 0.0 {
+            for e in &mut out {
+                e.1 /= total;
+            }
+        }
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct CartLine {
+    item: ItemIdx,
+    quantity: u32,
+    unit_price_cents: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Location {
+    store_id: Option<Box<str>>,
+    aisle: Option<Box<str>>,
+}
+
+/// Running mean and variance of log prices (Welford).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct LogPrice {
+    n: u32,
+    mean: f32,
+    m2: f32,
+}
+
+impl LogPrice {
+    fn add(&mut self, price_cents: i64) {
+        if price_cents <= 0 {
+            return;
+        }
+        let x = (price_cents as f32).ln();
+        self.n += 1;
+        let delta = x - self.mean;
+        self.mean += delta / self.n as f32;
+        self.m2 += delta * (x - self.mean);
+    }
+
+    fn summary(&self) -> Option<(f32, f32)> {
+        (self.n > 0).then(|| {
+            let var = if self.n > 1 {
+                self.m2 / (self.n - 1) as f32
+            } else {
+                0.0
+            };
+            (self.mean, var.sqrt())
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct AssistState {
+    /// Whether the high-intent-cart suggestion was made and the cart is still above the threshold.
+    cart_alert_active: bool,
+    /// (category, views in the current run, when the run started)
+    linger: Option<(CategoryIdx, u32, TimestampMs)>,
+    /// (category, when) of the last lingering suggestion.
+    last_linger_alert: Option<(CategoryIdx, TimestampMs)>,
+}
+
+/// Everything held about one shopper. Every collection is bounded by [`SessionLimits`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionContext {
+    history: VecDeque<Interaction>,
+    categories: Affinities<CategoryIdx>,
+    brands: Affinities<BrandIdx>,
+    cart: Vec<CartLine>,
+    purchased: VecDeque<ItemIdx>,
+    searches: VecDeque<Box<str>>,
+    location: Location,
+    consent: Option<bool>,
+    log_price: LogPrice,
+    last_event_ms: TimestampMs,
+    events_applied: u64,
+    assist: AssistState,
+}
+
+impl SessionContext {
+    /// An empty session.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of events applied since the session started.
+    pub fn events_applied(&self) -> u64 {
+        self.events_applied
+    }
+
+    /// The consent the shopper's events stated, if any.
+    pub fn consent(&self) -> Option<bool> {
+        self.consent
+    }
+
+    /// The store the shopper is in, if known.
+    pub fn store_id(&self) -> Option<&str> {
+        self.location.store_id.as_deref()
+    }
+
+    /// Applies one event and returns what associates should hear about because of it.
+    pub fn apply(
+        &mut self,
+        event: &ShopperEvent,
+        catalog: &Catalog,
+        limits: &SessionLimits,
+        assist: &AssistRules,
+    ) -> Vec<AssistSignal> {
+        self.events_applied += 1;
+        self.last_event_ms = self.last_event_ms.max(event.ts_ms);
+        if let Some(consent) = event.consent {
+            self.consent = Some(consent);
+        }
+        if let Some(store) = &event.store_id
+            && event.kind != EventKind::StoreExit
+            && self.location.store_id.as_deref() != Some(store)
+        {
+            self.location = Location {
+                store_id: Some(store.clone()),
+                aisle: None,
+            };
+        }
+        let mut signals = Vec::new();
+        let known = event
+            .item
+            .and_then(ItemRef::known)
+            .filter(|&i| (i as usize) < catalog.len());
+        if let Some(item) = event.item {
+            let interaction = Interaction {
+                item: item.known().unwrap_or(UNKNOWN_ITEM),
+                kind: event.kind,
+                ts_ms: event.ts_ms,
+            };
+            if self.history.len() >= limits.history {
+                self.history.pop_front();
+            }
+            self.history.push_back(interaction);
+        }
+        if let Some(idx) = known {
+            let item = catalog.item(idx);
+            let weight = event.kind.interest_weight();
+            if weight > 0.0 {
+                self.categories
+                    .add(item.category, weight, event.ts_ms, limits);
+                self.brands.add(item.brand, weight, event.ts_ms, limits);
+                self.log_price.add(item.price_cents);
+            }
+        }
+        match event.kind {
+            EventKind::Search => {
+                if let Some(q) = &event.query {
+                    if self.searches.len() >= limits.searches {
+                        self.searches.pop_front();
+                    }
+                    self.searches.push_back(q.clone());
+                }
+            }
+            EventKind::AddToCart => {
+                if let Some(idx) = known {
+                    let price = if event.price_cents > 0 {
+                        event.price_cents
+                    } else {
+                        catalog.item(idx).price_cents
+                    };
+                    self.add_to_cart(idx, event.quantity.max(1), price, limits);
+                    let stock = catalog.item(idx).stock;
+                    if stock <= assist.low_stock_threshold
+                        && let Some(store) = &self.location.store_id
+                    {
+                        signals.push(AssistSignal::Replenish {
+                            store_id: store.clone(),
+                            item: idx,
+                            stock,
+                        });
+                    }
+                }
+            }
+            EventKind::RemoveFromCart => {
+                if let Some(idx) = known {
+                    self.remove_from_cart(idx, event.quantity.max(1));
+                }
+            }
+            EventKind::Purchase => {
+                if let Some(idx) = known {
+                    self.cart.retain(|l| l.item != idx);
+                    if !self.purchased.contains(&idx) {
+                        if self.purchased.len() >= limits.purchased {
+                            self.purchased.pop_front();
+                        }
+                        self.purchased.push_back(idx);
+                    }
+                }
+            }
+            EventKind::StoreEnter => {}
+            EventKind::StoreExit => {
+                self.location = Location::default();
+                self.assist.linger = None;
+            }
+            EventKind::AisleScan => {
+                if let Some(aisle) = &event.aisle {
+                    self.location.aisle = Some(aisle.clone());
+                }
+            }
+            EventKind::View => {}
+        }
+        let consented = self.consent.unwrap_or(assist.default_consent);
+        if consented && self.location.store_id.is_some() {
+            self.check_cart(catalog, assist, &mut signals);
+            if matches!(event.kind, EventKind::View | EventKind::AisleScan)
+                && let Some(idx) = known
+            {
+                self.check_linger(catalog, idx, event.ts_ms, assist, &mut signals);
+            }
+        }
+        signals
+    }
+
+    fn add_to_cart(
+        &mut self,
+        item: ItemIdx,
+        quantity: u32,
+        unit_price_cents: i64,
+        limits: &SessionLimits,
+    ) {
+        if let Some(line) = self.cart.iter_mut().find(|l| l.item == item) {
+            line.quantity = line.quantity.saturating_add(quantity);
+            line.unit_price_cents = unit_price_cents;
+            return;
+        }
+        if self.cart.len() >= limits.cart_lines {
+            // The oldest line goes; a cart this long is almost certainly a bot or a bulk order.
+            self.cart.remove(0);
+        }
+        self.cart.push(CartLine {
+            item,
+            quantity,
+            unit_price_cents,
+        });
+    }
+
+    fn remove_from_cart(&mut self, item: ItemIdx, quantity: u32) {
+        if let Some(pos) = self.cart.iter().position(|l| l.item == item) {
+            let line = &mut self.cart[pos];
+            line.quantity = line.quantity.saturating_sub(quantity);
+            if line.quantity == 0 {
+                self.cart.remove(pos);
+            }
+        }
+    }
+
+    /// Value of the cart in cents.
+    pub fn cart_value_cents(&self) -> i64 {
+        self.cart
+            .iter()
+            .map(|l| l.unit_price_cents.saturating_mul(l.quantity as i64))
+            .sum()
+    }
+
+    fn check_cart(
+        &mut self,
+        _catalog: &Catalog,
+        assist: &AssistRules,
+        signals: &mut Vec<AssistSignal>,
+    ) {
+        let value = self.cart_value_cents();
+        if value >= assist.cart_value_threshold_cents {
+            if !self.assist.cart_alert_active {
+                self.assist.cart_alert_active = true;
+                signals.push(AssistSignal::HighIntentCart {
+                    store_id: self.location.store_id.clone().unwrap_or_default(),
+                    aisle: self.location.aisle.clone(),
+                    cart_value_cents: value,
+                    cart: self.cart.iter().map(|l| l.item).collect(),
+                });
+            }
+        } else {
+            self.assist.cart_alert_active = false;
+        }
+    }
+
+    fn check_linger(
+        &mut self,
+        catalog: &Catalog,
+        item: ItemIdx,
+        ts: TimestampMs,
+        assist: &AssistRules,
+        signals: &mut Vec<AssistSignal>,
+    ) {
+        let category = catalog.item(item).category;
+        let run = match self.assist.linger {
+            Some((c, n, start)) if c == category && ts - start <= assist.linger_window_ms => {
+                (c, n + 1, start)
+            }
+            _ => (category, 1, ts),
+        };
+        self.assist.linger = Some(run);
+        if run.1 < assist.linger_events {
+            return;
+        }
+        let cooled = match self.assist.last_linger_alert {
+            Some((c, at)) => c != category || ts - at >= assist.linger_cooldown_ms,
+            None => true,
+        };
+        if cooled {
+            self.assist.last_linger_alert = Some((category, ts));
+            let seen = self
+                .history
+                .iter()
+                .filter(|i| i.item != UNKNOWN_ITEM && catalog.item(i.item).category == category)
+                .map(|i| i.item)
+                .collect();
+            signals.push(AssistSignal::Lingering {
+                store_id: self.location.store_id.clone().unwrap_or_default(),
+                aisle: self.location.aisle.clone(),
+                category,
+                seen,
+            });
+        }
+    }
+
+    /// The session as ranking sees it.
+    pub fn view(&self, limits: &SessionLimits) -> SessionView {
+        let hl = limits.affinity_half_life_ms;
+        SessionView {
+            items: self
+                .history
+                .iter()
+                .map(|i| ViewedItem {
+                    item: if i.item == UNKNOWN_ITEM {
+                        ItemRef::Unknown
+                    } else {
+                        ItemRef::Known(i.item)
+                    },
+                    kind: i.kind,
+                    ts_ms: i.ts_ms,
+                })
+                .collect(),
+            category_affinity: self.categories.normalised(self.last_event_ms, hl),
+            brand_affinity: self.brands.normalised(self.last_event_ms, hl),
+            cart: self.cart.iter().map(|l| l.item).collect(),
+            purchased: self.purchased.iter().copied().collect(),
+            searches: self.searches.iter().cloned().collect(),
+            log_price: self.log_price.summary(),
+            last_event_ms: self.last_event_ms,
+        }
+    }
+
+    /// Re-maps every item reference through `map` (old catalog index → new index, `None` when the item left the
+    /// catalog). Used when a session moves between nodes or catalogs.
+    pub fn remap_items(&mut self, map: impl Fn(ItemIdx) -> Option<ItemIdx>) {
+        for i in &mut self.history {
+            if i.item != UNKNOWN_ITEM {
+                i.item = map(i.item).unwrap_or(UNKNOWN_ITEM);
+            }
+        }
+        self.cart.retain_mut(|l| match map(l.item) {
+            Some(new) => {
+                l.item = new;
+                true
+            }
+            None => false,
+        });
+        self.purchased = self.purchased.iter().filter_map(|&i| map(i)).collect();
+    }
+
+    /// Every catalog item the session refers to (for re-mapping across catalogs).
+    pub fn referenced_items(&self) -> Vec<ItemIdx> {
+        let mut out: Vec<ItemIdx> = self
+            .history
+            .iter()
+            .map(|i| i.item)
+            .filter(|&i| i != UNKNOWN_ITEM)
+            .chain(self.cart.iter().map(|l| l.item))
+            .chain(self.purchased.iter().copied())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Approximate heap bytes held (for the memory budget).
+    pub fn heap_bytes(&self) -> usize {
+        self.history.capacity() * std::mem::size_of::<Interaction>()
+            + self.categories.entries.capacity()
+                * std::mem::size_of::<(CategoryIdx, f32, TimestampMs)>()
+            + self.brands.entries.capacity() * std::mem::size_of::<(BrandIdx, f32, TimestampMs)>()
+            + self.cart.capacity() * std::mem::size_of::<CartLine>()
+            + self.purchased.capacity() * std::mem::size_of::<ItemIdx>()
+            + self
+                .searches
+                .iter()
+                .map(|s| s.len() + std::mem::size_of::<Box<str>>())
+                .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aisle_domain::demo::DemoWorld;
+    use std::sync::OnceLock;
+
+    fn catalog() -> &'static Catalog {
+        static C: OnceLock<Catalog> = OnceLock::new();
+        C.get_or_init(|| DemoWorld::generate(1, 1_700_000_000_000, 10).load_catalog())
+    }
+
+    fn ev(kind: EventKind, item: Option<ItemIdx>, ts: i64) -> ShopperEvent {
+        ShopperEvent {
+            kind,
+            item: item.map(ItemRef::Known),
+            query: None,
+            quantity: 1,
+            price_cents: 0,
+            store_id: None,
+            aisle: None,
+            ts_ms: ts,
+            received_at_us: 0,
+            consent: None,
+        }
+    }
+
+    fn apply(s: &mut SessionContext, e: ShopperEvent) -> Vec<AssistSignal> {
+        s.apply(
+            &e,
+            catalog(),
+            &SessionLimits::default(),
+            &AssistRules::default(),
+        )
+    }
+
+    #[test]
+    fn views_build_category_affinity() {
+        let c = catalog();
+        let mut s = SessionContext::new();
+        let wine = c.items_in_category(10);
+        for (k, &item) in wine.iter().take(5).enumerate() {
+            apply(&mut s, ev(EventKind::View, Some(item), 1_000 + k as i64));
+        }
+        apply(
+            &mut s,
+            ev(EventKind::View, Some(c.items_in_category(3)[0]), 2_000),
+        );
+        let v = s.view(&SessionLimits::default());
+        assert_eq!(v.category_affinity[0].0, 10);
+        assert!((v.category_affinity.iter().map(|a| a.1).sum::<f32>() - 1.0).abs() < 1e-4);
+        assert!(v.category_affinity[0].1 > 0.8);
+        assert_eq!(v.items.len(), 6);
+        assert!(v.log_price.is_some());
+    }
+
+    #[test]
+    fn affinity_decays_with_event_time() {
+        let c = catalog();
+        let limits = SessionLimits::default();
+        let mut s = SessionContext::new();
+        let a = c.items_in_category(1)[0];
+        let b = c.items_in_category(2)[0];
+        apply(&mut s, ev(EventKind::View, Some(a), 0));
+        apply(&mut s, ev(EventKind::View, Some(a), 0));
+        // Two half-lives later, one view of b outweighs two old views of a (2 * 0.25 < 1).
+        apply(
+            &mut s,
+            ev(EventKind::View, Some(b), 2 * limits.affinity_half_life_ms),
+        );
+        let v = s.view(&limits);
+        assert_eq!(v.category_affinity[0].0, 2);
+        assert!(
+            (v.category_affinity[0].1 - 1.0 / 1.5).abs() < 1e-3,
+            "{:?}",
+            v.category_affinity
+        );
+    }
+
+    #[test]
+    fn every_collection_is_bounded() {
+        let c = catalog();
+        let limits = SessionLimits::default();
+        let mut s = SessionContext::new();
+        for k in 0..5_000u32 {
+            let item = k % c.len() as u32;
+            let mut e = ev(EventKind::AddToCart, Some(item), k as i64);
+            if k % 3 == 0 {
+                e.kind = EventKind::Purchase;
+            }
+            apply(&mut s, e);
+            let mut q = ev(EventKind::Search, None, k as i64);
+            q.query = Some(format!("query {k}").into());
+            apply(&mut s, q);
+        }
+        let v = s.view(&limits);
+        assert_eq!(v.items.len(), limits.history);
+        assert!(v.cart.len() <= limits.cart_lines);
+        assert_eq!(v.purchased.len(), limits.purchased);
+        assert_eq!(v.searches.len(), limits.searches);
+        assert!(v.category_affinity.len() <= limits.affinities);
+        assert!(s.heap_bytes() < 4_096, "{}", s.heap_bytes());
+    }
+
+    #[test]
+    fn cart_and_purchases() {
+        let c = catalog();
+        let mut s = SessionContext::new();
+        let (a, b) = (c.items_in_category(0)[0], c.items_in_category(0)[1]);
+        apply(&mut s, ev(EventKind::AddToCart, Some(a), 1));
+        let mut two = ev(EventKind::AddToCart, Some(b), 2);
+        two.quantity = 2;
+        apply(&mut s, two);
+        assert_eq!(
+            s.cart_value_cents(),
+            c.item(a).price_cents + 2 * c.item(b).price_cents
+        );
+        apply(&mut s, ev(EventKind::RemoveFromCart, Some(b), 3));
+        assert_eq!(
+            s.cart_value_cents(),
+            c.item(a).price_cents + c.item(b).price_cents
+        );
+        apply(&mut s, ev(EventKind::Purchase, Some(a), 4));
+        let v = s.view(&SessionLimits::default());
+        assert_eq!(v.cart, vec![b]);
+        assert_eq!(v.purchased, vec![a]);
+    }
+
+    #[test]
+    fn unknown_items_keep_their_place_but_give_no_signal() {
+        let mut s = SessionContext::new();
+        let mut e = ev(EventKind::View, None, 5);
+        e.item = Some(ItemRef::Unknown);
+        apply(&mut s, e);
+        let v = s.view(&SessionLimits::default());
+        assert_eq!(v.items.len(), 1);
+        assert_eq!(v.items[0].item, ItemRef::Unknown);
+        assert!(v.category_affinity.is_empty());
+    }
+
+    fn in_store(kind: EventKind, item: Option<ItemIdx>, ts: i64) -> ShopperEvent {
+        let mut e = ev(kind, item, ts);
+        e.store_id = Some("store-7".into());
+        e.consent = Some(true);
+        e
+    }
+
+    #[test]
+    fn high_intent_cart_fires_once_per_crossing() {
+        let c = catalog();
+        let expensive = (0..c.len() as u32)
+            .find(|&i| c.item(i).price_cents >= 20_000 && c.item(i).stock > 10)
+            .unwrap();
+        let mut s = SessionContext::new();
+        apply(&mut s, in_store(EventKind::StoreEnter, None, 0));
+        let signals = apply(&mut s, in_store(EventKind::AddToCart, Some(expensive), 1));
+        assert!(
+            matches!(&signals[..], [AssistSignal::HighIntentCart { store_id, .. }] if &**store_id == "store-7"),
+            "{signals:?}"
+        );
+        // Still above the threshold: no repeat.
+        assert!(apply(&mut s, in_store(EventKind::View, Some(expensive), 2)).is_empty());
+        // Drops below, then crosses again: fires again.
+        apply(
+            &mut s,
+            in_store(EventKind::RemoveFromCart, Some(expensive), 3),
+        );
+        let again = apply(&mut s, in_store(EventKind::AddToCart, Some(expensive), 4));
+        assert!(
+            again
+                .iter()
+                .any(|s| matches!(s, AssistSignal::HighIntentCart { .. }))
+        );
+    }
+
+    #[test]
+    fn no_shopper_suggestions_without_consent_or_outside_a_store() {
+        let c = catalog();
+        let expensive = (0..c.len() as u32)
+            .find(|&i| c.item(i).price_cents >= 20_000 && c.item(i).stock > 10)
+            .unwrap();
+        let mut online = SessionContext::new();
+        let mut e = ev(EventKind::AddToCart, Some(expensive), 1);
+        e.consent = Some(true);
+        assert!(apply(&mut online, e).is_empty());
+        let mut refused = SessionContext::new();
+        let mut e = in_store(EventKind::AddToCart, Some(expensive), 1);
+        e.consent = Some(false);
+        assert!(apply(&mut refused, e).is_empty());
+    }
+
+    #[test]
+    fn lingering_in_one_category_fires_with_cooldown() {
+        let c = catalog();
+        let items = c.items_in_category(5);
+        let mut s = SessionContext::new();
+        let rules = AssistRules::default();
+        let mut fired = Vec::new();
+        for (k, &item) in items.iter().take(rules.linger_events as usize).enumerate() {
+            let mut e = in_store(EventKind::AisleScan, Some(item), k as i64 * 1_000);
+            e.aisle = Some("G06".into());
+            fired.extend(apply(&mut s, e));
+        }
+        assert!(
+            matches!(&fired[..], [AssistSignal::Lingering { category: 5, aisle: Some(a), seen, .. }] if &**a == "G06" && seen.len() == 4),
+            "{fired:?}"
+        );
+        // More scans within the cooldown: nothing new.
+        for (k, &item) in items.iter().take(4).enumerate() {
+            let again = in_store(EventKind::View, Some(item), 10_000 + k as i64);
+            assert!(apply(&mut s, again).is_empty());
+        }
+    }
+
+    #[test]
+    fn replenish_on_low_stock_add_to_cart_in_store() {
+        let c = catalog();
+        let low = (0..c.len() as u32)
+            .find(|&i| (1..=3).contains(&c.item(i).stock) && c.item(i).price_cents < 5_000)
+            .unwrap();
+        let mut s = SessionContext::new();
+        let mut e = in_store(EventKind::AddToCart, Some(low), 1);
+        // Replenishing is about the item, not the shopper: no consent needed.
+        e.consent = Some(false);
+        let signals = apply(&mut s, e);
+        assert!(
+            matches!(&signals[..], [AssistSignal::Replenish { item, .. }] if *item == low),
+            "{signals:?}"
+        );
+    }
+
+    #[test]
+    fn replay_is_deterministic() {
+        let c = catalog();
+        let run = || {
+            let mut s = SessionContext::new();
+            for k in 0..50u32 {
+                apply(
+                    &mut s,
+                    ev(
+                        EventKind::View,
+                        Some((k * 37) % c.len() as u32),
+                        k as i64 * 7_000,
+                    ),
+                );
+            }
+            s.view(&SessionLimits::default())
+        };
+        assert_eq!(run(), run());
+    }
+}

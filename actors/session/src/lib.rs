@@ -1,0 +1,435 @@
+//! The shopper session: what Aisle knows about what a shopper did seconds ago.
+//!
+//! - [`context`]: `SessionContext`, the pure, bounded state of one session and how events change it.
+//! - [`shard`]: the ractor actors that own sessions (one owner per shopper, ordered per shopper) and their
+//!   supervisor.
+//! - [`Sessions`]: the typed handle the node uses — routing by shopper, explicit call timeouts.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod context;
+pub mod shard;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aisle_domain::catalog::Catalog;
+use aisle_domain::event::ShopperEvent;
+use aisle_domain::hash::stable_hash;
+use aisle_domain::session::SessionView;
+use aisle_kit::pool::Pool;
+use ractor::ActorRef;
+use ractor::rpc::CallResult;
+
+pub use context::{AssistRules, AssistSignal, SessionContext, SessionLimits};
+pub use shard::{
+    Applied, SessionError, SessionMsg, SessionSettings, SessionShard, SessionTransfer, ShardStats,
+};
+
+/// The typed handle to the session actors. Cheap to clone.
+#[derive(Clone)]
+pub struct Sessions {
+    pool: Pool<SessionShard>,
+    /// Session count per shard, published by the shards.
+    counts: Arc<Vec<Arc<AtomicUsize>>>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("shards", &self.counts.len())
+            .finish()
+    }
+}
+
+fn outcome<T>(
+    result: Result<CallResult<T>, impl std::fmt::Debug>,
+    timeout: Duration,
+) -> Result<T, SessionError> {
+    match result {
+        Ok(CallResult::Success(v)) => Ok(v),
+        Ok(CallResult::Timeout) => Err(SessionError::Timeout(timeout)),
+        Ok(CallResult::SenderError) | Err(_) => Err(SessionError::Unavailable),
+    }
+}
+
+impl Sessions {
+    /// Starts `shards` session shards under a supervisor.
+    ///
+    /// # Errors
+    /// Fails when the actors cannot be spawned.
+    pub async fn start(shards: usize, settings: SessionSettings) -> Result<Self, ractor::SpawnErr> {
+        let counts: Arc<Vec<Arc<AtomicUsize>>> = Arc::new(
+            (0..shards.max(1))
+                .map(|_| Arc::new(AtomicUsize::new(0)))
+                .collect(),
+        );
+        let args = counts
+            .iter()
+            .enumerate()
+            .map(|(index, count)| (index, settings, count.clone()))
+            .collect();
+        let pool = Pool::start("session", SessionShard, args).await?;
+        Ok(Self { pool, counts })
+    }
+
+    /// Index of the shard owning `shopper_id`.
+    pub fn shard_of(&self, shopper_id: &str) -> usize {
+        (stable_hash(&["session-shard", shopper_id]) % self.counts.len() as u64) as usize
+    }
+
+    fn route(&self, shopper_id: &str) -> ActorRef<SessionMsg> {
+        self.pool.member(self.shard_of(shopper_id))
+    }
+
+    /// Applies events, in order, to one shopper's session.
+    ///
+    /// # Errors
+    /// [`SessionError::Timeout`] or [`SessionError::Unavailable`] when the shard does not answer (nothing is
+    /// known to be applied then); [`SessionError::Reset`] when applying hit an internal error.
+    pub async fn apply(
+        &self,
+        shopper_id: &str,
+        events: Vec<ShopperEvent>,
+        catalog: Arc<Catalog>,
+        timeout: Duration,
+    ) -> Result<Applied, SessionError> {
+        let shopper_id: Box<str> = shopper_id.into();
+        let result = self
+            .route(&shopper_id)
+            .call(
+                |reply| SessionMsg::Apply {
+                    shopper_id,
+                    events,
+                    catalog,
+                    reply,
+                },
+                Some(timeout),
+            )
+            .await;
+        outcome(result, timeout)?
+    }
+
+    /// Reads a shopper's session; `Ok(None)` when the shopper has none.
+    ///
+    /// # Errors
+    /// When the shard does not answer within `timeout`.
+    pub async fn view(
+        &self,
+        shopper_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<SessionView>, SessionError> {
+        let shopper_id: Box<str> = shopper_id.into();
+        let result = self
+            .route(&shopper_id)
+            .call(
+                |reply| SessionMsg::View { shopper_id, reply },
+                Some(timeout),
+            )
+            .await;
+        outcome(result, timeout)
+    }
+
+    /// Erases a shopper's session; returns whether one existed.
+    ///
+    /// # Errors
+    /// When the shard does not answer within `timeout`.
+    pub async fn forget(&self, shopper_id: &str, timeout: Duration) -> Result<bool, SessionError> {
+        let shopper_id: Box<str> = shopper_id.into();
+        let result = self
+            .route(&shopper_id)
+            .call(
+                |reply| SessionMsg::Forget { shopper_id, reply },
+                Some(timeout),
+            )
+            .await;
+        outcome(result, timeout)
+    }
+
+    /// Removes and returns, from every shard, the sessions of the shoppers `select` picks.
+    ///
+    /// # Errors
+    /// When a shard does not answer within `timeout` (sessions exported by other shards are returned to their
+    /// shards first, so nothing is lost).
+    pub async fn export(
+        &self,
+        select: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+        timeout: Duration,
+    ) -> Result<Vec<SessionTransfer>, SessionError> {
+        let mut out = Vec::new();
+        for shard in self.pool.members().iter() {
+            let select = select.clone();
+            let result = shard
+                .call(
+                    |reply| SessionMsg::Export {
+                        select: Box::new(move |s| select(s)),
+                        reply,
+                    },
+                    Some(timeout),
+                )
+                .await;
+            match outcome(result, timeout) {
+                Ok(sessions) => out.extend(sessions),
+                Err(e) => {
+                    self.import(out, timeout).await?;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Installs sessions handed over from elsewhere, each in its shard.
+    ///
+    /// # Errors
+    /// When a shard does not answer within `timeout`.
+    pub async fn import(
+        &self,
+        sessions: Vec<SessionTransfer>,
+        timeout: Duration,
+    ) -> Result<usize, SessionError> {
+        let routes = self.pool.members();
+        let mut by_shard: Vec<Vec<SessionTransfer>> =
+            (0..routes.len()).map(|_| Vec::new()).collect();
+        for s in sessions {
+            by_shard[self.shard_of(&s.shopper_id)].push(s);
+        }
+        let mut installed = 0;
+        for (shard, batch) in routes.iter().zip(by_shard) {
+            if batch.is_empty() {
+                continue;
+            }
+            let result = shard
+                .call(
+                    |reply| SessionMsg::Import {
+                        sessions: batch,
+                        reply,
+                    },
+                    Some(timeout),
+                )
+                .await;
+            installed += outcome(result, timeout)?;
+        }
+        Ok(installed)
+    }
+
+    /// Sessions held now, over all shards.
+    pub fn active_sessions(&self) -> usize {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Counters of every shard.
+    ///
+    /// # Errors
+    /// When a shard does not answer within `timeout`.
+    pub async fn stats(&self, timeout: Duration) -> Result<ShardStats, SessionError> {
+        let mut total = ShardStats::default();
+        for shard in self.pool.members().iter() {
+            let s = outcome(shard.call(SessionMsg::Stats, Some(timeout)).await, timeout)?;
+            total.sessions += s.sessions;
+            total.heap_bytes += s.heap_bytes;
+        }
+        Ok(total)
+    }
+
+    /// Passivates idle sessions now, in every shard (the shards also do it on their own schedule).
+    pub fn passivate_now(&self) {
+        for shard in self.pool.members().iter() {
+            let _ = shard.cast(SessionMsg::Passivate);
+        }
+    }
+
+    /// Stops every session actor; sessions are dropped.
+    pub async fn stop(&self) {
+        self.pool.stop().await;
+    }
+
+    #[cfg(test)]
+    fn shard_ref(&self, index: usize) -> ActorRef<SessionMsg> {
+        self.pool.member(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aisle_domain::demo::DemoWorld;
+    use aisle_domain::event::{EventKind, ItemRef};
+    use std::sync::OnceLock;
+
+    const T: Duration = Duration::from_secs(5);
+
+    fn catalog() -> Arc<Catalog> {
+        static C: OnceLock<Arc<Catalog>> = OnceLock::new();
+        C.get_or_init(|| Arc::new(DemoWorld::generate(1, 1_700_000_000_000, 10).load_catalog()))
+            .clone()
+    }
+
+    fn view_event(item: u32, ts: i64) -> ShopperEvent {
+        ShopperEvent {
+            kind: EventKind::View,
+            item: Some(ItemRef::Known(item)),
+            query: None,
+            quantity: 1,
+            price_cents: 0,
+            store_id: None,
+            aisle: None,
+            ts_ms: ts,
+            received_at_us: 0,
+            consent: None,
+        }
+    }
+
+    async fn wait_until(mut cond: impl AsyncFnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !cond().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition not met in time"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn session_is_created_on_first_event_and_read_back() {
+        let s = Sessions::start(4, SessionSettings::default())
+            .await
+            .unwrap();
+        assert_eq!(s.view("alice", T).await.unwrap(), None);
+        let applied = s
+            .apply(
+                "alice",
+                vec![view_event(1, 10), view_event(2, 20)],
+                catalog(),
+                T,
+            )
+            .await
+            .unwrap();
+        assert!(applied.created);
+        let again = s
+            .apply("alice", vec![view_event(3, 30)], catalog(), T)
+            .await
+            .unwrap();
+        assert!(!again.created);
+        let v = s.view("alice", T).await.unwrap().unwrap();
+        let items: Vec<_> = v.known_items().collect();
+        assert_eq!(items, vec![1, 2, 3], "events apply in order");
+        assert_eq!(s.active_sessions(), 1);
+        assert!(s.forget("alice", T).await.unwrap());
+        assert_eq!(s.view("alice", T).await.unwrap(), None);
+        assert_eq!(s.active_sessions(), 0);
+        s.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_sessions_are_passivated_after_the_ttl() {
+        let settings = SessionSettings {
+            idle_ttl: Duration::from_secs(60),
+            passivation_interval: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let s = Sessions::start(2, settings).await.unwrap();
+        s.apply("idle", vec![view_event(1, 1)], catalog(), T)
+            .await
+            .unwrap();
+        s.apply("busy", vec![view_event(1, 1)], catalog(), T)
+            .await
+            .unwrap();
+        for minute in 0..4 {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            s.apply("busy", vec![view_event(2, minute)], catalog(), T)
+                .await
+                .unwrap();
+        }
+        // 80 s without activity for "idle": passivated by a periodic check; "busy" stays.
+        wait_until(async || s.view("idle", T).await.unwrap().is_none()).await;
+        assert!(s.view("busy", T).await.unwrap().is_some());
+        assert_eq!(s.active_sessions(), 1);
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_one_session_resets_only_that_session() {
+        let s = Sessions::start(1, SessionSettings::default())
+            .await
+            .unwrap();
+        s.apply("a", vec![view_event(1, 1)], catalog(), T)
+            .await
+            .unwrap();
+        s.apply("b", vec![view_event(2, 1)], catalog(), T)
+            .await
+            .unwrap();
+        let shard = s.shard_ref(0);
+        let result = shard
+            .call(|reply| SessionMsg::CrashSession("a".into(), reply), Some(T))
+            .await
+            .unwrap();
+        assert!(matches!(
+            result,
+            CallResult::Success(Err(SessionError::Reset))
+        ));
+        assert_eq!(
+            s.view("a", T).await.unwrap(),
+            None,
+            "the panicking session is dropped"
+        );
+        assert!(
+            s.view("b", T).await.unwrap().is_some(),
+            "its neighbours are untouched"
+        );
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_crashed_shard_is_restarted_empty_and_routes_follow() {
+        let s = Sessions::start(2, SessionSettings::default())
+            .await
+            .unwrap();
+        let victim = s.shard_of("carol");
+        s.apply("carol", vec![view_event(1, 1)], catalog(), T)
+            .await
+            .unwrap();
+        let before = s.shard_ref(victim);
+        before.cast(SessionMsg::CrashShard).unwrap();
+        wait_until(async || s.shard_ref(victim).get_id() != before.get_id()).await;
+        // The restarted shard is empty and serves again.
+        assert_eq!(s.view("carol", T).await.unwrap(), None);
+        assert_eq!(s.active_sessions(), 0);
+        s.apply("carol", vec![view_event(2, 2)], catalog(), T)
+            .await
+            .unwrap();
+        assert!(s.view("carol", T).await.unwrap().is_some());
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn export_and_import_move_sessions_with_their_context() {
+        let a = Sessions::start(3, SessionSettings::default())
+            .await
+            .unwrap();
+        let b = Sessions::start(2, SessionSettings::default())
+            .await
+            .unwrap();
+        for k in 0..20 {
+            a.apply(&format!("s{k}"), vec![view_event(k, 1)], catalog(), T)
+                .await
+                .unwrap();
+        }
+        let moved = a
+            .export(Arc::new(|s: &str| s.ends_with('1')), T)
+            .await
+            .unwrap();
+        assert_eq!(moved.len(), 2); // s1, s11
+        assert_eq!(a.active_sessions(), 18);
+        let before = moved[0].context.view(&SessionLimits::default());
+        let who = moved[0].shopper_id.clone();
+        assert_eq!(b.import(moved, T).await.unwrap(), 2);
+        assert_eq!(b.view(&who, T).await.unwrap().unwrap(), before);
+        assert_eq!(a.view(&who, T).await.unwrap(), None);
+        a.stop().await;
+        b.stop().await;
+    }
+}

@@ -1,0 +1,342 @@
+//! Session actors: the ractor actors that own shoppers' sessions.
+//!
+//! Every active shopper has exactly one session, owned by exactly one `SessionShard` actor, picked by a stable
+//! hash of the shopper id ("key-persistent routing"): all messages about one shopper go through one mailbox, so
+//! a shopper's events apply in order and a decision reads a consistent session. Each session is a logical actor
+//! inside its shard — created on its first event, passivated after an idle TTL — rather than a ractor actor of
+//! its own: a ractor actor costs about 7.8 KB and 20 µs to spawn (measured here, see docs/architecture.md), which
+//! puts a million active shoppers out of reach, while a session in a shard costs well under 2 KB.
+//!
+//! Supervision: a panic while applying an event to one session is caught inside the shard; that session is
+//! dropped (the shopper starts afresh), the caller gets [`SessionError::Reset`], and every other session of the
+//! shard is untouched. A panic anywhere else fails the shard; the pool supervisor (`aisle_kit::pool`) restarts it
+//! empty at the same index, and the routing table points at the new actor.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aisle_domain::catalog::Catalog;
+use aisle_domain::event::ShopperEvent;
+use aisle_domain::session::SessionView;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::time::Instant;
+
+use crate::context::{AssistRules, AssistSignal, SessionContext, SessionLimits};
+
+/// Why a session operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// The session actor did not answer in time.
+    #[error("session actor did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The session actor is gone (shutting down or restarting).
+    #[error("session actor unavailable")]
+    Unavailable,
+    /// Applying an event hit an internal error; the shopper's session was reset.
+    #[error("session was reset after an internal error")]
+    Reset,
+}
+
+/// Settings shared by every shard.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionSettings {
+    /// Bounds per session.
+    pub limits: SessionLimits,
+    /// When session activity becomes an assist suggestion.
+    pub assist: AssistRules,
+    /// A session with no activity for this long is passivated (dropped).
+    pub idle_ttl: Duration,
+    /// How often each shard looks for idle sessions.
+    pub passivation_interval: Duration,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            limits: SessionLimits::default(),
+            assist: AssistRules::default(),
+            idle_ttl: Duration::from_secs(30 * 60),
+            passivation_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The result of applying one shopper's events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// Whether the session was created by these events.
+    pub created: bool,
+    /// What associates should hear about.
+    pub signals: Vec<AssistSignal>,
+}
+
+/// A session being moved to another node: the shopper and their context.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionTransfer {
+    /// The shopper.
+    pub shopper_id: Box<str>,
+    /// Their session.
+    pub context: SessionContext,
+}
+
+/// Counters of one shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Sessions held.
+    pub sessions: usize,
+    /// Approximate heap bytes of the sessions' contexts.
+    pub heap_bytes: usize,
+}
+
+/// Messages of a [`SessionShard`].
+pub enum SessionMsg {
+    /// Apply events, in order, to one shopper's session (creating it on first use).
+    Apply {
+        /// The shopper.
+        shopper_id: Box<str>,
+        /// The events, in order.
+        events: Vec<ShopperEvent>,
+        /// The catalog the events were resolved against.
+        catalog: Arc<Catalog>,
+        /// The outcome.
+        reply: RpcReplyPort<Result<Applied, SessionError>>,
+    },
+    /// Read a shopper's session; `None` when the shopper has no active session.
+    View {
+        /// The shopper.
+        shopper_id: Box<str>,
+        /// The view.
+        reply: RpcReplyPort<Option<SessionView>>,
+    },
+    /// Erase a shopper's session; replies whether one existed.
+    Forget {
+        /// The shopper.
+        shopper_id: Box<str>,
+        /// Whether a session existed.
+        reply: RpcReplyPort<bool>,
+    },
+    /// Remove and return the sessions whose shopper matches (hand-off to another node).
+    Export {
+        /// Which shoppers leave.
+        select: Box<dyn Fn(&str) -> bool + Send>,
+        /// The sessions removed.
+        reply: RpcReplyPort<Vec<SessionTransfer>>,
+    },
+    /// Install sessions handed over by another node (replacing any local session of the same shopper).
+    Import {
+        /// The sessions.
+        sessions: Vec<SessionTransfer>,
+        /// How many were installed.
+        reply: RpcReplyPort<usize>,
+    },
+    /// Drop sessions idle for longer than the TTL.
+    Passivate,
+    /// Report counters.
+    Stats(RpcReplyPort<ShardStats>),
+    /// Panic while handling this message (supervision tests).
+    #[cfg(test)]
+    CrashShard,
+    /// Panic while applying an event to this shopper's session (supervision tests).
+    #[cfg(test)]
+    CrashSession(Box<str>, RpcReplyPort<Result<Applied, SessionError>>),
+}
+
+struct Entry {
+    context: SessionContext,
+    last_active: Instant,
+}
+
+/// The actor owning the sessions of one shard of shoppers.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionShard;
+
+/// State of a [`SessionShard`].
+pub struct ShardState {
+    index: usize,
+    settings: SessionSettings,
+    sessions: HashMap<Box<str>, Entry>,
+    /// This shard's session count, read by the node for the `aisle_active_sessions` gauge.
+    count: Arc<AtomicUsize>,
+}
+
+impl ShardState {
+    fn publish_count(&self) {
+        self.count.store(self.sessions.len(), Ordering::Relaxed);
+    }
+
+    fn remove(&mut self, shopper_id: &str) -> Option<Entry> {
+        let removed = self.sessions.remove(shopper_id);
+        self.publish_count();
+        removed
+    }
+
+    fn insert(&mut self, shopper_id: Box<str>, context: SessionContext) {
+        self.sessions.insert(
+            shopper_id,
+            Entry {
+                context,
+                last_active: Instant::now(),
+            },
+        );
+        self.publish_count();
+    }
+
+    fn apply(
+        &mut self,
+        shopper_id: Box<str>,
+        events: &[ShopperEvent],
+        catalog: &Catalog,
+    ) -> Result<Applied, SessionError> {
+        let settings = self.settings;
+        let created = !self.sessions.contains_key(&shopper_id);
+        if created {
+            self.insert(shopper_id.clone(), SessionContext::new());
+        }
+        let entry = self.sessions.get_mut(&shopper_id).expect("just inserted");
+        entry.last_active = Instant::now();
+        let context = &mut entry.context;
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut signals = Vec::new();
+            for event in events {
+                signals.extend(context.apply(event, catalog, &settings.limits, &settings.assist));
+            }
+            signals
+        }));
+        match outcome {
+            Ok(signals) => Ok(Applied { created, signals }),
+            Err(_) => {
+                self.reset_after_panic(&shopper_id);
+                Err(SessionError::Reset)
+            }
+        }
+    }
+
+    fn reset_after_panic(&mut self, shopper_id: &str) {
+        // The context may be half-updated: drop it rather than serve from it.
+        self.remove(shopper_id);
+        metrics::counter!("aisle_session_resets_total").increment(1);
+        tracing::error!(
+            shard = self.index,
+            "session reset after a panic while applying events"
+        );
+    }
+}
+
+impl Actor for SessionShard {
+    type Msg = SessionMsg;
+    type State = ShardState;
+    type Arguments = (usize, SessionSettings, Arc<AtomicUsize>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (index, settings, count): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_interval(settings.passivation_interval, || SessionMsg::Passivate);
+        count.store(0, Ordering::Relaxed);
+        Ok(ShardState {
+            index,
+            settings,
+            sessions: HashMap::new(),
+            count,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionMsg::Apply {
+                shopper_id,
+                events,
+                catalog,
+                reply,
+            } => {
+                let _ = reply.send(state.apply(shopper_id, &events, &catalog));
+            }
+            SessionMsg::View { shopper_id, reply } => {
+                let view = state
+                    .sessions
+                    .get(&shopper_id)
+                    .map(|e| e.context.view(&state.settings.limits));
+                let _ = reply.send(view);
+            }
+            SessionMsg::Forget { shopper_id, reply } => {
+                let _ = reply.send(state.remove(&shopper_id).is_some());
+            }
+            SessionMsg::Export { select, reply } => {
+                let leaving: Vec<Box<str>> = state
+                    .sessions
+                    .keys()
+                    .filter(|k| select(k))
+                    .cloned()
+                    .collect();
+                let out = leaving
+                    .into_iter()
+                    .filter_map(|k| {
+                        state.remove(&k).map(|e| SessionTransfer {
+                            shopper_id: k,
+                            context: e.context,
+                        })
+                    })
+                    .collect();
+                let _ = reply.send(out);
+            }
+            SessionMsg::Import { sessions, reply } => {
+                let n = sessions.len();
+                for s in sessions {
+                    state.insert(s.shopper_id, s.context);
+                }
+                let _ = reply.send(n);
+            }
+            SessionMsg::Passivate => {
+                let ttl = state.settings.idle_ttl;
+                let now = Instant::now();
+                let before = state.sessions.len();
+                state
+                    .sessions
+                    .retain(|_, e| now.duration_since(e.last_active) < ttl);
+                let passivated = before - state.sessions.len();
+                if passivated > 0 {
+                    state.publish_count();
+                    metrics::counter!("aisle_sessions_passivated_total")
+                        .increment(passivated as u64);
+                }
+            }
+            SessionMsg::Stats(reply) => {
+                let _ = reply.send(ShardStats {
+                    sessions: state.sessions.len(),
+                    heap_bytes: state
+                        .sessions
+                        .values()
+                        .map(|e| e.context.heap_bytes())
+                        .sum(),
+                });
+            }
+            #[cfg(test)]
+            SessionMsg::CrashShard => panic!("injected shard crash"),
+            #[cfg(test)]
+            SessionMsg::CrashSession(shopper_id, reply) => {
+                if !state.sessions.contains_key(&shopper_id) {
+                    state.insert(shopper_id.clone(), SessionContext::new());
+                }
+                let outcome = std::panic::catch_unwind(|| panic!("injected session crash"));
+                let result: Result<Applied, SessionError> = match outcome {
+                    Ok(()) => unreachable!(),
+                    Err(_) => {
+                        state.reset_after_panic(&shopper_id);
+                        Err(SessionError::Reset)
+                    }
+                };
+                let _ = reply.send(result);
+            }
+        }
+        Ok(())
+    }
+}

@@ -84,7 +84,12 @@ pub struct LogisticRanker {
 impl LogisticRanker {
     /// Weights and bias folded over the standardisation, so scoring is one dot product.
     pub fn folded(&self) -> (Vec<f32>, f32) {
-        let w: Vec<f32> = self.weights.iter().zip(&self.scale).map(|(w, s)| w / s).collect();
+        let w: Vec<f32> = self
+            .weights
+            .iter()
+            .zip(&self.scale)
+            .map(|(w, s)| w / s)
+            .collect();
         let b = self.intercept - w.iter().zip(&self.mean).map(|(w, m)| w * m).sum::<f32>();
         (w, b)
     }
@@ -125,7 +130,9 @@ impl ModelData {
         }
         self.ar.validate(n).map_err(|e| format!("ar: {e}"))?;
         self.sr.validate(n).map_err(|e| format!("sr: {e}"))?;
-        self.sessions.validate(n).map_err(|e| format!("sessions: {e}"))?;
+        self.sessions
+            .validate(n)
+            .map_err(|e| format!("sessions: {e}"))?;
         self.item_sessions
             .validate(self.sessions.rows())
             .map_err(|e| format!("item_sessions: {e}"))?;
@@ -134,7 +141,9 @@ impl ModelData {
         if r.mean.len() != k || r.scale.len() != k || r.weights.len() != k {
             return Err("ranker: vectors differ in length from feature_names".into());
         }
-        if r.scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) || r.weights.iter().any(|w| !w.is_finite()) {
+        if r.scale.iter().any(|s| !(s.is_finite() && *s > 0.0))
+            || r.weights.iter().any(|w| !w.is_finite())
+        {
             return Err("ranker: non-finite or non-positive values".into());
         }
         Ok(())
@@ -204,12 +213,17 @@ impl Model {
             });
         }
         let serving: Vec<String> = FEATURE_NAMES.iter().map(|s| s.to_string()).collect();
-        if header.feature_schema_version != FEATURE_SCHEMA_VERSION || header.feature_names != serving {
+        if header.feature_schema_version != FEATURE_SCHEMA_VERSION
+            || header.feature_names != serving
+        {
             return Err(BundleError::invalid(
                 BundleKind::Model,
                 format!(
                     "feature schema: the model was trained on schema {} {:?}, this build serves schema {} {:?}",
-                    header.feature_schema_version, header.feature_names, FEATURE_SCHEMA_VERSION, serving
+                    header.feature_schema_version,
+                    header.feature_names,
+                    FEATURE_SCHEMA_VERSION,
+                    serving
                 ),
             ));
         }

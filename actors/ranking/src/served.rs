@@ -74,11 +74,22 @@ fn log_norm(values: &[f32]) -> Vec<f32> {
     let denom = (1.0 + max).ln();
     values
         .iter()
-        .map(|v| if denom > 0.0 { (1.0 + v.max(0.0)).ln() / denom } else { 0.0 })
+        .map(|v| {
+            if denom > 0.0 {
+                (1.0 + v.max(0.0)).ln() / denom
+            } else {
+                0.0
+            }
+        })
         .collect()
 }
 
-fn remap(csr: &Csr, rows: usize, row_of: impl Fn(usize) -> Option<usize>, target: impl Fn(u32) -> Option<u32>) -> Csr {
+fn remap(
+    csr: &Csr,
+    rows: usize,
+    row_of: impl Fn(usize) -> Option<usize>,
+    target: impl Fn(u32) -> Option<u32>,
+) -> Csr {
     // Invert row_of: for each new row, which old row feeds it.
     let mut source: Vec<Option<usize>> = vec![None; rows];
     for old in 0..csr.rows() {
@@ -98,7 +109,11 @@ fn remap(csr: &Csr, rows: usize, row_of: impl Fn(usize) -> Option<usize>, target
 
 fn ranked_by(values: &[f32], items: impl Iterator<Item = ItemIdx>, keep: usize) -> Vec<ItemIdx> {
     let mut v: Vec<ItemIdx> = items.collect();
-    v.sort_by(|&a, &b| values[b as usize].total_cmp(&values[a as usize]).then(a.cmp(&b)));
+    v.sort_by(|&a, &b| {
+        values[b as usize]
+            .total_cmp(&values[a as usize])
+            .then(a.cmp(&b))
+    });
     v.truncate(keep);
     v
 }
@@ -107,7 +122,8 @@ impl ServedModel {
     /// Binds `model` to `catalog`.
     pub fn bind(model: &Model, catalog: Arc<Catalog>, source: &str) -> Self {
         let data = &model.data;
-        let to_catalog: Vec<Option<ItemIdx>> = data.items.iter().map(|id| catalog.lookup(id)).collect();
+        let to_catalog: Vec<Option<ItemIdx>> =
+            data.items.iter().map(|id| catalog.lookup(id)).collect();
         let unmatched_items = to_catalog.iter().filter(|m| m.is_none()).count();
         let n = catalog.len();
         let mut popularity = vec![0.0f32; n];
@@ -149,10 +165,24 @@ impl ServedModel {
         let item_sessions = remap(&data.item_sessions, n, map_row, Some);
 
         let all = 0..n as ItemIdx;
-        let popular = ranked_by(&popularity, all.clone().filter(|&i| popularity[i as usize] > 0.0), 1_000);
-        let trending_list = ranked_by(&trending, all.filter(|&i| trending[i as usize] > 0.0), 1_000);
+        let popular = ranked_by(
+            &popularity,
+            all.clone().filter(|&i| popularity[i as usize] > 0.0),
+            1_000,
+        );
+        let trending_list = ranked_by(
+            &trending,
+            all.filter(|&i| trending[i as usize] > 0.0),
+            1_000,
+        );
         let category_top: Vec<Vec<ItemIdx>> = (0..catalog.categories.len())
-            .map(|c| ranked_by(&popularity, catalog.items_in_category(c as CategoryIdx).iter().copied(), CATEGORY_TOP))
+            .map(|c| {
+                ranked_by(
+                    &popularity,
+                    catalog.items_in_category(c as CategoryIdx).iter().copied(),
+                    CATEGORY_TOP,
+                )
+            })
             .collect();
         let generic = generic_list(&catalog, &popularity, &category_top);
         let (w, bias) = model.data.ranker.folded();
@@ -186,11 +216,7 @@ impl ServedModel {
     /// The ranker's score of a feature vector.
     #[inline]
     pub fn score(&self, f: &[f32; N_FEATURES]) -> f32 {
-        let mut s = self.bias;
-        for k in 0..N_FEATURES {
-            s += self.weights[k] * f[k];
-        }
-        s
+        self.bias + self.weights.iter().zip(f).map(|(w, x)| w * x).sum::<f32>()
     }
 
     /// Approximate heap bytes held by the bound indexes.
@@ -204,9 +230,18 @@ impl ServedModel {
 }
 
 /// Top sellers, taking categories in turn (strongest category first), so the list is varied.
-fn generic_list(catalog: &Catalog, popularity: &[f32], category_top: &[Vec<ItemIdx>]) -> Vec<ItemIdx> {
+fn generic_list(
+    catalog: &Catalog,
+    popularity: &[f32],
+    category_top: &[Vec<ItemIdx>],
+) -> Vec<ItemIdx> {
     let mut order: Vec<usize> = (0..category_top.len()).collect();
-    let strength = |c: usize| -> f32 { category_top[c].iter().map(|&i| popularity[i as usize]).sum() };
+    let strength = |c: usize| -> f32 {
+        category_top[c]
+            .iter()
+            .map(|&i| popularity[i as usize])
+            .sum()
+    };
     order.sort_by(|&a, &b| strength(b).total_cmp(&strength(a)).then(a.cmp(&b)));
     let mut out = Vec::with_capacity(GENERIC_LEN);
     let deepest = category_top.iter().map(Vec::len).max().unwrap_or(0);

@@ -1,0 +1,78 @@
+//! Ranking: what a shopper is most likely to want next.
+//!
+//! Pure logic, shared by the node and the trainer so that there is no training/serving skew:
+//! - [`model`]: the versioned model bundle (generator indexes + learned ranker) and its validation.
+//! - [`fit`]: building generators from sessions and training the ranker with linfa.
+//! - [`served`]: a model bound to a catalog, with the fallback rungs' lists.
+//! - [`retrieve`]: candidate retrieval (association rules, sequential rules, session-kNN, category top sellers,
+//!   popular and trending items) with every generator's raw score.
+//! - [`features`]: the feature schema and its one implementation.
+//! - [`score`]: scoring a partition of the candidates and merging partitions under the guardrails.
+//!
+//! And the actors: [`shard`], the ranking shards that score partitions in parallel. [`rank_local`] runs the same
+//! steps in one thread (the trainer's offline path and the benchmarks).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod csr;
+pub mod features;
+pub mod fit;
+pub mod model;
+pub mod retrieve;
+pub mod score;
+pub mod served;
+pub mod shard;
+
+use aisle_policy::{ExclusionCounts, Guard};
+
+pub use model::Model;
+pub use retrieve::{Query, Retrieved, retrieve};
+pub use score::RankedItem;
+pub use served::ServedModel;
+pub use shard::{PolicyInputs, RankError, Ranking, ScoreJob};
+
+/// A ranking made in the calling thread.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalRanking {
+    /// The answer, best first.
+    pub items: Vec<RankedItem>,
+    /// Exclusions applied.
+    pub exclusions: ExclusionCounts,
+    /// Candidates retrieved.
+    pub candidates: usize,
+}
+
+/// Retrieves, scores and selects in the calling thread: the same steps, in the same order, as a decision through
+/// the ranking shards, with one partition.
+pub fn rank_local(
+    model: &ServedModel,
+    query: &Query<'_>,
+    guard: &Guard<'_>,
+    limit: usize,
+) -> LocalRanking {
+    let retrieved = retrieve(model, query);
+    let part = score::score_partition(
+        model,
+        &retrieved.profile,
+        &retrieved.candidates,
+        0,
+        1,
+        guard,
+        limit,
+    );
+    let mut exclusions = ExclusionCounts::default();
+    let items = score::merge(
+        model,
+        vec![part],
+        guard,
+        limit,
+        retrieved.last_item,
+        &mut exclusions,
+    );
+    LocalRanking {
+        items,
+        exclusions,
+        candidates: retrieved.candidates.len(),
+    }
+}

@@ -1,0 +1,185 @@
+//! Scoring: features and ranker score for every candidate of one partition, the partition's best within the
+//! category cap, and the merge of the partitions' bests into the decision's answer.
+//!
+//! A partition keeps, in score order, items that pass the guardrails' item rules and the per-category cap
+//! *within the partition*, up to twice the limit (the limit alone when no cap applies). That is enough for the
+//! merge to find exactly what one pass over all candidates would: an item the global cap admits is admitted
+//! locally too, and the items ahead of it locally are either selected globally (fewer than the limit) or skipped
+//! for a category already full of better items (no more of those than selected ones).
+
+use aisle_domain::catalog::{CategoryIdx, ItemIdx};
+use aisle_policy::{Admitted, ExclusionCounts, Guard};
+
+use crate::features::{FEATURE_NAMES, Features, Profile, Raw, compute};
+use crate::served::ServedModel;
+
+/// A scored candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// The item.
+    pub item: ItemIdx,
+    /// The ranker's score.
+    pub score: f32,
+    /// Its features (for reasons and audit).
+    pub features: Features,
+}
+
+/// What one partition returns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PartitionResult {
+    /// The partition's best, in score order.
+    pub best: Vec<Scored>,
+    /// Exclusions applied.
+    pub exclusions: ExclusionCounts,
+    /// Candidates scored.
+    pub scored: usize,
+}
+
+/// Orders by score, best first; ties by item index, so the order is total and the same everywhere.
+fn better(a: &Scored, b: &Scored) -> std::cmp::Ordering {
+    b.score.total_cmp(&a.score).then(a.item.cmp(&b.item))
+}
+
+/// How many items a partition keeps for an answer of `limit` items.
+pub fn partition_keep(limit: usize, guard: &Guard<'_>) -> usize {
+    if guard.category_cap() > 0 {
+        2 * limit
+    } else {
+        limit
+    }
+}
+
+/// Scores the candidates of partition `part` of `parts` (items with `item % parts == part`).
+pub fn score_partition(
+    model: &ServedModel,
+    profile: &Profile,
+    candidates: &[(ItemIdx, Raw)],
+    part: usize,
+    parts: usize,
+    guard: &Guard<'_>,
+    limit: usize,
+) -> PartitionResult {
+    let mut out = PartitionResult::default();
+    let mut all: Vec<Scored> = Vec::with_capacity(candidates.len() / parts.max(1) + 1);
+    for (item, raw) in candidates {
+        if *item as usize % parts != part {
+            continue;
+        }
+        if let Err(e) = guard.admit(*item) {
+            out.exclusions.add(e);
+            continue;
+        }
+        let features = compute(model, profile, *item, raw);
+        all.push(Scored {
+            item: *item,
+            score: model.score(&features),
+            features,
+        });
+    }
+    out.scored = all.len();
+    all.sort_unstable_by(better);
+    let keep = partition_keep(limit, guard);
+    let cap = guard.category_cap();
+    let mut per_category: Vec<(CategoryIdx, usize)> = Vec::new();
+    for s in all {
+        if out.best.len() >= keep {
+            break;
+        }
+        let category = model.items[s.item as usize].category;
+        if guard.caps_category(category) {
+            match per_category.iter_mut().find(|c| c.0 == category) {
+                Some(c) if c.1 >= cap => continue,
+                Some(c) => c.1 += 1,
+                None => per_category.push((category, 1)),
+            }
+        }
+        out.best.push(s);
+    }
+    out
+}
+
+/// A ranked, guarded item of the answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankedItem {
+    /// The item, its score and its cleared offer.
+    pub admitted: Admitted,
+    /// Why it is here.
+    pub reasons: Vec<String>,
+}
+
+/// Merges partition results into the answer: one order over all, then the guardrails' selection (cap, offers).
+pub fn merge(
+    model: &ServedModel,
+    parts: Vec<PartitionResult>,
+    guard: &Guard<'_>,
+    limit: usize,
+    last_item: Option<ItemIdx>,
+    exclusions: &mut ExclusionCounts,
+) -> Vec<RankedItem> {
+    let mut all: Vec<Scored> = Vec::new();
+    for p in parts {
+        exclusions.merge(&p.exclusions);
+        all.extend(p.best);
+    }
+    all.sort_unstable_by(better);
+    let admitted = guard.select(all.iter().map(|s| (s.item, s.score)), limit, exclusions);
+    admitted
+        .into_iter()
+        .map(|a| {
+            let features = all
+                .iter()
+                .find(|s| s.item == a.item)
+                .map(|s| s.features)
+                .unwrap_or([0.0; FEATURE_NAMES.len()]);
+            RankedItem {
+                reasons: reasons(model, &features, last_item),
+                admitted: a,
+            }
+        })
+        .collect()
+}
+
+/// The two strongest positive contributions to the score, as reason codes.
+pub fn reasons(
+    model: &ServedModel,
+    features: &Features,
+    last_item: Option<ItemIdx>,
+) -> Vec<String> {
+    let mut contributions: Vec<(usize, f32)> = features
+        .iter()
+        .zip(model.weights)
+        .enumerate()
+        .map(|(k, (f, w))| (k, f * w))
+        .filter(|c| c.1 > 0.0)
+        .collect();
+    contributions.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let catalog = &model.catalog;
+    let last = last_item
+        .map(|i| catalog.item(i).id.to_string())
+        .unwrap_or_default();
+    let mut out: Vec<String> = Vec::with_capacity(2);
+    for (k, _) in contributions.into_iter().take(2) {
+        let reason = match FEATURE_NAMES[k] {
+            "ar_last" => format!("viewed_together:{last}"),
+            "sr_last" => format!("often_next:{last}"),
+            "ar_session" | "sr_session" => "goes_with_your_session".to_string(),
+            "sknn" => "similar_shoppers".to_string(),
+            "context" => "goes_with_on_screen".to_string(),
+            "popularity" => "popular".to_string(),
+            "trending" => "trending".to_string(),
+            "seen_recency" | "seen_count" => "recently_viewed".to_string(),
+            "category_affinity" => "matches_interest".to_string(),
+            "brand_affinity" => "favourite_brand".to_string(),
+            "price_fit" => "in_your_price_range".to_string(),
+            "in_cart" => "in_cart".to_string(),
+            other => other.to_string(),
+        };
+        if !out.contains(&reason) {
+            out.push(reason);
+        }
+    }
+    if out.is_empty() {
+        out.push("popular".to_string());
+    }
+    out
+}

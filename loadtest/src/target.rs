@@ -1,0 +1,129 @@
+//! The server under load: `--connections` HTTP/2 connections, each its own connected tonic `Channel`.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::error::{Error, chain};
+use crate::stats::code_name;
+
+/// How long connecting to the target may take before it counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Adds `http://` to a bare `host:port`.
+pub fn normalize_url(target: &str) -> String {
+    if target.contains("://") {
+        target.to_string()
+    } else {
+        format!("http://{target}")
+    }
+}
+
+/// Connected channels to one target, used round-robin.
+#[derive(Debug, Clone)]
+pub struct Target {
+    url: String,
+    channels: Vec<Channel>,
+}
+
+impl Target {
+    /// Opens `connections` separate connections to `target` (a URL, or `host:port`); fails when the target is
+    /// not a URL or cannot be reached.
+    pub async fn connect(target: &str, connections: usize) -> Result<Self, Error> {
+        if connections == 0 {
+            return Err(Error::InvalidArgument(
+                "--connections must be at least 1".into(),
+            ));
+        }
+        let url = normalize_url(target);
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|source| Error::InvalidTarget {
+                target: target.to_string(),
+                source,
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let mut channels = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            // Each `connect` makes its own TCP connection and HTTP/2 session.
+            let channel = endpoint.connect().await.map_err(|e| Error::Unreachable {
+                target: url.clone(),
+                detail: chain(&e),
+            })?;
+            channels.push(channel);
+        }
+        Ok(Self { url, channels })
+    }
+
+    /// Checks every connection with one `grpc.health.v1.Health/Check` (which also warms it up). Fails when a
+    /// connection does not carry gRPC (transport error or no answer within `timeout`); returns whether the
+    /// health service is implemented (an Aisle node serves it; the `health` scenario and `--floor` need it).
+    pub async fn probe(&self, timeout: Duration) -> Result<bool, Error> {
+        let mut implemented = true;
+        for channel in &self.channels {
+            let mut request = tonic::Request::new(HealthCheckRequest {
+                service: String::new(),
+            });
+            request.set_timeout(timeout);
+            let answer =
+                tokio::time::timeout(timeout, HealthClient::new(channel.clone()).check(request))
+                    .await
+                    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer")));
+            match answer {
+                Ok(_) => {}
+                Err(status) if status.code() == tonic::Code::Unimplemented => implemented = false,
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable
+                            | tonic::Code::Unknown
+                            | tonic::Code::DeadlineExceeded
+                            | tonic::Code::Cancelled
+                            | tonic::Code::Internal
+                    ) =>
+                {
+                    return Err(Error::Unreachable {
+                        target: self.url.clone(),
+                        detail: format!(
+                            "health check failed: {}: {}",
+                            code_name(status.code()),
+                            status.message()
+                        ),
+                    });
+                }
+                // Any other answer (e.g. NOT_FOUND, PERMISSION_DENIED) came from a gRPC server: reachable.
+                Err(_) => {}
+            }
+        }
+        Ok(implemented)
+    }
+
+    /// The target's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Number of connections.
+    pub fn connections(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// The channel for request `index` (round-robin).
+    pub fn channel(&self, index: u64) -> Channel {
+        self.channels[(index % self.channels.len() as u64) as usize].clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_addresses_get_a_scheme() {
+        assert_eq!(normalize_url("127.0.0.1:50051"), "http://127.0.0.1:50051");
+        assert_eq!(normalize_url("https://aisle:443"), "https://aisle:443");
+    }
+}

@@ -58,6 +58,9 @@ pub struct Item {
     pub aisle: Box<str>,
     /// The item's current offer, if any.
     pub offer: Option<OfferIdx>,
+    /// Listed in an earlier catalog version of this node but not in the current one: kept so that indices held
+    /// by sessions stay valid, never served.
+    pub delisted: bool,
 }
 
 /// A promotional offer on one item.
@@ -112,7 +115,9 @@ impl Catalog {
             .collect();
         let mut by_category = vec![Vec::new(); categories.len()];
         for (i, item) in items.iter().enumerate() {
-            by_category[item.category as usize].push(i as ItemIdx);
+            if !item.delisted {
+                by_category[item.category as usize].push(i as ItemIdx);
+            }
         }
         Self {
             meta,
@@ -182,6 +187,7 @@ impl Catalog {
                 min_age: 0,
                 aisle: "".into(),
                 offer: None,
+                delisted: false,
             })
             .collect();
         let meta =
@@ -260,6 +266,7 @@ impl Catalog {
                 min_age: it.min_age,
                 aisle: it.aisle.as_str().into(),
                 offer: None,
+                delisted: false,
             });
         }
         let mut offers = Vec::with_capacity(file.offers.len());
@@ -318,6 +325,101 @@ impl Catalog {
         Ok(Self::assemble(meta, items, file.categories, brands, offers))
     }
 
+    /// Parses a new catalog version so that every item, category and brand the `base` catalog knew keeps its
+    /// index: new ones are appended, and items missing from the new version stay as delisted entries (out of
+    /// stock, never served). Indices held elsewhere (sessions, caches) therefore stay valid across catalog
+    /// updates for the life of the process.
+    ///
+    /// # Errors
+    /// As [`Catalog::from_json`].
+    pub fn from_json_over(bytes: &[u8], source: &str, base: &Catalog) -> Result<Self, BundleError> {
+        Self::from_json(bytes, source)?.rebased(base)
+    }
+
+    /// This catalog re-indexed over `base` (see [`Catalog::from_json_over`]).
+    ///
+    /// # Errors
+    /// When the union of categories overflows the category index.
+    pub fn rebased(self, base: &Catalog) -> Result<Self, BundleError> {
+        let fresh = self;
+        // Categories and brands: base order first, then new names.
+        let mut categories = base.categories.clone();
+        let mut category_map = Vec::with_capacity(fresh.categories.len());
+        for c in &fresh.categories {
+            let idx = match categories.iter().position(|b| b.name == c.name) {
+                Some(i) => {
+                    categories[i] = c.clone();
+                    i
+                }
+                None => {
+                    categories.push(c.clone());
+                    categories.len() - 1
+                }
+            };
+            category_map.push(idx as CategoryIdx);
+        }
+        if categories.len() > CategoryIdx::MAX as usize {
+            return Err(BundleError::invalid(
+                BundleKind::Catalog,
+                "categories: too many",
+            ));
+        }
+        let mut brands = base.brands.clone();
+        let mut brand_map = Vec::with_capacity(fresh.brands.len());
+        for b in &fresh.brands {
+            let idx = brands.iter().position(|x| x == b).unwrap_or_else(|| {
+                brands.push(b.clone());
+                brands.len() - 1
+            });
+            brand_map.push(idx as BrandIdx);
+        }
+        // Items: base indices kept (delisted unless present again), new items appended.
+        let mut items: Vec<Item> = base
+            .items
+            .iter()
+            .map(|it| Item {
+                stock: 0,
+                offer: None,
+                delisted: true,
+                ..it.clone()
+            })
+            .collect();
+        let mut item_map = Vec::with_capacity(fresh.items.len());
+        for it in fresh.items {
+            let mut it = Item {
+                category: category_map[it.category as usize],
+                brand: brand_map[it.brand as usize],
+                offer: None,
+                ..it
+            };
+            it.delisted = false;
+            let idx = match base.lookup(&it.id) {
+                Some(i) => {
+                    items[i as usize] = it;
+                    i
+                }
+                None => {
+                    items.push(it);
+                    (items.len() - 1) as ItemIdx
+                }
+            };
+            item_map.push(idx);
+        }
+        let offers: Vec<Offer> = fresh
+            .offers
+            .into_iter()
+            .enumerate()
+            .map(|(k, o)| {
+                let item = item_map[o.item as usize];
+                items[item as usize].offer = Some(k as OfferIdx);
+                Offer { item, ..o }
+            })
+            .collect();
+        Ok(Self::assemble(
+            fresh.meta, items, categories, brands, offers,
+        ))
+    }
+
     /// The catalog as a bundle file.
     pub fn to_file(&self) -> CatalogFile {
         CatalogFile {
@@ -328,6 +430,7 @@ impl Catalog {
             items: self
                 .items
                 .iter()
+                .filter(|it| !it.delisted)
                 .map(|it| ItemRecord {
                     id: it.id.to_string(),
                     name: it.name.to_string(),
@@ -469,6 +572,35 @@ mod tests {
         let d = Catalog::from_json(&bytes, "again").unwrap();
         assert_eq!(c.items, d.items);
         assert_eq!(c.offers, d.offers);
+    }
+
+    #[test]
+    fn new_versions_keep_indices_of_known_items() {
+        let base = Catalog::from_json(sample().as_bytes(), "v1").unwrap();
+        let next = serde_json::json!({
+            "format_version": 1,
+            "version": "t2",
+            "categories": [{"name": "Socks"}, {"name": "Hats"}],
+            "items": [
+                {"id": "h1", "name": "Cap", "category": "Hats", "brand": "Z", "price_cents": 500, "stock": 9},
+                {"id": "s1", "name": "Wool", "category": "Socks", "brand": "C", "price_cents": 950, "stock": 4}
+            ],
+            "offers": [{"id": "o2", "item_id": "h1", "discount_percent": 5, "starts_at_ms": 0, "expires_at_ms": 10}]
+        })
+        .to_string();
+        let c = Catalog::from_json_over(next.as_bytes(), "v2", &base).unwrap();
+        // s1 keeps index 1 with its new price; w1 stays at 0, delisted and out of stock; h1 is appended.
+        assert_eq!(c.lookup("s1"), Some(1));
+        assert_eq!(c.item(1).price_cents, 950);
+        assert!(c.item(0).delisted && c.item(0).stock == 0);
+        assert_eq!(c.lookup("h1"), Some(2));
+        assert_eq!(c.categories[c.item(1).category as usize].name, "Socks");
+        assert_eq!(c.item(1).category, base.item(1).category);
+        assert_eq!(c.categories[c.item(2).category as usize].name, "Hats");
+        assert_eq!(c.item(2).offer, Some(0));
+        assert_eq!(c.offers[0].item, 2);
+        assert_eq!(c.items_in_category(c.item(0).category), &[] as &[u32]);
+        assert_eq!(c.to_file().items.len(), 2);
     }
 
     #[test]

@@ -183,7 +183,12 @@ impl<'a> Guard<'a> {
     /// # Errors
     /// The exclusion that applies.
     pub fn admit(&self, item: ItemIdx) -> Result<(), Exclusion> {
-        let Some(it) = self.catalog.items.get(item as usize) else {
+        let Some(it) = self
+            .catalog
+            .items
+            .get(item as usize)
+            .filter(|it| !it.delisted)
+        else {
             return Err(Exclusion::UnknownItem);
         };
         if it.stock < self.rules.min_stock {

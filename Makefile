@@ -1,0 +1,47 @@
+# Aisle — common tasks. `make help` lists them.
+SHELL := /bin/bash
+CARGO ?= cargo
+GRPC_ADDR ?= 127.0.0.1:50051
+HTTP_ADDR ?= 127.0.0.1:9090
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## Install system packages the build and tests need (protoc, etcd, ...) when missing
+	@./scripts/deps.sh
+
+.PHONY: build
+build: ## Build release binaries (aisle, aisle-train, aisle-loadtest)
+	@./scripts/deps.sh --build-only
+	$(CARGO) build --release --workspace --bins
+
+.PHONY: run
+run: build ## Run one node with the embedded demo world (gRPC $(GRPC_ADDR), HTTP $(HTTP_ADDR))
+	./target/release/aisle serve --grpc-addr $(GRPC_ADDR) --http-addr $(HTTP_ADDR)
+
+.PHONY: test
+test: deps ## Lint, then run every test (unit, integration, cluster, manifests)
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace
+
+.PHONY: lint
+lint: ## cargo fmt --check and clippy -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: fmt
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+.PHONY: bench
+bench: ## Criterion benchmarks of the hot code
+	$(CARGO) bench --workspace
+
+.PHONY: loadtest
+loadtest: build ## Start a release node and load it: decide at 5,000/s with the floor, verdict against 2 ms p99
+	./scripts/loadtest.sh

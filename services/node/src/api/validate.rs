@@ -1,0 +1,515 @@
+//! Request validation: every field checked before anything is applied, each error naming its field.
+//!
+//! Track batches are all-or-nothing: the whole batch is validated first, and if any event is invalid none is
+//! applied.
+
+use std::time::Duration;
+
+use aisle_domain::MAX_ID_BYTES;
+use aisle_domain::catalog::{Catalog, ItemIdx};
+use aisle_domain::event::{EventKind, ItemRef, ShopperEvent};
+use aisle_domain::request::{AgeBand, Channel, LoyaltyTier, ShopperAttributes, Surface};
+use aisle_proto::v1 as pb;
+
+use crate::engine::DecideInput;
+use crate::error::ApiError;
+
+/// Default number of items in a decision.
+pub const DEFAULT_LIMIT: usize = 10;
+/// Most items in a decision.
+pub const MAX_LIMIT: usize = 100;
+/// Most candidates a storefront may give.
+pub const MAX_CANDIDATES: usize = 1_000;
+/// Most on-screen items.
+pub const MAX_CONTEXT: usize = 100;
+/// Most events in a Track batch.
+pub const MAX_EVENTS: usize = 1_000;
+/// Longest search query, in bytes.
+pub const MAX_QUERY_BYTES: usize = 256;
+/// Largest quantity in one event.
+pub const MAX_QUANTITY: u32 = 10_000;
+/// Earliest accepted event time: 2000-01-01T00:00:00Z.
+const EARLIEST_MS: i64 = 946_684_800_000;
+
+/// Checks an id: required or optional, at most 256 bytes.
+fn id(field: impl Fn() -> String, value: &str, required: bool) -> Result<(), ApiError> {
+    if value.is_empty() && required {
+        return Err(ApiError::invalid(field(), "required"));
+    }
+    if value.len() > MAX_ID_BYTES {
+        return Err(ApiError::invalid(
+            field(),
+            format!("longer than {MAX_ID_BYTES} bytes ({} bytes)", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn surface(value: i32) -> Result<Surface, ApiError> {
+    Ok(match pb::Surface::try_from(value) {
+        Ok(pb::Surface::Unspecified) => return Err(ApiError::invalid("surface", "required")),
+        Ok(pb::Surface::Home) => Surface::Home,
+        Ok(pb::Surface::ProductPage) => Surface::ProductPage,
+        Ok(pb::Surface::Cart) => Surface::Cart,
+        Ok(pb::Surface::Checkout) => Surface::Checkout,
+        Ok(pb::Surface::Search) => Surface::Search,
+        Ok(pb::Surface::StoreAisle) => Surface::StoreAisle,
+        Ok(pb::Surface::KioskIdle) => Surface::KioskIdle,
+        Ok(pb::Surface::CategoryPage) => Surface::CategoryPage,
+        Ok(pb::Surface::Email) => Surface::Email,
+        Err(_) => {
+            return Err(ApiError::invalid(
+                "surface",
+                format!("unknown value {value}"),
+            ));
+        }
+    })
+}
+
+fn channel(value: i32) -> Result<Channel, ApiError> {
+    Ok(match pb::Channel::try_from(value) {
+        Ok(pb::Channel::Unspecified) => Channel::Unspecified,
+        Ok(pb::Channel::Web) => Channel::Web,
+        Ok(pb::Channel::App) => Channel::App,
+        Ok(pb::Channel::Kiosk) => Channel::Kiosk,
+        Ok(pb::Channel::Pos) => Channel::Pos,
+        Ok(pb::Channel::AssociateHandheld) => Channel::AssociateHandheld,
+        Ok(pb::Channel::Email) => Channel::Email,
+        Err(_) => {
+            return Err(ApiError::invalid(
+                "channel",
+                format!("unknown value {value}"),
+            ));
+        }
+    })
+}
+
+fn attributes(a: Option<&pb::ShopperAttributes>) -> Result<ShopperAttributes, ApiError> {
+    let Some(a) = a else {
+        return Ok(ShopperAttributes::default());
+    };
+    let age_band = match pb::AgeBand::try_from(a.age_band) {
+        Ok(pb::AgeBand::Unspecified) => AgeBand::Unknown,
+        Ok(pb::AgeBand::Under18) => AgeBand::Under18,
+        Ok(pb::AgeBand::AgeBand18To20) => AgeBand::From18To20,
+        Ok(pb::AgeBand::AgeBand21Plus) => AgeBand::From21,
+        Err(_) => {
+            return Err(ApiError::invalid(
+                "attributes.age_band",
+                format!("unknown value {}", a.age_band),
+            ));
+        }
+    };
+    let loyalty_tier = match pb::LoyaltyTier::try_from(a.loyalty_tier) {
+        Ok(pb::LoyaltyTier::Unspecified | pb::LoyaltyTier::None) => LoyaltyTier::None,
+        Ok(pb::LoyaltyTier::Silver) => LoyaltyTier::Silver,
+        Ok(pb::LoyaltyTier::Gold) => LoyaltyTier::Gold,
+        Ok(pb::LoyaltyTier::Platinum) => LoyaltyTier::Platinum,
+        Err(_) => {
+            return Err(ApiError::invalid(
+                "attributes.loyalty_tier",
+                format!("unknown value {}", a.loyalty_tier),
+            ));
+        }
+    };
+    Ok(ShopperAttributes {
+        age_verified: a.age_verified,
+        age_band,
+        loyalty_tier,
+    })
+}
+
+/// Resolves item ids (checked), returning the known ones and how many the catalog does not know.
+fn items(
+    field: &str,
+    ids: &[String],
+    max: usize,
+    catalog: &Catalog,
+) -> Result<(Vec<ItemIdx>, usize), ApiError> {
+    if ids.len() > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("at most {max} items, got {}", ids.len()),
+        ));
+    }
+    let mut known = Vec::with_capacity(ids.len());
+    let mut unknown = 0;
+    for (i, item) in ids.iter().enumerate() {
+        id(|| format!("{field}[{i}]"), item, true)?;
+        match catalog.lookup(item) {
+            Some(idx) => known.push(idx),
+            None => unknown += 1,
+        }
+    }
+    Ok((known, unknown))
+}
+
+/// Validates a Decide request against the catalog.
+///
+/// # Errors
+/// The first invalid field.
+pub fn decide(req: &pb::DecideRequest, catalog: &Catalog) -> Result<DecideInput, ApiError> {
+    id(|| "shopper_id".into(), &req.shopper_id, true)?;
+    let surface = surface(req.surface)?;
+    let channel = channel(req.channel)?;
+    let limit = match req.limit as usize {
+        0 => DEFAULT_LIMIT,
+        n if n > MAX_LIMIT => {
+            return Err(ApiError::invalid(
+                "limit",
+                format!("at most {MAX_LIMIT}, got {n}"),
+            ));
+        }
+        n => n,
+    };
+    let (candidates, unknown_candidates) = if req.candidate_item_ids.is_empty() {
+        (None, 0)
+    } else {
+        let (known, unknown) = items(
+            "candidate_item_ids",
+            &req.candidate_item_ids,
+            MAX_CANDIDATES,
+            catalog,
+        )?;
+        (Some(known), unknown)
+    };
+    let (context, _) = items(
+        "context_item_ids",
+        &req.context_item_ids,
+        MAX_CONTEXT,
+        catalog,
+    )?;
+    id(|| "store_id".into(), &req.store_id, false)?;
+    id(|| "region".into(), &req.region, false)?;
+    id(|| "device".into(), &req.device, false)?;
+    id(|| "request_id".into(), &req.request_id, false)?;
+    Ok(DecideInput {
+        shopper_id: req.shopper_id.clone(),
+        surface,
+        channel,
+        limit,
+        candidates,
+        unknown_candidates,
+        context,
+        consent: req.consent,
+        attributes: attributes(req.attributes.as_ref())?,
+        store_id: req.store_id.clone(),
+        region: req.region.clone(),
+        device: req.device.clone(),
+        request_id: req.request_id.clone(),
+    })
+}
+
+fn event_kind(value: i32, field: impl Fn() -> String) -> Result<EventKind, ApiError> {
+    Ok(match pb::EventType::try_from(value) {
+        Ok(pb::EventType::Unspecified) => return Err(ApiError::invalid(field(), "required")),
+        Ok(pb::EventType::View) => EventKind::View,
+        Ok(pb::EventType::Search) => EventKind::Search,
+        Ok(pb::EventType::AddToCart) => EventKind::AddToCart,
+        Ok(pb::EventType::RemoveFromCart) => EventKind::RemoveFromCart,
+        Ok(pb::EventType::Purchase) => EventKind::Purchase,
+        Ok(pb::EventType::StoreEnter) => EventKind::StoreEnter,
+        Ok(pb::EventType::StoreExit) => EventKind::StoreExit,
+        Ok(pb::EventType::AisleScan) => EventKind::AisleScan,
+        Err(_) => {
+            return Err(ApiError::invalid(
+                field(),
+                format!("unknown event type {value}"),
+            ));
+        }
+    })
+}
+
+/// A validated Track batch: events grouped by shopper (first-appearance order), each shopper's in batch order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackBatch {
+    /// (shopper, events).
+    pub groups: Vec<(String, Vec<ShopperEvent>)>,
+}
+
+/// Validates a whole Track batch against the catalog; nothing is applied unless every event is valid.
+///
+/// # Errors
+/// The first invalid field, e.g. `events[3].item_id: required`.
+pub fn track(
+    req: &pb::TrackRequest,
+    catalog: &Catalog,
+    now_ms: i64,
+    received_at_us: i64,
+    max_future: Duration,
+) -> Result<TrackBatch, ApiError> {
+    if req.events.is_empty() {
+        return Err(ApiError::invalid(
+            "events",
+            "at least one event is required",
+        ));
+    }
+    if req.events.len() > MAX_EVENTS {
+        return Err(ApiError::invalid(
+            "events",
+            format!("at most {MAX_EVENTS} events, got {}", req.events.len()),
+        ));
+    }
+    id(|| "request_id".into(), &req.request_id, false)?;
+    let mut groups: Vec<(String, Vec<ShopperEvent>)> = Vec::new();
+    for (i, e) in req.events.iter().enumerate() {
+        let f = |name: &str| format!("events[{i}].{name}");
+        id(|| f("shopper_id"), &e.shopper_id, true)?;
+        let kind = event_kind(e.r#type, || f("type"))?;
+        id(|| f("item_id"), &e.item_id, kind.requires_item())?;
+        let item = if e.item_id.is_empty() {
+            None
+        } else {
+            Some(
+                catalog
+                    .lookup(&e.item_id)
+                    .map_or(ItemRef::Unknown, ItemRef::Known),
+            )
+        };
+        if kind == EventKind::Search && e.query.is_empty() {
+            return Err(ApiError::invalid(f("query"), "required for SEARCH"));
+        }
+        if e.query.len() > MAX_QUERY_BYTES {
+            return Err(ApiError::invalid(
+                f("query"),
+                format!("longer than {MAX_QUERY_BYTES} bytes"),
+            ));
+        }
+        let store_required = matches!(kind, EventKind::StoreEnter | EventKind::AisleScan);
+        id(|| f("store_id"), &e.store_id, store_required)?;
+        if kind == EventKind::AisleScan && e.aisle.is_empty() {
+            return Err(ApiError::invalid(f("aisle"), "required for AISLE_SCAN"));
+        }
+        id(|| f("aisle"), &e.aisle, false)?;
+        if e.quantity > MAX_QUANTITY {
+            return Err(ApiError::invalid(
+                f("quantity"),
+                format!("at most {MAX_QUANTITY}, got {}", e.quantity),
+            ));
+        }
+        if !e.price.is_finite() || e.price < 0.0 || e.price > 10_000_000.0 {
+            return Err(ApiError::invalid(
+                f("price"),
+                "must be between 0 and 10,000,000",
+            ));
+        }
+        let ts_ms = match &e.timestamp {
+            None => now_ms,
+            Some(t) => {
+                if !(0..1_000_000_000).contains(&t.nanos) {
+                    return Err(ApiError::invalid(f("timestamp"), "nanos out of range"));
+                }
+                let ms = t
+                    .seconds
+                    .checked_mul(1_000)
+                    .and_then(|s| s.checked_add(t.nanos as i64 / 1_000_000))
+                    .ok_or_else(|| ApiError::invalid(f("timestamp"), "out of range"))?;
+                if ms > now_ms + max_future.as_millis() as i64 {
+                    return Err(ApiError::invalid(
+                        f("timestamp"),
+                        format!("more than {} s in the future", max_future.as_secs()),
+                    ));
+                }
+                if ms < EARLIEST_MS {
+                    return Err(ApiError::invalid(f("timestamp"), "before 2000-01-01"));
+                }
+                ms
+            }
+        };
+        let event = ShopperEvent {
+            kind,
+            item,
+            query: (!e.query.is_empty()).then(|| e.query.as_str().into()),
+            quantity: e.quantity.max(1),
+            price_cents: (e.price * 100.0).round() as i64,
+            store_id: (!e.store_id.is_empty()).then(|| e.store_id.as_str().into()),
+            aisle: (!e.aisle.is_empty()).then(|| e.aisle.as_str().into()),
+            ts_ms,
+            received_at_us,
+            consent: e.consent,
+        };
+        match groups.iter_mut().find(|g| g.0 == e.shopper_id) {
+            Some(g) => g.1.push(event),
+            None => groups.push((e.shopper_id.clone(), vec![event])),
+        }
+    }
+    Ok(TrackBatch { groups })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Catalog {
+        Catalog::plain("t", ["a".to_string(), "b".to_string()])
+    }
+
+    fn event(shopper: &str, kind: pb::EventType, item: &str) -> pb::TrackEvent {
+        pb::TrackEvent {
+            shopper_id: shopper.into(),
+            r#type: kind as i32,
+            item_id: item.into(),
+            ..Default::default()
+        }
+    }
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn check(events: Vec<pb::TrackEvent>) -> Result<TrackBatch, ApiError> {
+        track(
+            &pb::TrackRequest {
+                events,
+                request_id: String::new(),
+            },
+            &catalog(),
+            NOW,
+            0,
+            Duration::from_secs(300),
+        )
+    }
+
+    #[test]
+    fn batches_group_by_shopper_in_order() {
+        let b = check(vec![
+            event("s1", pb::EventType::View, "a"),
+            event("s2", pb::EventType::View, "b"),
+            event("s1", pb::EventType::AddToCart, "zzz"),
+        ])
+        .unwrap();
+        assert_eq!(b.groups.len(), 2);
+        assert_eq!(b.groups[0].1.len(), 2);
+        assert_eq!(b.groups[0].1[1].item, Some(ItemRef::Unknown));
+        assert_eq!(b.groups[0].1[0].ts_ms, NOW);
+    }
+
+    #[test]
+    fn every_invalid_event_names_its_field() {
+        let long = "x".repeat(300);
+        let mut future = event("s", pb::EventType::View, "a");
+        future.timestamp = Some(prost_types::Timestamp {
+            seconds: NOW / 1000 + 3_600,
+            nanos: 0,
+        });
+        let cases: Vec<(pb::TrackEvent, &str)> = vec![
+            (
+                event("", pb::EventType::View, "a"),
+                "events[1].shopper_id: required",
+            ),
+            (
+                event("s", pb::EventType::Unspecified, "a"),
+                "events[1].type: required",
+            ),
+            (
+                pb::TrackEvent {
+                    r#type: 42,
+                    ..event("s", pb::EventType::View, "a")
+                },
+                "events[1].type: unknown event type 42",
+            ),
+            (
+                event("s", pb::EventType::View, ""),
+                "events[1].item_id: required",
+            ),
+            (
+                event("s", pb::EventType::View, &long),
+                "events[1].item_id: longer than 256 bytes",
+            ),
+            (
+                event(&long, pb::EventType::View, "a"),
+                "events[1].shopper_id: longer than 256 bytes",
+            ),
+            (
+                event("s", pb::EventType::Search, ""),
+                "events[1].query: required",
+            ),
+            (
+                event("s", pb::EventType::StoreEnter, ""),
+                "events[1].store_id: required",
+            ),
+            (future, "events[1].timestamp: more than 300 s in the future"),
+        ];
+        for (bad, expected) in cases {
+            let err = check(vec![event("ok", pb::EventType::View, "a"), bad]).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(err.to_string().starts_with(expected), "{err} vs {expected}");
+        }
+        let err = check(
+            (0..1_001)
+                .map(|_| event("s", pb::EventType::View, "a"))
+                .collect(),
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "events: at most 1000 events, got 1001");
+    }
+
+    fn decide_req() -> pb::DecideRequest {
+        pb::DecideRequest {
+            shopper_id: "s".into(),
+            surface: pb::Surface::Home as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn decide_requests_are_checked_field_by_field() {
+        let c = catalog();
+        let ok = decide(&decide_req(), &c).unwrap();
+        assert_eq!(ok.limit, DEFAULT_LIMIT);
+        assert!(ok.candidates.is_none());
+        let cases: Vec<(pb::DecideRequest, &str)> = vec![
+            (
+                pb::DecideRequest {
+                    shopper_id: String::new(),
+                    ..decide_req()
+                },
+                "shopper_id: required",
+            ),
+            (
+                pb::DecideRequest {
+                    surface: 0,
+                    ..decide_req()
+                },
+                "surface: required",
+            ),
+            (
+                pb::DecideRequest {
+                    limit: 101,
+                    ..decide_req()
+                },
+                "limit: at most 100, got 101",
+            ),
+            (
+                pb::DecideRequest {
+                    candidate_item_ids: vec!["a".into(); 1_001],
+                    ..decide_req()
+                },
+                "candidate_item_ids: at most 1000 items, got 1001",
+            ),
+            (
+                pb::DecideRequest {
+                    shopper_id: "s".repeat(257),
+                    ..decide_req()
+                },
+                "shopper_id: longer than 256 bytes",
+            ),
+            (
+                pb::DecideRequest {
+                    channel: 99,
+                    ..decide_req()
+                },
+                "channel: unknown value 99",
+            ),
+        ];
+        for (bad, expected) in cases {
+            let err = decide(&bad, &c).unwrap_err();
+            assert!(err.to_string().starts_with(expected), "{err} vs {expected}");
+        }
+        let with_unknown = pb::DecideRequest {
+            candidate_item_ids: vec!["a".into(), "nope".into()],
+            ..decide_req()
+        };
+        let input = decide(&with_unknown, &c).unwrap();
+        assert_eq!(input.candidates, Some(vec![0]));
+        assert_eq!(input.unknown_candidates, 1);
+    }
+}

@@ -1,0 +1,186 @@
+//! The `aisle` command line: `serve` runs a node; the other commands are clients of a running node.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ClusterMode, Config, LogFormat};
+
+/// Aisle: real-time decisioning for retail personalization.
+#[derive(Debug, Parser)]
+#[command(name = "aisle", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node (with no bundles given: the embedded demo world).
+    Serve(Box<ServeArgs>),
+    /// Ask a node for a decision.
+    Decide(crate::client::DecideArgs),
+    /// Send a shopper event to a node.
+    Track(crate::client::TrackArgs),
+    /// Stream a store's assist events, as a handheld does.
+    Subscribe(crate::client::SubscribeArgs),
+    /// Erase what a node holds about a shopper.
+    Forget(crate::client::ForgetArgs),
+    /// List the bundles a node has loaded.
+    Bundles(crate::client::AddrArgs),
+    /// Inject a fault into a node's decide pipeline (the node must run with --fault-injection).
+    Fault(crate::client::FaultArgs),
+}
+
+/// `aisle serve` options. Each has an environment variable; a TOML file (`--config`) may set any of them too.
+/// Flags win over the environment, which wins over the file.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// TOML configuration file (keys as in the configuration table of the README).
+    #[arg(long, env = "AISLE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id (default: host name).
+    #[arg(long, env = "AISLE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long, env = "AISLE_GRPC_ADDR")]
+    pub grpc_addr: Option<std::net::SocketAddr>,
+    /// HTTP listen address for /metrics, /healthz, /readyz [default: 127.0.0.1:9090].
+    #[arg(long, env = "AISLE_HTTP_ADDR")]
+    pub http_addr: Option<std::net::SocketAddr>,
+    /// Directory holding catalog.json, model.bin, rules.json, experiments.json (each optional).
+    #[arg(long, env = "AISLE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Catalog bundle.
+    #[arg(long, env = "AISLE_CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// Model bundle (from `aisle-train fit`).
+    #[arg(long, env = "AISLE_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Candidate model bundle, for canary experiments.
+    #[arg(long, env = "AISLE_CANDIDATE_MODEL")]
+    pub candidate_model: Option<PathBuf>,
+    /// Guardrail rules bundle.
+    #[arg(long, env = "AISLE_RULES")]
+    pub rules: Option<PathBuf>,
+    /// Experiments bundle.
+    #[arg(long, env = "AISLE_EXPERIMENTS")]
+    pub experiments: Option<PathBuf>,
+    /// Decision budget when callers send no deadline, ms [default: 50].
+    #[arg(long, env = "AISLE_DECIDE_BUDGET_MS")]
+    pub decide_budget_ms: Option<u64>,
+    /// Session shard actors [default: 8 per core].
+    #[arg(long, env = "AISLE_SESSION_SHARDS")]
+    pub session_shards: Option<usize>,
+    /// Ranking shard actors [default: one per core].
+    #[arg(long, env = "AISLE_RANKING_SHARDS")]
+    pub ranking_shards: Option<usize>,
+    /// Idle time before a session is passivated, seconds [default: 1800].
+    #[arg(long, env = "AISLE_SESSION_IDLE_TTL_SECS")]
+    pub session_idle_ttl_secs: Option<u64>,
+    /// Consent assumed when a request does not say [default: false].
+    #[arg(long, env = "AISLE_DEFAULT_CONSENT")]
+    pub default_consent: Option<bool>,
+    /// Requests in flight beyond this get RESOURCE_EXHAUSTED (0: no limit).
+    #[arg(long, env = "AISLE_MAX_INFLIGHT_REQUESTS")]
+    pub max_inflight_requests: Option<usize>,
+    /// Decisions in flight beyond this answer from the GENERIC rung at once (0: no limit).
+    #[arg(long, env = "AISLE_MAX_INFLIGHT_DECISIONS")]
+    pub max_inflight_decisions: Option<usize>,
+    /// Allow AdminService/SetFault (drills and tests).
+    #[arg(long, env = "AISLE_FAULT_INJECTION")]
+    pub fault_injection: bool,
+    /// Write a JSON line per decision to this file.
+    #[arg(long, env = "AISLE_DECISION_LOG")]
+    pub decision_log: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "AISLE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Membership mode [default: static].
+    #[arg(long, env = "AISLE_CLUSTER", value_enum)]
+    pub cluster: Option<ClusterMode>,
+}
+
+impl ServeArgs {
+    /// The configuration: defaults, then the file, then these flags and variables.
+    ///
+    /// # Errors
+    /// When the file cannot be read or parsed, or a value is out of range.
+    pub fn to_config(&self) -> Result<Config, crate::config::ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => {
+                $(if let Some(v) = &self.$field { c.$field = v.clone(); })*
+            };
+        }
+        set!(
+            node_id,
+            grpc_addr,
+            http_addr,
+            decide_budget_ms,
+            session_shards,
+            ranking_shards,
+            session_idle_ttl_secs,
+            default_consent,
+            max_inflight_requests,
+            max_inflight_decisions,
+            log_format,
+            cluster
+        );
+        macro_rules! set_opt {
+            ($($field:ident),*) => {
+                $(if self.$field.is_some() { c.$field = self.$field.clone(); })*
+            };
+        }
+        set_opt!(
+            data_dir,
+            catalog,
+            model,
+            candidate_model,
+            rules,
+            experiments,
+            decision_log
+        );
+        if self.fault_injection {
+            c.fault_injection = true;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("aisle-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "node_id = \"from-file\"\ndecide_budget_ms = 40\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "aisle",
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--node-id",
+            "from-flag",
+            "--fault-injection",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let c = args.to_config().unwrap();
+        assert_eq!(c.node_id, "from-flag");
+        assert_eq!(c.decide_budget_ms, 40);
+        assert!(c.fault_injection);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

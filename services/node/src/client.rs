@@ -1,0 +1,488 @@
+//! The client commands of the `aisle` CLI: decide, track, subscribe, forget, bundles, fault. Each prints a readable
+//! summary, or with `--json` one JSON object per answer (per event for `subscribe`).
+
+use std::time::Duration;
+
+use aisle_proto::v1 as pb;
+use aisle_proto::v1::admin_service_client::AdminServiceClient;
+use aisle_proto::v1::associate_service_client::AssociateServiceClient;
+use aisle_proto::v1::decision_service_client::DecisionServiceClient;
+use anyhow::Context;
+use clap::Args;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+/// The node to talk to.
+#[derive(Debug, Args, Clone)]
+pub struct AddrArgs {
+    /// The node's gRPC address.
+    #[arg(long, env = "AISLE_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `aisle decide`.
+#[derive(Debug, Args, Clone)]
+pub struct DecideArgs {
+    #[command(flatten)]
+    addr: AddrArgs,
+    /// Shopper id.
+    #[arg(long)]
+    shopper: String,
+    /// Surface: home, product_page, cart, checkout, search, store_aisle, kiosk_idle, category_page, email.
+    #[arg(long, default_value = "home")]
+    surface: String,
+    /// Channel: web, app, kiosk, pos, associate_handheld, email.
+    #[arg(long, default_value = "web")]
+    channel: String,
+    /// Items wanted.
+    #[arg(long, default_value_t = 10)]
+    limit: u32,
+    /// Items to rank (comma-separated); default: the engine retrieves.
+    #[arg(long, value_delimiter = ',')]
+    candidates: Vec<String>,
+    /// Items on screen (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    context: Vec<String>,
+    /// Store id.
+    #[arg(long, default_value = "")]
+    store: String,
+    /// Decide without consent to behavioural data (as for an anonymous shopper).
+    #[arg(long)]
+    no_consent: bool,
+    /// The shopper's age is verified, in this band: under_18, 18_to_20, 21_plus.
+    #[arg(long)]
+    verified_age: Option<String>,
+    /// Loyalty tier: none, silver, gold, platinum.
+    #[arg(long)]
+    loyalty: Option<String>,
+    /// Deadline, ms (sent as the gRPC timeout).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+}
+
+/// `aisle track`: one event.
+#[derive(Debug, Args, Clone)]
+pub struct TrackArgs {
+    #[command(flatten)]
+    addr: AddrArgs,
+    /// Shopper id.
+    #[arg(long)]
+    shopper: String,
+    /// Event type: view, search, add_to_cart, remove_from_cart, purchase, store_enter, store_exit, aisle_scan.
+    #[arg(long = "type")]
+    kind: String,
+    /// Item id.
+    #[arg(long, default_value = "")]
+    item: String,
+    /// Search query.
+    #[arg(long, default_value = "")]
+    query: String,
+    /// Quantity.
+    #[arg(long, default_value_t = 0)]
+    quantity: u32,
+    /// Unit price (major units).
+    #[arg(long, default_value_t = 0.0)]
+    price: f64,
+    /// Store id.
+    #[arg(long, default_value = "")]
+    store: String,
+    /// Aisle.
+    #[arg(long, default_value = "")]
+    aisle: String,
+    /// The shopper's consent statement, if the event carries one.
+    #[arg(long)]
+    consent: Option<bool>,
+}
+
+/// `aisle subscribe`.
+#[derive(Debug, Args, Clone)]
+pub struct SubscribeArgs {
+    #[command(flatten)]
+    addr: AddrArgs,
+    /// Store id.
+    #[arg(long)]
+    store: String,
+    /// Associate id.
+    #[arg(long, default_value = "cli")]
+    associate: String,
+    /// Replay retained events after this sequence first.
+    #[arg(long)]
+    resume_after: Option<u64>,
+    /// Stop after this many events.
+    #[arg(long)]
+    count: Option<usize>,
+}
+
+/// `aisle forget`.
+#[derive(Debug, Args, Clone)]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    addr: AddrArgs,
+    /// Shopper id.
+    #[arg(long)]
+    shopper: String,
+}
+
+/// `aisle fault`.
+#[derive(Debug, Args, Clone)]
+pub struct FaultArgs {
+    #[command(flatten)]
+    addr: AddrArgs,
+    /// Stage: session, ranking, cache, rules.
+    #[arg(long)]
+    stage: String,
+    /// Mode: none, fail, stall.
+    #[arg(long)]
+    mode: String,
+}
+
+async fn connect(addr: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(addr.to_string())
+        .with_context(|| format!("invalid address {addr}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))
+}
+
+fn status(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", e.code(), e.message())
+}
+
+fn parse_enum<T>(what: &str, value: &str, parse: impl Fn(&str) -> Option<T>) -> anyhow::Result<T> {
+    parse(&value.to_ascii_uppercase()).ok_or_else(|| anyhow::anyhow!("unknown {what} {value:?}"))
+}
+
+fn print(json_out: bool, value: &Value, text: impl FnOnce() -> String) {
+    if json_out {
+        println!("{value}");
+    } else {
+        println!("{}", text());
+    }
+}
+
+fn tier_name(t: i32) -> &'static str {
+    match pb::FallbackTier::try_from(t) {
+        Ok(pb::FallbackTier::Fresh) => "FRESH",
+        Ok(pb::FallbackTier::Cached) => "CACHED",
+        Ok(pb::FallbackTier::Rules) => "RULES",
+        Ok(pb::FallbackTier::Generic) => "GENERIC",
+        _ => "UNSPECIFIED",
+    }
+}
+
+/// The JSON form of a decision.
+pub fn decision_json(r: &pb::DecideResponse) -> Value {
+    json!({
+        "decision_id": r.decision_id,
+        "fallback_tier": tier_name(r.fallback_tier),
+        "fallback_reason": r.fallback_reason,
+        "model_version": r.model_version,
+        "rules_version": r.rules_version,
+        "experiments_version": r.experiments_version,
+        "catalog_version": r.catalog_version,
+        "experiments": r.experiments.iter().map(|(k, v)| (k.clone(), json!({"variant": v.variant, "in_holdout": v.in_holdout}))).collect::<serde_json::Map<_, _>>(),
+        "in_holdout": r.in_holdout,
+        "served_by": r.served_by,
+        "epoch": r.epoch,
+        "server_latency_us": r.server_latency_us,
+        "request_id": r.request_id,
+        "items": r.items.iter().map(|i| json!({
+            "rank": i.rank,
+            "item_id": i.item_id,
+            "name": i.name,
+            "category": i.category,
+            "price_cents": i.price_cents,
+            "score": i.score,
+            "offer": i.offer.as_ref().map(|o| json!({
+                "offer_id": o.offer_id,
+                "discount_percent": o.discount_percent,
+                "price_cents": o.price_cents,
+                "expires_at_unix": o.expires_at.as_ref().map(|t| t.seconds),
+            })),
+            "reasons": i.reasons,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `aisle decide`.
+///
+/// # Errors
+/// Connection failures and error statuses.
+pub async fn decide(a: DecideArgs) -> anyhow::Result<()> {
+    let mut client = DecisionServiceClient::new(connect(&a.addr.addr).await?);
+    let surface = parse_enum("surface", &a.surface, |s| {
+        pb::Surface::from_str_name(&format!("SURFACE_{s}"))
+    })?;
+    let channel = parse_enum("channel", &a.channel, |s| {
+        pb::Channel::from_str_name(&format!("CHANNEL_{s}"))
+    })?;
+    let attributes = pb::ShopperAttributes {
+        age_verified: a.verified_age.is_some(),
+        age_band: match &a.verified_age {
+            Some(b) => parse_enum("age band", b, |s| {
+                pb::AgeBand::from_str_name(&format!("AGE_BAND_{s}"))
+            })? as i32,
+            None => 0,
+        },
+        loyalty_tier: match &a.loyalty {
+            Some(t) => parse_enum("loyalty tier", t, |s| {
+                pb::LoyaltyTier::from_str_name(&format!("LOYALTY_TIER_{s}"))
+            })? as i32,
+            None => 0,
+        },
+    };
+    let mut request = tonic::Request::new(pb::DecideRequest {
+        shopper_id: a.shopper.clone(),
+        surface: surface as i32,
+        channel: channel as i32,
+        limit: a.limit,
+        candidate_item_ids: a.candidates.clone(),
+        context_item_ids: a.context.clone(),
+        store_id: a.store.clone(),
+        consent: Some(!a.no_consent),
+        attributes: Some(attributes),
+        ..Default::default()
+    });
+    if let Some(ms) = a.timeout_ms {
+        request.set_timeout(Duration::from_millis(ms));
+    }
+    let r = client.decide(request).await.map_err(status)?.into_inner();
+    print(a.addr.json, &decision_json(&r), || {
+        let mut out = format!(
+            "decision {} for {} on {}: {} by {} in {} µs\nmodel {} · rules {} · experiments {}{}\n",
+            r.decision_id,
+            a.shopper,
+            a.surface,
+            tier_name(r.fallback_tier),
+            r.served_by,
+            r.server_latency_us,
+            r.model_version,
+            r.rules_version,
+            r.experiments
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.variant))
+                .collect::<Vec<_>>()
+                .join(" "),
+            if r.in_holdout { " (holdout)" } else { "" },
+        );
+        for i in &r.items {
+            let offer = i
+                .offer
+                .as_ref()
+                .map(|o| format!("  offer {} -{}%", o.offer_id, o.discount_percent))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "{:>3}. {:<12} {:<40} {:<20} {:>9.2} {:>7.3}  {}{}\n",
+                i.rank,
+                i.item_id,
+                i.name,
+                i.category,
+                i.price_cents as f64 / 100.0,
+                i.score,
+                i.reasons.join(", "),
+                offer
+            ));
+        }
+        out.trim_end().to_string()
+    });
+    Ok(())
+}
+
+/// `aisle track`.
+///
+/// # Errors
+/// Connection failures and error statuses.
+pub async fn track(a: TrackArgs) -> anyhow::Result<()> {
+    let mut client = DecisionServiceClient::new(connect(&a.addr.addr).await?);
+    let kind = parse_enum("event type", &a.kind, |s| {
+        pb::EventType::from_str_name(&format!("EVENT_TYPE_{s}"))
+    })?;
+    let r = client
+        .track(pb::TrackRequest {
+            events: vec![pb::TrackEvent {
+                shopper_id: a.shopper.clone(),
+                r#type: kind as i32,
+                item_id: a.item.clone(),
+                query: a.query.clone(),
+                quantity: a.quantity,
+                price: a.price,
+                store_id: a.store.clone(),
+                aisle: a.aisle.clone(),
+                timestamp: None,
+                consent: a.consent,
+            }],
+            request_id: String::new(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    print(
+        a.addr.json,
+        &json!({"accepted": r.accepted, "unknown_items": r.unknown_items, "served_by": r.served_by}),
+        || {
+            format!(
+                "tracked {} event(s) for {} on {}",
+                r.accepted, a.shopper, r.served_by
+            )
+        },
+    );
+    Ok(())
+}
+
+fn kind_name(k: i32) -> &'static str {
+    match pb::AssistKind::try_from(k) {
+        Ok(pb::AssistKind::HighIntentCart) => "HIGH_INTENT_CART",
+        Ok(pb::AssistKind::Lingering) => "LINGERING",
+        Ok(pb::AssistKind::Replenish) => "REPLENISH",
+        _ => "UNSPECIFIED",
+    }
+}
+
+/// `aisle subscribe`.
+///
+/// # Errors
+/// Connection failures and error statuses.
+pub async fn subscribe(a: SubscribeArgs) -> anyhow::Result<()> {
+    let mut client = AssociateServiceClient::new(connect(&a.addr.addr).await?);
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            store_id: a.store.clone(),
+            associate_id: a.associate.clone(),
+            kinds: Vec::new(),
+            resume_after: a.resume_after,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    if !a.addr.json {
+        eprintln!("subscribed to store {} (ctrl-c to stop)", a.store);
+    }
+    let mut seen = 0;
+    while let Some(event) = stream.message().await.map_err(status)? {
+        let value = json!({
+            "sequence": event.sequence,
+            "store_id": event.store_id,
+            "kind": kind_name(event.kind),
+            "message": event.message,
+            "shopper_ref": event.shopper_ref,
+            "aisle": event.aisle,
+            "item_id": event.item_id,
+            "suggested_items": event.suggested_items.iter().map(|s| json!({"item_id": s.item_id, "name": s.name, "aisle": s.aisle})).collect::<Vec<_>>(),
+            "produced_by": event.produced_by,
+        });
+        print(a.addr.json, &value, || {
+            format!(
+                "#{} {} {}",
+                event.sequence,
+                kind_name(event.kind),
+                event.message
+            )
+        });
+        seen += 1;
+        if a.count.is_some_and(|c| seen >= c) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// `aisle forget`.
+///
+/// # Errors
+/// Connection failures and error statuses.
+pub async fn forget(a: ForgetArgs) -> anyhow::Result<()> {
+    let mut client = AdminServiceClient::new(connect(&a.addr.addr).await?);
+    let r = client
+        .forget_shopper(pb::ForgetShopperRequest {
+            shopper_id: a.shopper.clone(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    print(
+        a.addr.json,
+        &json!({"session_erased": r.session_erased, "cached_decisions_erased": r.cached_decisions_erased, "served_by": r.served_by}),
+        || {
+            format!(
+                "forgot {}: session {}, {} cached decision(s) erased on {}",
+                a.shopper,
+                if r.session_erased {
+                    "erased"
+                } else {
+                    "not held"
+                },
+                r.cached_decisions_erased,
+                r.served_by
+            )
+        },
+    );
+    Ok(())
+}
+
+/// `aisle bundles`.
+///
+/// # Errors
+/// Connection failures and error statuses.
+pub async fn bundles(a: AddrArgs) -> anyhow::Result<()> {
+    let mut client = AdminServiceClient::new(connect(&a.addr).await?);
+    let r = client
+        .bundle_status(pb::BundleStatusRequest {})
+        .await
+        .map_err(status)?
+        .into_inner();
+    let value = json!({
+        "served_by": r.served_by,
+        "bundles": r.bundles.iter().map(|b| json!({
+            "kind": b.kind, "role": b.role, "version": b.version, "content_hash": b.content_hash, "source": b.source,
+            "loaded_at_unix": b.loaded_at.as_ref().map(|t| t.seconds),
+        })).collect::<Vec<_>>(),
+    });
+    print(a.json, &value, || {
+        r.bundles
+            .iter()
+            .map(|b| {
+                format!(
+                    "{:<12} {:<10} {:<32} {}  {}",
+                    b.kind,
+                    b.role,
+                    b.version,
+                    &b.content_hash[..b.content_hash.len().min(12)],
+                    b.source
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+/// `aisle fault`.
+///
+/// # Errors
+/// Connection failures and error statuses.
+pub async fn fault(a: FaultArgs) -> anyhow::Result<()> {
+    let mut client = AdminServiceClient::new(connect(&a.addr.addr).await?);
+    let stage = parse_enum("stage", &a.stage, |s| {
+        pb::FaultStage::from_str_name(&format!("FAULT_STAGE_{s}"))
+    })?;
+    let mode = parse_enum("mode", &a.mode, |s| {
+        pb::FaultMode::from_str_name(&format!("FAULT_MODE_{s}"))
+    })?;
+    client
+        .set_fault(pb::SetFaultRequest {
+            stage: stage as i32,
+            mode: mode as i32,
+        })
+        .await
+        .map_err(status)?;
+    print(
+        a.addr.json,
+        &json!({"stage": a.stage, "mode": a.mode}),
+        || format!("fault set: {} {}", a.stage, a.mode),
+    );
+    Ok(())
+}

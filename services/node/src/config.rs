@@ -1,0 +1,299 @@
+//! The node's configuration: typed, with documented defaults, from a TOML file, environment variables and flags
+//! (flags win over the environment, which wins over the file). Unknown keys in the file are an error.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aisle_session::{AssistRules, SessionLimits, SessionSettings};
+use serde::{Deserialize, Serialize};
+
+/// How the node finds its peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterMode {
+    /// A single node, alone: it owns every shopper. No etcd needed.
+    Static,
+    /// Membership in etcd; shoppers are spread over the live members.
+    Etcd,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything a node needs to run. Every field has a default; see [`Config::default`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's id, reported as `served_by` (default: the host name, else "aisle-1").
+    pub node_id: String,
+    /// gRPC listen address (default 127.0.0.1:50051).
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address for /metrics, /healthz, /readyz (default 127.0.0.1:9090).
+    pub http_addr: SocketAddr,
+    /// Directory for bundles not given explicitly (`catalog.json`, `model.bin`, `rules.json`, `experiments.json`
+    /// are used when present) and the decision log. None: embedded demo data, no decision log.
+    pub data_dir: Option<PathBuf>,
+    /// Catalog bundle (JSON). None: the data dir's, else the demo world's.
+    pub catalog: Option<PathBuf>,
+    /// Model bundle. None: the data dir's, else a model trained at start-up on the demo history.
+    pub model: Option<PathBuf>,
+    /// A candidate model, served to the experiment variants that ask for `"candidate"`.
+    pub candidate_model: Option<PathBuf>,
+    /// Guardrail rules bundle (JSON). None: the data dir's, else the embedded defaults.
+    pub rules: Option<PathBuf>,
+    /// Experiments bundle (JSON). None: the data dir's, else the embedded defaults.
+    pub experiments: Option<PathBuf>,
+    /// How often bundle files are checked for a new version (0: never).
+    pub bundle_poll_secs: u64,
+    /// Budget of a decision when the caller sends no deadline (default 50 ms).
+    pub decide_budget_ms: u64,
+    /// Longest budget honoured, whatever the caller's deadline (default 1,000 ms).
+    pub max_budget_ms: u64,
+    /// Kept free at the end of a budget for the lower rungs and the response (default 2 ms).
+    pub safety_margin_ms: u64,
+    /// Session shard actors (default: 8 per core, at least 8).
+    pub session_shards: usize,
+    /// Ranking shard actors (default: one per core).
+    pub ranking_shards: usize,
+    /// A session idle this long is passivated (default 1,800 s).
+    pub session_idle_ttl_secs: u64,
+    /// Bounds per session.
+    pub session_limits: SessionLimits,
+    /// When session activity becomes an assist suggestion.
+    pub assist: AssistRules,
+    /// Cached decisions kept (the CACHED rung; default 200,000).
+    pub cache_capacity: usize,
+    /// How long a cached decision may be served (default 600 s).
+    pub cache_ttl_secs: u64,
+    /// Consent assumed when a request does not say (default false: no behavioural data).
+    pub default_consent: bool,
+    /// Events timestamped further than this in the future are refused (default 300 s).
+    pub max_future_skew_secs: u64,
+    /// Assist events retained per store for resuming handhelds (default 4,096; at least 1,000).
+    pub push_retention: usize,
+    /// Decisions in flight beyond this answer at once from the GENERIC rung (0: no limit; default 0).
+    pub max_inflight_decisions: usize,
+    /// Requests in flight beyond this are refused with RESOURCE_EXHAUSTED (0: no limit; default 0).
+    pub max_inflight_requests: usize,
+    /// Allow `AdminService/SetFault` (for drills and tests; default false).
+    pub fault_injection: bool,
+    /// Write a JSON line per decision here (audit and experiment exposure). None: no log.
+    pub decision_log: Option<PathBuf>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Membership mode.
+    pub cluster: ClusterMode,
+}
+
+fn default_node_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "aisle-1".to_string())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: default_node_id(),
+            grpc_addr: "127.0.0.1:50051".parse().expect("valid"),
+            http_addr: "127.0.0.1:9090".parse().expect("valid"),
+            data_dir: None,
+            catalog: None,
+            model: None,
+            candidate_model: None,
+            rules: None,
+            experiments: None,
+            bundle_poll_secs: 2,
+            decide_budget_ms: 50,
+            max_budget_ms: 1_000,
+            safety_margin_ms: 2,
+            session_shards: (8 * cores()).max(8),
+            ranking_shards: cores(),
+            session_idle_ttl_secs: 30 * 60,
+            session_limits: SessionLimits::default(),
+            assist: AssistRules::default(),
+            cache_capacity: 200_000,
+            cache_ttl_secs: 600,
+            default_consent: false,
+            max_future_skew_secs: 300,
+            push_retention: 4_096,
+            max_inflight_decisions: 0,
+            max_inflight_requests: 0,
+            fault_injection: false,
+            decision_log: None,
+            log_format: LogFormat::Text,
+            cluster: ClusterMode::Static,
+        }
+    }
+}
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of this shape (unknown keys included).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    ///
+    /// # Errors
+    /// When the file cannot be read or parsed, or holds unknown keys.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks ranges.
+    ///
+    /// # Errors
+    /// The first value out of range, named.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.node_id.is_empty() || self.node_id.len() > aisle_domain::MAX_ID_BYTES {
+            return bad("node_id: must be 1 to 256 bytes");
+        }
+        if self.decide_budget_ms == 0 || self.decide_budget_ms > self.max_budget_ms {
+            return bad("decide_budget_ms: must be positive and at most max_budget_ms");
+        }
+        if self.safety_margin_ms >= self.decide_budget_ms {
+            return bad("safety_margin_ms: must be below decide_budget_ms");
+        }
+        if self.session_shards == 0 || self.ranking_shards == 0 {
+            return bad("session_shards, ranking_shards: must be positive");
+        }
+        if self.push_retention < 1_000 {
+            return bad("push_retention: must be at least 1000");
+        }
+        if self.session_limits.history == 0 || self.session_limits.affinity_half_life_ms <= 0 {
+            return bad("session_limits: history and affinity_half_life_ms must be positive");
+        }
+        Ok(())
+    }
+
+    /// Session actor settings.
+    pub fn session_settings(&self) -> SessionSettings {
+        let ttl = Duration::from_secs(self.session_idle_ttl_secs.max(1));
+        SessionSettings {
+            limits: self.session_limits,
+            assist: AssistRules {
+                default_consent: self.default_consent,
+                ..self.assist
+            },
+            idle_ttl: ttl,
+            passivation_interval: (ttl / 4)
+                .clamp(Duration::from_millis(100), Duration::from_secs(60)),
+        }
+    }
+
+    /// The bundle file of `name` in the data dir, if it exists there.
+    pub fn data_file(&self, name: &str) -> Option<PathBuf> {
+        let p = self.data_dir.as_ref()?.join(name);
+        p.exists().then_some(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.grpc_addr.port(), 50051);
+        assert_eq!(c.http_addr.port(), 9090);
+        assert_eq!(c.decide_budget_ms, 50);
+        assert_eq!(c.session_idle_ttl_secs, 1_800);
+        assert!(!c.default_consent);
+        assert_eq!(c.cluster, ClusterMode::Static);
+    }
+
+    #[test]
+    fn files_override_defaults_and_unknown_keys_are_refused() {
+        let dir = std::env::temp_dir().join(format!("aisle-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(
+            &good,
+            "node_id = \"n7\"\ndecide_budget_ms = 30\n[assist]\ncart_value_threshold_cents = 100\n",
+        )
+        .unwrap();
+        let c = Config::from_file(&good).unwrap();
+        assert_eq!(c.node_id, "n7");
+        assert_eq!(c.decide_budget_ms, 30);
+        assert_eq!(c.assist.cart_value_threshold_cents, 100);
+        assert_eq!(c.assist.linger_events, AssistRules::default().linger_events);
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "node_idd = \"n7\"\n").unwrap();
+        let err = Config::from_file(&bad).unwrap_err().to_string();
+        assert!(err.contains("node_idd"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn out_of_range_values_are_named() {
+        let c = Config {
+            safety_margin_ms: 60,
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("safety_margin_ms")
+        );
+        let c = Config {
+            push_retention: 10,
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("push_retention")
+        );
+    }
+}

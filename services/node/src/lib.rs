@@ -1,0 +1,71 @@
+//! The Aisle node.
+//!
+//! - [`server`]: loading bundles, starting actors and services, graceful shutdown (`run(config, shutdown)`).
+//! - [`engine`]: the decide pipeline and its fallback ladder, event application, erasure.
+//! - [`api`]: the gRPC services and request validation; [`error`]: the one error-to-status mapping.
+//! - [`world`]: the catalog and models as one snapshot, owned by the world keeper actor.
+//! - [`push`] and [`assist`]: per-store assist events for associates' handhelds.
+//! - [`cache`], [`audit`], [`faults`], [`admission`]: the CACHED rung, decision records, fault injection and
+//!   overload protection.
+//! - [`http`], [`metrics`], [`readiness`]: the HTTP plane.
+//! - [`cli`] and [`client`]: the `aisle` command line.
+
+#![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod api;
+pub mod assist;
+pub mod audit;
+pub mod cache;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod faults;
+pub mod http;
+pub mod metrics;
+pub mod push;
+pub mod readiness;
+pub mod server;
+pub mod world;
+
+pub use config::Config;
+pub use server::{Prepared, RunningNode, prepare, run, start};
+
+/// Starts logging to stderr in the configured format; `RUST_LOG` (or `AISLE_LOG`) selects levels (default info).
+pub fn init_tracing(format: config::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("AISLE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        config::LogFormat::Json => builder.json().try_init(),
+        config::LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Resolves when the process receives SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,42 @@
+//! `aisle`: run a node, or talk to one.
+
+use std::process::ExitCode;
+
+use aisle_node::cli::{Cli, Command};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => {
+                let config = args.to_config()?;
+                aisle_node::init_tracing(config.log_format);
+                aisle_node::run(config, aisle_node::shutdown_signal()).await
+            }
+            Command::Decide(a) => aisle_node::client::decide(a).await,
+            Command::Track(a) => aisle_node::client::track(a).await,
+            Command::Subscribe(a) => aisle_node::client::subscribe(a).await,
+            Command::Forget(a) => aisle_node::client::forget(a).await,
+            Command::Bundles(a) => aisle_node::client::bundles(a).await,
+            Command::Fault(a) => aisle_node::client::fault(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! What `/readyz`, `/healthz` and gRPC health report, in one place.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The node's readiness: every condition must hold to take traffic.
+#[derive(Debug)]
+pub struct Readiness {
+    alive: AtomicBool,
+    /// Conditions not yet met (or no longer met), by name, with a reason.
+    pending: Mutex<Vec<(&'static str, String)>>,
+}
+
+impl Readiness {
+    /// Not ready until `conditions` are each marked met.
+    pub fn new(conditions: &[&'static str]) -> Self {
+        Self {
+            alive: AtomicBool::new(true),
+            pending: Mutex::new(
+                conditions
+                    .iter()
+                    .map(|c| (*c, "starting".to_string()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Marks a condition met.
+    pub fn met(&self, condition: &'static str) {
+        self.pending
+            .lock()
+            .expect("readiness lock")
+            .retain(|(c, _)| *c != condition);
+    }
+
+    /// Marks a condition unmet, with why.
+    pub fn unmet(&self, condition: &'static str, reason: impl Into<String>) {
+        let mut pending = self.pending.lock().expect("readiness lock");
+        pending.retain(|(c, _)| *c != condition);
+        pending.push((condition, reason.into()));
+    }
+
+    /// Why the node is not ready, or `None` when it is.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        let pending = self.pending.lock().expect("readiness lock");
+        (!pending.is_empty()).then(|| {
+            pending
+                .iter()
+                .map(|(c, r)| format!("{c} ({r})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+
+    /// Whether the node is ready.
+    pub fn is_ready(&self) -> bool {
+        self.not_ready_reason().is_none()
+    }
+
+    /// Whether the process is alive (false once it is shutting down).
+    pub fn alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+
+    /// The node is stopping: not ready, not alive.
+    pub fn stopping(&self) {
+        self.unmet("serving", "shutting down");
+        self.alive.store(false, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_every_condition_is_met() {
+        let r = Readiness::new(&["bundles", "serving"]);
+        assert!(!r.is_ready());
+        r.met("bundles");
+        assert_eq!(r.not_ready_reason().unwrap(), "serving (starting)");
+        r.met("serving");
+        assert!(r.is_ready());
+        r.stopping();
+        assert!(!r.is_ready() && !r.alive());
+    }
+}

@@ -1,0 +1,456 @@
+//! Starting, serving and stopping a node.
+//!
+//! [`prepare`] loads the bundles (files, or the embedded demo world with a model trained on its history);
+//! [`start`] spawns the actors and serves gRPC and HTTP on the given listeners (tests pass `127.0.0.1:0`);
+//! [`RunningNode::shutdown`] stops taking work, ends push streams, finishes in-flight calls and stops the actors.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aisle_domain::catalog::Catalog;
+use aisle_experiment::{Experiments, ExperimentsHandle};
+use aisle_policy::{Policy, Rules};
+use aisle_proto::v1::admin_service_server::AdminServiceServer;
+use aisle_proto::v1::associate_service_server::AssociateServiceServer;
+use aisle_proto::v1::decision_service_server::DecisionServiceServer;
+use aisle_ranking::{Model, Ranking};
+use aisle_session::Sessions;
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+
+use crate::admission::AdmissionLayer;
+use crate::api::admin::AdminApi;
+use crate::api::associate::AssociateApi;
+use crate::api::decision::DecisionApi;
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::readiness::Readiness;
+use crate::world::{Initial, ModelRole, Worlds};
+
+/// Largest request accepted, in bytes; larger ones are refused with OUT_OF_RANGE.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
+/// A JSON bundle as loaded: its bytes (already validated) and where they came from.
+#[derive(Debug, Clone)]
+pub struct BundleBytes {
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// The source (path, or "embedded default").
+    pub source: String,
+}
+
+/// The bundles a node starts with.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The catalog (`None`: derived from the model's items).
+    pub catalog: Option<Arc<Catalog>>,
+    /// The default model and its source.
+    pub model: (Model, String),
+    /// The candidate model, if any.
+    pub candidate: Option<(Model, String)>,
+    /// Guardrail rules.
+    pub rules: BundleBytes,
+    /// Experiments.
+    pub experiments: BundleBytes,
+}
+
+/// The embedded default rules, as a bundle.
+pub fn embedded_rules() -> BundleBytes {
+    BundleBytes {
+        bytes: serde_json::to_vec(&aisle_policy::rules::default_rules_file()).expect("serialises"),
+        source: "embedded default".into(),
+    }
+}
+
+/// The embedded default experiments, as a bundle.
+pub fn embedded_experiments() -> BundleBytes {
+    BundleBytes {
+        bytes: serde_json::to_vec(&aisle_experiment::default_experiments_file())
+            .expect("serialises"),
+        source: "embedded default".into(),
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The file to load for a bundle: the configured one, else the data dir's.
+fn bundle_path(explicit: &Option<PathBuf>, config: &Config, name: &str) -> Option<PathBuf> {
+    explicit.clone().or_else(|| config.data_file(name))
+}
+
+/// Loads the bundles the configuration names; with none, builds the demo world and trains its model.
+///
+/// # Errors
+/// When a named bundle is missing or invalid (the message says which and why), or a catalog is given without a
+/// model.
+pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
+    let catalog_path = bundle_path(&config.catalog, config, "catalog.json");
+    let model_path = bundle_path(&config.model, config, "model.bin");
+    let rules = match bundle_path(&config.rules, config, "rules.json") {
+        Some(p) => {
+            let b = BundleBytes {
+                bytes: read(&p)?,
+                source: p.display().to_string(),
+            };
+            Rules::from_json(&b.bytes, &b.source)?;
+            b
+        }
+        None => embedded_rules(),
+    };
+    let experiments = match bundle_path(&config.experiments, config, "experiments.json") {
+        Some(p) => {
+            let b = BundleBytes {
+                bytes: read(&p)?,
+                source: p.display().to_string(),
+            };
+            Experiments::from_json(&b.bytes, &b.source)?;
+            b
+        }
+        None => embedded_experiments(),
+    };
+    let candidate = match &config.candidate_model {
+        Some(p) => Some((Model::from_bytes(&read(p)?)?, p.display().to_string())),
+        None => None,
+    };
+    let (catalog, model) = match (catalog_path, model_path) {
+        (catalog, Some(m)) => {
+            let model = (Model::from_bytes(&read(&m)?)?, m.display().to_string());
+            let catalog = match catalog {
+                Some(c) => Some(Arc::new(Catalog::from_json(
+                    &read(&c)?,
+                    &c.display().to_string(),
+                )?)),
+                None => None,
+            };
+            (catalog, model)
+        }
+        (Some(c), None) => anyhow::bail!(
+            "catalog {} was given without a model: train one with `aisle-train fit` and pass --model",
+            c.display()
+        ),
+        (None, None) => {
+            tracing::info!("no bundles given: building the demo world and training its model");
+            let started = std::time::Instant::now();
+            let anchor = aisle_domain::now_ms();
+            let (catalog, model) = tokio::task::spawn_blocking(move || crate::world::demo(anchor))
+                .await?
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(items = catalog.len(), elapsed_ms = started.elapsed().as_millis() as u64,
+                model = %model.header.version, "demo world ready");
+            (
+                Some(catalog),
+                (model, "embedded demo (trained at start-up)".to_string()),
+            )
+        }
+    };
+    Ok(Prepared {
+        catalog,
+        model,
+        candidate,
+        rules,
+        experiments,
+    })
+}
+
+/// A running node.
+pub struct RunningNode {
+    /// Where gRPC listens.
+    pub grpc_addr: std::net::SocketAddr,
+    /// Where HTTP listens.
+    pub http_addr: std::net::SocketAddr,
+    /// The engine (for in-process inspection by tests and the cluster layer).
+    pub engine: Arc<Engine>,
+    /// Readiness.
+    pub readiness: Arc<Readiness>,
+    shutdown_tx: watch::Sender<bool>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: JoinHandle<std::io::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// How long in-flight calls get to finish at shutdown before connections are closed.
+const DRAIN: Duration = Duration::from_secs(10);
+
+impl RunningNode {
+    /// Stops taking work, ends push streams (handhelds reconnect elsewhere), lets in-flight calls finish (up to
+    /// 10 s), and stops the actors.
+    pub async fn shutdown(self) {
+        tracing::info!(node = %self.engine.node_id, "shutting down");
+        self.readiness.stopping();
+        let _ = self.shutdown_tx.send(true);
+        for task in &self.background {
+            task.abort();
+        }
+        match tokio::time::timeout(DRAIN, self.grpc).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+            Err(_) => tracing::warn!("in-flight calls did not finish within the drain time"),
+            _ => {}
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.http).await;
+        self.engine.sessions.stop().await;
+        self.engine.ranking.stop().await;
+        self.engine.worlds.stop();
+        self.engine.policy.stop();
+        self.engine.experiments.stop();
+        tracing::info!(node = %self.engine.node_id, "stopped");
+    }
+}
+
+/// Starts a node on the given listeners.
+///
+/// # Errors
+/// When actors cannot be spawned or the decision log cannot be opened.
+pub async fn start(
+    config: Config,
+    prepared: Prepared,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+) -> anyhow::Result<RunningNode> {
+    config.validate()?;
+    let metrics_handle = crate::metrics::install();
+    crate::metrics::describe();
+    let config = Arc::new(config);
+    let readiness = Arc::new(Readiness::new(&["bundles", "serving"]));
+
+    let worlds = Worlds::start(Initial {
+        catalog: prepared.catalog,
+        model: prepared.model,
+        candidate: prepared.candidate,
+    })
+    .await?;
+    let policy = Policy::start(Rules::from_json(
+        &prepared.rules.bytes,
+        &prepared.rules.source,
+    )?)
+    .await?;
+    let experiments = ExperimentsHandle::start(Experiments::from_json(
+        &prepared.experiments.bytes,
+        &prepared.experiments.source,
+    )?)
+    .await?;
+    let sessions = Sessions::start(config.session_shards, config.session_settings()).await?;
+    let ranking = Ranking::start(config.ranking_shards).await?;
+    let audit = match &config.decision_log {
+        Some(p) => Some(
+            AuditLog::open(p)
+                .await
+                .with_context(|| format!("decision log {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let engine = Arc::new(Engine::new(
+        config.clone(),
+        worlds,
+        policy,
+        experiments,
+        sessions.clone(),
+        ranking,
+        audit,
+    ));
+    readiness.met("bundles");
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(aisle_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let decision = DecisionServiceServer::new(DecisionApi::new(engine.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let associate =
+        AssociateServiceServer::new(AssociateApi::new(engine.hub.clone(), shutdown_rx.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let admin = AdminServiceServer::new(AdminApi::new(engine.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+
+    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let mut grpc_shutdown = shutdown_rx.clone();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(AdmissionLayer::new(config.max_inflight_requests))
+            .add_service(decision)
+            .add_service(associate)
+            .add_service(admin)
+            .add_service(health_service)
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = grpc_shutdown.wait_for(|stop| *stop).await;
+            }),
+    );
+
+    let mut http_shutdown = shutdown_rx.clone();
+    let router = crate::http::router(metrics_handle.clone(), readiness.clone(), sessions);
+    let http = tokio::spawn(async move {
+        axum::serve(http_listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+
+    let mut background = Vec::new();
+    background.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            metrics_handle.run_upkeep();
+        }
+    }));
+    if config.bundle_poll_secs > 0 {
+        background.push(tokio::spawn(watch_bundles(engine.clone())));
+    }
+
+    for service in [
+        "aisle.v1.DecisionService",
+        "aisle.v1.AssociateService",
+        "aisle.v1.AdminService",
+        "",
+    ] {
+        health
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    readiness.met("serving");
+    tracing::info!(node = %config.node_id, grpc = %grpc_addr, http = %http_addr, "serving");
+    Ok(RunningNode {
+        grpc_addr,
+        http_addr,
+        engine,
+        readiness,
+        shutdown_tx,
+        grpc,
+        http,
+        background,
+    })
+}
+
+/// Runs a node until `shutdown` resolves (SIGTERM/SIGINT in the binary), then stops it gracefully.
+///
+/// # Errors
+/// When bundles cannot be loaded or the addresses cannot be bound.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let prepared = prepare(&config).await?;
+    let grpc = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (grpc_addr)", config.grpc_addr))?;
+    let http = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (http_addr)", config.http_addr))?;
+    let node = start(config, prepared, grpc, http).await?;
+    shutdown.await;
+    node.shutdown().await;
+    Ok(())
+}
+
+/// A bundle file being watched.
+struct Watched {
+    path: PathBuf,
+    seen: Option<(SystemTime, u64)>,
+    kind: WatchedKind,
+}
+
+#[derive(Clone, Copy)]
+enum WatchedKind {
+    Catalog,
+    Model(ModelRole),
+    Rules,
+    Experiments,
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Polls the bundle files and loads new versions through their owners (invalid ones are refused and logged; the
+/// last good version keeps serving).
+async fn watch_bundles(engine: Arc<Engine>) {
+    let config = &engine.config;
+    let mut watched: Vec<Watched> = [
+        (
+            bundle_path(&config.catalog, config, "catalog.json"),
+            WatchedKind::Catalog,
+        ),
+        (
+            bundle_path(&config.model, config, "model.bin"),
+            WatchedKind::Model(ModelRole::Default),
+        ),
+        (
+            config.candidate_model.clone(),
+            WatchedKind::Model(ModelRole::Candidate),
+        ),
+        (
+            bundle_path(&config.rules, config, "rules.json"),
+            WatchedKind::Rules,
+        ),
+        (
+            bundle_path(&config.experiments, config, "experiments.json"),
+            WatchedKind::Experiments,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(p, kind)| {
+        p.map(|path| Watched {
+            seen: stamp(&path),
+            path,
+            kind,
+        })
+    })
+    .collect();
+    if watched.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(config.bundle_poll_secs));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for w in &mut watched {
+            let now = stamp(&w.path);
+            if now.is_none() || now == w.seen {
+                continue;
+            }
+            w.seen = now;
+            let Ok(bytes) = tokio::fs::read(&w.path).await else {
+                continue;
+            };
+            let source = w.path.display().to_string();
+            let timeout = Duration::from_secs(60);
+            let result = match w.kind {
+                WatchedKind::Catalog => {
+                    engine.worlds.load_catalog(bytes, &source).await.map(|_| ())
+                }
+                WatchedKind::Model(role) => engine
+                    .worlds
+                    .load_model(bytes, &source, role)
+                    .await
+                    .map(|_| ()),
+                WatchedKind::Rules => engine
+                    .policy
+                    .load(bytes, &source, timeout)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                WatchedKind::Experiments => engine
+                    .experiments
+                    .load(bytes, &source, timeout)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(error) = result {
+                tracing::warn!(file = %source, %error, "new bundle version refused");
+            }
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! The catalog and the ranking models, as one consistent snapshot ([`World`]) that every decision reads without a
+//! lock, owned by one actor ([`WorldKeeper`]) that serialises every change: a new catalog (models are re-bound to
+//! it), a new default or candidate model, promoting the candidate, rolling back.
+//!
+//! A model and the catalog it is bound to are always swapped together, so a decision never mixes item indices of
+//! two catalogs. An invalid bundle is refused with its reason and the current snapshot keeps serving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aisle_domain::bundle::{BundleError, BundleKind, BundleMeta};
+use aisle_domain::catalog::Catalog;
+use aisle_domain::demo::DemoWorld;
+use aisle_ranking::fit::{FitConfig, fit};
+use aisle_ranking::{Model, ServedModel};
+use arc_swap::ArcSwap;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+/// Which slot a model occupies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelRole {
+    /// Serves every decision not routed elsewhere by an experiment.
+    Default,
+    /// Serves the experiment variants that ask for `"candidate"` (canary).
+    Candidate,
+}
+
+impl ModelRole {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelRole::Default => "default",
+            ModelRole::Candidate => "candidate",
+        }
+    }
+}
+
+/// What decisions read: the catalog and the models bound to it.
+#[derive(Debug)]
+pub struct World {
+    /// The catalog.
+    pub catalog: Arc<Catalog>,
+    /// The default model.
+    pub default_model: Arc<ServedModel>,
+    /// The candidate model, if one is loaded.
+    pub candidate: Option<Arc<ServedModel>>,
+    /// The default model before the last promotion, for rollback.
+    pub previous: Option<Arc<ServedModel>>,
+}
+
+impl World {
+    /// The model a decision should use: `"candidate"` names the candidate slot, another value a loaded model's
+    /// version; anything else (or nothing) means the default.
+    pub fn model_for(&self, requested: Option<&str>) -> &Arc<ServedModel> {
+        match requested {
+            Some("candidate") => self.candidate.as_ref().unwrap_or(&self.default_model),
+            Some(v) => [
+                Some(&self.default_model),
+                self.candidate.as_ref(),
+                self.previous.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .find(|m| m.version() == v)
+            .unwrap_or(&self.default_model),
+            None => &self.default_model,
+        }
+    }
+}
+
+/// A model as loaded, kept for re-binding when the catalog changes.
+#[derive(Debug, Clone)]
+struct Loaded {
+    model: Arc<Model>,
+    source: String,
+}
+
+/// Where the catalog comes from.
+#[derive(Debug, Clone)]
+enum CatalogOrigin {
+    /// A catalog bundle.
+    Bundle,
+    /// Derived from the models' items (no catalog given): re-derived when the models change.
+    FromModels,
+}
+
+/// The state behind the [`WorldKeeper`].
+pub struct Keeper {
+    catalog: Arc<Catalog>,
+    origin: CatalogOrigin,
+    default_model: Loaded,
+    candidate: Option<Loaded>,
+    previous: Option<Loaded>,
+    published: Arc<ArcSwap<World>>,
+}
+
+fn bind(loaded: &Loaded, catalog: &Arc<Catalog>) -> Arc<ServedModel> {
+    Arc::new(ServedModel::bind(
+        &loaded.model,
+        catalog.clone(),
+        &loaded.source,
+    ))
+}
+
+impl Keeper {
+    /// The catalog to use for a catalog-less deployment: every item any loaded model knows, indexed over `base`
+    /// (so indices held by sessions stay valid).
+    fn derived_catalog(
+        default_model: &Loaded,
+        candidate: Option<&Loaded>,
+        base: Option<&Catalog>,
+    ) -> Arc<Catalog> {
+        let mut ids: Vec<String> = default_model.model.data.items.clone();
+        if let Some(c) = candidate {
+            let known: std::collections::HashSet<&String> = ids.iter().collect();
+            let extra: Vec<String> = c
+                .model
+                .data
+                .items
+                .iter()
+                .filter(|i| !known.contains(i))
+                .cloned()
+                .collect();
+            ids.extend(extra);
+        }
+        let plain = Catalog::plain(
+            &format!("from-model-{}", default_model.model.header.version),
+            ids,
+        );
+        Arc::new(match base {
+            Some(base) => plain
+                .rebased(base)
+                .expect("plain catalogs have one category"),
+            None => plain,
+        })
+    }
+
+    fn publish(&mut self) {
+        if let CatalogOrigin::FromModels = self.origin {
+            self.catalog = Self::derived_catalog(
+                &self.default_model,
+                self.candidate.as_ref(),
+                Some(&self.catalog),
+            );
+        }
+        let world = World {
+            catalog: self.catalog.clone(),
+            default_model: bind(&self.default_model, &self.catalog),
+            candidate: self.candidate.as_ref().map(|c| bind(c, &self.catalog)),
+            previous: self.previous.as_ref().map(|c| bind(c, &self.catalog)),
+        };
+        self.published.store(Arc::new(world));
+    }
+}
+
+/// Messages of the [`WorldKeeper`].
+pub enum WorldMsg {
+    /// Replace the catalog (models are re-bound).
+    LoadCatalog {
+        /// Bundle bytes.
+        bytes: Vec<u8>,
+        /// Where they came from.
+        source: String,
+        /// The new catalog's identity, or why it was refused.
+        reply: RpcReplyPort<Result<BundleMeta, BundleError>>,
+    },
+    /// Replace the model in a slot.
+    LoadModel {
+        /// Bundle bytes.
+        bytes: Vec<u8>,
+        /// Where they came from.
+        source: String,
+        /// Which slot.
+        role: ModelRole,
+        /// The new model's identity, or why it was refused.
+        reply: RpcReplyPort<Result<BundleMeta, BundleError>>,
+    },
+    /// Make the candidate the default (the old default is kept for rollback).
+    Promote(RpcReplyPort<Result<String, String>>),
+    /// Restore the default from before the last promotion (the demoted model becomes the candidate again).
+    Rollback(RpcReplyPort<Result<String, String>>),
+}
+
+/// The actor that owns the catalog and the models.
+#[derive(Debug, Clone, Copy)]
+pub struct WorldKeeper;
+
+impl Actor for WorldKeeper {
+    type Msg = WorldMsg;
+    type State = Keeper;
+    type Arguments = Keeper;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<WorldMsg>,
+        keeper: Keeper,
+    ) -> Result<Keeper, ActorProcessingErr> {
+        Ok(keeper)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<WorldMsg>,
+        msg: WorldMsg,
+        k: &mut Keeper,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorldMsg::LoadCatalog {
+                bytes,
+                source,
+                reply,
+            } => {
+                let result = Catalog::from_json_over(&bytes, &source, &k.catalog).map(|catalog| {
+                    let meta = catalog.meta.clone();
+                    k.catalog = Arc::new(catalog);
+                    k.origin = CatalogOrigin::Bundle;
+                    k.publish();
+                    meta
+                });
+                report(BundleKind::Catalog, &source, &result);
+                let _ = reply.send(result);
+            }
+            WorldMsg::LoadModel {
+                bytes,
+                source,
+                role,
+                reply,
+            } => {
+                let result = Model::from_bytes(&bytes).map(|model| {
+                    let loaded = Loaded {
+                        model: Arc::new(model),
+                        source: source.clone(),
+                    };
+                    let meta = loaded.model.meta(&source);
+                    match role {
+                        ModelRole::Default => k.default_model = loaded,
+                        ModelRole::Candidate => k.candidate = Some(loaded),
+                    }
+                    k.publish();
+                    meta
+                });
+                report(BundleKind::Model, &source, &result);
+                let _ = reply.send(result);
+            }
+            WorldMsg::Promote(reply) => {
+                let result = match k.candidate.take() {
+                    Some(candidate) => {
+                        let version = candidate.model.header.version.clone();
+                        k.previous = Some(std::mem::replace(&mut k.default_model, candidate));
+                        k.publish();
+                        tracing::info!(%version, "candidate model promoted to default");
+                        Ok(version)
+                    }
+                    None => Err("no candidate model is loaded".to_string()),
+                };
+                let _ = reply.send(result);
+            }
+            WorldMsg::Rollback(reply) => {
+                let result = match k.previous.take() {
+                    Some(previous) => {
+                        let version = previous.model.header.version.clone();
+                        k.candidate = Some(std::mem::replace(&mut k.default_model, previous));
+                        k.publish();
+                        tracing::warn!(%version, "default model rolled back");
+                        Ok(version)
+                    }
+                    None => Err("no previous default model to roll back to".to_string()),
+                };
+                let _ = reply.send(result);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn report(kind: BundleKind, source: &str, result: &Result<BundleMeta, BundleError>) {
+    match result {
+        Ok(meta) => {
+            tracing::info!(kind = %kind, version = %meta.version, source, "bundle loaded");
+            metrics::counter!("aisle_bundle_loads_total", "kind" => kind.as_str()).increment(1);
+        }
+        Err(error) => {
+            tracing::warn!(kind = %kind, source, %error, "bundle refused; the last good one keeps serving");
+            metrics::counter!("aisle_bundle_refused_total", "kind" => kind.as_str()).increment(1);
+        }
+    }
+}
+
+/// The typed handle: lock-free reads, changes through the keeper.
+#[derive(Clone)]
+pub struct Worlds {
+    published: Arc<ArcSwap<World>>,
+    keeper: ActorRef<WorldMsg>,
+}
+
+impl std::fmt::Debug for Worlds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worlds").finish_non_exhaustive()
+    }
+}
+
+const CALL: Duration = Duration::from_secs(60);
+
+fn unavailable<T>(r: Result<CallResult<T>, impl std::fmt::Debug>) -> Result<T, String> {
+    match r {
+        Ok(CallResult::Success(v)) => Ok(v),
+        _ => Err("world keeper unavailable".to_string()),
+    }
+}
+
+/// The initial contents of a world.
+pub struct Initial {
+    /// The catalog, or `None` to derive it from the model's items.
+    pub catalog: Option<Arc<Catalog>>,
+    /// The default model and where it came from.
+    pub model: (Model, String),
+    /// The candidate model, if any.
+    pub candidate: Option<(Model, String)>,
+}
+
+impl Worlds {
+    /// Binds the initial bundles and starts the keeper.
+    ///
+    /// # Errors
+    /// When the actor cannot be spawned.
+    pub async fn start(initial: Initial) -> Result<Self, ractor::SpawnErr> {
+        let loaded = |(model, source): (Model, String)| Loaded {
+            model: Arc::new(model),
+            source,
+        };
+        let default_model = loaded(initial.model);
+        let candidate = initial.candidate.map(loaded);
+        let (catalog, origin) = match initial.catalog {
+            Some(c) => (c, CatalogOrigin::Bundle),
+            None => (
+                Keeper::derived_catalog(&default_model, candidate.as_ref(), None),
+                CatalogOrigin::FromModels,
+            ),
+        };
+        let placeholder = World {
+            catalog: catalog.clone(),
+            default_model: bind(&default_model, &catalog),
+            candidate: None,
+            previous: None,
+        };
+        let published = Arc::new(ArcSwap::from_pointee(placeholder));
+        let mut keeper = Keeper {
+            catalog,
+            origin,
+            default_model,
+            candidate,
+            previous: None,
+            published: published.clone(),
+        };
+        keeper.publish();
+        let (keeper, _) = Actor::spawn(None, WorldKeeper, keeper).await?;
+        Ok(Self { published, keeper })
+    }
+
+    /// The current world.
+    pub fn current(&self) -> Arc<World> {
+        self.published.load_full()
+    }
+
+    /// Loads a catalog bundle.
+    ///
+    /// # Errors
+    /// The reason it was refused, or that the keeper is unavailable.
+    pub async fn load_catalog(&self, bytes: Vec<u8>, source: &str) -> Result<BundleMeta, String> {
+        let source = source.to_string();
+        let r = self
+            .keeper
+            .call(
+                |reply| WorldMsg::LoadCatalog {
+                    bytes,
+                    source,
+                    reply,
+                },
+                Some(CALL),
+            )
+            .await;
+        unavailable(r)?.map_err(|e| e.to_string())
+    }
+
+    /// Loads a model bundle into a slot.
+    ///
+    /// # Errors
+    /// The reason it was refused, or that the keeper is unavailable.
+    pub async fn load_model(
+        &self,
+        bytes: Vec<u8>,
+        source: &str,
+        role: ModelRole,
+    ) -> Result<BundleMeta, String> {
+        let source = source.to_string();
+        let r = self
+            .keeper
+            .call(
+                |reply| WorldMsg::LoadModel {
+                    bytes,
+                    source,
+                    role,
+                    reply,
+                },
+                Some(CALL),
+            )
+            .await;
+        unavailable(r)?.map_err(|e| e.to_string())
+    }
+
+    /// Promotes the candidate model to default; returns its version.
+    ///
+    /// # Errors
+    /// When no candidate is loaded.
+    pub async fn promote(&self) -> Result<String, String> {
+        unavailable(self.keeper.call(WorldMsg::Promote, Some(CALL)).await)?
+    }
+
+    /// Rolls the default model back to the one before the last promotion; returns its version.
+    ///
+    /// # Errors
+    /// When there was no promotion.
+    pub async fn rollback(&self) -> Result<String, String> {
+        unavailable(self.keeper.call(WorldMsg::Rollback, Some(CALL)).await)?
+    }
+
+    /// Stops the keeper.
+    pub fn stop(&self) {
+        self.keeper.stop(None);
+    }
+}
+
+/// Settings of the model trained at start-up on the demo history: small enough to train in about a second.
+pub fn demo_fit_config() -> FitConfig {
+    FitConfig {
+        version: format!(
+            "demo-{:x}-s{}",
+            aisle_domain::demo::DEMO_SEED,
+            aisle_ranking::features::FEATURE_SCHEMA_VERSION
+        ),
+        max_positions: 8_000,
+        negatives: 10,
+        trained_by: concat!("aisle ", env!("CARGO_PKG_VERSION"), " (demo, at start-up)").into(),
+        ..FitConfig::default()
+    }
+}
+
+/// Builds the demo world and trains its model (CPU-heavy: call from a blocking thread).
+///
+/// # Errors
+/// When training fails (it does not on the embedded demo data).
+pub fn demo(anchor_ms: i64) -> Result<(Arc<Catalog>, Model), String> {
+    let world = DemoWorld::standard(anchor_ms);
+    let catalog = Arc::new(world.load_catalog());
+    let model = fit(
+        &world.history,
+        catalog.clone(),
+        &demo_fit_config(),
+        &mut |_| {},
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((catalog, model))
+}

@@ -148,3 +148,56 @@ pub struct LoggedSession {
     /// The events, in time order.
     pub events: Vec<LoggedEvent>,
 }
+
+/// One tracked event as the node's event log writes it (one JSON object per line) and the trainer reads it: the
+/// fields of the API's `TrackEvent`, with the type as its lowercase name and the time in ms since the epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// The shopper.
+    pub shopper_id: String,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    /// The item, when the event has one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub item_id: String,
+    /// The search query.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub query: String,
+    /// Quantity (cart and purchase events).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quantity: u32,
+    /// Unit price in major units, when given.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub price: f64,
+    /// The store.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub store_id: String,
+    /// The aisle.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub aisle: String,
+    /// When it happened.
+    pub ts_ms: TimestampMs,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_records_read_as_json_lines() {
+        let line = r#"{"shopper_id":"s1","type":"add_to_cart","item_id":"sku-1","quantity":2,"ts_ms":1700000000000}"#;
+        let r: EventRecord = serde_json::from_str(line).unwrap();
+        assert_eq!(r.kind, EventKind::AddToCart);
+        assert_eq!(r.quantity, 2);
+        assert_eq!(serde_json::to_string(&r).unwrap(), line);
+    }
+}

@@ -690,7 +690,7 @@ def etcd_keys(client_url: str) -> dict[str, str]:
 def aisle_binary() -> str:
     if os.environ.get("AISLE_BIN"):
         return os.environ["AISLE_BIN"]
-    cargo = shutil.which("cargo")
+    cargo = shutil.which(os.environ.get("CARGO") or "cargo")
     check(cargo is not None, "cargo is needed to build the aisle binary")
     p = subprocess.run([cargo, "build", "-p", "aisle-node", "--bin", "aisle", "--message-format=json"], cwd=ROOT,
                        capture_output=True, text=True)

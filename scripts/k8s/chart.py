@@ -277,14 +277,53 @@ def truthy(v: Any) -> bool:
     return True
 
 
+def go_float(v: float) -> str:
+    """Go's %v of a float64 (strconv 'g', shortest): 3 -> "3", 0.5 -> "0.5", 1000000 -> "1e+06" — as Helm prints a
+    number from a values file, all of which are float64 (so large numbers need `int` before printing)."""
+    if v == 0:
+        return "0"
+    if v != v or v in (float("inf"), float("-inf")):
+        raise RenderError(f"printing {v}")
+    from decimal import Decimal
+
+    sign, digits, exponent = Decimal(repr(v)).as_tuple()
+    ds = "".join(map(str, digits)).rstrip("0") or "0"
+    exponent += len(digits) - len(ds)
+    nd = len(ds)
+    dp = nd + exponent  # position of the decimal point in ds
+    exp = dp - 1
+    neg = "-" if sign else ""
+    if exp < -4 or exp >= 6:
+        mant = ds[0] + ("." + ds[1:] if nd > 1 else "")
+        return f"{neg}{mant}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    if dp <= 0:
+        return f"{neg}0.{'0' * -dp}{ds}"
+    if dp >= nd:
+        return f"{neg}{ds}{'0' * (dp - nd)}"
+    return f"{neg}{ds[:dp]}.{ds[dp:]}"
+
+
+def helm_numbers(v: Any) -> Any:
+    """Values as Helm holds them after reading a values file: every number a float64."""
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, int):
+        return float(v)
+    if isinstance(v, dict):
+        return {k: helm_numbers(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [helm_numbers(x) for x in v]
+    return v
+
+
 def to_str(v: Any) -> str:
-    """Go's fmt %v of a value as Helm holds it (numbers from values are float64: 3 prints as 3)."""
+    """Go's fmt %v of a value as Helm holds it."""
     if v is None:
         raise RenderError("printing a nil value")
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
-        return str(int(v)) if v.is_integer() and abs(v) < 1e21 else repr(v)
+        return go_float(v)
     if isinstance(v, (int, str)):
         return str(v)
     raise RenderError(f"printing a {type(v).__name__} (use toYaml or toJson)")
@@ -362,23 +401,25 @@ def to_int(v: Any) -> int:
     raise RenderError(f"int of a {type(v).__name__}")
 
 
+def integral(x: Any) -> Any:
+    """Numbers as Go's encoding/json writes them (Helm's toYaml and toJson go through it): 3.0 -> 3."""
+    if isinstance(x, float) and x.is_integer() and abs(x) < 1e21:
+        return int(x)
+    if isinstance(x, dict):
+        return {k: integral(e) for k, e in x.items()}
+    if isinstance(x, list):
+        return [integral(e) for e in x]
+    return x
+
+
 def to_yaml(v: Any) -> str:
     if v is None:
         return "null"
-    return yaml.safe_dump(v, default_flow_style=False, sort_keys=True, allow_unicode=True, width=1_000_000).rstrip("\n")
+    return yaml.safe_dump(integral(v), default_flow_style=False, sort_keys=True, allow_unicode=True, width=1_000_000).rstrip("\n")
 
 
 def go_json(v: Any) -> str:
-    def norm(x):
-        if isinstance(x, float) and x.is_integer():
-            return int(x)
-        if isinstance(x, dict):
-            return {k: norm(x[k]) for k in x}
-        if isinstance(x, list):
-            return [norm(e) for e in x]
-        return x
-
-    s = json.dumps(norm(v), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    s = json.dumps(integral(v), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     # Go's encoding/json escapes these for HTML safety.
     return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
@@ -400,11 +441,20 @@ def kind_of(v: Any) -> str:
 
 
 def compare(a: Any, b: Any) -> tuple[Any, Any]:
-    num = (int, float)
-    if isinstance(a, num) and isinstance(b, num) and not isinstance(a, bool) and not isinstance(b, bool):
-        return a, b
-    if type(a) is not type(b):
-        raise RenderError(f"incompatible types for comparison: {type(a).__name__} and {type(b).__name__}")
+    """Go's template comparison: same basic kind only (an int against a float64 from values is an error there)."""
+    def kind(x):
+        if isinstance(x, bool):
+            return "bool"
+        if isinstance(x, int):
+            return "int"
+        if isinstance(x, float):
+            return "float"
+        if isinstance(x, str):
+            return "string"
+        raise RenderError(f"cannot compare a {type(x).__name__}")
+
+    if kind(a) != kind(b):
+        raise RenderError(f"incompatible types for comparison: {kind(a)} and {kind(b)} (wrap numbers in int)")
     return a, b
 
 
@@ -436,6 +486,7 @@ FUNCS = {
     "quote": lambda *a: " ".join(go_quote(to_str(x)) for x in a if x is not None),
     "toString": to_str,
     "int": to_int,
+    "int64": to_int,
     "add1": lambda x: to_int(x) + 1,
     "list": lambda *a: list(a),
     "append": lambda lst, v: list(lst) + [v],
@@ -668,7 +719,8 @@ def load(path: str) -> Chart:
 def render(chart: Chart, values: dict | None = None, release: str = "aisle", namespace: str = "aisle",
            service: str = "Helm") -> dict[str, str]:
     """Renders every template: {file name: text}. `values` are merged over the chart's defaults."""
-    vals = merge(chart.values, values or {})
+    # Numbers from values files are float64 in Helm (`--set` gives integers, which print the same below 1e6).
+    vals = helm_numbers(merge(chart.values, values or {}))
     defines: dict[str, list[Node]] = {}
     trees = {name: parse(src, name, defines) for name, src in chart.templates.items()}
     root = {

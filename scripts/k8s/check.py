@@ -788,9 +788,11 @@ def pod_process(docs: list[dict], pod_name: str, namespace: str, root: str, etcd
             value = expand(e.get("value", ""), defined)
         defined[e["name"]] = value
     for k, v in defined.items():
-        for mount_path, d in mounts.items():
+        # A path in the pod becomes the same path under its volume's directory (the deepest mount wins, once).
+        for mount_path in sorted(mounts, key=len, reverse=True):
             if v == mount_path or v.startswith(mount_path + "/"):
-                v = d + v[len(mount_path):]
+                v = mounts[mount_path] + v[len(mount_path):]
+                break
         env[k] = v
     if etcd_url is not None:
         env["AISLE_ETCD_ENDPOINTS"] = etcd_url

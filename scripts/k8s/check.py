@@ -195,6 +195,8 @@ NEGATIVE_VALUES = [
     ({"etcd": {"bundled": {"replicas": 2}}}, "an even etcd member count"),
     ({"cluster": {"mode": "gossip"}}, "an unknown cluster mode"),
     ({"cluster": {"leaseTtlSeconds": "5s"}}, "a lease TTL as a string"),
+    ({"cluster": {"leaseTtlSeconds": 1}}, "a lease TTL the node refuses (below 2 s)"),
+    ({"cluster": {"name": "eu/west"}}, "a cluster name with a '/' (the etcd key prefix)"),
     ({"config": {"decide_budget_ms": "50"}}, "a config number as a string"),
     ({"config": {"node_id": "x"}}, "a config key the chart sets itself"),
     ({"config": {"decide_budget_msx": 50}}, "an unknown config key"),

@@ -219,6 +219,56 @@ def check_schema_negative() -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The renderer itself: Helm's meaning on the constructs the chart uses, and refusals outside them.
+
+RENDERER_CASES = [
+    # (template, values, expected output, or None when the renderer must refuse it)
+    ("a {{- \" b\" -}} \n c", {}, "a bc"),
+    ("{{/* a comment */}}x", {}, "x"),
+    ("{{ .Values.n }} {{ int .Values.n }} {{ .Values.p }} {{ .Values.f }}", {"n": 1000000, "p": 50051, "f": 0.25},
+     "1e+06 1000000 50051 0.25"),
+    ("{{ .Values.n | toString | quote }} {{ toJson .Values.m }}", {"n": 2, "m": {"b": 1800000, "a": "x<y"}},
+     '"2" {"a":"x\\u003cy","b":1800000}'),
+    ("{{ range $i, $v := .Values.l }}{{ $i }}={{ $v }};{{ end }}", {"l": ["a", "b"]}, "0=a;1=b;"),
+    ("{{ range $k, $v := .Values.m }}{{ $k }}={{ $v }};{{ end }}", {"m": {"z": 1, "a": 2}}, "a=2;z=1;"),
+    ("{{ range .Values.l }}x{{ else }}empty{{ end }}", {"l": []}, "empty"),
+    ("{{ with .Values.e }}x{{ else }}y{{ end }}{{ with .Values.m }}{{ .k }}{{ end }}", {"e": {}, "m": {"k": "v"}}, "yv"),
+    ("{{ if .Values.a }}1{{ else if .Values.b }}2{{ else }}3{{ end }}", {"a": 0, "b": "x"}, "2"),
+    ("{{ $x := 1 }}{{ if true }}{{ $x = add1 $x }}{{ end }}{{ $x }}", {}, "2"),
+    ("{{ default \"d\" .Values.s }}|{{ default \"d\" .Values.t }}", {"s": "", "t": "t"}, "d|t"),
+    ("{{ printf \"%s-%d\" \"a\" (int .Values.n) | trunc 3 | trimSuffix \"-\" }}", {"n": 7}, "a-7"),
+    ("{{ toYaml .Values.m | nindent 2 }}", {"m": {"b": [1, 2], "a": True}}, "\n  a: true\n  b:\n  - 1\n  - 2"),
+    ("{{ join \",\" (append (list \"a\") \"b\") }} {{ until 3 }}", {}, None),  # printing a list: refused
+    ("{{ join \",\" (append (list \"a\") \"b\") }}", {}, "a,b"),
+    ("{{ .Values.missing }}", {}, None),
+    ("{{ lookup \"v1\" \"Secret\" \"\" \"\" }}", {}, None),
+    ("{{ eq .Values.n 1 }}", {"n": 1}, None),  # float64 against int: an error in Go
+    ("{{ template \"x\" . }}", {}, None),
+]
+
+
+def check_renderer() -> str:
+    from chart import Chart, RenderError, render as render_chart
+
+    wrong = []
+    for tpl, values, want in RENDERER_CASES:
+        chart = Chart("", {"name": "t", "version": "0.0.0", "appVersion": "0"}, values, {"t.yaml": tpl})
+        try:
+            got = render_chart(chart)["t.yaml"]
+        except RenderError as e:
+            got = None
+            if want is not None:
+                wrong.append(f"{tpl!r}: refused ({e}), expected {want!r}")
+            continue
+        if got != want:
+            wrong.append(f"{tpl!r}: rendered {got!r}, expected {want if want is not None else 'a refusal'!r}")
+    check(not wrong, "; ".join(wrong))
+    return (f"{len(RENDERER_CASES)} cases of Helm's template semantics (trim markers, Go number printing, range, "
+            "with, variables, functions) and refusals (missing values, unknown functions and actions, mixed-type "
+            "comparisons)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Rendering and validating the chart.
 
 def render(over: dict, namespace: str = NAMESPACE, release: str = RELEASE) -> tuple[dict, list[dict]]:
@@ -885,6 +935,7 @@ def main(argv: list[str]) -> int:
         return 0
     quick = "--no-binary" in argv
     r = Report()
+    r.run("the chart renderer (scripts/k8s/chart.py) keeps Helm's semantics", check_renderer)
     r.run("values.schema.json accepts the values", check_schema)
     r.run("values.schema.json refuses wrong values", check_schema_negative)
     r.run("chart renders, every manifest validates", check_chart_renders_and_validates)

@@ -710,9 +710,12 @@ def load(path: str) -> Chart:
         values = yaml.safe_load(f) or {}
     templates = {}
     tdir = os.path.join(path, "templates")
-    for name in sorted(os.listdir(tdir)):
-        with open(os.path.join(tdir, name)) as f:
-            templates[name] = f.read()
+    for dirpath, _, files in os.walk(tdir):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            with open(full) as f:
+                templates[os.path.relpath(full, tdir)] = f.read()
+    templates = dict(sorted(templates.items()))
     return Chart(path, meta, values, templates)
 
 
@@ -734,7 +737,7 @@ def render(chart: Chart, values: dict | None = None, release: str = "aisle", nam
     r = Renderer(defines)
     out = {}
     for name, tree in trees.items():
-        if name.startswith("_"):
+        if os.path.basename(name).startswith("_"):
             continue
         scope = Scope()
         scope.vars["$"] = root

@@ -593,6 +593,8 @@ def check_kustomize(overlay: str, values_name: str) -> str:
     check(any(d["kind"] == "Namespace" for d in docs), "the kustomization must create its namespace")
     ns = next(d["metadata"]["name"] for d in docs if d["kind"] == "Namespace")
     _, chart_docs = render(value_sets()[values_name])
+    # Helm's test hooks (`helm test`) are not part of an installation.
+    chart_docs = [d for d in chart_docs if "helm.sh/hook" not in (d["metadata"].get("annotations") or {})]
     chart_docs = chart_docs + [d for d in docs if d["kind"] == "Namespace"]
     diffs = diff_objects(normalise(docs, None), normalise(chart_docs, ns))
     check(not diffs, f"k8s/{overlay} differs from the chart with {values_name} values:\n" + "\n".join(diffs))
@@ -895,6 +897,13 @@ def check_binary_ready(values_name: str, cluster: bool) -> str:
         _, metrics = http_get(f"http://127.0.0.1:{http}/metrics")
         check("aisle_" in metrics, "/metrics serves aisle_ metrics")
         facts = [f"ready in {ready_after:.1f} s"]
+        # A decision through the gRPC port the chart opens, answered by the node named after the pod.
+        p = subprocess.run([binary, "decide", "--addr", f"http://127.0.0.1:{grpc}", "--shopper", "k8s-check-shopper",
+                            "--json"], capture_output=True, text=True, timeout=30, env={"PATH": env["PATH"]})
+        check(p.returncode == 0, f"aisle decide failed: {p.stderr}" + tail())
+        served_by = json.loads(p.stdout).get("served_by")
+        check(served_by == pod_name, f"served_by is {served_by!r}, not the pod name {pod_name!r}")
+        facts.append(f"Decide served_by {served_by}")
         if cluster:
             advertise = env["AISLE_ADVERTISE_ADDR"]
             check(advertise == f"{pod_name}.{RELEASE}-peers.{namespace}.svc.cluster.local:{grpc}",

@@ -169,14 +169,14 @@ def check_schema() -> str:
         j = i - 1
         while j >= 0 and text[j].strip() == "":
             j -= 1
-        comment = [text[k].strip() for k in range(j, -1, -1) if text[k].strip().startswith("#")][:1] if j >= 0 and text[j].strip().startswith("#") else []
-        # The first line of the comment block above decides whether it is a "# --" documentation comment.
+        commented = j >= 0 and text[j].strip().startswith("#")
+        # The first line of the comment block above says whether it documents a whole block ("# --").
         k = j
-        while k - 1 >= 0 and text[k - 1].strip().startswith("#"):
+        while commented and k - 1 >= 0 and text[k - 1].strip().startswith("#"):
             k -= 1
-        doc = bool(comment) and text[k].strip().startswith("# --")
+        doc = commented and text[k].strip().startswith("# --")
         is_block = line.rstrip().endswith(":")
-        if not comment and not any(d for _, d in blocks) and not is_block:
+        if not commented and not any(d for _, d in blocks) and not is_block:
             undocumented.append(f"{i + 1}:{m.group(2)}")
         if is_block:
             blocks.append((indent, doc))

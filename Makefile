@@ -54,3 +54,11 @@ bench: ## Criterion benchmarks of the hot code
 .PHONY: loadtest
 loadtest: build ## Start a release node and load it: decide at 5,000/s with the floor, verdict against 2 ms p99
 	./scripts/loadtest.sh
+
+.PHONY: cluster-up
+cluster-up: deps build ## Start etcd and three nodes on loopback (ports 50051-50053, HTTP 9090-9092)
+	./scripts/cluster-up.sh
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster
+	./scripts/cluster-down.sh

@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "aisle/v1/decision.proto",
         "aisle/v1/associate.proto",
         "aisle/v1/admin.proto",
+        "aisle/v1/internal.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -564,6 +564,165 @@ impl SessionContext {
     }
 }
 
+/// A session in a form any node can read: items, categories and brands named by external id and name rather than
+/// by this node's catalog indices. Used to hand sessions off between nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortableSession {
+    history: Vec<(Option<String>, EventKind, TimestampMs)>,
+    categories: Vec<(String, f32, TimestampMs)>,
+    brands: Vec<(String, f32, TimestampMs)>,
+    cart: Vec<(String, u32, i64)>,
+    purchased: Vec<String>,
+    searches: Vec<String>,
+    store_id: Option<String>,
+    aisle: Option<String>,
+    consent: Option<bool>,
+    log_price: (u32, f32, f32),
+    last_event_ms: TimestampMs,
+    events_applied: u64,
+    cart_alert_active: bool,
+    linger: Option<(String, u32, TimestampMs)>,
+    last_linger_alert: Option<(String, TimestampMs)>,
+}
+
+impl SessionContext {
+    /// The session in portable form.
+    pub fn to_portable(&self, catalog: &Catalog) -> PortableSession {
+        let item = |i: ItemIdx| catalog.items.get(i as usize).map(|it| it.id.to_string());
+        let category = |c: CategoryIdx| catalog.categories[c as usize].name.clone();
+        PortableSession {
+            history: self
+                .history
+                .iter()
+                .map(|i| {
+                    (
+                        if i.item == UNKNOWN_ITEM {
+                            None
+                        } else {
+                            item(i.item)
+                        },
+                        i.kind,
+                        i.ts_ms,
+                    )
+                })
+                .collect(),
+            categories: self
+                .categories
+                .entries
+                .iter()
+                .map(|&(c, s, t)| (category(c), s, t))
+                .collect(),
+            brands: self
+                .brands
+                .entries
+                .iter()
+                .map(|&(b, s, t)| (catalog.brands[b as usize].to_string(), s, t))
+                .collect(),
+            cart: self
+                .cart
+                .iter()
+                .filter_map(|l| item(l.item).map(|id| (id, l.quantity, l.unit_price_cents)))
+                .collect(),
+            purchased: self.purchased.iter().filter_map(|&i| item(i)).collect(),
+            searches: self.searches.iter().map(|s| s.to_string()).collect(),
+            store_id: self.location.store_id.as_deref().map(str::to_string),
+            aisle: self.location.aisle.as_deref().map(str::to_string),
+            consent: self.consent,
+            log_price: (self.log_price.n, self.log_price.mean, self.log_price.m2),
+            last_event_ms: self.last_event_ms,
+            events_applied: self.events_applied,
+            cart_alert_active: self.assist.cart_alert_active,
+            linger: self.assist.linger.map(|(c, n, t)| (category(c), n, t)),
+            last_linger_alert: self.assist.last_linger_alert.map(|(c, t)| (category(c), t)),
+        }
+    }
+
+    /// Rebuilds a session from its portable form against this node's catalog: items the catalog does not know
+    /// stay in the history as unknown items and leave the cart and purchases; unknown categories and brands are
+    /// dropped.
+    pub fn from_portable(p: PortableSession, catalog: &Catalog) -> Self {
+        let category = |name: &str| {
+            catalog
+                .categories
+                .iter()
+                .position(|c| c.name == name)
+                .map(|c| c as CategoryIdx)
+        };
+        let brand = |name: &str| {
+            catalog
+                .brands
+                .iter()
+                .position(|b| &**b == name)
+                .map(|b| b as BrandIdx)
+        };
+        Self {
+            history: p
+                .history
+                .into_iter()
+                .map(|(id, kind, ts_ms)| Interaction {
+                    item: id
+                        .and_then(|id| catalog.lookup(&id))
+                        .unwrap_or(UNKNOWN_ITEM),
+                    kind,
+                    ts_ms,
+                })
+                .collect(),
+            categories: Affinities {
+                entries: p
+                    .categories
+                    .into_iter()
+                    .filter_map(|(n, s, t)| category(&n).map(|c| (c, s, t)))
+                    .collect(),
+            },
+            brands: Affinities {
+                entries: p
+                    .brands
+                    .into_iter()
+                    .filter_map(|(n, s, t)| brand(&n).map(|b| (b, s, t)))
+                    .collect(),
+            },
+            cart: p
+                .cart
+                .into_iter()
+                .filter_map(|(id, quantity, unit_price_cents)| {
+                    catalog.lookup(&id).map(|item| CartLine {
+                        item,
+                        quantity,
+                        unit_price_cents,
+                    })
+                })
+                .collect(),
+            purchased: p
+                .purchased
+                .iter()
+                .filter_map(|id| catalog.lookup(id))
+                .collect(),
+            searches: p.searches.into_iter().map(Into::into).collect(),
+            location: Location {
+                store_id: p.store_id.map(Into::into),
+                aisle: p.aisle.map(Into::into),
+            },
+            consent: p.consent,
+            log_price: LogPrice {
+                n: p.log_price.0,
+                mean: p.log_price.1,
+                m2: p.log_price.2,
+            },
+            last_event_ms: p.last_event_ms,
+            events_applied: p.events_applied,
+            assist: AssistState {
+                cart_alert_active: p.cart_alert_active,
+                linger: p
+                    .linger
+                    .and_then(|(n, k, t)| category(&n).map(|c| (c, k, t))),
+                last_linger_alert: p
+                    .last_linger_alert
+                    .and_then(|(n, t)| category(&n).map(|c| (c, t))),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -792,6 +951,35 @@ mod tests {
             matches!(&signals[..], [AssistSignal::Replenish { item, .. }] if *item == low),
             "{signals:?}"
         );
+    }
+
+    #[test]
+    fn portable_sessions_survive_a_different_catalog_layout() {
+        let c = catalog();
+        let mut s = SessionContext::new();
+        for k in 0..10u32 {
+            apply(&mut s, ev(EventKind::View, Some(k * 101), k as i64 * 1_000));
+        }
+        apply(&mut s, ev(EventKind::AddToCart, Some(505), 20_000));
+        apply(&mut s, ev(EventKind::Purchase, Some(909), 21_000));
+        let portable = s.to_portable(c);
+        // Round trip through JSON into the same catalog gives the same session.
+        let json = serde_json::to_vec(&portable).unwrap();
+        let back = SessionContext::from_portable(serde_json::from_slice(&json).unwrap(), c);
+        assert_eq!(back, s);
+        // Into a catalog that lists the items in another order, the view names the same items.
+        let mut file = c.to_file();
+        file.items.reverse();
+        let other = Catalog::from_json(&serde_json::to_vec(&file).unwrap(), "reordered").unwrap();
+        let moved = SessionContext::from_portable(portable, &other);
+        let ids = |v: &SessionView, cat: &Catalog| -> Vec<String> {
+            v.known_items()
+                .map(|i| cat.item(i).id.to_string())
+                .collect()
+        };
+        let limits = SessionLimits::default();
+        assert_eq!(ids(&moved.view(&limits), &other), ids(&s.view(&limits), c));
+        assert_eq!(moved.cart_value_cents(), s.cart_value_cents());
     }
 
     #[test]

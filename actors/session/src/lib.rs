@@ -23,9 +23,10 @@ use aisle_kit::pool::Pool;
 use ractor::ActorRef;
 use ractor::rpc::CallResult;
 
-pub use context::{AssistRules, AssistSignal, SessionContext, SessionLimits};
+pub use context::{AssistRules, AssistSignal, PortableSession, SessionContext, SessionLimits};
 pub use shard::{
-    Applied, SessionError, SessionMsg, SessionSettings, SessionShard, SessionTransfer, ShardStats,
+    Applied, OwnerGate, SessionError, SessionMsg, SessionSettings, SessionShard, SessionTransfer,
+    ShardStats,
 };
 
 /// The typed handle to the session actors. Cheap to clone.
@@ -61,6 +62,19 @@ impl Sessions {
     /// # Errors
     /// Fails when the actors cannot be spawned.
     pub async fn start(shards: usize, settings: SessionSettings) -> Result<Self, ractor::SpawnErr> {
+        Self::start_gated(shards, settings, Arc::new(|_: &str| true)).await
+    }
+
+    /// Starts the shards with an ownership gate: `Apply` and `View` for a shopper the gate refuses fail with
+    /// [`SessionError::NotOwner`] (and create nothing).
+    ///
+    /// # Errors
+    /// Fails when the actors cannot be spawned.
+    pub async fn start_gated(
+        shards: usize,
+        settings: SessionSettings,
+        gate: OwnerGate,
+    ) -> Result<Self, ractor::SpawnErr> {
         let counts: Arc<Vec<Arc<AtomicUsize>>> = Arc::new(
             (0..shards.max(1))
                 .map(|_| Arc::new(AtomicUsize::new(0)))
@@ -69,7 +83,7 @@ impl Sessions {
         let args = counts
             .iter()
             .enumerate()
-            .map(|(index, count)| (index, settings, count.clone()))
+            .map(|(index, count)| (index, settings, count.clone(), gate.clone()))
             .collect();
         let pool = Pool::start("session", SessionShard, args).await?;
         Ok(Self { pool, counts })
@@ -129,7 +143,27 @@ impl Sessions {
                 Some(timeout),
             )
             .await;
-        outcome(result, timeout)
+        outcome(result, timeout)?
+    }
+
+    /// A copy of a shopper's whole session; `Ok(None)` when the shopper has none.
+    ///
+    /// # Errors
+    /// When the shard does not answer within `timeout`, or this node does not own the shopper.
+    pub async fn describe(
+        &self,
+        shopper_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<SessionContext>, SessionError> {
+        let shopper_id: Box<str> = shopper_id.into();
+        let result = self
+            .route(&shopper_id)
+            .call(
+                |reply| SessionMsg::Describe { shopper_id, reply },
+                Some(timeout),
+            )
+            .await;
+        outcome(result, timeout)?
     }
 
     /// Erases a shopper's session; returns whether one existed.
@@ -402,6 +436,39 @@ mod tests {
             .await
             .unwrap();
         assert!(s.view("carol", T).await.unwrap().is_some());
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn the_owner_gate_refuses_shoppers_this_node_does_not_own() {
+        let owned = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = owned.clone();
+        let s = Sessions::start_gated(
+            2,
+            SessionSettings::default(),
+            Arc::new(move |_: &str| flag.load(Ordering::SeqCst)),
+        )
+        .await
+        .unwrap();
+        s.apply("moving", vec![view_event(1, 1)], catalog(), T)
+            .await
+            .unwrap();
+        owned.store(false, Ordering::SeqCst);
+        assert_eq!(
+            s.apply("moving", vec![view_event(2, 2)], catalog(), T)
+                .await,
+            Err(SessionError::NotOwner)
+        );
+        assert_eq!(s.view("moving", T).await, Err(SessionError::NotOwner));
+        assert_eq!(
+            s.apply("other", vec![view_event(2, 2)], catalog(), T).await,
+            Err(SessionError::NotOwner)
+        );
+        assert_eq!(
+            s.active_sessions(),
+            1,
+            "nothing created for a shopper owned elsewhere"
+        );
         s.stop().await;
     }
 

@@ -38,7 +38,15 @@ pub enum SessionError {
     /// Applying an event hit an internal error; the shopper's session was reset.
     #[error("session was reset after an internal error")]
     Reset,
+    /// This node does not own the shopper (ownership moved to another node).
+    #[error("this node does not own the shopper")]
+    NotOwner,
 }
+
+/// Decides, at the moment a shard handles a message, whether this node owns a shopper. Checked in the shard's
+/// mailbox order, so a session handed off to another node cannot be re-created here by a message that was
+/// already on its way.
+pub type OwnerGate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Settings shared by every shard.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -108,8 +116,15 @@ pub enum SessionMsg {
     View {
         /// The shopper.
         shopper_id: Box<str>,
-        /// The view.
-        reply: RpcReplyPort<Option<SessionView>>,
+        /// The view, or `NotOwner`.
+        reply: RpcReplyPort<Result<Option<SessionView>, SessionError>>,
+    },
+    /// A copy of a shopper's whole session (data-access requests); `None` when there is none.
+    Describe {
+        /// The shopper.
+        shopper_id: Box<str>,
+        /// The session, or `NotOwner`.
+        reply: RpcReplyPort<Result<Option<SessionContext>, SessionError>>,
     },
     /// Erase a shopper's session; replies whether one existed.
     Forget {
@@ -157,6 +172,7 @@ pub struct SessionShard;
 pub struct ShardState {
     index: usize,
     settings: SessionSettings,
+    gate: OwnerGate,
     sessions: HashMap<Box<str>, Entry>,
     /// This shard's session count, read by the node for the `aisle_active_sessions` gauge.
     count: Arc<AtomicUsize>,
@@ -228,18 +244,19 @@ impl ShardState {
 impl Actor for SessionShard {
     type Msg = SessionMsg;
     type State = ShardState;
-    type Arguments = (usize, SessionSettings, Arc<AtomicUsize>);
+    type Arguments = (usize, SessionSettings, Arc<AtomicUsize>, OwnerGate);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        (index, settings, count): Self::Arguments,
+        (index, settings, count, gate): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_interval(settings.passivation_interval, || SessionMsg::Passivate);
         count.store(0, Ordering::Relaxed);
         Ok(ShardState {
             index,
             settings,
+            gate,
             sessions: HashMap::new(),
             count,
         })
@@ -258,14 +275,31 @@ impl Actor for SessionShard {
                 catalog,
                 reply,
             } => {
-                let _ = reply.send(state.apply(shopper_id, &events, &catalog));
+                let outcome = if (state.gate)(&shopper_id) {
+                    state.apply(shopper_id, &events, &catalog)
+                } else {
+                    Err(SessionError::NotOwner)
+                };
+                let _ = reply.send(outcome);
             }
             SessionMsg::View { shopper_id, reply } => {
-                let view = state
-                    .sessions
-                    .get(&shopper_id)
-                    .map(|e| e.context.view(&state.settings.limits));
+                let view = if (state.gate)(&shopper_id) {
+                    Ok(state
+                        .sessions
+                        .get(&shopper_id)
+                        .map(|e| e.context.view(&state.settings.limits)))
+                } else {
+                    Err(SessionError::NotOwner)
+                };
                 let _ = reply.send(view);
+            }
+            SessionMsg::Describe { shopper_id, reply } => {
+                let found = if (state.gate)(&shopper_id) {
+                    Ok(state.sessions.get(&shopper_id).map(|e| e.context.clone()))
+                } else {
+                    Err(SessionError::NotOwner)
+                };
+                let _ = reply.send(found);
             }
             SessionMsg::Forget { shopper_id, reply } => {
                 let _ = reply.send(state.remove(&shopper_id).is_some());

@@ -32,6 +32,19 @@ pub enum Command {
     Bundles(crate::client::AddrArgs),
     /// Inject a fault into a node's decide pipeline (the node must run with --fault-injection).
     Fault(crate::client::FaultArgs),
+    /// Show what the shopper's owner holds about a shopper.
+    Describe(crate::client::ForgetArgs),
+    /// Show a node's view of the cluster (members, epoch, a shopper's owner).
+    Cluster(crate::client::ClusterArgs),
+    /// Switch models on every member: promote the candidate to default, or roll back.
+    Model(crate::client::ModelArgs),
+    /// Write the demo world's bundles (catalog.json, model.bin) to a directory, for nodes started with
+    /// --data-dir (a cluster's nodes then serve identical data).
+    ExportDemo {
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// `aisle serve` options. Each has an environment variable; a TOML file (`--config`) may set any of them too.
@@ -101,6 +114,18 @@ pub struct ServeArgs {
     /// Membership mode [default: static].
     #[arg(long, env = "AISLE_CLUSTER", value_enum)]
     pub cluster: Option<ClusterMode>,
+    /// etcd endpoints, comma-separated (etcd mode).
+    #[arg(long, env = "AISLE_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// Cluster name (key prefix in etcd) [default: aisle].
+    #[arg(long, env = "AISLE_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// Address peers use to reach this node's gRPC port, host:port [default: the gRPC address].
+    #[arg(long, env = "AISLE_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Membership lease TTL, seconds [default: 5].
+    #[arg(long, env = "AISLE_LEASE_TTL_SECS")]
+    pub lease_ttl_secs: Option<u64>,
 }
 
 impl ServeArgs {
@@ -130,7 +155,10 @@ impl ServeArgs {
             max_inflight_requests,
             max_inflight_decisions,
             log_format,
-            cluster
+            cluster,
+            etcd_endpoints,
+            cluster_name,
+            lease_ttl_secs
         );
         macro_rules! set_opt {
             ($($field:ident),*) => {
@@ -144,7 +172,8 @@ impl ServeArgs {
             candidate_model,
             rules,
             experiments,
-            decision_log
+            decision_log,
+            advertise_addr
         );
         if self.fault_injection {
             c.fault_injection = true;

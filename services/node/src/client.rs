@@ -486,3 +486,167 @@ pub async fn fault(a: FaultArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `aisle cluster`.
+#[derive(Debug, Args, Clone)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    addr: AddrArgs,
+    /// Also name this shopper's owner.
+    #[arg(long, default_value = "")]
+    shopper: String,
+}
+
+/// What `aisle model` does.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ModelAction {
+    /// Make the candidate model the default on every member.
+    Promote,
+    /// Restore the default model from before the last promotion on every member.
+    Rollback,
+}
+
+/// `aisle model`.
+#[derive(Debug, Args, Clone)]
+pub struct ModelArgs {
+    /// promote or rollback.
+    #[arg(value_enum)]
+    action: ModelAction,
+    #[command(flatten)]
+    addr: AddrArgs,
+}
+
+/// `aisle describe`.
+///
+/// # Errors
+/// Connection failures and error statuses.
+pub async fn describe(a: ForgetArgs) -> anyhow::Result<()> {
+    let mut client = AdminServiceClient::new(connect(&a.addr.addr).await?);
+    let r = client
+        .describe_shopper(pb::DescribeShopperRequest {
+            shopper_id: a.shopper.clone(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let value = json!({
+        "has_session": r.has_session,
+        "events_applied": r.events_applied,
+        "recent_item_ids": r.recent_item_ids,
+        "cart_item_ids": r.cart_item_ids,
+        "purchased_item_ids": r.purchased_item_ids,
+        "top_categories": r.top_categories,
+        "searches": r.searches,
+        "consent": r.consent,
+        "store_id": r.store_id,
+        "served_by": r.served_by,
+    });
+    print(a.addr.json, &value, || {
+        if !r.has_session {
+            return format!("{}: no session held (owner {})", a.shopper, r.served_by);
+        }
+        format!(
+            "{} on {}: {} events; recent {:?}; cart {:?}; purchased {:?}; categories {:?}; consent {:?}",
+            a.shopper,
+            r.served_by,
+            r.events_applied,
+            r.recent_item_ids,
+            r.cart_item_ids,
+            r.purchased_item_ids,
+            r.top_categories,
+            r.consent
+        )
+    });
+    Ok(())
+}
+
+async fn cluster_status(addr: &str, shopper: &str) -> anyhow::Result<pb::ClusterStatusResponse> {
+    let mut client = AdminServiceClient::new(connect(addr).await?);
+    Ok(client
+        .cluster_status(pb::ClusterStatusRequest {
+            shopper_id: shopper.to_string(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner())
+}
+
+/// `aisle cluster`.
+///
+/// # Errors
+/// Connection failures and error statuses.
+pub async fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
+    let r = cluster_status(&a.addr.addr, &a.shopper).await?;
+    let value = json!({
+        "node_id": r.node_id,
+        "mode": r.mode,
+        "member": r.member,
+        "epoch": r.epoch,
+        "members": r.members.iter().map(|m| json!({"node_id": m.node_id, "addr": m.addr, "incarnation": m.incarnation, "leaving": m.leaving})).collect::<Vec<_>>(),
+        "shopper_owner": r.shopper_owner,
+        "awaiting_handoff": r.awaiting_handoff,
+    });
+    print(a.addr.json, &value, || {
+        let mut out = format!(
+            "{} ({}): {} at epoch {}\n",
+            r.node_id,
+            r.mode,
+            if r.member {
+                "member"
+            } else {
+                "NOT a member (joining or fenced)"
+            },
+            r.epoch
+        );
+        for m in &r.members {
+            out.push_str(&format!(
+                "  {:<16} {:<28} incarnation {}{}\n",
+                m.node_id,
+                m.addr,
+                m.incarnation,
+                if m.leaving { " (leaving)" } else { "" }
+            ));
+        }
+        if !a.shopper.is_empty() {
+            out.push_str(&format!("owner of {}: {}\n", a.shopper, r.shopper_owner));
+        }
+        out.trim_end().to_string()
+    });
+    Ok(())
+}
+
+/// `aisle model promote|rollback`: on the node at `--addr` and every other member it knows.
+///
+/// # Errors
+/// Connection failures and error statuses (nodes already switched stay switched; the message says which).
+pub async fn model(a: ModelArgs) -> anyhow::Result<()> {
+    let r = cluster_status(&a.addr.addr, "").await?;
+    let mut targets: Vec<(String, String)> = vec![(r.node_id.clone(), a.addr.addr.clone())];
+    for m in r.members.iter().filter(|m| m.node_id != r.node_id) {
+        targets.push((m.node_id.clone(), format!("http://{}", m.addr)));
+    }
+    let mut done = Vec::new();
+    for (node, addr) in targets {
+        let mut client = AdminServiceClient::new(connect(&addr).await?);
+        let result = match a.action {
+            ModelAction::Promote => client.promote_model(pb::PromoteModelRequest {}).await,
+            ModelAction::Rollback => client.rollback_model(pb::RollbackModelRequest {}).await,
+        };
+        match result {
+            Ok(r) => done.push((node, r.into_inner().default_model)),
+            Err(e) => anyhow::bail!(
+                "{node}: {:?}: {} (already switched: {done:?})",
+                e.code(),
+                e.message()
+            ),
+        }
+    }
+    let value = json!({"switched": done.iter().map(|(n, m)| json!({"node_id": n, "default_model": m})).collect::<Vec<_>>()});
+    print(a.addr.json, &value, || {
+        done.iter()
+            .map(|(n, m)| format!("{n}: default model {m}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}

@@ -57,7 +57,8 @@ pub struct Config {
     pub decide_budget_ms: u64,
     /// Longest budget honoured, whatever the caller's deadline (default 1,000 ms).
     pub max_budget_ms: u64,
-    /// Kept free at the end of a budget for the lower rungs and the response (default 2 ms).
+    /// Kept free at the end of a budget for the lower rungs and the response: at least this (default 2 ms), and
+    /// at least a tenth of the budget.
     pub safety_margin_ms: u64,
     /// Session shard actors (default: 8 per core, at least 8).
     pub session_shards: usize,
@@ -91,6 +92,15 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Membership mode.
     pub cluster: ClusterMode,
+    /// etcd endpoints (etcd mode), e.g. `http://etcd-0:2379`.
+    pub etcd_endpoints: Vec<String>,
+    /// Cluster name: members register under `/aisle/<cluster_name>/members/` (default "aisle").
+    pub cluster_name: String,
+    /// Address peers use to reach this node's gRPC port (default: the gRPC address, with the host name when it
+    /// listens on all interfaces).
+    pub advertise_addr: Option<String>,
+    /// Membership lease TTL in seconds (default 5): a crashed node's shoppers move after about this long.
+    pub lease_ttl_secs: u64,
 }
 
 fn default_node_id() -> String {
@@ -142,6 +152,10 @@ impl Default for Config {
             decision_log: None,
             log_format: LogFormat::Text,
             cluster: ClusterMode::Static,
+            etcd_endpoints: Vec::new(),
+            cluster_name: "aisle".to_string(),
+            advertise_addr: None,
+            lease_ttl_secs: 5,
         }
     }
 }
@@ -204,6 +218,15 @@ impl Config {
         if self.session_shards == 0 || self.ranking_shards == 0 {
             return bad("session_shards, ranking_shards: must be positive");
         }
+        if self.cluster == ClusterMode::Etcd && self.etcd_endpoints.is_empty() {
+            return bad("etcd_endpoints: required with cluster = etcd");
+        }
+        if self.lease_ttl_secs < 2 {
+            return bad("lease_ttl_secs: must be at least 2");
+        }
+        if self.cluster_name.is_empty() || self.cluster_name.contains('/') {
+            return bad("cluster_name: must be non-empty and contain no '/'");
+        }
         if self.push_retention < 1_000 {
             return bad("push_retention: must be at least 1000");
         }
@@ -211,6 +234,11 @@ impl Config {
             return bad("session_limits: history and affinity_half_life_ms must be positive");
         }
         Ok(())
+    }
+
+    /// The part of a `budget` kept for the lower rungs and the response.
+    pub fn margin(&self, budget: Duration) -> Duration {
+        Duration::from_millis(self.safety_margin_ms).max(budget / 10)
     }
 
     /// Session actor settings.

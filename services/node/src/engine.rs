@@ -35,11 +35,21 @@ use tokio::time::Instant;
 use crate::assist::assist_event;
 use crate::audit::{AuditLog, DecisionRecord};
 use crate::cache::{CachedDecision, DecisionCache};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::faults::{Faults, Mode, Stage};
 use crate::push::PushHub;
 use crate::world::{World, Worlds};
+
+/// Fallback stages named by the cluster layer, as the static strings metric labels want.
+fn cluster_stage(stage: &str) -> &'static str {
+    match stage {
+        "handoff" => "handoff",
+        "owner" => "owner",
+        _ => "membership",
+    }
+}
 
 /// Which rung answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -133,6 +143,26 @@ pub struct Decision {
     pub assignment: Assignment,
     /// Server time spent.
     pub latency: Duration,
+    /// Membership epoch the decision was made under.
+    pub epoch: u64,
+}
+
+/// How this node may serve a decision.
+#[derive(Debug, Clone)]
+pub enum Serve {
+    /// It owns the shopper (and the hand-off barrier let it through) at this epoch: every rung.
+    Owner {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// It cannot serve as owner (owner unreachable, hand-off in progress, not a member): the fallback ladder
+    /// only, without touching any session.
+    Fallback {
+        /// The epoch of this node's view (0 when none).
+        epoch: u64,
+        /// Why, as `stage: reason`.
+        reason: String,
+    },
 }
 
 /// What a Track batch did.
@@ -168,6 +198,10 @@ pub struct Engine {
     pub faults: Faults,
     /// Decision records.
     pub audit: Option<AuditLog>,
+    /// Membership and peers.
+    pub cluster: Arc<Cluster>,
+    /// Where assist events go (the local hub, or their store's orderer in a cluster).
+    pub assist: crate::push::Publisher,
     boot: String,
     sequence: AtomicU64,
     inflight: AtomicUsize,
@@ -206,14 +240,18 @@ impl Engine {
         sessions: Sessions,
         ranking: Ranking,
         audit: Option<AuditLog>,
+        cluster: Arc<Cluster>,
     ) -> Self {
+        let hub = Arc::new(PushHub::new(config.push_retention));
         Self {
             node_id: config.node_id.clone(),
+            assist: crate::push::Publisher::start(hub.clone(), cluster.clone()),
+            cluster,
             cache: DecisionCache::new(
                 config.cache_capacity,
                 Duration::from_secs(config.cache_ttl_secs),
             ),
-            hub: Arc::new(PushHub::new(config.push_retention)),
+            hub,
             faults: Faults::default(),
             boot: format!("{:x}", aisle_domain::now_ms()),
             sequence: AtomicU64::new(0),
@@ -241,6 +279,7 @@ impl Engine {
         world: Arc<World>,
         input: DecideInput,
         deadline: Instant,
+        serve: Serve,
     ) -> Decision {
         let started = Instant::now();
         let inflight = self.inflight.fetch_add(1, Ordering::Relaxed) + 1;
@@ -260,7 +299,9 @@ impl Engine {
                 .unwrap_or(rules.max_items_per_category)
         };
         let model = world.model_for(assignment.params.model.as_deref()).clone();
-        let margin = Duration::from_millis(self.config.safety_margin_ms);
+        let margin = self
+            .config
+            .margin(deadline.saturating_duration_since(started));
         let work_deadline = deadline.checked_sub(margin).unwrap_or(started).max(started);
         let mut exclusions = ExclusionCounts::default();
         for _ in 0..input.unknown_candidates {
@@ -271,7 +312,16 @@ impl Engine {
 
         // The session, only with consent; `None` when it cannot be read in time.
         let mut fallback: Option<(&'static str, String)> = None;
-        let view: Option<SessionView> = if overloaded {
+        let epoch = match &serve {
+            Serve::Owner { epoch } | Serve::Fallback { epoch, .. } => *epoch,
+        };
+        let view: Option<SessionView> = if let Serve::Fallback { reason, .. } = &serve {
+            let (stage, why) = reason
+                .split_once(": ")
+                .unwrap_or(("cluster", reason.as_str()));
+            fallback = Some((cluster_stage(stage), why.to_string()));
+            None
+        } else if overloaded {
             fallback = Some(("admission", "overload".into()));
             None
         } else if personalise {
@@ -318,7 +368,8 @@ impl Engine {
                 Err(reason) => fallback = Some(("ranking", reason)),
             }
         }
-        if answer.is_none() && personalise && !overloaded {
+        let owner = matches!(serve, Serve::Owner { .. });
+        if answer.is_none() && personalise && !overloaded && owner {
             answer = self
                 .cached(&input, &world, &guard, &mut exclusions)
                 .map(|items| (Tier::Cached, items));
@@ -364,6 +415,7 @@ impl Engine {
             experiments_version: experiments.meta.version.clone(),
             assignment,
             latency: started.elapsed(),
+            epoch,
         };
         self.observe(&input, &decision, &exclusions);
         decision
@@ -605,12 +657,44 @@ impl Engine {
         }
     }
 
-    /// Applies validated events, grouped by shopper in first-appearance order, each shopper's in order. Publishes
-    /// the assist events they cause.
+    /// Applies one shopper's validated events, in order; invalidates their cached decisions and publishes the
+    /// assist events they cause. Returns (events applied, of which naming unknown items).
     ///
     /// # Errors
-    /// [`ApiError::Unavailable`] when a session actor does not answer; the error says how many events were
-    /// applied before (those of earlier shoppers in the batch).
+    /// The session actor's error: unavailable, timed out, reset, or [`SessionError::NotOwner`] when ownership
+    /// moved away from this node (nothing was applied then).
+    pub async fn apply_events(
+        &self,
+        shopper_id: &str,
+        events: Vec<ShopperEvent>,
+        catalog: Arc<Catalog>,
+    ) -> Result<(usize, usize), SessionError> {
+        let n = events.len();
+        let unknown = events
+            .iter()
+            .filter(|e| matches!(e.item, Some(aisle_domain::event::ItemRef::Unknown)))
+            .count();
+        let received_at_us = events.first().map_or(0, |e| e.received_at_us);
+        let kinds: Vec<&'static str> = events.iter().map(|e| e.kind.as_str()).collect();
+        let applied = self
+            .sessions
+            .apply(shopper_id, events, catalog, TRACK_TIMEOUT)
+            .await?;
+        self.cache.invalidate(shopper_id);
+        for kind in kinds {
+            metrics::counter!("aisle_track_events_total", "type" => kind).increment(1);
+        }
+        if !applied.signals.is_empty() {
+            self.publish_assist(shopper_id, &applied.signals, received_at_us);
+        }
+        Ok((n, unknown))
+    }
+
+    /// Applies validated events of shoppers this node owns, grouped by shopper in first-appearance order.
+    ///
+    /// # Errors
+    /// [`ApiError::Unavailable`] when a shopper's events could not be applied; the error says how many events of
+    /// earlier shoppers in the batch were.
     pub async fn track(
         &self,
         groups: Vec<(String, Vec<ShopperEvent>)>,
@@ -618,32 +702,14 @@ impl Engine {
     ) -> Result<TrackOutcome, ApiError> {
         let mut outcome = TrackOutcome::default();
         for (shopper_id, events) in groups {
-            let n = events.len();
-            let unknown = events
-                .iter()
-                .filter(|e| matches!(e.item, Some(aisle_domain::event::ItemRef::Unknown)))
-                .count();
-            let received_at_us = events.first().map_or(0, |e| e.received_at_us);
-            let kinds: Vec<&'static str> = events.iter().map(|e| e.kind.as_str()).collect();
-            let applied = self
-                .sessions
-                .apply(&shopper_id, events, catalog.clone(), TRACK_TIMEOUT)
-                .await
-                .map_err(|e| {
-                    ApiError::Unavailable(format!(
-                        "events of shopper {shopper_id:?} were not applied ({e}); {} earlier events of this batch were",
-                        outcome.accepted
-                    ))
-                })?;
-            self.cache.invalidate(&shopper_id);
-            for kind in kinds {
-                metrics::counter!("aisle_track_events_total", "type" => kind).increment(1);
-            }
+            let (n, unknown) = self.apply_events(&shopper_id, events, catalog.clone()).await.map_err(|e| {
+                ApiError::Unavailable(format!(
+                    "events of shopper {shopper_id:?} were not applied ({e}); {} earlier events of this batch were",
+                    outcome.accepted
+                ))
+            })?;
             outcome.accepted += n;
             outcome.unknown_items += unknown;
-            if !applied.signals.is_empty() {
-                self.publish_assist(&shopper_id, &applied.signals, received_at_us);
-            }
         }
         Ok(outcome)
     }
@@ -675,8 +741,54 @@ impl Engine {
                 &self.node_id,
                 received_at_us,
             );
-            self.hub.publish(event);
+            self.assist.publish(event);
         }
+    }
+
+    /// What this node holds about a shopper it owns.
+    ///
+    /// # Errors
+    /// [`ApiError::Unavailable`] when the session actor does not answer; [`ApiError::FailedPrecondition`] when
+    /// this node does not own the shopper.
+    pub async fn describe(
+        &self,
+        shopper_id: &str,
+    ) -> Result<aisle_proto::v1::DescribeShopperResponse, ApiError> {
+        let found = self
+            .sessions
+            .describe(shopper_id, TRACK_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                SessionError::NotOwner => ApiError::FailedPrecondition("not the owner".into()),
+                other => ApiError::Unavailable(format!("session actor: {other}")),
+            })?;
+        let mut out = aisle_proto::v1::DescribeShopperResponse {
+            served_by: self.node_id.clone(),
+            ..Default::default()
+        };
+        if let Some(context) = found {
+            let catalog = self.worlds.current().catalog.clone();
+            let view = context.view(&self.config.session_limits);
+            let id = |i: ItemIdx| catalog.item(i).id.to_string();
+            out.has_session = true;
+            out.events_applied = context.events_applied();
+            out.recent_item_ids = view
+                .items
+                .iter()
+                .map(|v| v.item.known().map(id).unwrap_or_default())
+                .collect();
+            out.cart_item_ids = view.cart.iter().map(|&i| id(i)).collect();
+            out.purchased_item_ids = view.purchased.iter().map(|&i| id(i)).collect();
+            out.top_categories = view
+                .category_affinity
+                .iter()
+                .map(|(c, _)| catalog.categories[*c as usize].name.clone())
+                .collect();
+            out.searches = view.searches.iter().map(|s| s.to_string()).collect();
+            out.consent = context.consent();
+            out.store_id = context.store_id().unwrap_or_default().to_string();
+        }
+        Ok(out)
     }
 
     /// Erases what this node holds about a shopper: session and cached decisions.

@@ -19,6 +19,7 @@ pub mod audit;
 pub mod cache;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -30,6 +30,10 @@ fn main() -> ExitCode {
             Command::Forget(a) => aisle_node::client::forget(a).await,
             Command::Bundles(a) => aisle_node::client::bundles(a).await,
             Command::Fault(a) => aisle_node::client::fault(a).await,
+            Command::Describe(a) => aisle_node::client::describe(a).await,
+            Command::Cluster(a) => aisle_node::client::cluster(a).await,
+            Command::Model(a) => aisle_node::client::model(a).await,
+            Command::ExportDemo { out } => aisle_node::world::export_demo(&out).await,
         }
     });
     match result {

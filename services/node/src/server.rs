@@ -15,6 +15,7 @@ use aisle_policy::{Policy, Rules};
 use aisle_proto::v1::admin_service_server::AdminServiceServer;
 use aisle_proto::v1::associate_service_server::AssociateServiceServer;
 use aisle_proto::v1::decision_service_server::DecisionServiceServer;
+use aisle_proto::v1::peer_service_server::PeerServiceServer;
 use aisle_ranking::{Model, Ranking};
 use aisle_session::Sessions;
 use anyhow::Context;
@@ -27,8 +28,10 @@ use crate::admission::AdmissionLayer;
 use crate::api::admin::AdminApi;
 use crate::api::associate::AssociateApi;
 use crate::api::decision::DecisionApi;
+use crate::api::peer::PeerApi;
 use crate::audit::AuditLog;
-use crate::config::Config;
+use crate::cluster::{Cluster, MembershipConfig, handoff};
+use crate::config::{ClusterMode, Config};
 use crate::engine::Engine;
 use crate::readiness::Readiness;
 use crate::world::{Initial, ModelRole, Worlds};
@@ -185,6 +188,25 @@ impl RunningNode {
     pub async fn shutdown(self) {
         tracing::info!(node = %self.engine.node_id, "shutting down");
         self.readiness.stopping();
+        let cluster = self.engine.cluster.clone();
+        if cluster.is_clustered() {
+            // Leave gracefully: own nothing from the next view on, hand every session to its new owner, then
+            // revoke the lease. Requests still arriving here are forwarded to the new owners meanwhile.
+            let started = tokio::time::Instant::now();
+            cluster.mark_leaving(Duration::from_secs(5)).await;
+            let epoch = cluster.epoch();
+            if !cluster
+                .wait_handed_off(epoch, Duration::from_secs(10))
+                .await
+            {
+                tracing::warn!(epoch, "hand-off did not finish in time");
+            }
+            cluster.leave().await;
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "left the cluster"
+            );
+        }
         let _ = self.shutdown_tx.send(true);
         for task in &self.background {
             task.abort();
@@ -218,7 +240,26 @@ pub async fn start(
     let metrics_handle = crate::metrics::install();
     crate::metrics::describe();
     let config = Arc::new(config);
-    let readiness = Arc::new(Readiness::new(&["bundles", "serving"]));
+    let clustered = config.cluster == ClusterMode::Etcd;
+    let readiness = Arc::new(if clustered {
+        Readiness::new(&["bundles", "serving", "membership"])
+    } else {
+        Readiness::new(&["bundles", "serving"])
+    });
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+    let advertise = advertise_addr(&config, grpc_addr);
+    let cluster = if clustered {
+        Cluster::with_etcd(MembershipConfig {
+            endpoints: config.etcd_endpoints.clone(),
+            cluster: config.cluster_name.clone(),
+            node_id: config.node_id.clone(),
+            advertise_addr: advertise.clone(),
+            lease_ttl: Duration::from_secs(config.lease_ttl_secs),
+        })
+    } else {
+        Cluster::alone(&config.node_id, &advertise)
+    };
 
     let worlds = Worlds::start(Initial {
         catalog: prepared.catalog,
@@ -236,7 +277,13 @@ pub async fn start(
         &prepared.experiments.source,
     )?)
     .await?;
-    let sessions = Sessions::start(config.session_shards, config.session_settings()).await?;
+    let gate_cluster = cluster.clone();
+    let sessions = Sessions::start_gated(
+        config.session_shards,
+        config.session_settings(),
+        Arc::new(move |shopper: &str| gate_cluster.owns(shopper)),
+    )
+    .await?;
     let ranking = Ranking::start(config.ranking_shards).await?;
     let audit = match &config.decision_log {
         Some(p) => Some(
@@ -254,12 +301,11 @@ pub async fn start(
         sessions.clone(),
         ranking,
         audit,
+        cluster.clone(),
     ));
     readiness.met("bundles");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let grpc_addr = grpc_listener.local_addr()?;
-    let http_addr = http_listener.local_addr()?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -273,6 +319,10 @@ pub async fn start(
             .max_decoding_message_size(MAX_REQUEST_BYTES);
     let admin = AdminServiceServer::new(AdminApi::new(engine.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
+    // Peer messages carry hand-off batches: allow them to be large.
+    let peer = PeerServiceServer::new(PeerApi::new(engine.clone()))
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024);
 
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let mut grpc_shutdown = shutdown_rx.clone();
@@ -282,6 +332,7 @@ pub async fn start(
             .add_service(decision)
             .add_service(associate)
             .add_service(admin)
+            .add_service(peer)
             .add_service(health_service)
             .add_service(reflection)
             .serve_with_incoming_shutdown(incoming, async move {
@@ -310,6 +361,13 @@ pub async fn start(
     if config.bundle_poll_secs > 0 {
         background.push(tokio::spawn(watch_bundles(engine.clone())));
     }
+    if clustered {
+        tokio::spawn(handoff::follow_views(engine.clone(), cluster.clone()));
+        background.push(tokio::spawn(follow_membership(
+            cluster.clone(),
+            readiness.clone(),
+        )));
+    }
 
     for service in [
         "aisle.v1.DecisionService",
@@ -333,6 +391,45 @@ pub async fn start(
         http,
         background,
     })
+}
+
+/// The address peers use to reach this node: the configured one, else the gRPC address (with the host name when
+/// it listens on all interfaces).
+fn advertise_addr(config: &Config, grpc: std::net::SocketAddr) -> String {
+    if let Some(a) = &config.advertise_addr {
+        return a.clone();
+    }
+    if grpc.ip().is_unspecified() {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{host}:{}", grpc.port())
+    } else {
+        grpc.to_string()
+    }
+}
+
+/// Keeps the `membership` readiness condition true exactly while this node holds a current view.
+async fn follow_membership(cluster: Arc<Cluster>, readiness: Arc<Readiness>) {
+    let mut views = cluster.views();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        match cluster.current() {
+            Some(v) => {
+                if v.member(&cluster.node_id).is_some_and(|m| !m.leaving) {
+                    readiness.met("membership");
+                } else {
+                    readiness.unmet("membership", "leaving");
+                }
+            }
+            None => readiness.unmet("membership", "not joined, or fenced: no current view"),
+        }
+        tokio::select! {
+            changed = views.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
+        }
+    }
 }
 
 /// Runs a node until `shutdown` resolves (SIGTERM/SIGINT in the binary), then stops it gracefully.

@@ -446,6 +446,29 @@ pub fn demo_fit_config() -> FitConfig {
     }
 }
 
+/// Writes the demo world's catalog and trained model to `dir` as `catalog.json` and `model.bin`.
+///
+/// # Errors
+/// When training fails or the files cannot be written.
+pub async fn export_demo(dir: &std::path::Path) -> anyhow::Result<()> {
+    let anchor = aisle_domain::now_ms();
+    let (catalog, model) = tokio::task::spawn_blocking(move || demo(anchor))
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("catalog.json"),
+        serde_json::to_vec(&catalog.to_file())?,
+    )?;
+    std::fs::write(dir.join("model.bin"), model.to_bytes())?;
+    println!(
+        "wrote {} and {}",
+        dir.join("catalog.json").display(),
+        dir.join("model.bin").display()
+    );
+    Ok(())
+}
+
 /// Builds the demo world and trains its model (CPU-heavy: call from a blocking thread).
 ///
 /// # Errors

@@ -60,7 +60,7 @@ async fn ranking_stalled_serves_the_cached_decision_within_the_deadline() {
     assert_eq!(tier(&fresh), pb::FallbackTier::Fresh);
 
     t.fault(pb::FaultStage::Ranking, pb::FaultMode::Stall).await;
-    let budget = Duration::from_millis(80);
+    let budget = Duration::from_millis(200);
     let (r, took) = decide_within(
         &mut t,
         decide_req("cached-shopper", pb::Surface::Home),
@@ -73,10 +73,7 @@ async fn ranking_stalled_serves_the_cached_decision_within_the_deadline() {
     let cached_ids: Vec<_> = r.items.iter().map(|i| &i.item_id).collect();
     assert_eq!(cached_ids, fresh_ids);
     assert!(took < budget, "answered in {took:?}, budget {budget:?}");
-    assert!(
-        took >= budget - Duration::from_millis(10),
-        "the stall really waited: {took:?}"
-    );
+    assert!(took >= budget * 3 / 4, "the stall really waited: {took:?}");
     t.stop().await;
 }
 
@@ -145,11 +142,11 @@ async fn the_rules_rung_uses_on_screen_items_when_the_session_is_unavailable() {
     )[0];
     let mut req = decide_req("session-down", pb::Surface::ProductPage);
     req.context_item_ids = vec![c.item(jacket).id.to_string()];
-    let (r, took) = decide_within(&mut t, req, Duration::from_millis(60)).await;
+    let (r, took) = decide_within(&mut t, req, Duration::from_millis(200)).await;
     assert_eq!(tier(&r), pb::FallbackTier::Rules);
     assert_eq!(r.fallback_reason, "session: deadline");
     assert!(share(&r, "Jackets") >= 2);
-    assert!(took < Duration::from_millis(60));
+    assert!(took < Duration::from_millis(200));
     t.stop().await;
 }
 
@@ -163,13 +160,13 @@ async fn with_rules_failing_too_the_generic_list_answers() {
     let (r, took) = decide_within(
         &mut t,
         decide_req("generic-shopper", pb::Surface::Home),
-        Duration::from_millis(40),
+        Duration::from_millis(200),
     )
     .await;
     assert_eq!(tier(&r), pb::FallbackTier::Generic);
     assert_eq!(r.items.len(), 10);
     assert!(r.items.iter().all(|i| i.reasons == ["merchandising"]));
-    assert!(took < Duration::from_millis(40));
+    assert!(took < Duration::from_millis(200));
     // Guardrails apply to the generic list too: an unverified shopper sees nothing age-restricted.
     let restricted = [
         "Wine",
@@ -198,19 +195,27 @@ async fn with_rules_failing_too_the_generic_list_answers() {
 
 #[tokio::test]
 async fn a_deadline_too_short_for_ranking_still_gets_an_answer() {
-    let mut t = TestNode::start().await;
-    // 1 ms is inside the safety margin: ranking is skipped, a lower rung answers at once.
+    // A node that keeps 30 ms of every budget for the lower rungs: a caller giving 25 ms leaves ranking nothing.
+    let mut config = common::config("hurried-node");
+    config.safety_margin_ms = 30;
+    let mut t = TestNode::start_with(config, common::demo()).await;
+    let (r, took) = decide_within(
+        &mut t,
+        decide_req("hurried", pb::Surface::Home),
+        Duration::from_millis(25),
+    )
+    .await;
+    assert_eq!(tier(&r), pb::FallbackTier::Generic, "{}", r.fallback_reason);
+    assert_eq!(r.fallback_reason, "session: no budget left");
+    assert!(!r.items.is_empty());
+    assert!(took < Duration::from_millis(25));
+    // With a budget that leaves room, the same node ranks.
     let (r, _) = decide_within(
         &mut t,
         decide_req("hurried", pb::Surface::Home),
-        Duration::from_millis(1),
+        Duration::from_millis(500),
     )
     .await;
-    assert_ne!(tier(&r), pb::FallbackTier::Fresh);
-    assert!(!r.items.is_empty());
-    // Clearing the faults brings FRESH back.
-    t.fault(pb::FaultStage::Ranking, pb::FaultMode::None).await;
-    let r = t.decide(decide_req("hurried", pb::Surface::Home)).await;
     assert_eq!(tier(&r), pb::FallbackTier::Fresh);
     t.stop().await;
 }

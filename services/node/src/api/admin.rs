@@ -7,6 +7,7 @@ use aisle_proto::v1 as pb;
 use aisle_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
+use super::decision::Router;
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::faults::{Mode, Stage};
@@ -15,12 +16,16 @@ use crate::faults::{Mode, Stage};
 #[derive(Debug, Clone)]
 pub struct AdminApi {
     engine: Arc<Engine>,
+    router: Router,
 }
 
 impl AdminApi {
     /// A service over `engine`.
     pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+        Self {
+            router: Router::new(engine.clone()),
+            engine,
+        }
     }
 }
 
@@ -65,14 +70,10 @@ impl AdminService for AdminApi {
         if req.shopper_id.len() > aisle_domain::MAX_ID_BYTES {
             return Err(ApiError::invalid("shopper_id", "longer than 256 bytes").into());
         }
-        let (session_erased, cached) = self.engine.forget(&req.shopper_id).await?;
-        tracing::info!(shopper_ref = %aisle_domain::hash::shopper_ref(&req.shopper_id), session_erased, cached,
-            "shopper forgotten");
-        Ok(Response::new(pb::ForgetShopperResponse {
-            session_erased,
-            cached_decisions_erased: cached as u32,
-            served_by: self.engine.node_id.clone(),
-        }))
+        let r = self.router.forget(&req.shopper_id).await?;
+        tracing::info!(shopper_ref = %aisle_domain::hash::shopper_ref(&req.shopper_id), session_erased = r.session_erased,
+            cached = r.cached_decisions_erased, owner = %r.served_by, "shopper forgotten");
+        Ok(Response::new(r))
     }
 
     async fn bundle_status(
@@ -124,5 +125,90 @@ impl AdminService for AdminApi {
         tracing::warn!(?stage, ?mode, "fault injected");
         self.engine.faults.set(stage, mode);
         Ok(Response::new(pb::SetFaultResponse {}))
+    }
+
+    async fn describe_shopper(
+        &self,
+        request: Request<pb::DescribeShopperRequest>,
+    ) -> Result<Response<pb::DescribeShopperResponse>, Status> {
+        let req = request.into_inner();
+        if req.shopper_id.is_empty() {
+            return Err(ApiError::invalid("shopper_id", "required").into());
+        }
+        if req.shopper_id.len() > aisle_domain::MAX_ID_BYTES {
+            return Err(ApiError::invalid("shopper_id", "longer than 256 bytes").into());
+        }
+        Ok(Response::new(self.router.describe(&req.shopper_id).await?))
+    }
+
+    async fn cluster_status(
+        &self,
+        request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let req = request.into_inner();
+        let cluster = &self.engine.cluster;
+        let view = cluster.current();
+        let shopper_owner = match (&view, req.shopper_id.is_empty()) {
+            (Some(v), false) => v
+                .shopper_owner(&req.shopper_id)
+                .map(|m| m.node_id.clone())
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ClusterStatusResponse {
+            node_id: cluster.node_id.clone(),
+            mode: if cluster.is_clustered() {
+                "etcd"
+            } else {
+                "static"
+            }
+            .into(),
+            member: view.is_some(),
+            epoch: view.as_ref().map_or(0, |v| v.epoch),
+            members: view
+                .iter()
+                .flat_map(|v| v.members.iter())
+                .map(|m| pb::ClusterMember {
+                    node_id: m.node_id.clone(),
+                    addr: m.addr.clone(),
+                    incarnation: m.incarnation.clone(),
+                    leaving: m.leaving,
+                })
+                .collect(),
+            shopper_owner,
+            awaiting_handoff: cluster.awaiting(),
+        }))
+    }
+
+    async fn promote_model(
+        &self,
+        _request: Request<pb::PromoteModelRequest>,
+    ) -> Result<Response<pb::ModelSwitchResponse>, Status> {
+        let version = self
+            .engine
+            .worlds
+            .promote()
+            .await
+            .map_err(ApiError::FailedPrecondition)?;
+        Ok(Response::new(pb::ModelSwitchResponse {
+            default_model: version,
+            served_by: self.engine.node_id.clone(),
+        }))
+    }
+
+    async fn rollback_model(
+        &self,
+        _request: Request<pb::RollbackModelRequest>,
+    ) -> Result<Response<pb::ModelSwitchResponse>, Status> {
+        let version = self
+            .engine
+            .worlds
+            .rollback()
+            .await
+            .map_err(ApiError::FailedPrecondition)?;
+        Ok(Response::new(pb::ModelSwitchResponse {
+            default_model: version,
+            served_by: self.engine.node_id.clone(),
+        }))
     }
 }

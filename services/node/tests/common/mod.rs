@@ -14,6 +14,8 @@ use aisle_proto::v1::decision_service_client::DecisionServiceClient;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
+pub mod cluster;
+
 /// The demo world and its trained model, built once for the whole test binary.
 pub fn demo() -> Prepared {
     static DEMO: OnceLock<Prepared> = OnceLock::new();

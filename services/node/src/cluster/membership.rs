@@ -1,0 +1,461 @@
+//! Membership in etcd. Nothing outside this module sees etcd types: the rest of the node sees a stream of views
+//! (`watch::Receiver<Option<SharedView>>`, `None` while this node is not a member) and a fence deadline.
+//!
+//! - Join: grant a lease (TTL 5 s by default), put `/aisle/<cluster>/members/<node>` = this node's address and
+//!   incarnation under the lease, read the member list (linearizable), watch the prefix from revision + 1.
+//!   Every request requires an etcd leader (`hasleader`), so an isolated etcd member cannot serve a stale view.
+//! - Keep alive every TTL/4. Each acknowledged keep-alive proves the lease lives until at least the moment it
+//!   was *sent* plus the TTL; the node stops acting as an owner (self-fences) a safety margin before that. The
+//!   check is made by the request path against the clock, not by a timer, so a process paused past its deadline
+//!   never answers as owner when it resumes.
+//! - Watch: each event's revision must be above the last applied one, and a put or delete must follow the
+//!   version of the key the view holds; a duplicate, backwards or missing revision, a compaction, a cancelled
+//!   watch or a stream error all cause a fresh linearizable read. A periodic read double-checks the view.
+//! - Lost lease, unreachable etcd: fence (the view becomes `None`), then rejoin with a new incarnation as soon
+//!   as etcd answers — in a loop that never gives up.
+//! - Leave (SIGTERM): mark the member `leaving` (it owns nothing from the next view on), let the caller hand
+//!   sessions off, then revoke the lease (a dropped keeper does not remove the key).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
+    WatchOptions, WatchResponse, WatchStream,
+};
+use tokio::sync::{Mutex, watch};
+use tokio::time::Instant;
+
+use super::view::{Member, SharedView, View};
+
+/// How membership is configured.
+#[derive(Debug, Clone)]
+pub struct MembershipConfig {
+    /// etcd endpoints.
+    pub endpoints: Vec<String>,
+    /// Cluster name (key prefix).
+    pub cluster: String,
+    /// This node's id.
+    pub node_id: String,
+    /// Address peers use to reach this node.
+    pub advertise_addr: String,
+    /// Lease TTL.
+    pub lease_ttl: Duration,
+}
+
+impl MembershipConfig {
+    fn prefix(&self) -> String {
+        format!("/aisle/{}/members/", self.cluster)
+    }
+
+    fn key(&self) -> String {
+        format!("{}{}", self.prefix(), self.node_id)
+    }
+
+    /// Self-fence this long before the earliest moment the lease could expire.
+    fn fence_margin(&self) -> Duration {
+        (self.lease_ttl / 5).max(Duration::from_millis(500))
+    }
+}
+
+/// Shared state between the membership task and the request path.
+#[derive(Debug)]
+pub struct Fence {
+    origin: Instant,
+    /// Fence deadline, µs since `origin`; 0: not joined.
+    deadline_us: AtomicU64,
+}
+
+impl Fence {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            deadline_us: AtomicU64::new(0),
+        }
+    }
+
+    fn set(&self, deadline: Option<Instant>) {
+        let us = deadline.map_or(0, |d| {
+            d.saturating_duration_since(self.origin).as_micros().max(1) as u64
+        });
+        self.deadline_us.store(us, Ordering::SeqCst);
+    }
+
+    /// Whether this node may act as a member now: joined, and before its fence deadline.
+    pub fn holds(&self) -> bool {
+        let d = self.deadline_us.load(Ordering::SeqCst);
+        d != 0
+            && (Instant::now()
+                .saturating_duration_since(self.origin)
+                .as_micros() as u64)
+                < d
+    }
+}
+
+/// The running membership of this node.
+pub struct Membership {
+    config: MembershipConfig,
+    client: Mutex<Option<Client>>,
+    lease: Mutex<Option<i64>>,
+    /// The fence deadline.
+    pub fence: Arc<Fence>,
+    view_tx: watch::Sender<Option<SharedView>>,
+    leaving: watch::Sender<bool>,
+    incarnations: AtomicU64,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership")
+            .field("node", &self.config.node_id)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("lease lost")]
+    Lease,
+    #[error("fence deadline passed without a keep-alive")]
+    Fenced,
+}
+
+/// Applies a watch response to the view: false when it is inconsistent with what the view holds (a duplicate,
+/// backwards or missing revision), in which case the caller re-reads.
+fn apply_events(
+    resp: &WatchResponse,
+    members: &mut BTreeMap<String, (Member, u64)>,
+    applied: &mut u64,
+) -> bool {
+    for e in resp.events() {
+        let Some(kv) = e.kv() else { continue };
+        let rev = kv.mod_revision() as u64;
+        if rev <= *applied {
+            return false;
+        }
+        let key = String::from_utf8_lossy(kv.key()).to_string();
+        let held = members.get(&key).map(|(_, r)| *r);
+        if held != e.prev_kv().map(|p| p.mod_revision() as u64) {
+            return false;
+        }
+        match (e.event_type(), parse_member(kv.value())) {
+            (EventType::Put, Some(m)) => {
+                members.insert(key, (m, rev));
+            }
+            _ => {
+                members.remove(&key);
+            }
+        }
+        *applied = rev;
+    }
+    true
+}
+
+/// The key-value form of a member record.
+fn parse_member(value: &[u8]) -> Option<Member> {
+    serde_json::from_slice(value).ok()
+}
+
+impl Membership {
+    /// Starts membership: the task joins (and rejoins) in the background; watch the returned receiver.
+    pub fn start(config: MembershipConfig) -> (Arc<Self>, watch::Receiver<Option<SharedView>>) {
+        let (view_tx, view_rx) = watch::channel(None);
+        let m = Arc::new(Self {
+            config,
+            client: Mutex::new(None),
+            lease: Mutex::new(None),
+            fence: Arc::new(Fence::new()),
+            view_tx,
+            leaving: watch::channel(false).0,
+            incarnations: AtomicU64::new(0),
+        });
+        tokio::spawn(m.clone().run());
+        (m, view_rx)
+    }
+
+    async fn client(&self) -> Result<Client, etcd_client::Error> {
+        let mut guard = self.client.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let options = ConnectOptions::new()
+            .with_require_leader(true)
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(self.config.lease_ttl)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let c = Client::connect(&self.config.endpoints, Some(options)).await?;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let outcome = self.session().await;
+            self.fence.set(None);
+            self.view_tx.send_replace(None);
+            metrics::gauge!("aisle_cluster_joined").set(0.0);
+            if *self.leaving.borrow() {
+                return;
+            }
+            match outcome {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(node = %self.config.node_id, error = %e, "membership lost; fenced, rejoining");
+                    metrics::counter!("aisle_cluster_fences_total").increment(1);
+                }
+            }
+            // A broken connection is rebuilt on the next attempt.
+            *self.client.lock().await = None;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One membership session: join, then keep alive and watch until the lease is lost or the fence deadline
+    /// passes.
+    async fn session(&self) -> Result<(), Lost> {
+        let mut client = self.client().await?;
+        // A previous lease of ours may still hold our key: revoke it so the new incarnation replaces it cleanly.
+        if let Some(old) = self.lease.lock().await.take() {
+            let _ = client.lease_revoke(old).await;
+        }
+        let ttl = self.config.lease_ttl.as_secs().max(1) as i64;
+        let sent = Instant::now();
+        let lease = client.lease_grant(ttl, None).await?.id();
+        *self.lease.lock().await = Some(lease);
+        let incarnation = format!(
+            "{:x}-{}",
+            aisle_domain::now_ms(),
+            self.incarnations.fetch_add(1, Ordering::Relaxed)
+        );
+        let me = Member {
+            node_id: self.config.node_id.clone(),
+            addr: self.config.advertise_addr.clone(),
+            incarnation,
+            leaving: *self.leaving.borrow(),
+        };
+        self.put_self(&mut client, lease, &me).await?;
+        self.fence.set(Some(
+            sent + self.config.lease_ttl - self.config.fence_margin(),
+        ));
+        let (mut members, revision) = self.read(&mut client).await?;
+        self.publish(&members, revision);
+        tracing::info!(node = %me.node_id, incarnation = %me.incarnation, epoch = revision,
+            members = members.len(), "joined the cluster");
+        metrics::gauge!("aisle_cluster_joined").set(1.0);
+
+        // Transient failures (etcd restarting, a broken stream) are ridden out: the streams are re-established
+        // while the lease is provably alive. Only a lost lease or a passed fence deadline ends the session.
+        let mut keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)> =
+            Some(client.lease_keep_alive(lease).await?);
+        let mut watch: Option<WatchStream> = Some(self.watch_from(&mut client, revision).await?);
+        let mut applied = revision;
+        let mut keepalive = tokio::time::interval(self.config.lease_ttl / 4);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut repair = tokio::time::interval(Duration::from_millis(500));
+        let mut recheck = tokio::time::interval(Duration::from_secs(30));
+        recheck.tick().await;
+        let mut fence_check = tokio::time::interval(Duration::from_millis(100));
+        let mut pending_ack: Option<Instant> = None;
+        let mut leaving = self.leaving.subscribe();
+        loop {
+            tokio::select! {
+                _ = keepalive.tick() => {
+                    if let Some((k, _)) = keeper.as_mut()
+                        && pending_ack.is_none()
+                    {
+                        pending_ack = Some(Instant::now());
+                        if k.keep_alive().await.is_err() {
+                            keeper = None;
+                            pending_ack = None;
+                        }
+                    }
+                }
+                ack = async { match keeper.as_mut() { Some((_, acks)) => acks.message().await, None => std::future::pending().await } } => {
+                    match ack {
+                        Ok(Some(ack)) if ack.ttl() <= 0 => return Err(Lost::Lease),
+                        Ok(Some(_)) => {
+                            if let Some(sent) = pending_ack.take() {
+                                self.fence.set(Some(sent + self.config.lease_ttl - self.config.fence_margin()));
+                            }
+                        }
+                        Ok(None) | Err(_) => {
+                            tracing::debug!("lease keep-alive stream broke; re-establishing");
+                            keeper = None;
+                            pending_ack = None;
+                        }
+                    }
+                }
+                _ = fence_check.tick() => {
+                    if !self.fence.holds() {
+                        return Err(Lost::Fenced);
+                    }
+                }
+                _ = repair.tick(), if keeper.is_none() || watch.is_none() => {
+                    if keeper.is_none()
+                        && let Ok(k) = client.lease_keep_alive(lease).await
+                    {
+                        keeper = Some(k);
+                    }
+                    if watch.is_none()
+                        && let Ok((fresh, rev)) = self.read(&mut client).await
+                    {
+                        members = fresh;
+                        applied = rev;
+                        self.publish(&members, applied);
+                        watch = self.watch_from(&mut client, applied).await.ok();
+                    }
+                }
+                event = async { match watch.as_mut() { Some(w) => w.message().await, None => std::future::pending().await } } => {
+                    let resp = match event {
+                        Ok(Some(resp)) => resp,
+                        Ok(None) | Err(_) => {
+                            tracing::debug!("membership watch broke; re-reading");
+                            watch = None;
+                            continue;
+                        }
+                    };
+                    if resp.canceled() || resp.compact_revision() > 0 {
+                        tracing::warn!(compact_revision = resp.compact_revision(), reason = resp.cancel_reason(),
+                            "membership watch cancelled; re-reading");
+                        watch = None;
+                        continue;
+                    }
+                    if !apply_events(&resp, &mut members, &mut applied) {
+                        metrics::counter!("aisle_cluster_view_rereads_total").increment(1);
+                        tracing::warn!("membership watch out of order; re-reading");
+                        watch = None;
+                        continue;
+                    }
+                    if !resp.events().is_empty() {
+                        self.publish(&members, applied);
+                    }
+                }
+                _ = recheck.tick() => {
+                    if let Ok((fresh, rev)) = self.read(&mut client).await {
+                        let same = fresh.iter().map(|(k, (m, _))| (k, m)).eq(members.iter().map(|(k, (m, _))| (k, m)));
+                        if !same {
+                            metrics::counter!("aisle_cluster_view_rereads_total").increment(1);
+                            tracing::warn!("periodic membership check found a different view; re-reading");
+                            members = fresh;
+                            applied = rev;
+                            self.publish(&members, applied);
+                            watch = self.watch_from(&mut client, applied).await.ok();
+                        }
+                    }
+                }
+                changed = leaving.changed() => {
+                    if changed.is_ok() && *leaving.borrow() {
+                        let mut me = members.get(&self.config.key()).map(|(m, _)| m.clone()).unwrap_or(me.clone());
+                        me.leaving = true;
+                        self.put_self(&mut client, lease, &me).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn watch_from(
+        &self,
+        client: &mut Client,
+        revision: u64,
+    ) -> Result<WatchStream, etcd_client::Error> {
+        client
+            .watch(
+                self.config.prefix(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_prev_key()
+                        .with_start_revision(revision as i64 + 1),
+                ),
+            )
+            .await
+    }
+
+    async fn put_self(&self, client: &mut Client, lease: i64, me: &Member) -> Result<(), Lost> {
+        let value = serde_json::to_vec(me).expect("members serialise");
+        client
+            .put(
+                self.config.key(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A linearizable read of every member: key → (member, its mod revision), and the store revision.
+    async fn read(
+        &self,
+        client: &mut Client,
+    ) -> Result<(BTreeMap<String, (Member, u64)>, u64), Lost> {
+        let resp = client
+            .get(self.config.prefix(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision() as u64);
+        let members = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                parse_member(kv.value()).map(|m| {
+                    (
+                        String::from_utf8_lossy(kv.key()).to_string(),
+                        (m, kv.mod_revision() as u64),
+                    )
+                })
+            })
+            .collect();
+        Ok((members, revision))
+    }
+
+    fn publish(&self, members: &BTreeMap<String, (Member, u64)>, revision: u64) {
+        let view = View::new(revision, members.values().map(|(m, _)| m.clone()).collect());
+        metrics::gauge!("aisle_cluster_members").set(view.members.len() as f64);
+        metrics::gauge!("aisle_cluster_epoch").set(revision as f64);
+        self.view_tx.send_replace(Some(Arc::new(view)));
+    }
+
+    /// Marks this node leaving (it owns nothing from the next view on) and waits until this node's own view
+    /// shows it, up to `timeout`.
+    pub async fn mark_leaving(
+        &self,
+        view: &mut watch::Receiver<Option<SharedView>>,
+        timeout: Duration,
+    ) {
+        self.leaving.send_replace(true);
+        let node = self.config.node_id.clone();
+        let _ = tokio::time::timeout(
+            timeout,
+            view.wait_for(|v| {
+                v.as_ref()
+                    .is_none_or(|v| v.member(&node).is_none_or(|m| m.leaving))
+            }),
+        )
+        .await;
+    }
+
+    /// Revokes the lease (the member key disappears at once) and stops.
+    pub async fn leave(&self) {
+        self.leaving.send_replace(true);
+        self.fence.set(None);
+        if let Some(lease) = self.lease.lock().await.take()
+            && let Ok(mut client) = self.client().await
+        {
+            match client.lease_revoke(lease).await {
+                Ok(_) => {
+                    tracing::info!(node = %self.config.node_id, "lease revoked; left the cluster")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not revoke the lease; it expires by itself")
+                }
+            }
+        }
+        self.view_tx.send_replace(None);
+    }
+}

@@ -1,0 +1,316 @@
+//! The cluster as the rest of the node sees it: the current view (or none, while this node is not a member or is
+//! fenced), who owns a shopper or a store, the hand-off barrier, and clients to the peers.
+//!
+//! - [`view`]: views and rendezvous placement (pure).
+//! - [`membership`]: etcd membership — the only module that sees etcd types.
+//! - [`peers`]: connections to the other nodes.
+//! - [`handoff`]: moving sessions when ownership changes.
+//!
+//! In static mode (the default) the view is this node alone at epoch 0, forever.
+//!
+//! **One owner per shopper.** A node answers FRESH for a shopper only while it holds its membership (before its
+//! fence deadline) and owns the shopper under its current view; a forwarded request must carry the receiver's
+//! epoch. Two nodes at the same epoch have the same view, hence the same owner.
+//!
+//! **Hand-off barrier.** After a view change, sessions move from their previous owners to their new ones
+//! ("seal → transfer → serve"): every node exports the sessions it no longer owns, then tells every other member
+//! it is done for that epoch. A node serves a shopper it did not own under its previous view only once every
+//! other member is done (or after a bounded wait, should one never answer); until then, requests for such
+//! shoppers wait, or are answered by the fallback ladder within their deadline.
+
+pub mod handoff;
+pub mod membership;
+pub mod peers;
+pub mod view;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+pub use membership::{Membership, MembershipConfig};
+pub use peers::Peers;
+pub use view::{Member, SharedView, View};
+
+/// How long a node waits for the other members' hand-off before serving newly owned shoppers anyway.
+pub const BARRIER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where a shopper's requests go.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// This node owns the shopper.
+    Local(SharedView),
+    /// Another member owns the shopper.
+    Remote(SharedView, Member),
+    /// Nobody can own the shopper now (this node is not a member, or no member owns keys).
+    Unowned(&'static str),
+}
+
+/// The hand-off barrier of the current epoch.
+#[derive(Debug)]
+struct Barrier {
+    /// Fingerprint of the current view.
+    fingerprint: u64,
+    /// The current view.
+    current: Option<SharedView>,
+    /// The view this node served under before (none right after joining: it held no sessions).
+    previous: Option<SharedView>,
+    /// Members whose hand-off for this epoch has not arrived.
+    awaiting: HashSet<String>,
+    started: Instant,
+    /// Done markers for views (by fingerprint) this node has not seen yet.
+    early: HashMap<u64, HashSet<String>>,
+}
+
+/// The cluster handle.
+pub struct Cluster {
+    /// This node's id.
+    pub node_id: String,
+    /// The address peers reach this node at.
+    pub advertise_addr: String,
+    views: watch::Receiver<Option<SharedView>>,
+    membership: Option<Arc<Membership>>,
+    /// Clients to the peers.
+    pub peers: Arc<Peers>,
+    barrier: Mutex<Barrier>,
+    barrier_done: Notify,
+    /// The last epoch whose hand-off this node completed.
+    handed_off: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// A node alone (static mode).
+    pub fn alone(node_id: &str, addr: &str) -> Arc<Self> {
+        let (_tx, views) = watch::channel(Some(Arc::new(View::alone(node_id, addr))));
+        // The sender is dropped: the view never changes.
+        Self::new(node_id, addr, views, None)
+    }
+
+    /// A node whose membership is kept in etcd.
+    pub fn with_etcd(config: MembershipConfig) -> Arc<Self> {
+        let node_id = config.node_id.clone();
+        let addr = config.advertise_addr.clone();
+        let (membership, views) = Membership::start(config);
+        Self::new(&node_id, &addr, views, Some(membership))
+    }
+
+    fn new(
+        node_id: &str,
+        addr: &str,
+        views: watch::Receiver<Option<SharedView>>,
+        membership: Option<Arc<Membership>>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            node_id: node_id.to_string(),
+            advertise_addr: addr.to_string(),
+            views,
+            membership,
+            peers: Arc::new(Peers::new(node_id)),
+            barrier: Mutex::new(Barrier {
+                fingerprint: 0,
+                current: None,
+                previous: None,
+                awaiting: HashSet::new(),
+                started: Instant::now(),
+                early: HashMap::new(),
+            }),
+            barrier_done: Notify::new(),
+            handed_off: watch::channel(0).0,
+        })
+    }
+
+    /// Whether membership is in etcd.
+    pub fn is_clustered(&self) -> bool {
+        self.membership.is_some()
+    }
+
+    /// The current view, if this node is a member and within its lease (never a view it could no longer vouch
+    /// for: the fence deadline is checked against the clock on every call).
+    pub fn current(&self) -> Option<SharedView> {
+        if let Some(m) = &self.membership
+            && !m.fence.holds()
+        {
+            return None;
+        }
+        self.views.borrow().clone()
+    }
+
+    /// A receiver of view changes.
+    pub fn views(&self) -> watch::Receiver<Option<SharedView>> {
+        self.views.clone()
+    }
+
+    /// The current epoch (0 when not a member).
+    pub fn epoch(&self) -> u64 {
+        self.current().map_or(0, |v| v.epoch)
+    }
+
+    /// Whether this node owns the shopper now.
+    pub fn owns(&self, shopper_id: &str) -> bool {
+        self.current()
+            .and_then(|v| {
+                v.shopper_owner(shopper_id)
+                    .map(|m| m.node_id == self.node_id)
+            })
+            .unwrap_or(false)
+    }
+
+    /// Where a shopper's requests go now.
+    pub fn route(&self, shopper_id: &str) -> Route {
+        let Some(view) = self.current() else {
+            return Route::Unowned("this node is not a cluster member");
+        };
+        match view.shopper_owner(shopper_id) {
+            Some(m) if m.node_id == self.node_id => Route::Local(view),
+            Some(m) => {
+                let m = m.clone();
+                Route::Remote(view, m)
+            }
+            None => Route::Unowned("no member owns shoppers"),
+        }
+    }
+
+    /// Starts the barrier of a new view (called by the view-change task before it hands sessions off).
+    pub fn begin_epoch(&self, view: &SharedView) {
+        let mut b = self.barrier.lock().expect("barrier lock");
+        if b.current
+            .as_ref()
+            .is_some_and(|c| c.fingerprint == view.fingerprint)
+        {
+            return;
+        }
+        let mut awaiting: HashSet<String> = view
+            .members
+            .iter()
+            .map(|m| m.node_id.clone())
+            .filter(|id| *id != self.node_id)
+            .collect();
+        if let Some(early) = b.early.remove(&view.fingerprint) {
+            awaiting.retain(|id| !early.contains(id));
+        }
+        if b.early.len() > 64 {
+            b.early.clear();
+        }
+        b.previous = b.current.replace(view.clone());
+        b.fingerprint = view.fingerprint;
+        b.awaiting = awaiting;
+        b.started = Instant::now();
+        if b.awaiting.is_empty() {
+            self.barrier_done.notify_waiters();
+        }
+    }
+
+    /// This node stopped being a member (fenced): it holds no sessions any more, so after rejoining every
+    /// shopper it owns is newly owned.
+    pub fn reset_epochs(&self) {
+        let mut b = self.barrier.lock().expect("barrier lock");
+        b.current = None;
+        b.previous = None;
+    }
+
+    /// Records that `from` finished handing sessions off for the view with this fingerprint.
+    pub fn done_from(&self, from: &str, fingerprint: u64) {
+        let mut b = self.barrier.lock().expect("barrier lock");
+        if fingerprint == b.fingerprint {
+            b.awaiting.remove(from);
+            if b.awaiting.is_empty() {
+                self.barrier_done.notify_waiters();
+            }
+        } else {
+            b.early
+                .entry(fingerprint)
+                .or_default()
+                .insert(from.to_string());
+        }
+    }
+
+    /// Whether the shopper can be served now under `view`, waiting (up to `deadline`) for the hand-off barrier
+    /// when the shopper is newly owned. False when the deadline comes first or the view changed meanwhile.
+    pub async fn ready_for(&self, shopper_id: &str, view: &SharedView, deadline: Instant) -> bool {
+        if !self.is_clustered() {
+            return true;
+        }
+        loop {
+            let notified = self.barrier_done.notified();
+            let give_up = {
+                let b = self.barrier.lock().expect("barrier lock");
+                if b.fingerprint != view.fingerprint {
+                    return false;
+                }
+                let newly_owned = match &b.previous {
+                    Some(prev) => prev
+                        .shopper_owner(shopper_id)
+                        .is_none_or(|m| m.node_id != self.node_id),
+                    None => true,
+                };
+                let timed_out = b.started.elapsed() >= BARRIER_TIMEOUT;
+                if !newly_owned || b.awaiting.is_empty() || timed_out {
+                    return true;
+                }
+                deadline.min(b.started + BARRIER_TIMEOUT)
+            };
+            if Instant::now() >= deadline {
+                return false;
+            }
+            let _ = tokio::time::timeout_at(give_up, notified).await;
+        }
+    }
+
+    /// The view this node served under before the current one.
+    pub fn previous_view(&self) -> Option<SharedView> {
+        self.barrier.lock().expect("barrier lock").previous.clone()
+    }
+
+    /// Members still awaited by the current barrier (for status reports).
+    pub fn awaiting(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .barrier
+            .lock()
+            .expect("barrier lock")
+            .awaiting
+            .iter()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Records that this node finished handing sessions off for `epoch`.
+    pub fn handed_off(&self, epoch: u64) {
+        self.handed_off.send_replace(epoch);
+    }
+
+    /// Waits (up to `timeout`) until this node has handed sessions off for `epoch` or later.
+    pub async fn wait_handed_off(&self, epoch: u64, timeout: Duration) -> bool {
+        let mut rx = self.handed_off.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|e| *e >= epoch))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Leaves gracefully: mark this node leaving and wait for the view to show it (the caller then hands its
+    /// sessions off and calls [`Cluster::leave`]).
+    pub async fn mark_leaving(&self, timeout: Duration) {
+        if let Some(m) = &self.membership {
+            let mut views = self.views.clone();
+            m.mark_leaving(&mut views, timeout).await;
+        }
+    }
+
+    /// Revokes this node's membership.
+    pub async fn leave(&self) {
+        if let Some(m) = &self.membership {
+            m.leave().await;
+        }
+    }
+}

@@ -1,0 +1,646 @@
+//! The cluster against a real etcd and real node processes: one owner per shopper, forwarding, hand-off, push
+//! fan-in, and the fault scenarios — crash, rolling restart, pause, partition from etcd, etcd restart.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use aisle_proto::v1 as pb;
+use common::cluster::{Driver, Targets, TestCluster, assert_single_fresh_owner, follow_members};
+use common::{decide_req, event};
+use tokio::time::Instant;
+
+fn shoppers(n: usize, tag: &str) -> Vec<String> {
+    (0..n).map(|k| format!("{tag}-{k}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_forwards_a_shopper_to_its_one_owner() {
+    let c = TestCluster::builder().nodes(3).start().await;
+    c.wait_for_members(3, Duration::from_secs(60)).await;
+    for i in 0..3 {
+        c.wait_ready(i, 200, Duration::from_secs(10)).await;
+    }
+    let mut clients = [c.client(0).await, c.client(1).await, c.client(2).await];
+    let mut owners = HashMap::new();
+    for shopper in shoppers(30, "fwd") {
+        let mut served = HashSet::new();
+        for client in clients.iter_mut() {
+            let r = client
+                .decide(decide_req(&shopper, pb::Surface::Home))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                r.fallback_tier,
+                pb::FallbackTier::Fresh as i32,
+                "{shopper}: {}",
+                r.fallback_reason
+            );
+            served.insert((r.served_by, r.epoch));
+        }
+        assert_eq!(served.len(), 1, "{shopper} answered by {served:?}");
+        let (owner, _) = served.into_iter().next().unwrap();
+        let status = c
+            .admin(1)
+            .await
+            .cluster_status(pb::ClusterStatusRequest {
+                shopper_id: shopper.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.shopper_owner, owner);
+        owners.insert(shopper, owner);
+    }
+    let distinct: HashSet<&String> = owners.values().collect();
+    assert_eq!(distinct.len(), 3, "30 shoppers spread over the 3 nodes");
+
+    // Events sent to any node land in the owner's session; any node describes it.
+    let shopper = "fwd-0";
+    for (k, client) in clients.iter_mut().enumerate() {
+        let item = format!("sku-{:06}", 200 + k);
+        let r = client
+            .track(pb::TrackRequest {
+                events: vec![event(shopper, pb::EventType::View, &item)],
+                request_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.accepted, 1);
+    }
+    let d = c
+        .admin(2)
+        .await
+        .describe_shopper(pb::DescribeShopperRequest {
+            shopper_id: shopper.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.served_by, owners[shopper]);
+    assert_eq!(
+        d.recent_item_ids,
+        ["sku-000200", "sku-000201", "sku-000202"]
+    );
+    // Forget through a non-owner erases at the owner.
+    let non_owner = (0..3).find(|&i| c.nodes[i].id != owners[shopper]).unwrap();
+    let f = c
+        .admin(non_owner)
+        .await
+        .forget_shopper(pb::ForgetShopperRequest {
+            shopper_id: shopper.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(f.session_erased);
+    assert_eq!(f.served_by, owners[shopper]);
+    let d = c
+        .admin(0)
+        .await
+        .describe_shopper(pb::DescribeShopperRequest {
+            shopper_id: shopper.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!d.has_session);
+}
+
+/// Warms up sessions: one view each, through node 0.
+async fn warm(c: &TestCluster, shoppers: &[String]) {
+    let mut client = c.client(0).await;
+    for chunk in shoppers.chunks(100) {
+        let events = chunk
+            .iter()
+            .enumerate()
+            .map(|(k, s)| event(s, pb::EventType::View, &format!("sku-{:06}", 100 + k)))
+            .collect();
+        client
+            .track(pb::TrackRequest {
+                events,
+                request_id: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+fn addrs(c: &TestCluster) -> Vec<String> {
+    c.nodes.iter().map(|n| n.addr()).collect()
+}
+
+/// Fault 1: SIGKILL one of three nodes under steady load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_node_costs_a_few_seconds_of_fallback_answers_never_wrong_ones() {
+    let mut c = TestCluster::builder().nodes(3).start().await;
+    c.wait_for_members(3, Duration::from_secs(60)).await;
+    let ttl = Duration::from_secs(c.lease_ttl_secs);
+    let population = shoppers(150, "crash");
+    warm(&c, &population).await;
+    let targets = Targets::default();
+    targets.set(vec![0, 1, 2]);
+    let follower = follow_members(&c, targets.clone());
+    let driver = Driver::start(addrs(&c), targets, population.clone(), 200, false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let victim = 1;
+    let killed_at = driver.started.elapsed();
+    c.kill(victim);
+    let converged = c.wait_for_view(&[0, 2], 2, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let records = driver.finish().await;
+    follower.abort();
+
+    let window_end = killed_at + ttl + Duration::from_secs(1);
+    let victim_id = &c.nodes[victim].id;
+    // The dead node's shoppers: those it answered FRESH before the kill.
+    let orphans: HashSet<&String> = records
+        .iter()
+        .filter(|r| r.at < killed_at && r.error.is_none() && &r.served_by == victim_id)
+        .map(|r| &r.shopper)
+        .collect();
+    assert!(orphans.len() > 25, "{}", orphans.len());
+    for r in &records {
+        if let Some(code) = r.error {
+            assert!(
+                r.asked == victim && r.at >= killed_at && r.at <= window_end,
+                "failed call outside the window or on a live node: {r:?} ({code:?})"
+            );
+        }
+        if r.asked != victim {
+            assert!(r.error.is_none(), "a live node failed a call: {r:?}");
+        }
+        if r.at > window_end {
+            assert!(r.error.is_none(), "{r:?}");
+            assert_eq!(
+                r.tier,
+                pb::FallbackTier::Fresh,
+                "after the window every answer is FRESH: {r:?}"
+            );
+            assert_ne!(&r.served_by, victim_id);
+        }
+    }
+    // How long until each orphan was served FRESH by its new owner.
+    let mut recovery = Duration::ZERO;
+    for shopper in &orphans {
+        let first = records
+            .iter()
+            .filter(|r| {
+                &r.shopper == *shopper && r.at > killed_at && r.tier == pb::FallbackTier::Fresh
+            })
+            .map(|r| r.at)
+            .min()
+            .unwrap_or_else(|| panic!("{shopper} never served FRESH again"));
+        recovery = recovery.max(first - killed_at);
+    }
+    let fallbacks = records
+        .iter()
+        .filter(|r| {
+            r.at > killed_at
+                && r.asked != victim
+                && r.tier != pb::FallbackTier::Fresh
+                && r.error.is_none()
+        })
+        .count();
+    println!(
+        "crash: converged {converged:?} after the kill; orphans FRESH again within {recovery:?} (target {:?}); \
+         {fallbacks} fallback answers meanwhile",
+        ttl + Duration::from_secs(1)
+    );
+    assert!(recovery <= ttl + Duration::from_secs(1), "{recovery:?}");
+    assert_single_fresh_owner(&records);
+}
+
+/// Fault 2: rolling restart (SIGTERM, restart, one node at a time) under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_fails_no_call_and_keeps_every_session() {
+    let mut c = TestCluster::builder().nodes(3).start().await;
+    c.wait_for_members(3, Duration::from_secs(60)).await;
+    let population = shoppers(200, "roll");
+    // Three events per shopper, through different nodes.
+    for (k, node) in [0usize, 1, 2].into_iter().enumerate() {
+        let mut client = c.client(node).await;
+        for chunk in population.chunks(100) {
+            let events = chunk
+                .iter()
+                .map(|s| event(s, pb::EventType::View, &format!("sku-{:06}", 300 + k)))
+                .collect();
+            client
+                .track(pb::TrackRequest {
+                    events,
+                    request_id: String::new(),
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let targets = Targets::default();
+    targets.set(vec![0, 1, 2]);
+    let follower = follow_members(&c, targets.clone());
+    let driver = Driver::start(addrs(&c), targets, population.clone(), 150, true);
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (code, took) = c.terminate(i, Duration::from_secs(30)).await;
+        assert_eq!(
+            code,
+            Some(0),
+            "node {i} exits 0 on SIGTERM:\n{}",
+            c.nodes[i].log_tail(20)
+        );
+        println!("rolling restart: node {i} left in {took:?}");
+        c.restart(i);
+        c.wait_for_members(3, Duration::from_secs(30)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let records = driver.finish().await;
+    follower.abort();
+    let failed: Vec<_> = records.iter().filter(|r| r.error.is_some()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed calls, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(records.len() > 500, "{}", records.len());
+    let mut admin = c.admin(1).await;
+    for shopper in &population {
+        let d = admin
+            .describe_shopper(pb::DescribeShopperRequest {
+                shopper_id: shopper.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            d.recent_item_ids,
+            ["sku-000300", "sku-000301", "sku-000302"],
+            "{shopper} lost context (owner {})",
+            d.served_by
+        );
+    }
+    assert_single_fresh_owner(&records);
+}
+
+/// Fault 3: SIGSTOP a node for twice the lease TTL, then SIGCONT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_never_answers_as_owner_with_a_stale_epoch_and_rejoins() {
+    let mut c = TestCluster::builder().nodes(3).start().await;
+    c.wait_for_members(3, Duration::from_secs(60)).await;
+    let ttl = Duration::from_secs(c.lease_ttl_secs);
+    let population = shoppers(200, "pause");
+    warm(&c, &population).await;
+    let old_epoch = c.status(2).await.unwrap().epoch;
+    let targets = Targets::default();
+    targets.set(vec![0, 1, 2]);
+    let driver = Driver::start(addrs(&c), targets.clone(), population, 150, false);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.pause(2);
+    tokio::time::sleep(ttl * 2).await;
+    c.wait_for_view(&[0, 1], 2, Duration::from_secs(10)).await;
+    let resumed_at = driver.started.elapsed();
+    c.resume(2);
+    let rejoined = c.wait_for_members(3, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let records = driver.finish().await;
+    println!("pause: rejoined {rejoined:?} after SIGCONT");
+    for r in &records {
+        if r.at >= resumed_at && r.served_by == c.nodes[2].id && r.tier == pb::FallbackTier::Fresh {
+            assert_ne!(
+                r.epoch, old_epoch,
+                "FRESH under the stale epoch after resuming: {r:?}"
+            );
+        }
+    }
+    assert_single_fresh_owner(&records);
+    let after = records
+        .iter()
+        .filter(|r| r.at > resumed_at + rejoined && r.served_by == c.nodes[2].id)
+        .count();
+    assert!(after > 0, "the node serves again after rejoining");
+}
+
+/// Fault 4: cut one node off from etcd (its etcd traffic goes through a proxy that drops everything), then heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_etcd_fences_itself_and_rejoins_after_healing() {
+    let c = TestCluster::builder().nodes(3).proxied(2).start().await;
+    c.wait_for_members(3, Duration::from_secs(60)).await;
+    let ttl = Duration::from_secs(c.lease_ttl_secs);
+    let population = shoppers(200, "cut");
+    warm(&c, &population).await;
+    let targets = Targets::default();
+    targets.set(vec![0, 1, 2]);
+    let driver = Driver::start(addrs(&c), targets, population, 150, false);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cut_at = driver.started.elapsed();
+    c.proxies[&2].set_cut(true);
+    let fenced = c.wait_ready(2, 503, ttl + Duration::from_secs(2)).await;
+    assert!(
+        fenced <= ttl,
+        "self-fenced after {fenced:?}, lease TTL {ttl:?}"
+    );
+    let status = c.status(2).await.unwrap();
+    assert!(!status.member, "{status:?}");
+    c.wait_for_view(&[0, 1], 2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let healed_at = driver.started.elapsed();
+    c.proxies[&2].set_cut(false);
+    let rejoined = c.wait_for_members(3, Duration::from_secs(10)).await;
+    c.wait_ready(2, 200, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let records = driver.finish().await;
+    println!("partition: fenced {fenced:?} after the cut; rejoined {rejoined:?} after healing");
+    for r in &records {
+        if r.served_by == c.nodes[2].id && r.at > cut_at + ttl && r.at < healed_at {
+            assert_ne!(
+                r.tier,
+                pb::FallbackTier::Fresh,
+                "the fenced node answered as owner: {r:?}"
+            );
+        }
+        assert!(
+            r.error.is_none(),
+            "the cut node still answers (from the fallback ladder): {r:?}"
+        );
+    }
+    assert_single_fresh_owner(&records);
+}
+
+/// Fault 5: restart etcd, briefly and for longer than the lease TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_ride_out_an_etcd_restart_and_the_view_converges() {
+    let mut c = TestCluster::builder().nodes(3).start().await;
+    c.wait_for_members(3, Duration::from_secs(60)).await;
+    let population = shoppers(150, "etcd");
+    warm(&c, &population).await;
+    let targets = Targets::default();
+    targets.set(vec![0, 1, 2]);
+    let driver = Driver::start(addrs(&c), targets, population, 100, false);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A short outage: nodes keep their leases (etcd restores them) and keep serving as owners.
+    let short_at = driver.started.elapsed();
+    c.etcd.kill();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    c.etcd.restart();
+    c.etcd.wait_healthy(Duration::from_secs(20)).await;
+    let short_end = driver.started.elapsed();
+    let converged = c.wait_for_members(3, Duration::from_secs(10)).await;
+    // A long outage: nodes fence (fallback answers), then rejoin.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.etcd.kill();
+    tokio::time::sleep(Duration::from_secs(c.lease_ttl_secs + 3)).await;
+    c.etcd.restart();
+    c.etcd.wait_healthy(Duration::from_secs(20)).await;
+    let reconverged = c.wait_for_members(3, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let records = driver.finish().await;
+    println!(
+        "etcd restart: converged {converged:?} after a 1.5 s outage, {reconverged:?} after a long one"
+    );
+    let failed: Vec<_> = records.iter().filter(|r| r.error.is_some()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed calls, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    // Callers got answers throughout (FRESH, or the fallback ladder while nodes were fenced), and FRESH answers
+    // are back once the view has converged.
+    let fresh_after = records
+        .iter()
+        .filter(|r| r.at > short_end + converged && r.tier == pb::FallbackTier::Fresh)
+        .count();
+    assert!(fresh_after > 0);
+    let fenced_short = records
+        .iter()
+        .filter(|r| r.at >= short_at && r.at <= short_end && r.tier != pb::FallbackTier::Fresh)
+        .count();
+    println!("etcd restart: {fenced_short} fallback answers during the short outage");
+    assert_single_fresh_owner(&records);
+}
+
+/// Push across nodes: a handheld on any node gets its store's events from every node, in order; when its node
+/// dies it resumes on another without gap or duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handhelds_get_every_nodes_events_in_order_and_resume_elsewhere() {
+    let mut c = TestCluster::builder().nodes(3).start().await;
+    c.wait_for_members(3, Duration::from_secs(60)).await;
+    let store = "store-42";
+    // The handheld's node: one that does not order the store's events.
+    let members = c.status(0).await.unwrap().members;
+    let view = aisle_node::cluster::View::new(
+        0,
+        members
+            .iter()
+            .map(|m| aisle_node::cluster::Member {
+                node_id: m.node_id.clone(),
+                addr: m.addr.clone(),
+                incarnation: m.incarnation.clone(),
+                leaving: m.leaving,
+            })
+            .collect(),
+    );
+    let orderer = view.store_owner(store).unwrap().node_id.clone();
+    let handheld_node = (0..3).find(|&i| c.nodes[i].id != orderer).unwrap();
+    let other_node = (0..3)
+        .find(|&i| i != handheld_node && c.nodes[i].id != orderer)
+        .unwrap();
+    let mut associates = aisle_proto::v1::associate_service_client::AssociateServiceClient::new(
+        common::cluster::connect(&c.nodes[handheld_node].addr())
+            .await
+            .unwrap(),
+    );
+    let mut stream = associates
+        .subscribe(pb::SubscribeRequest {
+            store_id: store.into(),
+            associate_id: "hh-1".into(),
+            kinds: vec![],
+            resume_after: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Low-stock items added to carts by in-store shoppers owned by every node: one replenish event each.
+    let catalog = common::catalog();
+    let low: Vec<String> = (0..catalog.len() as u32)
+        .filter(|&i| (1..=3).contains(&catalog.item(i).stock) && catalog.min_age(i) == 0)
+        .map(|i| catalog.item(i).id.to_string())
+        .take(40)
+        .collect();
+    let mut producers: HashSet<String> = HashSet::new();
+    let mut tracker = c.client(other_node).await;
+    let add = |k: usize, item: &str| pb::TrackEvent {
+        store_id: store.into(),
+        ..event(&format!("push-shopper-{k}"), pb::EventType::AddToCart, item)
+    };
+    for (k, item) in low.iter().take(20).enumerate() {
+        tracker
+            .track(pb::TrackRequest {
+                events: vec![add(k, item)],
+                request_id: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let e = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        producers.insert(e.produced_by.clone());
+        seen.push(e.sequence);
+    }
+    assert_eq!(
+        seen,
+        (1..=20).collect::<Vec<_>>(),
+        "in the store's sequence order"
+    );
+    assert!(
+        producers.len() >= 2,
+        "events produced on several nodes: {producers:?}"
+    );
+    // The handheld's node dies; once its lease is gone, more events come; the handheld resumes on another node
+    // after 20.
+    c.kill(handheld_node);
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != handheld_node).collect();
+    c.wait_for_view(&survivors, 2, Duration::from_secs(15))
+        .await;
+    for (k, item) in low.iter().enumerate().skip(20) {
+        tracker
+            .track(pb::TrackRequest {
+                events: vec![add(k, item)],
+                request_id: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    let mut again = aisle_proto::v1::associate_service_client::AssociateServiceClient::new(
+        common::cluster::connect(&c.nodes[other_node].addr())
+            .await
+            .unwrap(),
+    )
+    .subscribe(pb::SubscribeRequest {
+        store_id: store.into(),
+        associate_id: "hh-1".into(),
+        kinds: vec![],
+        resume_after: Some(20),
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    let mut resumed = Vec::new();
+    for _ in 0..20 {
+        let e = tokio::time::timeout(Duration::from_secs(15), again.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        resumed.push(e.sequence);
+    }
+    assert_eq!(resumed, (21..=40).collect::<Vec<_>>());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), again.message())
+            .await
+            .is_err(),
+        "no duplicate"
+    );
+}
+
+/// Graceful leave of a node holding 10,000 sessions: hand-off time, and no call fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_leave_hands_off_ten_thousand_sessions_quickly() {
+    let mut c = TestCluster::builder().nodes(3).start().await;
+    c.wait_for_members(3, Duration::from_secs(60)).await;
+    let status = c.status(0).await.unwrap();
+    let view = aisle_node::cluster::View::new(
+        status.epoch,
+        status
+            .members
+            .iter()
+            .map(|m| aisle_node::cluster::Member {
+                node_id: m.node_id.clone(),
+                addr: m.addr.clone(),
+                incarnation: m.incarnation.clone(),
+                leaving: m.leaving,
+            })
+            .collect(),
+    );
+    let leaver = 0;
+    let mine: Vec<String> = (0..)
+        .map(|k| format!("bulk-{k}"))
+        .filter(|s| view.shopper_owner(s).unwrap().node_id == c.nodes[leaver].id)
+        .take(10_000)
+        .collect();
+    let mut client = c.client(leaver).await;
+    for chunk in mine.chunks(250) {
+        let events = chunk
+            .iter()
+            .flat_map(|s| {
+                (0..3).map(move |k| event(s, pb::EventType::View, &format!("sku-{:06}", 500 + k)))
+            })
+            .collect();
+        let r = client
+            .track(pb::TrackRequest {
+                events,
+                request_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.accepted, 750);
+    }
+    let targets = Targets::default();
+    targets.set(vec![0, 1, 2]);
+    let follower = follow_members(&c, targets.clone());
+    let driver = Driver::start(
+        addrs(&c),
+        targets,
+        mine.iter().take(500).cloned().collect(),
+        100,
+        true,
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let (code, took) = c.terminate(leaver, Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0));
+    c.wait_for_view(&[1, 2], 2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let records = driver.finish().await;
+    follower.abort();
+    let log = c.nodes[leaver].log_tail(200);
+    let handoff_ms: u64 = log
+        .lines()
+        .filter(|l| l.contains("sessions handed off"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["fields"]["elapsed_ms"].as_u64())
+        .max()
+        .expect("the leaving node logs its hand-off");
+    println!(
+        "graceful leave: 10,000 sessions handed off in {handoff_ms} ms; node exited {took:?} after SIGTERM"
+    );
+    assert!(handoff_ms <= 2_000, "{handoff_ms} ms");
+    let failed: Vec<_> = records.iter().filter(|r| r.error.is_some()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed calls, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let mut admin = c.admin(1).await;
+    for s in mine.iter().step_by(97) {
+        let d = admin
+            .describe_shopper(pb::DescribeShopperRequest {
+                shopper_id: s.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(d.events_applied, 3, "{s} kept its context");
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_single_fresh_owner(&records);
+}

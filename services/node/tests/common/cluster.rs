@@ -1,0 +1,838 @@
+//! The cluster test harness: a real etcd (Debian's `etcd-server`) and real `aisle` node processes on loopback,
+//! with helpers to wait for membership, kill, pause, terminate and restart nodes, cut a node off from etcd, drive
+//! steady load and check what every answer said.
+//!
+//! ```ignore
+//! let mut c = TestCluster::builder().nodes(3).start().await;
+//! c.wait_for_members(3, Duration::from_secs(20)).await;
+//! ```
+//! Everything started is stopped (SIGKILL) and every temp dir removed when the cluster is dropped.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aisle_proto::v1 as pb;
+use aisle_proto::v1::admin_service_client::AdminServiceClient;
+use aisle_proto::v1::decision_service_client::DecisionServiceClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+const AISLE: &str = env!("CARGO_BIN_EXE_aisle");
+
+/// A free loopback port (bound and released; the OS does not hand it out again at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// A temp dir removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "aisle-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A real single-member etcd on loopback.
+pub struct Etcd {
+    proc: Option<Proc>,
+    dir: PathBuf,
+    pub client_port: u16,
+    peer_port: u16,
+}
+
+impl Etcd {
+    pub fn start(dir: &Path) -> Self {
+        let mut e = Self {
+            proc: None,
+            dir: dir.join("etcd"),
+            client_port: free_port(),
+            peer_port: free_port(),
+        };
+        e.spawn();
+        e
+    }
+
+    fn spawn(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", "test", "--data-dir"])
+            .arg(&self.dir)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd runs (install etcd-server: make deps)");
+        self.proc = Some(Proc(child));
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Waits until etcd answers its health check.
+    pub async fn wait_healthy(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, body) =
+                http_get(&format!("127.0.0.1:{}", self.client_port), "/health").await;
+            if status == 200 && body.contains("true") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd not healthy within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops etcd abruptly.
+    pub fn kill(&mut self) {
+        self.proc = None;
+    }
+
+    /// Starts etcd again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+/// A TCP proxy that can black-hole traffic: connections stay open but no byte crosses, as when packets are
+/// dropped on the path.
+pub struct Proxy {
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let flag = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    let f1 = flag.clone();
+                    let up = tokio::spawn(async move { pump(&mut ri, &mut wo, &f1).await });
+                    let down = tokio::spawn(async move { pump(&mut ro, &mut wi, &flag).await });
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        Self { port, cut, task }
+    }
+
+    /// Drops all traffic from now on (or lets it through again).
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pump(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    cut: &AtomicBool,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if cut.load(Ordering::SeqCst) {
+                    continue;
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One node process.
+pub struct NodeProc {
+    pub id: String,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    etcd_endpoint: String,
+    proc: Option<Proc>,
+    log: PathBuf,
+    pub paused: bool,
+}
+
+impl NodeProc {
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    pub fn http(&self) -> String {
+        format!("127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.proc.is_some() && !self.paused
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().expect("running").0.id()
+    }
+
+    /// The last lines of the node's log (for failure messages).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+/// Writes the demo bundles (built once per test binary) into `dir`: (catalog.json, model.bin).
+fn write_bundles(dir: &Path) -> (PathBuf, PathBuf) {
+    let prepared = super::demo();
+    let catalog = dir.join("catalog.json");
+    let model = dir.join("model.bin");
+    let file = prepared.catalog.as_ref().unwrap().to_file();
+    std::fs::write(&catalog, serde_json::to_vec(&file).unwrap()).unwrap();
+    std::fs::write(&model, prepared.model.0.to_bytes()).unwrap();
+    (catalog, model)
+}
+
+/// Builder of a [`TestCluster`].
+pub struct Builder {
+    nodes: usize,
+    lease_ttl_secs: u64,
+    proxied: HashSet<usize>,
+    extra_args: Vec<String>,
+}
+
+impl Builder {
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    pub fn lease_ttl_secs(mut self, s: u64) -> Self {
+        self.lease_ttl_secs = s;
+        self
+    }
+
+    /// Route this node's etcd traffic through a [`Proxy`] (to cut it off later).
+    pub fn proxied(mut self, node: usize) -> Self {
+        self.proxied.insert(node);
+        self
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.extra_args.push(a.to_string());
+        self
+    }
+
+    pub async fn start(self) -> TestCluster {
+        // One cluster at a time per test binary: the scenarios measure seconds against a lease TTL, which a
+        // machine busy with three other clusters would blur.
+        static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let turn = ONE_AT_A_TIME.lock().await;
+        let dir = TempDir::new("cluster");
+        let etcd = Etcd::start(&dir.0);
+        etcd.wait_healthy(Duration::from_secs(30)).await;
+        let etcd_addr: SocketAddr = format!("127.0.0.1:{}", etcd.client_port).parse().unwrap();
+        let mut proxies = HashMap::new();
+        let mut nodes = Vec::new();
+        for i in 0..self.nodes {
+            let endpoint = if self.proxied.contains(&i) {
+                let p = Proxy::start(etcd_addr).await;
+                let url = format!("http://127.0.0.1:{}", p.port);
+                proxies.insert(i, p);
+                url
+            } else {
+                etcd.url()
+            };
+            nodes.push(NodeProc {
+                id: format!("node-{i}"),
+                grpc_port: free_port(),
+                http_port: free_port(),
+                etcd_endpoint: endpoint,
+                proc: None,
+                log: dir.0.join(format!("node-{i}.log")),
+                paused: false,
+            });
+        }
+        let bundles = write_bundles(&dir.0);
+        let mut c = TestCluster {
+            _turn: turn,
+            bundles,
+            name: format!(
+                "test-{}-{}",
+                std::process::id(),
+                dir.0.file_name().unwrap().to_string_lossy()
+            ),
+            lease_ttl_secs: self.lease_ttl_secs,
+            extra_args: self.extra_args,
+            etcd,
+            nodes,
+            proxies,
+            dir,
+        };
+        for i in 0..c.nodes.len() {
+            c.spawn(i);
+        }
+        c
+    }
+}
+
+/// etcd and node processes.
+pub struct TestCluster {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+    bundles: (PathBuf, PathBuf),
+    name: String,
+    pub lease_ttl_secs: u64,
+    extra_args: Vec<String>,
+    pub etcd: Etcd,
+    pub nodes: Vec<NodeProc>,
+    pub proxies: HashMap<usize, Proxy>,
+    dir: TempDir,
+}
+
+impl TestCluster {
+    pub fn builder() -> Builder {
+        Builder {
+            nodes: 3,
+            lease_ttl_secs: 5,
+            proxied: HashSet::new(),
+            extra_args: Vec::new(),
+        }
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let (catalog, model) = self.bundles.clone();
+        let n = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .unwrap();
+        let child = Command::new(AISLE)
+            .args(["serve", "--node-id", &n.id])
+            .args(["--grpc-addr", &format!("127.0.0.1:{}", n.grpc_port)])
+            .args(["--http-addr", &format!("127.0.0.1:{}", n.http_port)])
+            .args(["--cluster", "etcd", "--etcd-endpoints", &n.etcd_endpoint])
+            .args(["--cluster-name", &self.name])
+            .args(["--lease-ttl-secs", &self.lease_ttl_secs.to_string()])
+            .arg("--catalog")
+            .arg(&catalog)
+            .arg("--model")
+            .arg(&model)
+            .args([
+                "--log-format",
+                "json",
+                "--session-shards",
+                "4",
+                "--ranking-shards",
+                "2",
+            ])
+            .args(&self.extra_args)
+            .env("AISLE_LOG", "info,aisle_node::cluster=debug")
+            .env_remove("AISLE_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("aisle runs");
+        n.proc = Some(Proc(child));
+        n.paused = false;
+    }
+
+    /// A decision client to node `i`.
+    pub async fn client(&self, i: usize) -> DecisionServiceClient<Channel> {
+        DecisionServiceClient::new(connect(&self.nodes[i].addr()).await.expect("connects"))
+    }
+
+    /// An admin client to node `i`.
+    pub async fn admin(&self, i: usize) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(connect(&self.nodes[i].addr()).await.expect("connects"))
+    }
+
+    /// Node `i`'s view, if it answers.
+    pub async fn status(&self, i: usize) -> Option<pb::ClusterStatusResponse> {
+        let channel = connect(&self.nodes[i].addr()).await.ok()?;
+        let mut admin = AdminServiceClient::new(channel);
+        let mut req = tonic::Request::new(pb::ClusterStatusRequest::default());
+        req.set_timeout(Duration::from_secs(1));
+        admin.cluster_status(req).await.ok().map(|r| r.into_inner())
+    }
+
+    /// Waits until every running node is a member and they all see the same `n` members (none leaving).
+    pub async fn wait_for_members(&self, n: usize, within: Duration) -> Duration {
+        let started = Instant::now();
+        let deadline = started + within;
+        loop {
+            let mut views = Vec::new();
+            for (i, node) in self.nodes.iter().enumerate() {
+                if node.is_running() {
+                    views.push(self.status(i).await);
+                }
+            }
+            let agreed = views.iter().all(|v| {
+                v.as_ref().is_some_and(|v| {
+                    v.member && v.members.iter().filter(|m| !m.leaving).count() == n
+                })
+            }) && views.windows(2).all(|w| {
+                let ids = |v: &Option<pb::ClusterStatusResponse>| -> Vec<(String, String)> {
+                    v.as_ref()
+                        .unwrap()
+                        .members
+                        .iter()
+                        .map(|m| (m.node_id.clone(), m.incarnation.clone()))
+                        .collect()
+                };
+                ids(&w[0]) == ids(&w[1])
+            });
+            if agreed && !views.is_empty() {
+                return started.elapsed();
+            }
+            if Instant::now() >= deadline {
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| format!("--- {}\n{}", n.id, n.log_tail(15)))
+                    .collect();
+                panic!(
+                    "members did not converge to {n} within {within:?}: {views:?}\n{}",
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until each of `nodes` is a member and lists the same `n` members (none leaving).
+    pub async fn wait_for_view(&self, nodes: &[usize], n: usize, within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let mut views = Vec::new();
+            for &i in nodes {
+                views.push(self.status(i).await);
+            }
+            let sets: Vec<Option<Vec<(String, String)>>> = views
+                .iter()
+                .map(|v| {
+                    v.as_ref().filter(|v| v.member).map(|v| {
+                        v.members
+                            .iter()
+                            .filter(|m| !m.leaving)
+                            .map(|m| (m.node_id.clone(), m.incarnation.clone()))
+                            .collect()
+                    })
+                })
+                .collect();
+            if sets
+                .iter()
+                .all(|s| s.as_ref().is_some_and(|s| s.len() == n))
+                && sets.windows(2).all(|w| w[0] == w[1])
+            {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "nodes {nodes:?} did not agree on {n} members within {within:?}: {views:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until node `i` answers /readyz with `status`.
+    pub async fn wait_ready(&self, i: usize, status: u16, within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            if http_get(&self.nodes[i].http(), "/readyz").await.0 == status {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "node {i} /readyz not {status} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        if let Some(mut p) = n.proc.take() {
+            let _ = p.0.kill();
+            let _ = p.0.wait();
+        }
+        n.paused = false;
+    }
+
+    pub fn pause(&mut self, i: usize) {
+        signal(self.nodes[i].pid(), "STOP");
+        self.nodes[i].paused = true;
+    }
+
+    pub fn resume(&mut self, i: usize) {
+        signal(self.nodes[i].pid(), "CONT");
+        self.nodes[i].paused = false;
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit status code and how long the exit took.
+    pub async fn terminate(&mut self, i: usize, within: Duration) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        signal(self.nodes[i].pid(), "TERM");
+        let mut proc = self.nodes[i].proc.take().unwrap();
+        loop {
+            if let Some(status) = proc.0.try_wait().unwrap() {
+                return (status.code(), started.elapsed());
+            }
+            assert!(
+                started.elapsed() < within,
+                "node {i} did not exit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+    }
+
+    /// Indices of nodes that are running (not killed, not paused).
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_running())
+            .collect()
+    }
+}
+
+/// A channel to `addr`.
+pub async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Channel::from_shared(addr.to_string())
+        .unwrap()
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+}
+
+/// GET on a loopback HTTP port (`host:port`): (status, body); (0, "") when unreachable.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let Ok(Ok(mut s)) =
+        tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await
+    else {
+        return (0, String::new());
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut buf = String::new();
+    if tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut buf))
+        .await
+        .is_err()
+    {
+        return (0, String::new());
+    }
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// One answer (or failure) seen by the load driver.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// When the request was sent, since the driver started.
+    pub at: Duration,
+    pub shopper: String,
+    /// Node the request was sent to.
+    pub asked: usize,
+    pub served_by: String,
+    pub epoch: u64,
+    pub tier: pb::FallbackTier,
+    /// Why the answer was not FRESH.
+    pub reason: String,
+    /// The failure, if the call failed (after the driver's retry, if any).
+    pub error: Option<tonic::Code>,
+}
+
+/// Which nodes a client sends to: the members the cluster lists (refreshed in the background), like a load
+/// balancer following readiness.
+#[derive(Clone, Default)]
+pub struct Targets(Arc<Mutex<Vec<usize>>>);
+
+impl Targets {
+    pub fn set(&self, v: Vec<usize>) {
+        *self.0.lock().unwrap() = v;
+    }
+
+    pub fn get(&self) -> Vec<usize> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Steady Decide load: `rate` requests per second over `shoppers` shoppers, each to a target node picked in
+/// turn; on a transport failure (the node is gone), optionally retried once on another target, as gRPC clients
+/// do for requests that never reached a server.
+pub struct Driver {
+    pub records: Arc<Mutex<Vec<Record>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+    pub started: Instant,
+}
+
+impl Driver {
+    pub fn start(
+        addrs: Vec<String>,
+        targets: Targets,
+        shoppers: Vec<String>,
+        rate: u32,
+        retry: bool,
+    ) -> Self {
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let task = {
+            let records = records.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let clients: Vec<Option<DecisionServiceClient<Channel>>> = {
+                    let mut v = Vec::new();
+                    for a in &addrs {
+                        let ch = Channel::from_shared(a.clone())
+                            .unwrap()
+                            .connect_timeout(Duration::from_millis(300))
+                            .connect_lazy();
+                        v.push(Some(DecisionServiceClient::new(ch)));
+                    }
+                    v
+                };
+                let period = Duration::from_secs_f64(1.0 / rate as f64);
+                let mut next = Instant::now();
+                let mut k = 0usize;
+                while !stop.load(Ordering::SeqCst) {
+                    tokio::time::sleep_until(next).await;
+                    next += period;
+                    let t = targets.get();
+                    if t.is_empty() {
+                        continue;
+                    }
+                    let asked = t[k % t.len()];
+                    let alternative = t[(k + 1) % t.len()];
+                    let shopper = shoppers[k % shoppers.len()].clone();
+                    k += 1;
+                    let clients = clients.clone();
+                    let records = records.clone();
+                    tokio::spawn(async move {
+                        let at = started.elapsed();
+                        let mut result = call(clients[asked].clone().unwrap(), &shopper).await;
+                        if retry
+                            && let Err(code) = &result
+                            && matches!(
+                                code,
+                                tonic::Code::Unavailable
+                                    | tonic::Code::Unknown
+                                    | tonic::Code::Cancelled
+                            )
+                            && alternative != asked
+                        {
+                            result = call(clients[alternative].clone().unwrap(), &shopper).await;
+                        }
+                        let record = match result {
+                            Ok(r) => Record {
+                                at,
+                                shopper,
+                                asked,
+                                served_by: r.served_by,
+                                epoch: r.epoch,
+                                tier: pb::FallbackTier::try_from(r.fallback_tier).unwrap(),
+                                reason: r.fallback_reason,
+                                error: None,
+                            },
+                            Err(code) => Record {
+                                at,
+                                shopper,
+                                asked,
+                                served_by: String::new(),
+                                epoch: 0,
+                                tier: pb::FallbackTier::Unspecified,
+                                reason: String::new(),
+                                error: Some(code),
+                            },
+                        };
+                        records.lock().unwrap().push(record);
+                    });
+                }
+            })
+        };
+        Self {
+            records,
+            stop,
+            task,
+            started,
+        }
+    }
+
+    /// Stops sending and returns every record (waiting for calls in flight).
+    pub async fn finish(self) -> Vec<Record> {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        let mut r = self.records.lock().unwrap().clone();
+        r.sort_by_key(|x| x.at);
+        r
+    }
+}
+
+async fn call(
+    mut client: DecisionServiceClient<Channel>,
+    shopper: &str,
+) -> Result<pb::DecideResponse, tonic::Code> {
+    let mut req = tonic::Request::new(pb::DecideRequest {
+        shopper_id: shopper.to_string(),
+        surface: pb::Surface::Home as i32,
+        channel: pb::Channel::Web as i32,
+        consent: Some(true),
+        ..Default::default()
+    });
+    req.set_timeout(Duration::from_millis(500));
+    client
+        .decide(req)
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| s.code())
+}
+
+/// Keeps `targets` equal to the members the running nodes list, every 100 ms, until dropped.
+pub fn follow_members(cluster: &TestCluster, targets: Targets) -> tokio::task::JoinHandle<()> {
+    let addrs: Vec<(String, String)> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.id.clone(), n.addr()))
+        .collect();
+    tokio::spawn(async move {
+        loop {
+            for (_, addr) in &addrs {
+                let Ok(ch) = connect(addr).await else {
+                    continue;
+                };
+                let mut admin = AdminServiceClient::new(ch);
+                let mut req = tonic::Request::new(pb::ClusterStatusRequest::default());
+                req.set_timeout(Duration::from_millis(300));
+                if let Ok(r) = admin.cluster_status(req).await {
+                    let r = r.into_inner();
+                    if r.member {
+                        let listed: Vec<usize> = r
+                            .members
+                            .iter()
+                            .filter(|m| !m.leaving)
+                            .filter_map(|m| addrs.iter().position(|(id, _)| *id == m.node_id))
+                            .collect();
+                        targets.set(listed);
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+/// No shopper was answered FRESH by two nodes in the same epoch.
+pub fn assert_single_fresh_owner(records: &[Record]) {
+    let mut owners: HashMap<(String, u64), HashSet<String>> = HashMap::new();
+    for r in records
+        .iter()
+        .filter(|r| r.error.is_none() && r.tier == pb::FallbackTier::Fresh)
+    {
+        owners
+            .entry((r.shopper.clone(), r.epoch))
+            .or_default()
+            .insert(r.served_by.clone());
+    }
+    let doubles: Vec<_> = owners.iter().filter(|(_, nodes)| nodes.len() > 1).collect();
+    assert!(
+        doubles.is_empty(),
+        "shoppers answered FRESH by two nodes in the same epoch: {doubles:?}"
+    );
+}

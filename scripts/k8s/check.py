@@ -12,6 +12,10 @@ It runs in a venv under .aisle/ with pinned packages (scripts/k8s/requirements.t
 
 from __future__ import annotations
 
+import sys
+
+sys.dont_write_bytecode = True  # no __pycache__ in the work tree
+
 import base64
 import copy
 import json
@@ -21,7 +25,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import traceback

@@ -1,8 +1,8 @@
-//! Decision records: one JSON line per decision (what was shown, why, under which versions and variants), written
-//! by a background task from a bounded queue so the decision path never waits on disk. When the queue is full a
-//! record is dropped and counted (`aisle_decision_records_dropped_total`), never the decision.
-//!
-//! Records carry a pseudonymous shopper reference, not the shopper id.
+//! Logs written off the request path: decision records (one JSON line per decision: what was shown, why, under
+//! which versions and variants; with a pseudonymous shopper reference, not the shopper id) and the event log
+//! (every applied shopper event, in the JSON-lines format `aisle-train` reads). Both are written by a background
+//! task from a bounded queue, so a request never waits on disk; when a queue is full the record is dropped and
+//! counted, never the request.
 
 use std::path::Path;
 
@@ -86,18 +86,34 @@ impl DecisionRecord {
     }
 }
 
-/// The sending side of the decision log.
-#[derive(Debug, Clone)]
-pub struct AuditLog {
-    tx: mpsc::Sender<DecisionRecord>,
+/// A JSON-lines log written by a background task from a bounded queue: the request path never waits on disk.
+/// When the queue is full a record is dropped and counted in `aisle_log_records_dropped_total{log}`.
+pub struct JsonLog<T> {
+    tx: mpsc::Sender<T>,
+    name: &'static str,
 }
 
-impl AuditLog {
+impl<T> Clone for JsonLog<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            name: self.name,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for JsonLog<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonLog").field("name", &self.name).finish()
+    }
+}
+
+impl<T: serde::Serialize + Send + 'static> JsonLog<T> {
     /// Opens (appends to) the log file and starts the writer task.
     ///
     /// # Errors
     /// When the file cannot be opened.
-    pub async fn open(path: &Path) -> std::io::Result<Self> {
+    pub async fn open(path: &Path, name: &'static str) -> std::io::Result<Self> {
         if let Some(dir) = path.parent() {
             tokio::fs::create_dir_all(dir).await?;
         }
@@ -106,7 +122,7 @@ impl AuditLog {
             .append(true)
             .open(path)
             .await?;
-        let (tx, mut rx) = mpsc::channel::<DecisionRecord>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<T>(QUEUE);
         tokio::spawn(async move {
             let mut out = tokio::io::BufWriter::new(file);
             while let Some(record) = rx.recv().await {
@@ -121,13 +137,18 @@ impl AuditLog {
             }
             let _ = out.flush().await;
         });
-        Ok(Self { tx })
+        Ok(Self { tx, name })
     }
 
     /// Queues a record; drops and counts it when the writer lags.
-    pub fn record(&self, record: DecisionRecord) {
+    pub fn record(&self, record: T) {
         if self.tx.try_send(record).is_err() {
-            metrics::counter!("aisle_decision_records_dropped_total").increment(1);
+            metrics::counter!("aisle_log_records_dropped_total", "log" => self.name).increment(1);
         }
     }
 }
+
+/// The decision log.
+pub type AuditLog = JsonLog<DecisionRecord>;
+/// The event log: every applied shopper event, in the format the trainer reads.
+pub type EventLog = JsonLog<aisle_domain::event::EventRecord>;

@@ -108,6 +108,9 @@ pub struct ServeArgs {
     /// Write a JSON line per decision to this file.
     #[arg(long, env = "AISLE_DECISION_LOG")]
     pub decision_log: Option<PathBuf>,
+    /// Write every applied shopper event to this file (JSON lines, for `aisle-train`).
+    #[arg(long, env = "AISLE_EVENT_LOG")]
+    pub event_log: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "AISLE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -173,6 +176,7 @@ impl ServeArgs {
             rules,
             experiments,
             decision_log,
+            event_log,
             advertise_addr
         );
         if self.fault_injection {

@@ -88,6 +88,8 @@ pub struct Config {
     pub fault_injection: bool,
     /// Write a JSON line per decision here (audit and experiment exposure). None: no log.
     pub decision_log: Option<PathBuf>,
+    /// Write every applied shopper event here as a JSON line (the format `aisle-train` reads). None: no log.
+    pub event_log: Option<PathBuf>,
     /// Log format.
     pub log_format: LogFormat,
     /// Membership mode.
@@ -150,6 +152,7 @@ impl Default for Config {
             max_inflight_requests: 0,
             fault_injection: false,
             decision_log: None,
+            event_log: None,
             log_format: LogFormat::Text,
             cluster: ClusterMode::Static,
             etcd_endpoints: Vec::new(),

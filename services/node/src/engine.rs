@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aisle_domain::catalog::{Catalog, CategoryIdx, ItemIdx};
-use aisle_domain::event::ShopperEvent;
+use aisle_domain::event::{EventRecord, ShopperEvent};
 use aisle_domain::request::{Channel, ShopperAttributes, Surface};
 use aisle_domain::session::SessionView;
 use aisle_experiment::{Assignment, ExperimentsHandle};
@@ -33,7 +33,7 @@ use aisle_session::{AssistSignal, SessionError, Sessions};
 use tokio::time::Instant;
 
 use crate::assist::assist_event;
-use crate::audit::{AuditLog, DecisionRecord};
+use crate::audit::{AuditLog, DecisionRecord, EventLog};
 use crate::cache::{CachedDecision, DecisionCache};
 use crate::cluster::Cluster;
 use crate::config::Config;
@@ -198,6 +198,8 @@ pub struct Engine {
     pub faults: Faults,
     /// Decision records.
     pub audit: Option<AuditLog>,
+    /// Applied shopper events, for training.
+    pub event_log: Option<EventLog>,
     /// Membership and peers.
     pub cluster: Arc<Cluster>,
     /// Where assist events go (the local hub, or their store's orderer in a cluster).
@@ -240,6 +242,7 @@ impl Engine {
         sessions: Sessions,
         ranking: Ranking,
         audit: Option<AuditLog>,
+        event_log: Option<EventLog>,
         cluster: Arc<Cluster>,
     ) -> Self {
         let hub = Arc::new(PushHub::new(config.push_retention));
@@ -264,6 +267,7 @@ impl Engine {
             sessions,
             ranking,
             audit,
+            event_log,
         }
     }
 
@@ -667,6 +671,7 @@ impl Engine {
         &self,
         shopper_id: &str,
         events: Vec<ShopperEvent>,
+        records: Vec<EventRecord>,
         catalog: Arc<Catalog>,
     ) -> Result<(usize, usize), SessionError> {
         let n = events.len();
@@ -687,31 +692,12 @@ impl Engine {
         if !applied.signals.is_empty() {
             self.publish_assist(shopper_id, &applied.signals, received_at_us);
         }
-        Ok((n, unknown))
-    }
-
-    /// Applies validated events of shoppers this node owns, grouped by shopper in first-appearance order.
-    ///
-    /// # Errors
-    /// [`ApiError::Unavailable`] when a shopper's events could not be applied; the error says how many events of
-    /// earlier shoppers in the batch were.
-    pub async fn track(
-        &self,
-        groups: Vec<(String, Vec<ShopperEvent>)>,
-        catalog: Arc<Catalog>,
-    ) -> Result<TrackOutcome, ApiError> {
-        let mut outcome = TrackOutcome::default();
-        for (shopper_id, events) in groups {
-            let (n, unknown) = self.apply_events(&shopper_id, events, catalog.clone()).await.map_err(|e| {
-                ApiError::Unavailable(format!(
-                    "events of shopper {shopper_id:?} were not applied ({e}); {} earlier events of this batch were",
-                    outcome.accepted
-                ))
-            })?;
-            outcome.accepted += n;
-            outcome.unknown_items += unknown;
+        if let Some(log) = &self.event_log {
+            for r in records {
+                log.record(r);
+            }
         }
-        Ok(outcome)
+        Ok((n, unknown))
     }
 
     fn publish_assist(&self, shopper_id: &str, signals: &[AssistSignal], received_at_us: i64) {

@@ -18,7 +18,7 @@
 //! | `aisle_bundle_loads_total`, `aisle_bundle_refused_total` | counter | kind | bundle swaps and refusals |
 //! | `aisle_inflight_requests` | gauge | | gRPC requests being handled |
 //! | `aisle_shed_requests_total` | counter | | requests refused with RESOURCE_EXHAUSTED |
-//! | `aisle_decision_records_dropped_total` | counter | | audit records dropped because the log lagged |
+//! | `aisle_log_records_dropped_total` | counter | log | decision or event records dropped because a log lagged |
 
 use std::sync::OnceLock;
 
@@ -100,7 +100,7 @@ pub fn describe() {
         "requests refused with RESOURCE_EXHAUSTED under overload"
     );
     describe_counter!(
-        "aisle_decision_records_dropped_total",
-        "audit records dropped because the log lagged"
+        "aisle_log_records_dropped_total",
+        "decision or event records dropped because a log lagged"
     );
 }

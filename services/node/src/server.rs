@@ -29,7 +29,7 @@ use crate::api::admin::AdminApi;
 use crate::api::associate::AssociateApi;
 use crate::api::decision::DecisionApi;
 use crate::api::peer::PeerApi;
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, EventLog};
 use crate::cluster::{Cluster, MembershipConfig, handoff};
 use crate::config::{ClusterMode, Config};
 use crate::engine::Engine;
@@ -287,9 +287,17 @@ pub async fn start(
     let ranking = Ranking::start(config.ranking_shards).await?;
     let audit = match &config.decision_log {
         Some(p) => Some(
-            AuditLog::open(p)
+            AuditLog::open(p, "decisions")
                 .await
                 .with_context(|| format!("decision log {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let event_log = match &config.event_log {
+        Some(p) => Some(
+            EventLog::open(p, "events")
+                .await
+                .with_context(|| format!("event log {}", p.display()))?,
         ),
         None => None,
     };
@@ -301,6 +309,7 @@ pub async fn start(
         sessions.clone(),
         ranking,
         audit,
+        event_log,
         cluster.clone(),
     ));
     readiness.met("bundles");

@@ -598,3 +598,55 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_accepted_is_lost() {
     assert_eq!(http_get(&t.http(), "/readyz").await.0, 200);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn event_and_decision_logs_are_written_as_json_lines() {
+    let dir = std::env::temp_dir().join(format!("aisle-logs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = common::config("logging-node");
+    config.event_log = Some(dir.join("events.jsonl"));
+    config.decision_log = Some(dir.join("decisions.jsonl"));
+    let mut t = TestNode::start_with(config, common::demo()).await;
+    t.track(vec![
+        event("logged", pb::EventType::View, "sku-000001"),
+        event("logged", pb::EventType::View, "not-in-catalog"),
+        pb::TrackEvent {
+            query: "green tea".into(),
+            ..event("logged", pb::EventType::Search, "")
+        },
+    ])
+    .await;
+    let r = t.decide(decide_req("logged", pb::Surface::Home)).await;
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    common::eventually("both logs written", Duration::from_secs(10), || {
+        let (e, d) = (read("events.jsonl"), read("decisions.jsonl"));
+        async move { e.lines().count() == 3 && d.lines().count() == 1 }
+    })
+    .await;
+    let events: Vec<aisle_domain::event::EventRecord> = read("events.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events[0].item_id, "sku-000001");
+    assert_eq!(
+        events[1].item_id, "not-in-catalog",
+        "unknown items are logged as given"
+    );
+    assert_eq!(events[2].query, "green tea");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.shopper_id == "logged" && e.ts_ms > 0)
+    );
+    let decision: serde_json::Value =
+        serde_json::from_str(read("decisions.jsonl").lines().next().unwrap()).unwrap();
+    assert_eq!(decision["decision_id"], r.decision_id);
+    assert_eq!(decision["tier"], "fresh");
+    assert_eq!(decision["items"].as_array().unwrap().len(), r.items.len());
+    assert!(
+        !read("decisions.jsonl").contains("\"logged\""),
+        "decision records carry no shopper id"
+    );
+    t.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aisle_domain::catalog::Catalog;
-use aisle_domain::event::ShopperEvent;
+use aisle_domain::event::{EventRecord, ShopperEvent};
 use aisle_proto::v1 as pb;
 use aisle_proto::v1::decision_service_server::DecisionService;
 use aisle_session::SessionError;
@@ -280,13 +280,13 @@ impl Router {
     pub async fn track(
         &self,
         req: &pb::TrackRequest,
-        groups: Vec<(String, Vec<ShopperEvent>)>,
+        batch: validate::TrackBatch,
         catalog: Arc<Catalog>,
         received_at_us: i64,
     ) -> Result<TrackOutcome, Status> {
         let deadline = Instant::now() + TRACK_BUDGET;
         let mut outcome = TrackOutcome::default();
-        for (shopper_id, events) in groups {
+        for ((shopper_id, events), records) in batch.groups.into_iter().zip(batch.records) {
             let original: Vec<pb::TrackEvent> = req
                 .events
                 .iter()
@@ -294,7 +294,7 @@ impl Router {
                 .cloned()
                 .collect();
             let (n, unknown) = self
-                .track_one(&shopper_id, events, original, catalog.clone(), received_at_us, deadline)
+                                .track_one(&shopper_id, events, records, original, catalog.clone(), received_at_us, deadline)
                 .await
                 .map_err(|e| {
                     Status::unavailable(format!(
@@ -308,10 +308,12 @@ impl Router {
         Ok(outcome)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn track_one(
         &self,
         shopper_id: &str,
         events: Vec<ShopperEvent>,
+        records: Vec<EventRecord>,
         original: Vec<pb::TrackEvent>,
         catalog: Arc<Catalog>,
         received_at_us: i64,
@@ -333,7 +335,7 @@ impl Router {
                     }
                     match self
                         .engine
-                        .apply_events(shopper_id, events.clone(), catalog.clone())
+                        .apply_events(shopper_id, events.clone(), records.clone(), catalog.clone())
                         .await
                     {
                         Ok(r) => return Ok(r),
@@ -384,13 +386,13 @@ impl Router {
     /// FAILED_PRECONDITION when ownership moved meanwhile (the sender re-resolves); UNAVAILABLE otherwise.
     pub async fn track_as_owner(
         &self,
-        groups: Vec<(String, Vec<ShopperEvent>)>,
+        batch: validate::TrackBatch,
         catalog: Arc<Catalog>,
         view: &SharedView,
     ) -> Result<TrackOutcome, Status> {
         let deadline = Instant::now() + TRACK_BUDGET;
         let mut outcome = TrackOutcome::default();
-        for (shopper_id, events) in groups {
+        for ((shopper_id, events), records) in batch.groups.into_iter().zip(batch.records) {
             if !self
                 .engine
                 .cluster
@@ -403,7 +405,7 @@ impl Router {
             }
             match self
                 .engine
-                .apply_events(&shopper_id, events, catalog.clone())
+                .apply_events(&shopper_id, events, records, catalog.clone())
                 .await
             {
                 Ok((n, unknown)) => {
@@ -563,7 +565,7 @@ impl DecisionService for DecisionApi {
         .inspect_err(|_| metrics::counter!("aisle_track_rejected_total").increment(1))?;
         let outcome = self
             .router
-            .track(&req, batch.groups, world.catalog.clone(), received_at_us)
+            .track(&req, batch, world.catalog.clone(), received_at_us)
             .await?;
         Ok(Response::new(pb::TrackResponse {
             accepted: outcome.accepted as u32,

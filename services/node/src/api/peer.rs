@@ -108,7 +108,7 @@ impl PeerService for PeerApi {
             .ok_or_else(|| Status::failed_precondition("not a cluster member"))?;
         let outcome = self
             .router
-            .track_as_owner(batch.groups, world.catalog.clone(), &view)
+            .track_as_owner(batch, world.catalog.clone(), &view)
             .await?;
         Ok(Response::new(pb::TrackResponse {
             accepted: outcome.accepted as u32,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aisle_domain::MAX_ID_BYTES;
 use aisle_domain::catalog::{Catalog, ItemIdx};
-use aisle_domain::event::{EventKind, ItemRef, ShopperEvent};
+use aisle_domain::event::{EventKind, EventRecord, ItemRef, ShopperEvent};
 use aisle_domain::request::{AgeBand, Channel, LoyaltyTier, ShopperAttributes, Surface};
 use aisle_proto::v1 as pb;
 
@@ -225,6 +225,8 @@ fn event_kind(value: i32, field: impl Fn() -> String) -> Result<EventKind, ApiEr
 pub struct TrackBatch {
     /// (shopper, events).
     pub groups: Vec<(String, Vec<ShopperEvent>)>,
+    /// The same events as event-log records, group by group.
+    pub records: Vec<Vec<EventRecord>>,
 }
 
 /// Validates a whole Track batch against the catalog; nothing is applied unless every event is valid.
@@ -252,6 +254,7 @@ pub fn track(
     }
     id(|| "request_id".into(), &req.request_id, false)?;
     let mut groups: Vec<(String, Vec<ShopperEvent>)> = Vec::new();
+    let mut records: Vec<Vec<EventRecord>> = Vec::new();
     for (i, e) in req.events.iter().enumerate() {
         let f = |name: &str| format!("events[{i}].{name}");
         id(|| f("shopper_id"), &e.shopper_id, true)?;
@@ -328,12 +331,29 @@ pub fn track(
             received_at_us,
             consent: e.consent,
         };
-        match groups.iter_mut().find(|g| g.0 == e.shopper_id) {
-            Some(g) => g.1.push(event),
-            None => groups.push((e.shopper_id.clone(), vec![event])),
+        let record = EventRecord {
+            shopper_id: e.shopper_id.clone(),
+            kind,
+            item_id: e.item_id.clone(),
+            query: e.query.clone(),
+            quantity: e.quantity,
+            price: e.price,
+            store_id: e.store_id.clone(),
+            aisle: e.aisle.clone(),
+            ts_ms,
+        };
+        match groups.iter().position(|g| g.0 == e.shopper_id) {
+            Some(k) => {
+                groups[k].1.push(event);
+                records[k].push(record);
+            }
+            None => {
+                groups.push((e.shopper_id.clone(), vec![event]));
+                records.push(vec![record]);
+            }
         }
     }
-    Ok(TrackBatch { groups })
+    Ok(TrackBatch { groups, records })
 }
 
 #[cfg(test)]

@@ -927,6 +927,11 @@ def check_binary_ready(values_name: str, cluster: bool) -> str:
             raise AssertionError(f"the node did not exit within {limit - grace} s of SIGTERM" + tail()) from None
         check(code == 0, f"the node exited with {code} on SIGTERM" + tail())
         facts.append("SIGTERM: exit 0")
+        if "AISLE_DECISION_LOG" in env:
+            with open(env["AISLE_DECISION_LOG"]) as f:
+                records = [json.loads(line) for line in f if line.strip()]
+            check(records, "the decision log on the chart's log volume is empty after a Decide")
+            facts.append(f"decision log written ({len(records)} record)")
         if cluster:
             left = [k for k in etcd_keys(etcd_url) if pod_name in k]
             check(not left, f"the node's membership key outlived it (lease not revoked): {left}")

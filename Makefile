@@ -8,7 +8,7 @@ HTTP_ADDR ?= 127.0.0.1:9090
 
 .PHONY: help
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: deps
 deps: ## Install system packages the build and tests need (protoc, etcd, ...) when missing
@@ -28,6 +28,15 @@ test: deps ## Lint, then run every test (unit, integration, cluster, manifests)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
+	$(MAKE) --no-print-directory k8s-check
+
+.PHONY: k8s-check
+k8s-check: ## Kubernetes deployment: chart, values schema, kustomize, Dockerfile, and the binary run as the chart runs it
+	CARGO="$(CARGO)" python3 scripts/k8s/check.py
+
+.PHONY: k8s-generate
+k8s-generate: ## Rewrite k8s/base from the Helm chart's defaults (after changing helm/aisle)
+	python3 scripts/k8s/check.py generate
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy -D warnings

@@ -158,24 +158,33 @@ pub fn reasons(
         .map(|i| catalog.item(i).id.to_string())
         .unwrap_or_default();
     let mut out: Vec<String> = Vec::with_capacity(2);
-    for (k, _) in contributions.into_iter().take(2) {
+    for (k, _) in contributions {
         let reason = match FEATURE_NAMES[k] {
-            "ar_last" => format!("viewed_together:{last}"),
-            "sr_last" => format!("often_next:{last}"),
-            "ar_session" | "sr_session" => "goes_with_your_session".to_string(),
-            "sknn" => "similar_shoppers".to_string(),
+            "sr_norm" | "sr_lrank" | "sr_log" => format!("often_next:{last}"),
+            "sr2_norm" | "sr2_log" | "ar2_norm" | "srall_norm" | "srall_lrank" => {
+                "goes_with_your_session".to_string()
+            }
+            "vsknn_norm" | "vsknn_lrank" | "vsknn_log" | "vsknn_nbfrac" => {
+                "similar_shoppers".to_string()
+            }
             "context" => "goes_with_on_screen".to_string(),
-            "popularity" => "popular".to_string(),
-            "trending" => "trending".to_string(),
-            "seen_recency" | "seen_count" => "recently_viewed".to_string(),
+            "lpop" => "popular".to_string(),
+            "lrpop" | "lr6pop" => "trending".to_string(),
+            "count_in_session" | "in_session" | "is_last" | "recency" => {
+                "recently_viewed".to_string()
+            }
             "category_affinity" => "matches_interest".to_string(),
             "brand_affinity" => "favourite_brand".to_string(),
             "price_fit" => "in_your_price_range".to_string(),
             "in_cart" => "in_cart".to_string(),
-            other => other.to_string(),
+            // A per-decision constant (how many neighbours were found): not a reason for this item.
+            _ => continue,
         };
         if !out.contains(&reason) {
             out.push(reason);
+        }
+        if out.len() == 2 {
+            break;
         }
     }
     if out.is_empty() {

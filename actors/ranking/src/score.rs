@@ -60,8 +60,9 @@ pub fn score_partition(
     limit: usize,
 ) -> PartitionResult {
     let mut out = PartitionResult::default();
-    let mut all: Vec<Scored> = Vec::with_capacity(candidates.len() / parts.max(1) + 1);
-    for (item, raw) in candidates {
+    // (score, item, candidate index): small to sort; features are recomputed for the few kept.
+    let mut all: Vec<(f32, ItemIdx, u32)> = Vec::with_capacity(candidates.len() / parts.max(1) + 1);
+    for (k, (item, raw)) in candidates.iter().enumerate() {
         if *item as usize % parts != part {
             continue;
         }
@@ -70,22 +71,18 @@ pub fn score_partition(
             continue;
         }
         let features = compute(model, profile, *item, raw);
-        all.push(Scored {
-            item: *item,
-            score: model.score(&features),
-            features,
-        });
+        all.push((model.score(&features), *item, k as u32));
     }
     out.scored = all.len();
-    all.sort_unstable_by(better);
+    all.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let keep = partition_keep(limit, guard);
     let cap = guard.category_cap();
     let mut per_category: Vec<(CategoryIdx, usize)> = Vec::new();
-    for s in all {
+    for (score, item, k) in all {
         if out.best.len() >= keep {
             break;
         }
-        let category = model.items[s.item as usize].category;
+        let category = model.items[item as usize].category;
         if guard.caps_category(category) {
             match per_category.iter_mut().find(|c| c.0 == category) {
                 Some(c) if c.1 >= cap => continue,
@@ -93,7 +90,11 @@ pub fn score_partition(
                 None => per_category.push((category, 1)),
             }
         }
-        out.best.push(s);
+        out.best.push(Scored {
+            item,
+            score,
+            features: compute(model, profile, item, &candidates[k as usize].1),
+        });
     }
     out
 }

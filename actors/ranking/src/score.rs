@@ -155,13 +155,11 @@ pub fn reasons(
         .collect();
     contributions.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let catalog = &model.catalog;
-    let last = last_item
-        .map(|i| catalog.item(i).id.to_string())
-        .unwrap_or_default();
+    let last = || last_item.map_or("", |i| &*catalog.item(i).id);
     let mut out: Vec<String> = Vec::with_capacity(2);
     for (k, _) in contributions {
         let reason = match FEATURE_NAMES[k] {
-            "sr_norm" | "sr_lrank" | "sr_log" => format!("often_next:{last}"),
+            "sr_norm" | "sr_lrank" | "sr_log" => format!("often_next:{}", last()),
             "sr2_norm" | "sr2_log" | "ar2_norm" | "srall_norm" | "srall_lrank" => {
                 "goes_with_your_session".to_string()
             }

@@ -70,6 +70,7 @@ fn the_learned_ranker_beats_every_single_generator() {
             .map(|n| f32::from(u8::from(*n == single)))
             .collect();
         let hr = hit_rate(&alone, &catalog, test);
+        eprintln!("HR@20 learned {learned_hr:.3}, {single} alone {hr:.3}");
         assert!(
             learned_hr > hr + 0.01,
             "learned {learned_hr:.3} vs {single} alone {hr:.3}"

@@ -1,6 +1,15 @@
 //! The feature schema: what the ranker knows about a (session, item, request) triple. The trainer and the node
 //! both compute features here and nowhere else, so what a model learned from is exactly what it is served.
 //!
+//! The first twenty features are the recipe found on real click sessions (`docs/BENCHMARKS.md`): the scores of
+//! the generators (V-SKNN, sequential rules from the last item, session rules over the earlier items), three
+//! popularity windows and the session's own items. The last five are retail signals (items on screen, category
+//! and brand affinity, price fit, cart); they are constant on click data and help where a catalog describes items.
+//!
+//! Normalisations that need the whole candidate set — `x / max x` and log-ranks among the candidates — are
+//! computed once per decision by [`crate::retrieve`] (into [`Raw`] and [`Profile`]) before candidates are
+//! scattered to the shards, so a candidate's features never depend on which shard scores it.
+//!
 //! Changing a feature, its order or its formula is a schema change: bump [`FEATURE_SCHEMA_VERSION`]; nodes refuse
 //! models trained on another schema.
 
@@ -9,23 +18,34 @@ use aisle_domain::catalog::{BrandIdx, CategoryIdx, ItemIdx};
 use crate::served::ServedModel;
 
 /// Version of the schema below.
-pub const FEATURE_SCHEMA_VERSION: u32 = 1;
+pub const FEATURE_SCHEMA_VERSION: u32 = 2;
 
 /// Number of features.
-pub const N_FEATURES: usize = 14;
+pub const N_FEATURES: usize = 25;
 
 /// Feature names, in order.
 pub const FEATURE_NAMES: [&str; N_FEATURES] = [
-    "ar_last",
-    "ar_session",
-    "sr_last",
-    "sr_session",
-    "sknn",
+    "vsknn_norm",
+    "vsknn_lrank",
+    "vsknn_log",
+    "vsknn_nbfrac",
+    "log_neighbours",
+    "sr_norm",
+    "sr_lrank",
+    "sr_log",
+    "sr2_norm",
+    "sr2_log",
+    "ar2_norm",
+    "srall_norm",
+    "srall_lrank",
+    "lpop",
+    "lrpop",
+    "lr6pop",
+    "count_in_session",
+    "in_session",
+    "is_last",
+    "recency",
     "context",
-    "popularity",
-    "trending",
-    "seen_recency",
-    "seen_count",
     "category_affinity",
     "brand_affinity",
     "price_fit",
@@ -35,22 +55,31 @@ pub const FEATURE_NAMES: [&str; N_FEATURES] = [
 /// A feature vector.
 pub type Features = [f32; N_FEATURES];
 
-/// Raw generator scores of one candidate, gathered during retrieval.
+/// Raw generator scores of one candidate, gathered during retrieval (log-ranks already taken among the
+/// decision's candidates).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Raw {
-    /// Association rules from the session's last item.
-    pub ar_last: f32,
-    /// Association rules from earlier session items (recency-weighted).
-    pub ar_session: f32,
-    /// Sequential rules from the last item.
+    /// V-SKNN score: Σ over the neighbour sessions containing the item of similarity / step².
+    pub vsknn: f32,
+    /// ln(1 + rank by `vsknn` among the candidates); `ln(2 + max_candidates)` when `vsknn` is 0.
+    pub vsknn_lrank: f32,
+    /// Number of V-SKNN neighbours containing the item.
+    pub neighbours: f32,
+    /// Sequential rules from the session's last item.
     pub sr_last: f32,
-    /// Sequential rules from earlier items (weighted by distance).
+    /// Log-rank of `sr_last` among the candidates.
+    pub sr_last_lrank: f32,
+    /// Sequential rules from the 2nd–4th most recent distinct items, weighted 1/k.
     pub sr_session: f32,
-    /// Session-kNN score (normalised by the neighbours' total similarity).
-    pub sknn: f32,
+    /// Association rules from the 2nd–4th most recent distinct items, weighted 1/k.
+    pub ar_session: f32,
+    /// Sequential rules from the last item plus every earlier distinct item, weighted 1/k.
+    pub sr_all: f32,
+    /// Log-rank of `sr_all` among the candidates.
+    pub sr_all_lrank: f32,
     /// Association rules from the items on screen.
     pub context: f32,
-    /// Steps since the item was last seen in the session (0: it is the last item); `u16::MAX`: not seen.
+    /// Known session items after the item's last occurrence (0: it is the last item); `u16::MAX`: not seen.
     pub seen_steps: u16,
     /// Times seen in the session.
     pub seen_count: u16,
@@ -61,11 +90,15 @@ pub struct Raw {
 impl Default for Raw {
     fn default() -> Self {
         Self {
-            ar_last: 0.0,
-            ar_session: 0.0,
+            vsknn: 0.0,
+            vsknn_lrank: 0.0,
+            neighbours: 0.0,
             sr_last: 0.0,
+            sr_last_lrank: 0.0,
             sr_session: 0.0,
-            sknn: 0.0,
+            ar_session: 0.0,
+            sr_all: 0.0,
+            sr_all_lrank: 0.0,
             context: 0.0,
             seen_steps: u16::MAX,
             seen_count: 0,
@@ -74,9 +107,32 @@ impl Default for Raw {
     }
 }
 
+/// `1 / max` of every normalised generator score over all the items it scored (0 when it scored none).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Scale {
+    /// Of [`Raw::vsknn`].
+    pub vsknn: f32,
+    /// Of [`Raw::sr_last`].
+    pub sr_last: f32,
+    /// Of [`Raw::sr_session`].
+    pub sr_session: f32,
+    /// Of [`Raw::ar_session`].
+    pub ar_session: f32,
+    /// Of [`Raw::sr_all`].
+    pub sr_all: f32,
+    /// Of [`Raw::context`].
+    pub context: f32,
+}
+
 /// The request-level inputs of features (the same for every candidate of a decision).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Profile {
+    /// Normalisers of the generator scores.
+    pub scale: Scale,
+    /// ln(1 + number of V-SKNN neighbours found).
+    pub log_neighbours: f32,
+    /// 1 / max(1, number of V-SKNN neighbours found).
+    pub inv_neighbours: f32,
     /// Category affinities (normalised, strongest first).
     pub categories: Vec<(CategoryIdx, f32)>,
     /// Brand affinities (normalised, strongest first).
@@ -92,12 +148,13 @@ fn lookup<K: PartialEq + Copy>(pairs: &[(K, f32)], key: K) -> f32 {
 /// Computes the features of `item`.
 #[inline]
 pub fn compute(model: &ServedModel, profile: &Profile, item: ItemIdx, raw: &Raw) -> Features {
-    let i = item as usize;
-    let info = &model.items[i];
-    let seen_recency = if raw.seen_steps == u16::MAX {
-        0.0
-    } else {
+    let info = &model.items[item as usize];
+    let s = &profile.scale;
+    let seen = raw.seen_steps != u16::MAX;
+    let recency = if seen {
         1.0 / (1.0 + raw.seen_steps as f32)
+    } else {
+        0.0
     };
     let price_fit = match (profile.log_price, info.log_price) {
         (Some((mean, dev)), lp) if lp.is_finite() => {
@@ -107,16 +164,27 @@ pub fn compute(model: &ServedModel, profile: &Profile, item: ItemIdx, raw: &Raw)
         _ => 0.0,
     };
     [
-        raw.ar_last,
-        raw.ar_session,
-        raw.sr_last,
-        raw.sr_session,
-        raw.sknn,
-        raw.context,
-        info.popularity,
-        info.trending,
-        seen_recency,
-        (1.0 + raw.seen_count as f32).ln(),
+        raw.vsknn * s.vsknn,
+        raw.vsknn_lrank,
+        (100.0 * raw.vsknn).ln_1p(),
+        raw.neighbours * profile.inv_neighbours,
+        profile.log_neighbours,
+        raw.sr_last * s.sr_last,
+        raw.sr_last_lrank,
+        raw.sr_last.ln_1p(),
+        raw.sr_session * s.sr_session,
+        raw.sr_session.ln_1p(),
+        raw.ar_session * s.ar_session,
+        raw.sr_all * s.sr_all,
+        raw.sr_all_lrank,
+        info.lpop,
+        info.lrpop,
+        info.lr6pop,
+        (raw.seen_count as f32).ln_1p(),
+        f32::from(u8::from(seen)),
+        f32::from(u8::from(raw.seen_steps == 0)),
+        recency,
+        raw.context * s.context,
         lookup(&profile.categories, info.category),
         lookup(&profile.brands, info.brand),
         price_fit,

@@ -1,12 +1,13 @@
 //! Training: build the candidate generators from shopping sessions and learn the ranker over their scores.
 //!
-//! The ranker learns from sessions it has not seen: generators are first built from the earlier sessions
-//! (`1 − example_share` of them, in time order), and every position of the later sessions becomes a ranking
-//! problem — retrieve candidates exactly as serving does, label the item that really came next, sample negatives
-//! from the other candidates — solved by a logistic regression (linfa). The served model then uses generators
-//! rebuilt from all sessions, with those learned weights. Session views are built by replaying events through the
-//! same `SessionContext` the node uses, and features come from [`crate::features`], so training sees what serving
-//! sees.
+//! The ranker learns from sessions it has not seen, split by time like serving will meet them: with T the last
+//! event of the training data, the generators are built from the sessions that ended by T − `example_window_ms`
+//! (popularity windows ending there), and every position of the sessions that ended after it becomes a ranking
+//! problem — replay the prefix through the node's own `SessionContext`, retrieve candidates exactly as serving
+//! does, label the item that really came next, sample negatives uniformly from the other candidates — solved by an
+//! L2-regularised logistic regression (linfa) on standardised features. The served model then uses generators
+//! rebuilt from all sessions (windows ending at T), with those learned weights. Features come from
+//! [`crate::features`], so training sees what serving sees.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use aisle_session::{AssistRules, SessionContext, SessionLimits};
 use linfa::prelude::*;
 use linfa_logistic::LogisticRegression;
 use ndarray::{Array1, Array2};
+
 use sha2::{Digest, Sha256};
 
 use crate::csr::Csr;
@@ -29,20 +31,21 @@ use crate::model::{
 use crate::retrieve::{Query, retrieve};
 use crate::served::ServedModel;
 
-/// How to train.
+/// How to train. The defaults are the recipe measured on real click sessions (`docs/BENCHMARKS.md`).
 #[derive(Debug, Clone)]
 pub struct FitConfig {
     /// Generator settings.
     pub params: GeneratorParams,
     /// Version label of the model.
     pub version: String,
-    /// Share of sessions (the latest) used to make ranker training examples.
-    pub example_share: f64,
-    /// At most this many positions become examples.
+    /// Sessions that ended in this window before the end of the data make the ranker's examples (default 24 h).
+    pub example_window_ms: i64,
+    /// At most this many positions become examples (a uniform sample of them when there are more).
     pub max_positions: usize,
-    /// Negatives sampled per position.
+    /// Negatives sampled per position, uniformly without replacement from the other candidates.
     pub negatives: usize,
-    /// L2 regularisation of the logistic regression.
+    /// L2 penalty of the logistic regression (linfa's `alpha`: Σ log-loss + alpha/2 ‖w‖², on standardised
+    /// features; 100 is scikit-learn's C = 0.01).
     pub l2: f64,
     /// Solver iterations.
     pub max_iterations: u64,
@@ -57,11 +60,11 @@ impl Default for FitConfig {
         Self {
             params: GeneratorParams::default(),
             version: "model-1".into(),
-            example_share: 0.2,
-            max_positions: 40_000,
-            negatives: 20,
-            l2: 1e-4,
-            max_iterations: 200,
+            example_window_ms: 24 * 3600 * 1000,
+            max_positions: 50_000,
+            negatives: 50,
+            l2: 100.0,
+            max_iterations: 100,
             seed: 7,
             trained_by: concat!("aisle-ranking ", env!("CARGO_PKG_VERSION")).into(),
         }
@@ -84,7 +87,7 @@ pub enum FitError {
 pub enum Progress {
     /// A step started.
     Step(&'static str),
-    /// Examples built so far / positions planned.
+    /// Positions processed so far / positions planned.
     Examples(usize, usize),
 }
 
@@ -138,6 +141,12 @@ impl Vocabulary {
     }
 }
 
+/// The items of `sessions` in the order a model trained on them lists them (first appearance): build a catalog
+/// with [`Catalog::plain`] over them to train and serve with the same item indices as a node given only the model.
+pub fn vocabulary(sessions: &[LoggedSession]) -> Vec<String> {
+    Vocabulary::of(sessions).ids
+}
+
 fn last_ts(s: &LoggedSession) -> TimestampMs {
     s.events.iter().map(|e| e.ts_ms).max().unwrap_or(0)
 }
@@ -149,66 +158,62 @@ pub fn time_ordered(sessions: &[LoggedSession]) -> Vec<&LoggedSession> {
     v
 }
 
-/// Keeps each row's strongest `keep` entries, strongest first, weights divided by the row's strongest.
-fn prune(rows: Vec<HashMap<u32, f32>>, keep: usize) -> Csr {
+/// Rows of `(target, weight)`, each sorted strongest first (ties by target).
+fn rows_to_csr(rows: Vec<HashMap<u32, f32>>) -> Csr {
     Csr::from_rows(rows.into_iter().map(|row| {
         let mut v: Vec<(u32, f32)> = row.into_iter().collect();
-        v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        v.truncate(keep);
-        let max = v.first().map_or(1.0, |e| e.1);
-        v.into_iter().map(|(t, w)| (t, w / max)).collect::<Vec<_>>()
+        v.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
     }))
 }
 
-/// Builds the generator part of a model from sessions (the ranker is left empty).
+/// Builds the generator part of a model from sessions in time order (the ranker is left empty); popularity
+/// windows end at `end_ms`.
 fn build_generators(
     sessions: &[&LoggedSession],
     vocab: &Vocabulary,
     params: &GeneratorParams,
+    end_ms: TimestampMs,
 ) -> ModelData {
     let n = vocab.ids.len();
-    let mut popularity = vec![0.0f32; n];
-    let mut trending = vec![0.0f32; n];
-    let end = sessions.iter().map(|s| last_ts(s)).max().unwrap_or(0);
+    let mut counts = vec![0.0f32; n];
+    let mut recent_counts = vec![0.0f32; n];
+    let mut short_counts = vec![0.0f32; n];
     let mut ar: Vec<HashMap<u32, f32>> = vec![HashMap::new(); n];
     let mut sr: Vec<HashMap<u32, f32>> = vec![HashMap::new(); n];
     let mut session_rows: Vec<Vec<(u32, f32)>> = Vec::with_capacity(sessions.len());
     let mut item_sessions: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut seq: Vec<u32> = Vec::new();
     for (sid, s) in sessions.iter().enumerate() {
-        let seq: Vec<u32> = interactions(s)
-            .filter_map(|e| vocab.index.get(&e.item).copied())
-            .collect();
+        seq.clear();
         for e in interactions(s) {
             if let Some(&i) = vocab.index.get(&e.item) {
-                let w = e.kind.interest_weight();
-                popularity[i as usize] += w;
-                if e.ts_ms >= end - params.trending_window_ms {
-                    trending[i as usize] += w;
+                seq.push(i);
+                counts[i as usize] += 1.0;
+                if e.ts_ms > end_ms - params.recent_window_ms {
+                    recent_counts[i as usize] += 1.0;
+                }
+                if e.ts_ms > end_ms - params.short_window_ms {
+                    short_counts[i as usize] += 1.0;
                 }
             }
         }
-        let mut distinct: Vec<u32> = Vec::new();
+        for (j, &b) in seq.iter().enumerate() {
+            // Association rules: every earlier event of the session, both ways (repeats included).
+            for &a in &seq[..j] {
+                *ar[a as usize].entry(b).or_default() += 1.0;
+                *ar[b as usize].entry(a).or_default() += 1.0;
+            }
+            // Sequential rules: b follows a at distance d ≤ sr_steps, weighted 1/d.
+            for d in 1..=params.sr_steps.min(j) {
+                let a = seq[j - d];
+                *sr[a as usize].entry(b).or_default() += 1.0 / d as f32;
+            }
+        }
+        let mut distinct: Vec<u32> = Vec::with_capacity(seq.len());
         for &i in &seq {
             if !distinct.contains(&i) {
                 distinct.push(i);
-            }
-        }
-        // Association rules over distinct items (bounded so a very long session cannot dominate the cost).
-        let bounded = &distinct[..distinct.len().min(30)];
-        for &a in bounded {
-            for &b in bounded {
-                if a != b {
-                    *ar[a as usize].entry(b).or_default() += 1.0;
-                }
-            }
-        }
-        // Sequential rules: b follows a within `sr_steps`, weighted 1/distance.
-        for (i, &b) in seq.iter().enumerate() {
-            for d in 1..=params.sr_steps.min(i) {
-                let a = seq[i - d];
-                if a != b {
-                    *sr[a as usize].entry(b).or_default() += 1.0 / d as f32;
-                }
             }
         }
         for &i in &distinct {
@@ -218,15 +223,16 @@ fn build_generators(
     }
     let item_sessions = Csr::from_rows(item_sessions.into_iter().map(|mut v| {
         v.reverse();
-        v.truncate(params.sessions_per_item);
+        v.truncate(params.sknn_sample);
         v.into_iter().map(|s| (s, 1.0)).collect::<Vec<_>>()
     }));
     ModelData {
         items: vocab.ids.clone(),
-        popularity,
-        trending,
-        ar: prune(ar, params.neighbours_per_item),
-        sr: prune(sr, params.neighbours_per_item),
+        counts,
+        recent_counts,
+        short_counts,
+        ar: rows_to_csr(ar),
+        sr: rows_to_csr(sr),
         sessions: Csr::from_rows(session_rows),
         item_sessions,
         params: *params,
@@ -274,14 +280,15 @@ fn header(config: &FitConfig, sessions: &[&LoggedSession]) -> ModelHeader {
     }
 }
 
-/// Builds a model whose generators come from `sessions` and whose ranker has the given weights — the untrained
-/// baseline, used to make training examples and by tests.
+/// Builds a model whose generators come from all of `sessions` and whose ranker is empty (all weights 0) — for
+/// tests and baselines.
 pub fn generators_only(sessions: &[LoggedSession], config: &FitConfig) -> Model {
     let ordered = time_ordered(sessions);
     let vocab = Vocabulary::of(sessions);
+    let end = ordered.last().map_or(0, |s| last_ts(s));
     Model {
         header: header(config, &ordered),
-        data: build_generators(&ordered, &vocab, &config.params),
+        data: build_generators(&ordered, &vocab, &config.params, end),
     }
 }
 
@@ -289,8 +296,8 @@ pub fn generators_only(sessions: &[LoggedSession], config: &FitConfig) -> Model 
 /// catalog still feed the generators but give no catalog features.
 ///
 /// # Errors
-/// [`FitError::NotEnoughData`] when there are too few sessions or positive examples; [`FitError::Solver`] when the
-/// regression does not converge to finite weights.
+/// [`FitError::NotEnoughData`] when there are too few sessions or positive examples, or the example window holds
+/// all or none of the sessions; [`FitError::Solver`] when the regression does not give finite weights.
 pub fn fit(
     sessions: &[LoggedSession],
     catalog: Arc<Catalog>,
@@ -305,33 +312,49 @@ pub fn fit(
         )));
     }
     let vocab = Vocabulary::of(sessions);
-    let split = ((ordered.len() as f64) * (1.0 - config.example_share)).round() as usize;
-    let (base, later) = ordered.split_at(split.clamp(1, ordered.len() - 1));
+    let end = last_ts(ordered.last().expect("not empty"));
+    let cut = end - config.example_window_ms;
+    let split = ordered.partition_point(|s| last_ts(s) <= cut);
+    let (base, later) = ordered.split_at(split);
+    if base.is_empty() || later.is_empty() {
+        return Err(FitError::NotEnoughData(format!(
+            "the example window ({} h before the last event) holds {} of the {} sessions; \
+             the generators need earlier sessions and the ranker later ones: change the window",
+            config.example_window_ms as f64 / 3_600_000.0,
+            later.len(),
+            ordered.len()
+        )));
+    }
 
     progress(Progress::Step(
-        "building generators on the earlier sessions",
+        "building generators on the sessions before the example window",
     ));
     let base_model = Model {
         header: header(config, base),
-        data: build_generators(base, &vocab, &config.params),
+        data: build_generators(base, &vocab, &config.params, cut),
     };
     let served = ServedModel::bind(&base_model, catalog.clone(), "training");
 
     progress(Progress::Step(
-        "making ranking examples from the later sessions",
+        "making ranking examples from the sessions in the example window",
     ));
-    let (x, y) = examples(&served, &catalog, later, config, progress)?;
+    let examples = examples(&served, &catalog, later, config, progress)?;
 
-    progress(Progress::Step("fitting the logistic regression"));
-    let ranker = train_logistic(&x, &y, config)?;
+    progress(Progress::Step("fitting the logistic regression (linfa)"));
+    let ranker = train_logistic(&examples, config)?;
 
     progress(Progress::Step("building generators on all sessions"));
-    let mut data = build_generators(&ordered, &vocab, &config.params);
+    let mut data = build_generators(&ordered, &vocab, &config.params, end);
     data.ranker = ranker;
-    Ok(Model {
-        header: header(config, &ordered),
-        data,
-    })
+    let mut header = header(config, &ordered);
+    let m = &mut header.metrics;
+    m.insert("fit.example_positions".into(), examples.positions as f64);
+    m.insert("fit.example_rows".into(), examples.labels.len() as f64);
+    m.insert(
+        "fit.candidate_recall".into(),
+        examples.decisions as f64 / examples.positions.max(1) as f64,
+    );
+    Ok(Model { header, data })
 }
 
 /// Every (prefix, next item) position of `sessions`, in order: the session index, the position, the prefix's
@@ -351,24 +374,39 @@ pub fn positions(
     (0..events.len().saturating_sub(1)).map(move |p| (p, &all[..=idx[p]], &all[idx[p + 1]]))
 }
 
+/// Ranking examples: feature rows (row-major) and labels.
+struct Examples {
+    rows: Vec<f32>,
+    labels: Vec<bool>,
+    /// Positions looked at.
+    positions: usize,
+    /// Of those, positions whose next item was among the candidates (each gave one positive).
+    decisions: usize,
+}
+
 fn examples(
     served: &ServedModel,
     catalog: &Catalog,
     sessions: &[&LoggedSession],
     config: &FitConfig,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(Array2<f64>, Array1<bool>), FitError> {
+) -> Result<Examples, FitError> {
     let total: usize = sessions
         .iter()
         .map(|s| interactions(s).count().saturating_sub(1))
         .sum();
     let keep_share = (config.max_positions as f64 / total.max(1) as f64).min(1.0);
+    let planned = (total as f64 * keep_share).round() as usize;
     let mut rng = SplitMix64::new(config.seed);
     let limits = SessionLimits::default();
     let assist = AssistRules::default();
-    let mut rows: Vec<[f32; N_FEATURES]> = Vec::new();
-    let mut labels: Vec<bool> = Vec::new();
-    let mut used = 0usize;
+    let mut out = Examples {
+        rows: Vec::new(),
+        labels: Vec::new(),
+        positions: 0,
+        decisions: 0,
+    };
+    let mut others: Vec<usize> = Vec::new();
     for s in sessions {
         let mut context = SessionContext::new();
         let mut applied = 0usize;
@@ -377,8 +415,12 @@ fn examples(
                 context.apply(&to_shopper_event(catalog, e), catalog, &limits, &assist);
             }
             applied = prefix.len();
-            if !rng.chance(keep_share) {
+            if keep_share < 1.0 && !rng.chance(keep_share) {
                 continue;
+            }
+            out.positions += 1;
+            if out.positions.is_multiple_of(2_000) {
+                progress(Progress::Examples(out.positions, planned));
             }
             let Some(target) = catalog.lookup(&next.item) else {
                 continue;
@@ -395,67 +437,59 @@ fn examples(
             let Some(pos) = r.candidates.iter().position(|c| c.0 == target) else {
                 continue;
             };
+            out.decisions += 1;
             let (item, raw) = r.candidates[pos];
-            rows.push(compute(served, &r.profile, item, &raw));
-            labels.push(true);
-            let others = r.candidates.len() - 1;
-            for _ in 0..config.negatives.min(others) {
-                let mut k = rng.below(others as u64) as usize;
-                if k >= pos {
-                    k += 1;
-                }
-                let (item, raw) = r.candidates[k];
-                rows.push(compute(served, &r.profile, item, &raw));
-                labels.push(false);
-            }
-            used += 1;
-            if used.is_multiple_of(5_000) {
-                progress(Progress::Examples(
-                    used,
-                    (total as f64 * keep_share) as usize,
-                ));
+            out.rows
+                .extend_from_slice(&compute(served, &r.profile, item, &raw));
+            out.labels.push(true);
+            others.clear();
+            others.extend((0..r.candidates.len()).filter(|&k| k != pos));
+            let take = config.negatives.min(others.len());
+            for k in 0..take {
+                let j = k + rng.below((others.len() - k) as u64) as usize;
+                others.swap(k, j);
+                let (item, raw) = r.candidates[others[k]];
+                out.rows
+                    .extend_from_slice(&compute(served, &r.profile, item, &raw));
+                out.labels.push(false);
             }
         }
     }
-    if used < 50 {
+    if out.decisions < 50 {
         return Err(FitError::NotEnoughData(format!(
-            "only {used} positions had the next item among the candidates"
+            "only {} positions had the next item among the candidates",
+            out.decisions
         )));
     }
-    progress(Progress::Examples(used, used));
-    let mut x = Array2::<f64>::zeros((rows.len(), N_FEATURES));
-    for (r, row) in rows.iter().enumerate() {
-        for (k, v) in row.iter().enumerate() {
-            x[[r, k]] = *v as f64;
-        }
-    }
-    Ok((x, Array1::from(labels)))
+    progress(Progress::Examples(out.positions, planned));
+    Ok(out)
 }
 
-fn train_logistic(
-    x: &Array2<f64>,
-    y: &Array1<bool>,
-    config: &FitConfig,
-) -> Result<LogisticRanker, FitError> {
-    let k = x.ncols();
-    let rows = x.nrows() as f64;
-    let mean: Vec<f64> = (0..k).map(|j| x.column(j).sum() / rows).collect();
-    let scale: Vec<f64> = (0..k)
-        .map(|j| {
-            let var = x
-                .column(j)
-                .iter()
-                .map(|v| (v - mean[j]).powi(2))
-                .sum::<f64>()
-                / rows;
-            if var > 1e-12 { var.sqrt() } else { 1.0 }
-        })
-        .collect();
-    let mut z = x.clone();
-    for j in 0..k {
-        z.column_mut(j).mapv_inplace(|v| (v - mean[j]) / scale[j]);
+fn train_logistic(examples: &Examples, config: &FitConfig) -> Result<LogisticRanker, FitError> {
+    let k = N_FEATURES;
+    let rows = examples.labels.len();
+    let x = &examples.rows;
+    let mut mean = vec![0f64; k];
+    for r in x.chunks_exact(k) {
+        for (m, v) in mean.iter_mut().zip(r) {
+            *m += *v as f64;
+        }
     }
-    let dataset = Dataset::new(z, y.clone());
+    mean.iter_mut().for_each(|m| *m /= rows as f64);
+    let mut scale = vec![0f64; k];
+    for r in x.chunks_exact(k) {
+        for j in 0..k {
+            scale[j] += (r[j] as f64 - mean[j]).powi(2);
+        }
+    }
+    scale.iter_mut().for_each(|s| {
+        let var = *s / rows as f64;
+        *s = if var > 1e-12 { var.sqrt() } else { 1.0 };
+    });
+    let z = Array2::from_shape_fn((rows, k), |(i, j)| {
+        (x[i * k + j] as f64 - mean[j]) / scale[j]
+    });
+    let dataset = Dataset::new(z, Array1::from(examples.labels.clone()));
     let fitted = LogisticRegression::default()
         .alpha(config.l2)
         .max_iterations(config.max_iterations)

@@ -4,8 +4,8 @@
 //! - [`model`]: the versioned model bundle (generator indexes + learned ranker) and its validation.
 //! - [`fit`]: building generators from sessions and training the ranker with linfa.
 //! - [`served`]: a model bound to a catalog, with the fallback rungs' lists.
-//! - [`retrieve`]: candidate retrieval (association rules, sequential rules, session-kNN, category top sellers,
-//!   popular and trending items) with every generator's raw score.
+//! - [`retrieve`]: request-level candidate retrieval (V-SKNN, sequential and association rules, session rules, top
+//!   sellers) with every generator's raw score, normalisers and log-ranks among the candidates.
 //! - [`features`]: the feature schema and its one implementation.
 //! - [`score`]: scoring a partition of the candidates and merging partitions under the guardrails.
 //!

@@ -14,54 +14,51 @@ use serde::{Deserialize, Serialize};
 use crate::csr::Csr;
 use crate::features::{FEATURE_NAMES, FEATURE_SCHEMA_VERSION};
 
-/// The model bundle format this build reads and writes.
-pub const MODEL_FORMAT_VERSION: u32 = 1;
+/// The model bundle format this build reads and writes (2: session-rec generators with raw counts, three
+/// popularity windows).
+pub const MODEL_FORMAT_VERSION: u32 = 2;
+
+const HOUR_MS: i64 = 3600 * 1000;
 
 /// Settings of the candidate generators, stored with the model so serving retrieves exactly as training did.
+/// The defaults are session-rec's rsc15 settings and the candidate union of the ranking recipe.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeneratorParams {
-    /// Item-to-item neighbours kept per item (association and sequential rules).
-    pub neighbours_per_item: usize,
-    /// Sequential rules look back this many steps.
+    /// Sequential rules look back this many steps, weighting a pair at distance k by 1/k (session-rec `steps`).
     pub sr_steps: usize,
-    /// Sessions indexed per item for session-kNN (the most recent).
-    pub sessions_per_item: usize,
-    /// Session-kNN considers at most this many candidate sessions (the most recent).
-    pub sknn_sample: usize,
-    /// Session-kNN neighbours.
+    /// V-SKNN neighbours kept (session-rec `k`).
     pub sknn_k: usize,
-    /// Candidates taken from each rule generator.
-    pub rule_candidates: usize,
-    /// Candidates taken from session-kNN.
-    pub sknn_candidates: usize,
-    /// Earlier session items (before the last) that seed rule candidates.
-    pub session_sources: usize,
-    /// Top sellers taken per affine category.
+    /// V-SKNN compares the current session with at most this many past sessions sharing an item, the most recent
+    /// (session-rec `sample_size`); also the sessions indexed per item, which loses nothing: the most recent of
+    /// the union are among each item's most recent.
+    pub sknn_sample: usize,
+    /// Earlier distinct session items (before the last) that feed the session rules `sr2`/`ar2`.
+    pub session_rule_items: usize,
+    /// Candidates per decision: generated ones by priority, then filled with top sellers.
+    pub max_candidates: usize,
+    /// Top sellers taken per affine category when filling (before the overall top sellers).
     pub category_candidates: usize,
-    /// Affine categories considered.
+    /// Affine categories considered when filling.
     pub top_categories: usize,
-    /// Popular and trending items added to every candidate set.
-    pub popular_candidates: usize,
-    /// Window for "trending", before the end of the training data.
-    pub trending_window_ms: i64,
+    /// Window of "recent" popularity, before the end of the training data.
+    pub recent_window_ms: i64,
+    /// Window of "very recent" popularity, before the end of the training data.
+    pub short_window_ms: i64,
 }
 
 impl Default for GeneratorParams {
     fn default() -> Self {
         Self {
-            neighbours_per_item: 50,
             sr_steps: 10,
-            sessions_per_item: 1_000,
-            sknn_sample: 500,
             sknn_k: 100,
-            rule_candidates: 50,
-            sknn_candidates: 150,
-            session_sources: 4,
+            sknn_sample: 1_000,
+            session_rule_items: 3,
+            max_candidates: 500,
             category_candidates: 20,
             top_categories: 3,
-            popular_candidates: 20,
-            trending_window_ms: 2 * 24 * 3600 * 1000,
+            recent_window_ms: 24 * HOUR_MS,
+            short_window_ms: 6 * HOUR_MS,
         }
     }
 }
@@ -100,17 +97,21 @@ impl LogisticRanker {
 pub struct ModelData {
     /// External item ids; model-local index = position.
     pub items: Vec<String>,
-    /// Interest-weighted interaction counts per item.
-    pub popularity: Vec<f32>,
-    /// Interaction counts in the trending window.
-    pub trending: Vec<f32>,
-    /// Association rules: items seen in the same session, weight normalised to the row's strongest.
+    /// Interaction events per item over all the training data.
+    pub counts: Vec<f32>,
+    /// Interaction events per item in the last `recent_window_ms` of the training data.
+    pub recent_counts: Vec<f32>,
+    /// Interaction events per item in the last `short_window_ms` of the training data.
+    pub short_counts: Vec<f32>,
+    /// Association rules (session-rec): for every pair of events of a session, +1 both ways (repeats included, so
+    /// an item re-viewed in a session has a self-rule). Raw counts; each row strongest first.
     pub ar: Csr,
-    /// Sequential rules: items that follow an item within `sr_steps`, weighted by 1/distance, normalised.
+    /// Sequential rules (session-rec): +1/k from an item to the item k ≤ `sr_steps` events after it. Raw
+    /// weights; each row strongest first.
     pub sr: Csr,
-    /// Session → its distinct items, sessions in time order (a higher id is a more recent session).
+    /// Session → its distinct items, sessions in order of their last event (a higher id is more recent).
     pub sessions: Csr,
-    /// Item → the sessions containing it, most recent first.
+    /// Item → the sessions containing it, most recent first (at most `sknn_sample`).
     pub item_sessions: Csr,
     /// Generator settings.
     pub params: GeneratorParams,
@@ -125,8 +126,14 @@ impl ModelData {
     /// A description of the first inconsistency, naming the part.
     pub fn validate(&self) -> Result<(), String> {
         let n = self.items.len();
-        if self.popularity.len() != n || self.trending.len() != n {
-            return Err("popularity/trending: length differs from items".into());
+        if self.counts.len() != n || self.recent_counts.len() != n || self.short_counts.len() != n {
+            return Err("counts: length differs from items".into());
+        }
+        if [&self.counts, &self.recent_counts, &self.short_counts]
+            .iter()
+            .any(|c| c.iter().any(|v| !(v.is_finite() && *v >= 0.0)))
+        {
+            return Err("counts: negative or non-finite".into());
         }
         self.ar.validate(n).map_err(|e| format!("ar: {e}"))?;
         self.sr.validate(n).map_err(|e| format!("sr: {e}"))?;
@@ -136,6 +143,10 @@ impl ModelData {
         self.item_sessions
             .validate(self.sessions.rows())
             .map_err(|e| format!("item_sessions: {e}"))?;
+        let p = &self.params;
+        if p.max_candidates == 0 || p.sknn_k == 0 || p.sknn_sample == 0 {
+            return Err("params: max_candidates, sknn_k and sknn_sample must be positive".into());
+        }
         let r = &self.ranker;
         let k = r.feature_names.len();
         if r.mean.len() != k || r.scale.len() != k || r.weights.len() != k {
@@ -143,6 +154,8 @@ impl ModelData {
         }
         if r.scale.iter().any(|s| !(s.is_finite() && *s > 0.0))
             || r.weights.iter().any(|w| !w.is_finite())
+            || r.mean.iter().any(|m| !m.is_finite())
+            || !r.intercept.is_finite()
         {
             return Err("ranker: non-finite or non-positive values".into());
         }

@@ -1,18 +1,31 @@
-//! Candidate retrieval: from a session (and what is on screen), gather ~500 candidate items with the raw score of
-//! every generator — association rules, sequential rules, session-kNN, category top sellers, popular and trending
-//! items, and the session's own items.
+//! Candidate retrieval: from a session (and what is on screen), gather up to `max_candidates` items with the raw
+//! score of every generator — V-SKNN, sequential and association rules from the last item, session rules from the
+//! earlier items, rules from the items on screen — and the session's own items, then fill with top sellers.
 //!
-//! Retrieval is request-level (it needs the whole catalog's indexes), so it runs once per decision before the
-//! candidates are scattered to the ranking shards. It works in dense scratch arrays kept per thread and reset by
-//! generation stamps, so a decision allocates only its output. The candidate set does not depend on how many
-//! shards score it, which is what lets the trainer (one shard) and the node (N shards) agree exactly.
+//! The generators follow session-rec (`docs/BENCHMARKS.md` has the references and the measured quality):
+//! - **V-SKNN** (session-rec `VMContextKNN`, rsc15 settings): the past sessions sharing an item with the current
+//!   one, the `sknn_sample` most recent of them; similarity = Σ over shared items of (c/L)² (c: 1-based position of
+//!   the item's last occurrence in the session of L items) / number of distinct session items; the `sknn_k` most
+//!   similar; an item scores Σ similarity / step² over the neighbours containing it, where step is how far back
+//!   the most recent session item the neighbour contains is.
+//! - **Rules**: SR and AR rows of the last item; `sr2`/`ar2` = Σ_{k=1..3} row(d_k)/k over the 2nd–4th most recent
+//!   distinct items; `srall` = SR of the last item + Σ_{k≥1} SR(d_k)/k.
+//! - **Union**: every item with a V-SKNN, AR-last, SR-last, `sr2` or on-screen score, and every session item. Over
+//!   `max_candidates`, the highest priority (the largest of those scores, each divided by its maximum; session
+//!   items always) are kept; under it, the set is filled with the top sellers of the session's categories, then
+//!   overall.
+//!
+//! Retrieval is request-level: the normalisers and the log-ranks among the candidates are computed here, once per
+//! decision, before the candidates are scattered to the ranking shards, so nothing depends on the shard count. It
+//! works in dense scratch arrays kept per thread and reset by generation stamps, so a decision allocates only its
+//! output.
 
 use std::cell::RefCell;
 
-use aisle_domain::catalog::{CategoryIdx, ItemIdx};
+use aisle_domain::catalog::ItemIdx;
 use aisle_domain::session::SessionView;
 
-use crate::features::{Profile, Raw};
+use crate::features::{Profile, Raw, Scale};
 use crate::served::ServedModel;
 
 /// What to rank for.
@@ -37,18 +50,39 @@ pub struct Retrieved {
     pub last_item: Option<ItemIdx>,
 }
 
+/// On-screen items considered.
+const MAX_CONTEXT: usize = 10;
+
+/// What retrieval knows about one item during a decision.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    raw: Raw,
+    /// Association rules from the last item (only a source of candidates, not a feature).
+    ar_last: f32,
+    /// V-SKNN position weight (c/L)² of a session item.
+    position_weight: f32,
+    /// 1-based position of the item's last occurrence in the session; 0: not in the session.
+    last_position: u32,
+    priority: f32,
+}
+
 /// Per-thread dense scratch, sized to the catalog and the session index, reset by generation.
 #[derive(Default)]
 struct Scratch {
     generation: u32,
     item_stamp: Vec<u32>,
+    slots: Vec<Slot>,
     candidate_stamp: Vec<u32>,
-    raw: Vec<Raw>,
     touched: Vec<ItemIdx>,
     session_stamp: Vec<u32>,
-    session_score: Vec<f32>,
-    sessions_touched: Vec<u32>,
+    pool: Vec<u32>,
+    /// (session, similarity, step)
+    neighbours: Vec<(u32, f32, u32)>,
+    prefix: Vec<ItemIdx>,
+    distinct: Vec<ItemIdx>,
+    generated: Vec<ItemIdx>,
     candidates: Vec<ItemIdx>,
+    ranked: Vec<(f32, ItemIdx)>,
 }
 
 impl Scratch {
@@ -56,11 +90,10 @@ impl Scratch {
         if self.item_stamp.len() != items {
             self.item_stamp = vec![0; items];
             self.candidate_stamp = vec![0; items];
-            self.raw = vec![Raw::default(); items];
+            self.slots = vec![Slot::default(); items];
         }
         if self.session_stamp.len() != sessions {
             self.session_stamp = vec![0; sessions];
-            self.session_score = vec![0.0; sessions];
         }
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
@@ -71,19 +104,29 @@ impl Scratch {
             self.generation = 1;
         }
         self.touched.clear();
-        self.sessions_touched.clear();
+        self.pool.clear();
+        self.neighbours.clear();
+        self.prefix.clear();
+        self.distinct.clear();
         self.candidates.clear();
     }
 
     #[inline]
-    fn raw(&mut self, item: ItemIdx) -> &mut Raw {
+    fn slot(&mut self, item: ItemIdx) -> &mut Slot {
         let i = item as usize;
         if self.item_stamp[i] != self.generation {
             self.item_stamp[i] = self.generation;
-            self.raw[i] = Raw::default();
+            self.slots[i] = Slot::default();
             self.touched.push(item);
         }
-        &mut self.raw[i]
+        &mut self.slots[i]
+    }
+
+    /// The item's slot if it was touched in this decision.
+    #[inline]
+    fn peek(&self, item: ItemIdx) -> Option<&Slot> {
+        let i = item as usize;
+        (self.item_stamp[i] == self.generation).then(|| &self.slots[i])
     }
 
     #[inline]
@@ -92,15 +135,6 @@ impl Scratch {
         if self.candidate_stamp[i] != self.generation {
             self.candidate_stamp[i] = self.generation;
             self.candidates.push(item);
-        }
-    }
-
-    fn raw_of(&self, item: ItemIdx) -> Raw {
-        let i = item as usize;
-        if self.item_stamp[i] == self.generation {
-            self.raw[i]
-        } else {
-            Raw::default()
         }
     }
 }
@@ -114,136 +148,157 @@ pub fn retrieve(model: &ServedModel, query: &Query<'_>) -> Retrieved {
     SCRATCH.with(|s| retrieve_with(model, query, &mut s.borrow_mut()))
 }
 
+fn inverse(max: f32) -> f32 {
+    if max > 0.0 { 1.0 / max } else { 0.0 }
+}
+
 fn retrieve_with(model: &ServedModel, query: &Query<'_>, s: &mut Scratch) -> Retrieved {
     let p = &model.params;
     let n_items = model.items.len();
     s.prepare(n_items, model.sessions.rows());
     let view = query.view;
 
-    // The session's own items: recency and counts (steps count every interaction, known or not).
-    let len = view.items.len();
-    let mut last_item = None;
-    let mut sources: Vec<ItemIdx> = Vec::new();
-    for (step, v) in view.items.iter().rev().enumerate() {
-        let Some(item) = v.item.known() else { continue };
-        if item as usize >= n_items {
-            continue;
-        }
-        if last_item.is_none() {
-            last_item = Some(item);
-        }
-        let raw = s.raw(item);
-        if raw.seen_steps == u16::MAX {
-            raw.seen_steps = step.min(u16::MAX as usize - 1) as u16;
-        }
-        raw.seen_count = raw.seen_count.saturating_add(1);
-        s.nominate(item);
-        if !sources.contains(&item) {
-            sources.push(item);
+    // The session's known items, their counts, recency and V-SKNN position weights.
+    s.prefix
+        .extend(view.known_items().filter(|&i| (i as usize) < n_items));
+    let len = s.prefix.len();
+    for pos in 0..len {
+        let item = s.prefix[pos];
+        let c = (pos + 1) as f32 / len as f32;
+        let slot = s.slot(item);
+        slot.raw.seen_count = slot.raw.seen_count.saturating_add(1);
+        slot.raw.seen_steps = (len - 1 - pos).min(u16::MAX as usize - 1) as u16;
+        slot.last_position = (pos + 1) as u32;
+        slot.position_weight = c * c;
+    }
+    // Distinct items, most recent first.
+    for pos in (0..len).rev() {
+        let item = s.prefix[pos];
+        if s.slots[item as usize].last_position == (pos + 1) as u32 {
+            s.distinct.push(item);
         }
     }
-    debug_assert!(len >= sources.len());
     for &item in &view.cart {
         if (item as usize) < n_items {
-            s.raw(item).in_cart = true;
+            s.slot(item).raw.in_cart = true;
         }
     }
 
-    // Rules from the last item, then from earlier items with decreasing weight.
+    let n_neighbours = session_knn(model, s, len);
+
+    // Rules from the last item, the earlier distinct items and the items on screen.
+    let last_item = s.distinct.first().copied();
     if let Some(last) = last_item {
-        for (rank, (t, w)) in model.ar.pairs(last as usize).enumerate() {
-            s.raw(t).ar_last += w;
-            if rank < p.rule_candidates {
-                s.nominate(t);
+        for (t, w) in model.sr.pairs(last as usize) {
+            let raw = &mut s.slot(t).raw;
+            raw.sr_last += w;
+            raw.sr_all += w;
+        }
+        for (t, w) in model.ar.pairs(last as usize) {
+            s.slot(t).ar_last += w;
+        }
+    }
+    for k in 1..s.distinct.len() {
+        let source = s.distinct[k] as usize;
+        let weight = 1.0 / k as f32;
+        let near = k <= p.session_rule_items;
+        for (t, w) in model.sr.pairs(source) {
+            let raw = &mut s.slot(t).raw;
+            raw.sr_all += weight * w;
+            if near {
+                raw.sr_session += weight * w;
             }
         }
-        for (rank, (t, w)) in model.sr.pairs(last as usize).enumerate() {
-            s.raw(t).sr_last += w;
-            if rank < p.rule_candidates {
-                s.nominate(t);
+        if near {
+            for (t, w) in model.ar.pairs(source) {
+                s.slot(t).raw.ar_session += weight * w;
             }
         }
     }
-    for (k, &src) in sources.iter().enumerate().skip(1).take(p.session_sources) {
-        let weight = 1.0 / (1.0 + k as f32);
-        for (rank, (t, w)) in model.ar.pairs(src as usize).enumerate() {
-            s.raw(t).ar_session += weight * w;
-            if rank < p.rule_candidates / 2 {
-                s.nominate(t);
-            }
-        }
-        for (rank, (t, w)) in model.sr.pairs(src as usize).enumerate() {
-            s.raw(t).sr_session += weight * w;
-            if rank < p.rule_candidates / 2 {
-                s.nominate(t);
-            }
-        }
-    }
-    for &c in query.context.iter().take(10) {
-        if c as usize >= n_items {
-            continue;
-        }
-        s.nominate(c);
-        for (rank, (t, w)) in model.ar.pairs(c as usize).enumerate() {
-            s.raw(t).context += w;
-            if rank < p.rule_candidates / 2 {
-                s.nominate(t);
+    for &c in query.context.iter().take(MAX_CONTEXT) {
+        if (c as usize) < n_items {
+            for (t, w) in model.ar.pairs(c as usize) {
+                s.slot(t).raw.context += w;
             }
         }
     }
 
-    session_knn(model, view, s);
-
-    // Top sellers of the strongest categories (the session's, else the on-screen items').
-    let mut categories: Vec<CategoryIdx> = view
-        .category_affinity
-        .iter()
-        .take(p.top_categories)
-        .map(|c| c.0)
-        .collect();
-    if categories.is_empty() {
-        for &c in query.context {
-            if let Some(info) = model.items.get(c as usize)
-                && !categories.contains(&info.category)
-                && categories.len() < p.top_categories
-            {
-                categories.push(info.category);
-            }
-        }
+    // Normalisers over every item scored.
+    let (
+        mut vsknn,
+        mut sr_last,
+        mut ar_last,
+        mut sr_session,
+        mut ar_session,
+        mut sr_all,
+        mut context,
+    ) = (0f32, 0f32, 0f32, 0f32, 0f32, 0f32, 0f32);
+    for &i in &s.touched {
+        let slot = &s.slots[i as usize];
+        let r = &slot.raw;
+        vsknn = vsknn.max(r.vsknn);
+        sr_last = sr_last.max(r.sr_last);
+        ar_last = ar_last.max(slot.ar_last);
+        sr_session = sr_session.max(r.sr_session);
+        ar_session = ar_session.max(r.ar_session);
+        sr_all = sr_all.max(r.sr_all);
+        context = context.max(r.context);
     }
-    for c in categories {
-        if let Some(top) = model.category_top.get(c as usize) {
-            for &item in top.iter().take(p.category_candidates) {
-                s.nominate(item);
-            }
-        }
-    }
-    for i in 0..p.popular_candidates {
-        if let Some(&item) = model.popular.get(i) {
-            s.nominate(item);
-        }
-        if let Some(&item) = model.trending.get(i) {
-            s.nominate(item);
-        }
-    }
-
-    let mut candidates: Vec<(ItemIdx, Raw)> = match query.candidates {
-        Some(given) => {
-            let mut given: Vec<ItemIdx> = given
-                .iter()
-                .copied()
-                .filter(|&i| (i as usize) < n_items)
-                .collect();
-            given.sort_unstable();
-            given.dedup();
-            given.into_iter().map(|i| (i, s.raw_of(i))).collect()
-        }
-        None => s.candidates.iter().map(|&i| (i, s.raw_of(i))).collect(),
+    let scale = Scale {
+        vsknn: inverse(vsknn),
+        sr_last: inverse(sr_last),
+        sr_session: inverse(sr_session),
+        ar_session: inverse(ar_session),
+        sr_all: inverse(sr_all),
+        context: inverse(context),
     };
-    candidates.sort_unstable_by_key(|c| c.0);
+    let inv_ar_last = inverse(ar_last);
+
+    match query.candidates {
+        Some(given) => {
+            for &i in given {
+                if (i as usize) < n_items {
+                    s.nominate(i);
+                }
+            }
+        }
+        None => union(model, view, s, &scale, inv_ar_last),
+    }
+    s.candidates.sort_unstable();
+
+    let mut candidates: Vec<(ItemIdx, Raw)> = Vec::with_capacity(s.candidates.len());
+    for &i in &s.candidates {
+        candidates.push((i, s.peek(i).map_or_else(Raw::default, |slot| slot.raw)));
+    }
+    let missing = ((p.max_candidates + 2) as f32).ln();
+    log_ranks(
+        &mut s.ranked,
+        &mut candidates,
+        missing,
+        |r| r.vsknn,
+        |r, v| r.vsknn_lrank = v,
+    );
+    log_ranks(
+        &mut s.ranked,
+        &mut candidates,
+        missing,
+        |r| r.sr_last,
+        |r, v| r.sr_last_lrank = v,
+    );
+    log_ranks(
+        &mut s.ranked,
+        &mut candidates,
+        missing,
+        |r| r.sr_all,
+        |r, v| r.sr_all_lrank = v,
+    );
+
     Retrieved {
         candidates,
         profile: Profile {
+            scale,
+            log_neighbours: (n_neighbours as f32).ln_1p(),
+            inv_neighbours: 1.0 / n_neighbours.max(1) as f32,
             categories: view.category_affinity.clone(),
             brands: view.brand_affinity.clone(),
             log_price: view.log_price,
@@ -252,84 +307,155 @@ fn retrieve_with(model: &ServedModel, query: &Query<'_>, s: &mut Scratch) -> Ret
     }
 }
 
-/// Session-kNN: find past sessions that share the current session's items (recent items weigh more), keep the
-/// `sknn_k` most similar among the `sknn_sample` most recent candidates, and score their items by similarity.
-fn session_knn(model: &ServedModel, view: &SessionView, s: &mut Scratch) {
+/// The candidate union: generated items by priority, else filled with top sellers.
+fn union(
+    model: &ServedModel,
+    view: &SessionView,
+    s: &mut Scratch,
+    scale: &Scale,
+    inv_ar_last: f32,
+) {
     let p = &model.params;
-    let known: Vec<ItemIdx> = view
-        .known_items()
-        .filter(|&i| (i as usize) < model.items.len())
-        .collect();
-    if known.is_empty() || model.sessions.rows() == 0 {
-        return;
-    }
-    let n = known.len() as f32;
-    // Position weight of an item: of its latest occurrence, linear in position (the last item weighs 1).
-    let mut weighted: Vec<(ItemIdx, f32)> = Vec::with_capacity(known.len());
-    for (pos, &item) in known.iter().enumerate() {
-        let w = (pos + 1) as f32 / n;
-        match weighted.iter_mut().find(|e| e.0 == item) {
-            Some(e) => e.1 = w,
-            None => weighted.push((item, w)),
+    let max = p.max_candidates;
+    s.generated.clear();
+    for &i in &s.touched {
+        let slot = &mut s.slots[i as usize];
+        let r = &slot.raw;
+        let priority = if slot.last_position > 0 {
+            2.0
+        } else {
+            (r.vsknn * scale.vsknn)
+                .max(slot.ar_last * inv_ar_last)
+                .max(r.sr_last * scale.sr_last)
+                .max(r.sr_session * scale.sr_session)
+                .max(r.context * scale.context)
+        };
+        slot.priority = priority;
+        if priority > 0.0 {
+            s.generated.push(i);
         }
     }
-    let generation = s.generation;
-    for &(item, w) in &weighted {
-        let (sessions, _) = model.item_sessions.row(item as usize);
-        for &sess in sessions.iter().take(p.sessions_per_item) {
-            let i = sess as usize;
-            if s.session_stamp[i] != generation {
-                s.session_stamp[i] = generation;
-                s.session_score[i] = 0.0;
-                s.sessions_touched.push(sess);
-            }
-            s.session_score[i] += w;
-        }
-    }
-    let mut pool = std::mem::take(&mut s.sessions_touched);
-    if pool.len() > p.sknn_sample {
-        // The most recent sessions: ids are in time order.
-        pool.select_nth_unstable_by(p.sknn_sample, |a, b| b.cmp(a));
-        pool.truncate(p.sknn_sample);
-    }
-    let score = |sess: u32, s: &Scratch| -> f32 {
-        let len = model.sessions.row(sess as usize).0.len().max(1) as f32;
-        s.session_score[sess as usize] / (n.sqrt() * len.sqrt())
-    };
-    let mut neighbours: Vec<(u32, f32)> = pool.iter().map(|&sess| (sess, score(sess, s))).collect();
-    let by_similarity = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0));
-    if neighbours.len() > p.sknn_k {
-        neighbours.select_nth_unstable_by(p.sknn_k, by_similarity);
-        neighbours.truncate(p.sknn_k);
-    }
-    neighbours.sort_unstable_by(by_similarity);
-    s.sessions_touched = pool;
-    let total: f32 = neighbours.iter().map(|n| n.1).sum();
-    if total <= 0.0 {
-        return;
-    }
-    let mut scored: Vec<ItemIdx> = Vec::new();
-    for &(sess, sim) in &neighbours {
-        let w = sim / total;
-        for &item in model.sessions.row(sess as usize).0 {
-            let raw = s.raw(item);
-            if raw.sknn == 0.0 {
-                scored.push(item);
-            }
-            raw.sknn += w;
-        }
-    }
-    if scored.len() > p.sknn_candidates {
-        let raw = &s.raw;
-        scored.select_nth_unstable_by(p.sknn_candidates, |&a, &b| {
-            raw[b as usize]
-                .sknn
-                .total_cmp(&raw[a as usize].sknn)
+    if s.generated.len() > max {
+        let slots = &s.slots;
+        s.generated.select_nth_unstable_by(max - 1, |&a, &b| {
+            slots[b as usize]
+                .priority
+                .total_cmp(&slots[a as usize].priority)
                 .then(a.cmp(&b))
         });
-        scored.truncate(p.sknn_candidates);
+        s.generated.truncate(max);
     }
-    for item in scored {
+    for k in 0..s.generated.len() {
+        let item = s.generated[k];
         s.nominate(item);
     }
+    'categories: for &(category, _) in view.category_affinity.iter().take(p.top_categories) {
+        if let Some(top) = model.category_top.get(category as usize) {
+            for &item in top.iter().take(p.category_candidates) {
+                if s.candidates.len() >= max {
+                    break 'categories;
+                }
+                s.nominate(item);
+            }
+        }
+    }
+    for &item in &model.popular {
+        if s.candidates.len() >= max {
+            break;
+        }
+        s.nominate(item);
+    }
+}
+
+/// Sets, for every candidate, ln(1 + its competition rank by `value` among the candidates with a positive
+/// value); candidates without one get `missing`.
+fn log_ranks(
+    ranked: &mut Vec<(f32, ItemIdx)>,
+    candidates: &mut [(ItemIdx, Raw)],
+    missing: f32,
+    value: impl Fn(&Raw) -> f32,
+    set: impl Fn(&mut Raw, f32),
+) {
+    ranked.clear();
+    for (k, (_, raw)) in candidates.iter_mut().enumerate() {
+        let v = value(raw);
+        if v > 0.0 {
+            ranked.push((v, k as ItemIdx));
+        } else {
+            set(raw, missing);
+        }
+    }
+    ranked.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+    let mut rank = 1usize;
+    for j in 0..ranked.len() {
+        if j > 0 && ranked[j].0 < ranked[j - 1].0 {
+            rank = j + 1;
+        }
+        set(
+            &mut candidates[ranked[j].1 as usize].1,
+            ((rank + 1) as f32).ln(),
+        );
+    }
+}
+
+/// V-SKNN over the session's `len` known items; returns the number of neighbours found.
+fn session_knn(model: &ServedModel, s: &mut Scratch, len: usize) -> usize {
+    let p = &model.params;
+    if s.distinct.is_empty() || model.sessions.rows() == 0 {
+        return 0;
+    }
+    let generation = s.generation;
+    for &item in &s.distinct {
+        let (sessions, _) = model.item_sessions.row(item as usize);
+        for &sess in sessions {
+            let st = &mut s.session_stamp[sess as usize];
+            if *st != generation {
+                *st = generation;
+                s.pool.push(sess);
+            }
+        }
+    }
+    if s.pool.len() > p.sknn_sample {
+        // The most recent sessions: ids are in time order.
+        s.pool
+            .select_nth_unstable_by(p.sknn_sample - 1, |a, b| b.cmp(a));
+        s.pool.truncate(p.sknn_sample);
+    }
+    let distinct = s.distinct.len() as f32;
+    for &sess in &s.pool {
+        let (items, _) = model.sessions.row(sess as usize);
+        let mut similarity = 0f32;
+        let mut latest = 0u32;
+        for &i in items {
+            if let Some(slot) = s.peek(i)
+                && slot.last_position > 0
+            {
+                similarity += slot.position_weight;
+                latest = latest.max(slot.last_position);
+            }
+        }
+        if similarity > 0.0 {
+            let step = len as u32 - latest + 1;
+            s.neighbours.push((sess, similarity / distinct, step));
+        }
+    }
+    // Most similar first; among equals, the more recent.
+    let by_similarity =
+        |a: &(u32, f32, u32), b: &(u32, f32, u32)| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0));
+    if s.neighbours.len() > p.sknn_k {
+        s.neighbours
+            .select_nth_unstable_by(p.sknn_k - 1, by_similarity);
+        s.neighbours.truncate(p.sknn_k);
+    }
+    let found = s.neighbours.len();
+    for k in 0..found {
+        let (sess, similarity, step) = s.neighbours[k];
+        let w = similarity / (step * step) as f32;
+        for &i in model.sessions.row(sess as usize).0 {
+            let raw = &mut s.slot(i).raw;
+            raw.vsknn += w;
+            raw.neighbours += 1.0;
+        }
+    }
+    found
 }

@@ -60,8 +60,9 @@ pub fn score_partition(
     limit: usize,
 ) -> PartitionResult {
     let mut out = PartitionResult::default();
-    let mut all: Vec<Scored> = Vec::with_capacity(candidates.len() / parts.max(1) + 1);
-    for (item, raw) in candidates {
+    // (score, item, candidate index): small to sort; features are recomputed for the few kept.
+    let mut all: Vec<(f32, ItemIdx, u32)> = Vec::with_capacity(candidates.len() / parts.max(1) + 1);
+    for (k, (item, raw)) in candidates.iter().enumerate() {
         if *item as usize % parts != part {
             continue;
         }
@@ -70,22 +71,18 @@ pub fn score_partition(
             continue;
         }
         let features = compute(model, profile, *item, raw);
-        all.push(Scored {
-            item: *item,
-            score: model.score(&features),
-            features,
-        });
+        all.push((model.score(&features), *item, k as u32));
     }
     out.scored = all.len();
-    all.sort_unstable_by(better);
+    all.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let keep = partition_keep(limit, guard);
     let cap = guard.category_cap();
     let mut per_category: Vec<(CategoryIdx, usize)> = Vec::new();
-    for s in all {
+    for (score, item, k) in all {
         if out.best.len() >= keep {
             break;
         }
-        let category = model.items[s.item as usize].category;
+        let category = model.items[item as usize].category;
         if guard.caps_category(category) {
             match per_category.iter_mut().find(|c| c.0 == category) {
                 Some(c) if c.1 >= cap => continue,
@@ -93,7 +90,11 @@ pub fn score_partition(
                 None => per_category.push((category, 1)),
             }
         }
-        out.best.push(s);
+        out.best.push(Scored {
+            item,
+            score,
+            features: compute(model, profile, item, &candidates[k as usize].1),
+        });
     }
     out
 }
@@ -154,28 +155,35 @@ pub fn reasons(
         .collect();
     contributions.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let catalog = &model.catalog;
-    let last = last_item
-        .map(|i| catalog.item(i).id.to_string())
-        .unwrap_or_default();
+    let last = || last_item.map_or("", |i| &*catalog.item(i).id);
     let mut out: Vec<String> = Vec::with_capacity(2);
-    for (k, _) in contributions.into_iter().take(2) {
+    for (k, _) in contributions {
         let reason = match FEATURE_NAMES[k] {
-            "ar_last" => format!("viewed_together:{last}"),
-            "sr_last" => format!("often_next:{last}"),
-            "ar_session" | "sr_session" => "goes_with_your_session".to_string(),
-            "sknn" => "similar_shoppers".to_string(),
+            "sr_norm" | "sr_lrank" | "sr_log" => format!("often_next:{}", last()),
+            "sr2_norm" | "sr2_log" | "ar2_norm" | "srall_norm" | "srall_lrank" => {
+                "goes_with_your_session".to_string()
+            }
+            "vsknn_norm" | "vsknn_lrank" | "vsknn_log" | "vsknn_nbfrac" => {
+                "similar_shoppers".to_string()
+            }
             "context" => "goes_with_on_screen".to_string(),
-            "popularity" => "popular".to_string(),
-            "trending" => "trending".to_string(),
-            "seen_recency" | "seen_count" => "recently_viewed".to_string(),
+            "lpop" => "popular".to_string(),
+            "lrpop" | "lr6pop" => "trending".to_string(),
+            "count_in_session" | "in_session" | "is_last" | "recency" => {
+                "recently_viewed".to_string()
+            }
             "category_affinity" => "matches_interest".to_string(),
             "brand_affinity" => "favourite_brand".to_string(),
             "price_fit" => "in_your_price_range".to_string(),
             "in_cart" => "in_cart".to_string(),
-            other => other.to_string(),
+            // A per-decision constant (how many neighbours were found): not a reason for this item.
+            _ => continue,
         };
         if !out.contains(&reason) {
             out.push(reason);
+        }
+        if out.len() == 2 {
+            break;
         }
     }
     if out.is_empty() {

@@ -12,13 +12,17 @@ use crate::csr::Csr;
 use crate::features::N_FEATURES;
 use crate::model::{GeneratorParams, Model, ModelHeader};
 
-/// Dense per-item inputs of features (16 bytes per catalog item).
+/// Dense per-item inputs of features (24 bytes per catalog item).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ItemInfo {
-    /// Log popularity, normalised to [0, 1].
+    /// Log popularity, normalised to [0, 1] (the fallback rungs' order).
     pub popularity: f32,
-    /// Log recent popularity, normalised to [0, 1].
-    pub trending: f32,
+    /// ln(1 + interaction events in the training data).
+    pub lpop: f32,
+    /// ln(1 + interaction events in the recent window).
+    pub lrpop: f32,
+    /// ln(1 + interaction events in the short window).
+    pub lr6pop: f32,
     /// Category.
     pub category: CategoryIdx,
     /// Brand.
@@ -43,18 +47,16 @@ pub struct ServedModel {
     pub catalog: Arc<Catalog>,
     /// Per catalog item.
     pub items: Vec<ItemInfo>,
-    /// Association rules, catalog indices.
+    /// Association rules (raw counts, rows strongest first), catalog indices.
     pub ar: Csr,
-    /// Sequential rules, catalog indices.
+    /// Sequential rules (raw weights, rows strongest first), catalog indices.
     pub sr: Csr,
-    /// Session → items (catalog indices); sessions in time order.
+    /// Session → its distinct items (catalog indices); sessions in time order.
     pub sessions: Csr,
     /// Catalog item → sessions, most recent first.
     pub item_sessions: Csr,
-    /// Items by popularity, most popular first (at most 1,000).
+    /// Items by popularity, most popular first (enough to fill a candidate set).
     pub popular: Vec<ItemIdx>,
-    /// Items by recent popularity, most trending first (at most 1,000).
-    pub trending: Vec<ItemIdx>,
     /// Top sellers per category.
     pub category_top: Vec<Vec<ItemIdx>>,
     /// The generic merchandising list: top sellers, alternating over categories.
@@ -127,22 +129,25 @@ impl ServedModel {
         let unmatched_items = to_catalog.iter().filter(|m| m.is_none()).count();
         let n = catalog.len();
         let mut popularity = vec![0.0f32; n];
-        let mut trending = vec![0.0f32; n];
+        let mut recent = vec![0.0f32; n];
+        let mut short = vec![0.0f32; n];
         for (local, cat_idx) in to_catalog.iter().enumerate() {
             if let Some(c) = cat_idx {
-                popularity[*c as usize] = data.popularity[local];
-                trending[*c as usize] = data.trending[local];
+                popularity[*c as usize] = data.counts[local];
+                recent[*c as usize] = data.recent_counts[local];
+                short[*c as usize] = data.short_counts[local];
             }
         }
         let pop_feature = log_norm(&popularity);
-        let trend_feature = log_norm(&trending);
         let items: Vec<ItemInfo> = catalog
             .items
             .iter()
             .enumerate()
             .map(|(i, it)| ItemInfo {
                 popularity: pop_feature[i],
-                trending: trend_feature[i],
+                lpop: popularity[i].ln_1p(),
+                lrpop: recent[i].ln_1p(),
+                lr6pop: short[i].ln_1p(),
                 category: it.category,
                 brand: it.brand,
                 log_price: if it.price_cents > 0 {
@@ -164,16 +169,10 @@ impl ServedModel {
         }));
         let item_sessions = remap(&data.item_sessions, n, map_row, Some);
 
-        let all = 0..n as ItemIdx;
         let popular = ranked_by(
             &popularity,
-            all.clone().filter(|&i| popularity[i as usize] > 0.0),
-            1_000,
-        );
-        let trending_list = ranked_by(
-            &trending,
-            all.filter(|&i| trending[i as usize] > 0.0),
-            1_000,
+            (0..n as ItemIdx).filter(|&i| popularity[i as usize] > 0.0),
+            data.params.max_candidates.max(1_000),
         );
         let category_top: Vec<Vec<ItemIdx>> = (0..catalog.categories.len())
             .map(|c| {
@@ -198,7 +197,6 @@ impl ServedModel {
             sessions,
             item_sessions,
             popular,
-            trending: trending_list,
             category_top,
             generic,
             params: data.params,

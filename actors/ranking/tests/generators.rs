@@ -8,13 +8,14 @@ use aisle_domain::event::{EventKind, LoggedEvent, LoggedSession};
 use aisle_domain::request::{AgeBand, Channel, ShopperAttributes};
 use aisle_domain::session::SessionView;
 use aisle_policy::{ExclusionCounts, Guard, PolicyContext, Rules};
-use aisle_ranking::features::{FEATURE_NAMES, index_of};
+use aisle_ranking::features::{FEATURE_NAMES, Raw, index_of};
 use aisle_ranking::fit::{FitConfig, generators_only, replay};
+use aisle_ranking::model::GeneratorParams;
 use aisle_ranking::score::{merge, score_partition};
 use aisle_ranking::{Model, Query, ServedModel, rank_local, retrieve};
 use aisle_session::SessionLimits;
 
-fn session(id: &str, items: &[&str]) -> LoggedSession {
+fn session_at(id: &str, items: &[&str], start_ms: i64) -> LoggedSession {
     LoggedSession {
         id: id.into(),
         events: items
@@ -23,51 +24,67 @@ fn session(id: &str, items: &[&str]) -> LoggedSession {
             .map(|(k, i)| LoggedEvent {
                 item: i.to_string(),
                 kind: EventKind::View,
-                ts_ms: 1_000 * (id.len() as i64 * 100 + k as i64),
+                ts_ms: start_ms + 1_000 * k as i64,
             })
             .collect(),
     }
 }
 
-/// s1: A B C · s2: A B D · s3: B C · s4: A C (in this time order).
-fn tiny() -> (Vec<LoggedSession>, Arc<Catalog>, ServedModel) {
-    let sessions = vec![
-        session("s1", &["A", "B", "C"]),
-        session("s2", &["A", "B", "D"]),
-        session("s3", &["B", "C"]),
-        session("s4", &["A", "C"]),
-    ];
-    let model = generators_only(&sessions, &FitConfig::default());
+fn session(id: &str, items: &[&str]) -> LoggedSession {
+    session_at(id, items, 0)
+}
+
+const HOUR: i64 = 3_600_000;
+
+/// s1: A B C · s2: A B D · s3: B C · s4: A C, an hour apart in this order.
+fn tiny_sessions() -> Vec<LoggedSession> {
+    vec![
+        session_at("s1", &["A", "B", "C"], HOUR),
+        session_at("s2", &["A", "B", "D"], 2 * HOUR),
+        session_at("s3", &["B", "C"], 3 * HOUR),
+        session_at("s4", &["A", "C"], 4 * HOUR),
+    ]
+}
+
+fn serve(model: &Model) -> (Arc<Catalog>, ServedModel) {
     let catalog = Arc::new(Catalog::plain("tiny", model.data.items.clone()));
-    let served = ServedModel::bind(&model, catalog.clone(), "test");
+    let served = ServedModel::bind(model, catalog.clone(), "test");
+    (catalog, served)
+}
+
+fn tiny_with(config: &FitConfig) -> (Vec<LoggedSession>, Arc<Catalog>, ServedModel) {
+    let sessions = tiny_sessions();
+    let model = generators_only(&sessions, config);
+    let (catalog, served) = serve(&model);
     (sessions, catalog, served)
 }
 
-fn raw_scores(
-    served: &ServedModel,
-    catalog: &Catalog,
-    prefix: &[&str],
-) -> Vec<(String, aisle_ranking::features::Raw)> {
+fn tiny() -> (Vec<LoggedSession>, Arc<Catalog>, ServedModel) {
+    tiny_with(&FitConfig::default())
+}
+
+fn retrieved(served: &ServedModel, catalog: &Catalog, prefix: &[&str]) -> aisle_ranking::Retrieved {
     let events: Vec<LoggedEvent> = session("q", prefix).events;
     let view = replay(catalog, &events).view(&SessionLimits::default());
-    let r = retrieve(
+    retrieve(
         served,
         &Query {
             view: &view,
             context: &[],
             candidates: None,
         },
-    );
-    r.candidates
+    )
+}
+
+fn raw_scores(served: &ServedModel, catalog: &Catalog, prefix: &[&str]) -> Vec<(String, Raw)> {
+    retrieved(served, catalog, prefix)
+        .candidates
         .into_iter()
         .map(|(i, raw)| (catalog.item(i).id.to_string(), raw))
         .collect()
 }
 
-fn get<'a>(
-    scores: &'a [(String, aisle_ranking::features::Raw)],
-    id: &str,
-) -> &'a aisle_ranking::features::Raw {
+fn get<'a>(scores: &'a [(String, Raw)], id: &str) -> &'a Raw {
     &scores
         .iter()
         .find(|s| s.0 == id)
@@ -75,56 +92,200 @@ fn get<'a>(
         .1
 }
 
+fn row(
+    served: &ServedModel,
+    catalog: &Catalog,
+    csr: &aisle_ranking::csr::Csr,
+    id: &str,
+) -> Vec<(String, f32)> {
+    let mut v: Vec<(String, f32)> = csr
+        .pairs(catalog.lookup(id).unwrap() as usize)
+        .map(|(t, w)| (catalog.item(t).id.to_string(), w))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    let _ = served;
+    v
+}
+
+fn close(a: f32, b: f32) -> bool {
+    (a - b).abs() < 1e-5
+}
+
 #[test]
-fn association_rules_count_co_occurrence() {
+fn association_rules_count_every_pair_of_events_both_ways() {
     let (_, catalog, served) = tiny();
-    let s = raw_scores(&served, &catalog, &["A"]);
-    // A co-occurs with B twice, C twice, D once; normalised to the strongest.
-    assert_eq!(get(&s, "B").ar_last, 1.0);
-    assert_eq!(get(&s, "C").ar_last, 1.0);
-    assert_eq!(get(&s, "D").ar_last, 0.5);
+    // A co-occurs with B in s1 and s2, with C in s1 and s4, with D in s2: raw counts, strongest first.
+    assert_eq!(
+        row(&served, &catalog, &served.ar, "A"),
+        [("B".into(), 2.0), ("C".into(), 2.0), ("D".into(), 1.0)]
+    );
+    assert_eq!(
+        served
+            .ar
+            .pairs(catalog.lookup("A").unwrap() as usize)
+            .last()
+            .unwrap()
+            .1,
+        1.0
+    );
+    // Repeats count too (session-rec): A A B gives A a self-rule.
+    let model = generators_only(&[session("r", &["A", "A", "B"])], &FitConfig::default());
+    let (catalog, served) = serve(&model);
+    assert_eq!(
+        row(&served, &catalog, &served.ar, "A"),
+        [("A".into(), 2.0), ("B".into(), 2.0)]
+    );
+    assert_eq!(
+        row(&served, &catalog, &served.sr, "A"),
+        [("A".into(), 1.0), ("B".into(), 1.5)]
+    );
 }
 
 #[test]
 fn sequential_rules_weigh_order_and_distance() {
     let (_, catalog, served) = tiny();
     let s = raw_scores(&served, &catalog, &["A"]);
-    // After A: B at distance 1 twice (2), C at 2 once and 1 once (1.5), D at 2 once (0.5); normalised by 2.
-    assert_eq!(get(&s, "B").sr_last, 1.0);
-    assert_eq!(get(&s, "C").sr_last, 0.75);
-    assert_eq!(get(&s, "D").sr_last, 0.25);
-    // Nothing ever follows D.
-    let after_d = raw_scores(&served, &catalog, &["D"]);
-    assert!(after_d.iter().all(|(_, r)| r.sr_last == 0.0));
+    // After A: B at distance 1 twice (2), C at 2 (s1) and 1 (s4) (1.5), D at 2 once (0.5). Raw weights.
+    assert_eq!(get(&s, "B").sr_last, 2.0);
+    assert_eq!(get(&s, "C").sr_last, 1.5);
+    assert_eq!(get(&s, "D").sr_last, 0.5);
+    // Only `sr_steps` back.
+    let (_, catalog, served) = tiny_with(&FitConfig {
+        params: GeneratorParams {
+            sr_steps: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let s = raw_scores(&served, &catalog, &["A"]);
+    assert_eq!(get(&s, "C").sr_last, 1.0, "only s4's A C is one step apart");
+    assert_eq!(get(&s, "D").sr_last, 0.0);
 }
 
 #[test]
-fn session_knn_scores_items_of_similar_sessions() {
+fn session_rules_use_the_earlier_distinct_items() {
     let (_, catalog, served) = tiny();
+    // Last item A, earlier distinct item B (k = 1).
+    let s = raw_scores(&served, &catalog, &["B", "A"]);
+    // SR[B]: C 1 (s1) + 1 (s3) = 2, D 1 (s2); AR[B]: A 2, C 2, D 1.
+    assert_eq!(get(&s, "C").sr_session, 2.0);
+    assert_eq!(get(&s, "D").sr_session, 1.0);
+    assert_eq!(get(&s, "A").ar_session, 2.0);
+    assert_eq!(get(&s, "D").ar_session, 1.0);
+    // srall = SR[A] + SR[B]/1.
+    assert_eq!(get(&s, "B").sr_all, 2.0);
+    assert_eq!(get(&s, "C").sr_all, 3.5);
+    assert_eq!(get(&s, "D").sr_all, 1.5);
+    // Beyond `session_rule_items` distinct items back, only srall keeps counting (weight 1/k).
+    let (_, catalog, served) = tiny_with(&FitConfig {
+        params: GeneratorParams {
+            session_rule_items: 0,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let s = raw_scores(&served, &catalog, &["B", "A"]);
+    assert_eq!(get(&s, "C").sr_session, 0.0);
+    assert_eq!(get(&s, "C").sr_all, 3.5);
+}
+
+#[test]
+fn vsknn_weighs_positions_and_decays_by_step() {
+    let (_, catalog, served) = tiny();
+    let r = retrieved(&served, &catalog, &["A", "B"]);
+    let s: Vec<(String, Raw)> = r
+        .candidates
+        .iter()
+        .map(|(i, raw)| (catalog.item(*i).id.to_string(), *raw))
+        .collect();
+    // Position weights A (1/2)² = 0.25, B 1; 2 distinct items. s1 {A,B,C}: 1.25/2, step 1. s2 {A,B,D}: 0.625.
+    // s3 {B,C}: 0.5. s4 {A,C}: 0.125, its latest session item is A, one step back: 0.125/4.
+    assert!(close(get(&s, "A").vsknn, 0.625 + 0.625 + 0.03125));
+    assert!(close(get(&s, "B").vsknn, 0.625 + 0.625 + 0.5));
+    assert!(close(get(&s, "C").vsknn, 0.625 + 0.5 + 0.03125));
+    assert!(close(get(&s, "D").vsknn, 0.625));
+    assert_eq!(get(&s, "C").neighbours, 3.0);
+    assert_eq!(get(&s, "D").neighbours, 1.0);
+    assert!(close(r.profile.log_neighbours, 5f32.ln()));
+    // Normalised by the strongest (B) and log-ranked among the candidates: B 1, A 2, C 3, D 4.
+    assert!(close(r.profile.scale.vsknn, 1.0 / 1.75));
+    assert!(close(get(&s, "B").vsknn_lrank, 2f32.ln()));
+    assert!(close(get(&s, "C").vsknn_lrank, 4f32.ln()));
+    assert!(close(get(&s, "D").vsknn_lrank, 5f32.ln()));
+    // Only the k most similar neighbours, among the `sknn_sample` most recent sessions.
+    let (_, catalog, served) = tiny_with(&FitConfig {
+        params: GeneratorParams {
+            sknn_sample: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
     let s = raw_scores(&served, &catalog, &["A", "B"]);
-    // Weights: A 0.5, B 1. Similarity = overlap / (sqrt(2) * sqrt(len)):
-    // s1 1.5/(1.414*1.732) = 0.612, s2 0.612, s3 1/(1.414*1.414) = 0.5, s4 0.5/2 = 0.25; total 1.974.
-    // C is in s1, s3, s4: (0.612 + 0.5 + 0.25) / 1.974 = 0.690; D only in s2: 0.310.
     assert!(
-        (get(&s, "C").sknn - 0.690).abs() < 0.002,
-        "{}",
-        get(&s, "C").sknn
+        close(get(&s, "C").vsknn, 0.03125),
+        "only s4, the most recent"
     );
-    assert!(
-        (get(&s, "D").sknn - 0.310).abs() < 0.002,
-        "{}",
-        get(&s, "D").sknn
-    );
+    assert_eq!(get(&s, "D").vsknn, 0.0);
 }
 
 #[test]
-fn popularity_and_session_recency() {
+fn popularity_windows_end_with_the_data() {
+    let sessions = tiny_sessions();
+    let config = FitConfig {
+        params: GeneratorParams {
+            recent_window_ms: HOUR + 5_000,
+            short_window_ms: 500,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (catalog, served) = serve(&generators_only(&sessions, &config));
+    let info = |id: &str| served.items[catalog.lookup(id).unwrap() as usize];
+    // The data end with s4's C. All time: A, B, C 3 events, D 1. The last hour and 5 s: s3 (B C) and s4 (A C).
+    // The last half second: s4's C.
+    assert!(close(info("A").lpop, 4f32.ln()));
+    assert!(close(info("D").lpop, 2f32.ln()));
+    assert!(close(info("C").lrpop, 3f32.ln()), "C in s3 and s4");
+    assert!(close(info("A").lrpop, 2f32.ln()));
+    assert_eq!(info("D").lrpop, 0.0);
+    assert!(close(info("C").lr6pop, 2f32.ln()));
+    assert_eq!(info("A").lr6pop, 0.0);
+    assert_eq!(info("A").popularity, 1.0);
+}
+
+#[test]
+fn candidates_are_the_union_by_priority_then_top_sellers() {
+    let (_, catalog, served) = tiny_with(&FitConfig {
+        params: GeneratorParams {
+            max_candidates: 4,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let ids = |prefix: &[&str]| -> Vec<String> {
+        raw_scores(&served, &catalog, prefix)
+            .into_iter()
+            .map(|c| c.0)
+            .collect()
+    };
+    // After D: D itself, A and B (rules, V-SKNN), then C as a top seller. Candidates come in item order.
+    assert_eq!(ids(&["D"]), ["A", "B", "C", "D"]);
+    assert_eq!(ids(&["C"]).len(), 4);
+    let (_, catalog, served) = tiny_with(&FitConfig {
+        params: GeneratorParams {
+            max_candidates: 3,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    // After A: the session item first, then by priority B (1) and C (1) before D (0.5).
+    let kept: Vec<String> = raw_scores(&served, &catalog, &["A"])
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(kept, ["A", "B", "C"]);
+    // Session items: counts and recency.
     let (_, catalog, served) = tiny();
-    let a = catalog.lookup("A").unwrap() as usize;
-    let d = catalog.lookup("D").unwrap() as usize;
-    // A was seen 3 times, D once: log-normalised popularity 1 and ln 2 / ln 4 = 0.5.
-    assert_eq!(served.items[a].popularity, 1.0);
-    assert!((served.items[d].popularity - 0.5).abs() < 1e-6);
     let s = raw_scores(&served, &catalog, &["A", "B", "A"]);
     assert_eq!(get(&s, "A").seen_steps, 0);
     assert_eq!(get(&s, "A").seen_count, 2);
@@ -161,7 +322,7 @@ fn the_ranker_orders_by_its_weights() {
     // A ranker that only trusts sequential rules.
     model.data.ranker.weights = FEATURE_NAMES
         .iter()
-        .map(|n| f32::from(u8::from(*n == "sr_last")))
+        .map(|n| f32::from(u8::from(*n == "sr_norm")))
         .collect();
     let served = ServedModel::bind(&model, catalog.clone(), "test");
     let rules = open_rules();
@@ -184,7 +345,7 @@ fn the_ranker_orders_by_its_weights() {
         .collect();
     assert_eq!(ids, ["B", "C", "D"]);
     assert_eq!(ranked.items[0].reasons[0], "often_next:A");
-    assert!(index_of("sr_last").is_some());
+    assert!(index_of("sr_norm").is_some());
 }
 
 #[test]

@@ -439,8 +439,9 @@ pub fn demo_fit_config() -> FitConfig {
             aisle_domain::demo::DEMO_SEED,
             aisle_ranking::features::FEATURE_SCHEMA_VERSION
         ),
-        max_positions: 8_000,
+        max_positions: 4_000,
         negatives: 10,
+        max_iterations: 50,
         trained_by: concat!("aisle ", env!("CARGO_PKG_VERSION"), " (demo, at start-up)").into(),
         ..FitConfig::default()
     }

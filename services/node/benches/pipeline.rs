@@ -48,11 +48,16 @@ async fn node() -> RunningNode {
     };
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    aisle_node::start(config, prepared, grpc, http).await.unwrap()
+    aisle_node::start(config, prepared, grpc, http)
+        .await
+        .unwrap()
 }
 
 fn bench(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let node = runtime.block_on(node());
     let engine = node.engine.clone();
     // 1,000 shoppers, each with a session of 12 views in two related categories.
@@ -75,7 +80,10 @@ fn bench(c: &mut Criterion) {
                 })
                 .collect();
             let records: Vec<EventRecord> = Vec::new();
-            engine.apply_events(&format!("bench-{s}"), events, records, catalog.clone()).await.unwrap();
+            engine
+                .apply_events(&format!("bench-{s}"), events, records, catalog.clone())
+                .await
+                .unwrap();
         }
     });
     let mut k = 0u32;
@@ -87,7 +95,9 @@ fn bench(c: &mut Criterion) {
             let shopper = format!("bench-{k}");
             async move {
                 let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
-                let d = engine.decide(world, input(&shopper), deadline, Serve::Owner { epoch: 0 }).await;
+                let d = engine
+                    .decide(world, input(&shopper), deadline, Serve::Owner { epoch: 0 })
+                    .await;
                 assert_eq!(d.tier, aisle_node::engine::Tier::Fresh);
                 Arc::new(d)
             }

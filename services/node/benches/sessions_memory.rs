@@ -41,12 +41,20 @@ fn main() {
         // `cargo test --benches` lists benchmarks; this one has no listable cases.
         return;
     }
-    let n: u64 = std::env::var("SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let n: u64 = std::env::var("SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let catalog = Arc::new(DemoWorld::generate(1, 1_700_000_000_000, 10).load_catalog());
     let items = catalog.len() as u32;
     runtime.block_on(async move {
-        let sessions = Sessions::start(16, SessionSettings::default()).await.unwrap();
+        let sessions = Sessions::start(16, SessionSettings::default())
+            .await
+            .unwrap();
         let baseline = rss_kib();
         let timeout = Duration::from_secs(30);
         // Activation: the first event of each session, from many concurrent callers.
@@ -60,7 +68,15 @@ fn main() {
                 let mut s = w;
                 while s < n {
                     let e = event(EventKind::View, (s as u32 * 7) % items, 1_700_000_000_000);
-                    sessions.apply(&format!("shopper-{s:08}"), vec![e], catalog.clone(), timeout).await.unwrap();
+                    sessions
+                        .apply(
+                            &format!("shopper-{s:08}"),
+                            vec![e],
+                            catalog.clone(),
+                            timeout,
+                        )
+                        .await
+                        .unwrap();
                     s += workers;
                 }
             }));
@@ -81,11 +97,22 @@ fn main() {
                     let base = (s as u32 * 131) % items;
                     let events: Vec<ShopperEvent> = (1..36u32)
                         .map(|k| {
-                            let kind = if k % 12 == 0 { EventKind::AddToCart } else { EventKind::View };
-                            event(kind, (base + k * 3) % items, 1_700_000_000_000 + k as i64 * 20_000)
+                            let kind = if k % 12 == 0 {
+                                EventKind::AddToCart
+                            } else {
+                                EventKind::View
+                            };
+                            event(
+                                kind,
+                                (base + k * 3) % items,
+                                1_700_000_000_000 + k as i64 * 20_000,
+                            )
                         })
                         .collect();
-                    sessions.apply(&format!("shopper-{s:08}"), events, catalog.clone(), timeout).await.unwrap();
+                    sessions
+                        .apply(&format!("shopper-{s:08}"), events, catalog.clone(), timeout)
+                        .await
+                        .unwrap();
                     s += workers;
                 }
             }));

@@ -136,21 +136,34 @@ impl Keeper {
         })
     }
 
-    fn publish(&mut self) {
-        if let CatalogOrigin::FromModels = self.origin {
-            self.catalog = Self::derived_catalog(
-                &self.default_model,
-                self.candidate.as_ref(),
-                Some(&self.catalog),
-            );
-        }
-        let world = World {
-            catalog: self.catalog.clone(),
-            default_model: bind(&self.default_model, &self.catalog),
-            candidate: self.candidate.as_ref().map(|c| bind(c, &self.catalog)),
-            previous: self.previous.as_ref().map(|c| bind(c, &self.catalog)),
-        };
-        self.published.store(Arc::new(world));
+    /// Builds the snapshot of the current slots and publishes it. Binding models to a catalog takes tens of
+    /// milliseconds for a large model, so it runs on a blocking thread: decisions keep being served from the
+    /// previous snapshot meanwhile, never stalled behind the rebuild.
+    async fn publish(&mut self) {
+        let (default_model, candidate, previous) = (
+            self.default_model.clone(),
+            self.candidate.clone(),
+            self.previous.clone(),
+        );
+        let (origin, base) = (self.origin.clone(), self.catalog.clone());
+        let built = tokio::task::spawn_blocking(move || {
+            let catalog = match origin {
+                CatalogOrigin::FromModels => {
+                    Self::derived_catalog(&default_model, candidate.as_ref(), Some(&base))
+                }
+                CatalogOrigin::Bundle => base,
+            };
+            World {
+                default_model: bind(&default_model, &catalog),
+                candidate: candidate.as_ref().map(|c| bind(c, &catalog)),
+                previous: previous.as_ref().map(|c| bind(c, &catalog)),
+                catalog,
+            }
+        })
+        .await
+        .expect("binding models does not panic");
+        self.catalog = built.catalog.clone();
+        self.published.store(Arc::new(built));
     }
 }
 
@@ -211,13 +224,16 @@ impl Actor for WorldKeeper {
                 source,
                 reply,
             } => {
-                let result = Catalog::from_json_over(&bytes, &source, &k.catalog).map(|catalog| {
-                    let meta = catalog.meta.clone();
-                    k.catalog = Arc::new(catalog);
-                    k.origin = CatalogOrigin::Bundle;
-                    k.publish();
-                    meta
-                });
+                let result = match Catalog::from_json_over(&bytes, &source, &k.catalog) {
+                    Ok(catalog) => {
+                        let meta = catalog.meta.clone();
+                        k.catalog = Arc::new(catalog);
+                        k.origin = CatalogOrigin::Bundle;
+                        k.publish().await;
+                        Ok(meta)
+                    }
+                    Err(e) => Err(e),
+                };
                 report(BundleKind::Catalog, &source, &result);
                 let _ = reply.send(result);
             }
@@ -227,19 +243,22 @@ impl Actor for WorldKeeper {
                 role,
                 reply,
             } => {
-                let result = Model::from_bytes(&bytes).map(|model| {
-                    let loaded = Loaded {
-                        model: Arc::new(model),
-                        source: source.clone(),
-                    };
-                    let meta = loaded.model.meta(&source);
-                    match role {
-                        ModelRole::Default => k.default_model = loaded,
-                        ModelRole::Candidate => k.candidate = Some(loaded),
+                let result = match Model::from_bytes(&bytes) {
+                    Ok(model) => {
+                        let loaded = Loaded {
+                            model: Arc::new(model),
+                            source: source.clone(),
+                        };
+                        let meta = loaded.model.meta(&source);
+                        match role {
+                            ModelRole::Default => k.default_model = loaded,
+                            ModelRole::Candidate => k.candidate = Some(loaded),
+                        }
+                        k.publish().await;
+                        Ok(meta)
                     }
-                    k.publish();
-                    meta
-                });
+                    Err(e) => Err(e),
+                };
                 report(BundleKind::Model, &source, &result);
                 let _ = reply.send(result);
             }
@@ -248,7 +267,7 @@ impl Actor for WorldKeeper {
                     Some(candidate) => {
                         let version = candidate.model.header.version.clone();
                         k.previous = Some(std::mem::replace(&mut k.default_model, candidate));
-                        k.publish();
+                        k.publish().await;
                         tracing::info!(%version, "candidate model promoted to default");
                         Ok(version)
                     }
@@ -261,7 +280,7 @@ impl Actor for WorldKeeper {
                     Some(previous) => {
                         let version = previous.model.header.version.clone();
                         k.candidate = Some(std::mem::replace(&mut k.default_model, previous));
-                        k.publish();
+                        k.publish().await;
                         tracing::warn!(%version, "default model rolled back");
                         Ok(version)
                     }
@@ -353,7 +372,7 @@ impl Worlds {
             previous: None,
             published: published.clone(),
         };
-        keeper.publish();
+        keeper.publish().await;
         let (keeper, _) = Actor::spawn(None, WorldKeeper, keeper).await?;
         Ok(Self { published, keeper })
     }

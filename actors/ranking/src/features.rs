@@ -141,6 +141,12 @@ pub struct Profile {
     pub log_price: Option<(f32, f32)>,
 }
 
+/// ln(1 + x), exactly, without the library call for the zero most candidates have.
+#[inline]
+fn ln_1p(x: f32) -> f32 {
+    if x == 0.0 { 0.0 } else { x.ln_1p() }
+}
+
 fn lookup<K: PartialEq + Copy>(pairs: &[(K, f32)], key: K) -> f32 {
     pairs.iter().find(|p| p.0 == key).map_or(0.0, |p| p.1)
 }
@@ -166,21 +172,21 @@ pub fn compute(model: &ServedModel, profile: &Profile, item: ItemIdx, raw: &Raw)
     [
         raw.vsknn * s.vsknn,
         raw.vsknn_lrank,
-        (100.0 * raw.vsknn).ln_1p(),
+        ln_1p(100.0 * raw.vsknn),
         raw.neighbours * profile.inv_neighbours,
         profile.log_neighbours,
         raw.sr_last * s.sr_last,
         raw.sr_last_lrank,
-        raw.sr_last.ln_1p(),
+        ln_1p(raw.sr_last),
         raw.sr_session * s.sr_session,
-        raw.sr_session.ln_1p(),
+        ln_1p(raw.sr_session),
         raw.ar_session * s.ar_session,
         raw.sr_all * s.sr_all,
         raw.sr_all_lrank,
         info.lpop,
         info.lrpop,
         info.lr6pop,
-        (raw.seen_count as f32).ln_1p(),
+        ln_1p(raw.seen_count as f32),
         f32::from(u8::from(seen)),
         f32::from(u8::from(raw.seen_steps == 0)),
         recency,

@@ -75,6 +75,10 @@ struct Scratch {
     candidate_stamp: Vec<u32>,
     touched: Vec<ItemIdx>,
     session_stamp: Vec<u32>,
+    /// Per session (valid when stamped): Σ of the shared items' position weights, and the most recent shared
+    /// item's position.
+    session_similarity: Vec<f32>,
+    session_latest: Vec<u32>,
     pool: Vec<u32>,
     /// (session, similarity, step)
     neighbours: Vec<(u32, f32, u32)>,
@@ -94,6 +98,8 @@ impl Scratch {
         }
         if self.session_stamp.len() != sessions {
             self.session_stamp = vec![0; sessions];
+            self.session_similarity = vec![0.0; sessions];
+            self.session_latest = vec![0; sessions];
         }
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
@@ -399,20 +405,32 @@ fn log_ranks(
 }
 
 /// V-SKNN over the session's `len` known items; returns the number of neighbours found.
+///
+/// One pass over the sessions of the session's distinct items both gathers the candidate neighbours and
+/// accumulates their similarity (Σ of the shared items' position weights) and their most recent shared item — the
+/// same values as scoring each candidate session's items afterwards, without a second, cache-unfriendly walk over
+/// them.
 fn session_knn(model: &ServedModel, s: &mut Scratch, len: usize) -> usize {
     let p = &model.params;
     if s.distinct.is_empty() || model.sessions.rows() == 0 {
         return 0;
     }
     let generation = s.generation;
-    for &item in &s.distinct {
+    for d in 0..s.distinct.len() {
+        let item = s.distinct[d];
+        let slot = &s.slots[item as usize];
+        let (weight, position) = (slot.position_weight, slot.last_position);
         let (sessions, _) = model.item_sessions.row(item as usize);
         for &sess in sessions {
-            let st = &mut s.session_stamp[sess as usize];
-            if *st != generation {
-                *st = generation;
+            let i = sess as usize;
+            if s.session_stamp[i] != generation {
+                s.session_stamp[i] = generation;
+                s.session_similarity[i] = 0.0;
+                s.session_latest[i] = 0;
                 s.pool.push(sess);
             }
+            s.session_similarity[i] += weight;
+            s.session_latest[i] = s.session_latest[i].max(position);
         }
     }
     if s.pool.len() > p.sknn_sample {
@@ -423,19 +441,10 @@ fn session_knn(model: &ServedModel, s: &mut Scratch, len: usize) -> usize {
     }
     let distinct = s.distinct.len() as f32;
     for &sess in &s.pool {
-        let (items, _) = model.sessions.row(sess as usize);
-        let mut similarity = 0f32;
-        let mut latest = 0u32;
-        for &i in items {
-            if let Some(slot) = s.peek(i)
-                && slot.last_position > 0
-            {
-                similarity += slot.position_weight;
-                latest = latest.max(slot.last_position);
-            }
-        }
+        let i = sess as usize;
+        let similarity = s.session_similarity[i];
         if similarity > 0.0 {
-            let step = len as u32 - latest + 1;
+            let step = len as u32 - s.session_latest[i] + 1;
             s.neighbours.push((sess, similarity / distinct, step));
         }
     }

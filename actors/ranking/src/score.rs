@@ -74,11 +74,29 @@ pub fn score_partition(
         all.push((model.score(&features), *item, k as u32));
     }
     out.scored = all.len();
-    all.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let order =
+        |a: &(f32, ItemIdx, u32), b: &(f32, ItemIdx, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
     let keep = partition_keep(limit, guard);
+    // Only the best few need an order: select them first, sort the rest only if the category cap skips enough
+    // of them to need it.
+    let head = (4 * keep).min(all.len());
+    if head < all.len() && head > 0 {
+        all.select_nth_unstable_by(head - 1, order);
+        all[..head].sort_unstable_by(order);
+    } else {
+        all.sort_unstable_by(order);
+    }
     let cap = guard.category_cap();
     let mut per_category: Vec<(CategoryIdx, usize)> = Vec::new();
-    for (score, item, k) in all {
+    let mut sorted_tail = head >= all.len();
+    let mut idx = 0;
+    while idx < all.len() {
+        if idx == head && !sorted_tail {
+            all[head..].sort_unstable_by(order);
+            sorted_tail = true;
+        }
+        let (score, item, k) = all[idx];
+        idx += 1;
         if out.best.len() >= keep {
             break;
         }

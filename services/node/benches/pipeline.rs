@@ -41,11 +41,17 @@ async fn node() -> RunningNode {
         rules: embedded_rules(),
         experiments: embedded_experiments(),
     };
-    let config = Config {
+    let mut config = Config {
         node_id: "bench".into(),
         bundle_poll_secs: 0,
         ..Config::default()
     };
+    if let Some(n) = std::env::var("BENCH_RANKING_SHARDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.ranking_shards = n;
+    }
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     aisle_node::start(config, prepared, grpc, http)
@@ -86,21 +92,29 @@ fn bench(c: &mut Criterion) {
                 .unwrap();
         }
     });
-    let mut k = 0u32;
+    // Decisions run one after another in a task on the node's runtime, as a gRPC handler's would (not on the
+    // benchmark's thread, which would add a thread hand-off per actor message that a server does not pay).
     c.bench_function("pipeline/decide_in_process", |b| {
-        b.to_async(&runtime).iter(|| {
-            k = (k + 1) % 1_000;
+        b.iter_custom(|iters| {
             let engine = engine.clone();
-            let world = engine.worlds.current();
-            let shopper = format!("bench-{k}");
-            async move {
-                let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
-                let d = engine
-                    .decide(world, input(&shopper), deadline, Serve::Owner { epoch: 0 })
-                    .await;
-                assert_eq!(d.tier, aisle_node::engine::Tier::Fresh);
-                Arc::new(d)
-            }
+            runtime.block_on(async move {
+                tokio::spawn(async move {
+                    let started = tokio::time::Instant::now();
+                    for k in 0..iters {
+                        let world = engine.worlds.current();
+                        let shopper = format!("bench-{}", k % 1_000);
+                        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+                        let d = engine
+                            .decide(world, input(&shopper), deadline, Serve::Owner { epoch: 0 })
+                            .await;
+                        assert_eq!(d.tier, aisle_node::engine::Tier::Fresh);
+                        std::hint::black_box(Arc::new(d));
+                    }
+                    started.elapsed()
+                })
+                .await
+                .unwrap()
+            })
         })
     });
     runtime.block_on(node.shutdown());

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::error::Error;
 use crate::ramp::{RampConfig, ramp};
+use crate::report::Verdict;
 use crate::runner::{RunConfig, check_target, run_on};
 use crate::scenario::Scenario;
 use crate::target::Target;
@@ -102,6 +103,9 @@ pub struct RunArgs {
     /// Recorded time (e.g. 10s, 500ms, 2m).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Duration,
+    /// Judge the run: its headline p99 (`Decide` p99 for mixed/subscribe) against this many ms, with no errors.
+    #[arg(long)]
+    pub p99_target_ms: Option<f64>,
 }
 
 /// `ramp`'s options.
@@ -213,13 +217,29 @@ pub async fn execute(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                 ..args.common.run_config(args.rate, args.duration)
             };
             config.validate()?;
+            if let Some(t) = args.p99_target_ms
+                && !(t.is_finite() && t > 0.0)
+            {
+                return Err(Error::InvalidArgument(
+                    "--p99-target-ms must be positive".into(),
+                ));
+            }
             let target = Target::connect(&config.target, config.connections).await?;
             check_target(&target, &config).await?;
             let report = run_on(&target, &config).await?;
+            let verdict = args.p99_target_ms.map(|t| Verdict::of(&report, t));
             if args.common.json {
-                let _ = writeln!(out, "{}", report.to_json());
+                let mut json = report.to_json();
+                if let (Some(v), Some(o)) = (&verdict, json.as_object_mut()) {
+                    o.insert("p99_target_ms".into(), v.target_ms.into());
+                    o.insert("p99_target_met".into(), v.met().into());
+                }
+                let _ = writeln!(out, "{json}");
             } else {
                 let _ = write!(out, "{report}");
+                if let Some(v) = verdict {
+                    let _ = writeln!(out, "{v}");
+                }
             }
         }
         Command::Ramp(args) => {

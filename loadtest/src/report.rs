@@ -372,3 +372,87 @@ impl fmt::Display for RunReport {
         Ok(())
     }
 }
+
+/// A run judged against a p99 target (`run --p99-target-ms`): met when the headline p99 is at most the target and
+/// nothing failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// The target, ms.
+    pub target_ms: f64,
+    /// The headline p99 (`Decide` p99 for mixed/subscribe), ms.
+    pub p99_ms: f64,
+    /// Failed requests of the scenario.
+    pub errors: u64,
+    /// Answers the scenario recorded.
+    pub ok: u64,
+}
+
+impl Verdict {
+    /// Judges `report` against `target_ms`.
+    pub fn of(report: &RunReport, target_ms: f64) -> Verdict {
+        Verdict {
+            target_ms,
+            p99_ms: ms(report.headline_p99_us()),
+            errors: report.main.errors(),
+            ok: report.main.ok(),
+        }
+    }
+
+    /// Whether the target was met: answers recorded, none failed, p99 within the target.
+    pub fn met(&self) -> bool {
+        self.ok > 0 && self.errors == 0 && self.p99_ms <= self.target_ms
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cmp = if self.p99_ms <= self.target_ms {
+            "≤"
+        } else {
+            ">"
+        };
+        write!(
+            f,
+            "verdict: {} (p99 {:.3} ms {cmp} target {} ms; {} error(s))",
+            if self.met() { "MET" } else { "MISSED" },
+            self.p99_ms,
+            self.target_ms,
+            self.errors
+        )?;
+        if self.ok == 0 {
+            write!(f, "; no answer recorded")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::Verdict;
+
+    fn v(p99_ms: f64, errors: u64, ok: u64) -> Verdict {
+        Verdict {
+            target_ms: 2.0,
+            p99_ms,
+            errors,
+            ok,
+        }
+    }
+
+    #[test]
+    fn met_needs_answers_no_errors_and_p99_within_the_target() {
+        assert!(v(1.9, 0, 100).met());
+        assert!(v(2.0, 0, 100).met());
+        assert!(!v(2.001, 0, 100).met());
+        assert!(!v(0.5, 1, 100).met());
+        assert!(!v(0.0, 0, 0).met());
+        assert_eq!(
+            v(2.5, 0, 10).to_string(),
+            "verdict: MISSED (p99 2.500 ms > target 2 ms; 0 error(s))"
+        );
+        assert_eq!(
+            v(1.25, 0, 10).to_string(),
+            "verdict: MET (p99 1.250 ms ≤ target 2 ms; 0 error(s))"
+        );
+    }
+}

@@ -278,6 +278,11 @@ impl Engine {
 
     /// Makes a decision that answers by `deadline` (a decision never fails: the ladder ends in GENERIC). `world`
     /// must be the snapshot the input's item indices were resolved against.
+    /// Decisions in flight on this node now.
+    pub fn inflight_decisions(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
     pub async fn decide(
         &self,
         world: Arc<World>,

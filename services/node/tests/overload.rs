@@ -1,0 +1,160 @@
+//! Overload protection over real gRPC: beyond `max_inflight_requests` the server answers RESOURCE_EXHAUSTED at
+//! once (health checks still pass); beyond `max_inflight_decisions` decisions answer from the GENERIC rung at once;
+//! and once the load is gone the node serves fresh decisions again.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use aisle_proto::v1 as pb;
+use common::{TestNode, decide_req, eventually};
+use tokio::task::JoinHandle;
+
+/// Decides that stall in the session stage until `budget` runs out, holding their slots meanwhile.
+fn stalled_decides(t: &TestNode, n: usize, budget: Duration) -> Vec<JoinHandle<pb::FallbackTier>> {
+    (0..n)
+        .map(|i| {
+            let mut client = t.decisions.clone();
+            tokio::spawn(async move {
+                let mut req =
+                    tonic::Request::new(decide_req(&format!("held-{i}"), pb::Surface::Home));
+                req.set_timeout(budget);
+                let r = client.decide(req).await.expect("a fallback answer");
+                pb::FallbackTier::try_from(r.into_inner().fallback_tier).unwrap()
+            })
+        })
+        .collect()
+}
+
+/// Waits until `n` decisions are in flight in the node's engine (so past admission).
+async fn held_in_flight(t: &TestNode, n: usize) {
+    let engine = t.node.engine.clone();
+    eventually(
+        "the held decisions in flight",
+        Duration::from_secs(3),
+        || {
+            let engine = engine.clone();
+            async move { engine.inflight_decisions() == n }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_limit_are_refused_at_once_with_resource_exhausted() {
+    let mut config = common::config("admission");
+    config.max_inflight_requests = 2;
+    let mut t = TestNode::start_with(config, common::demo()).await;
+    t.fault(pb::FaultStage::Session, pb::FaultMode::Stall).await;
+    let held = stalled_decides(&t, 2, Duration::from_secs(5));
+    held_in_flight(&t, 2).await;
+
+    // With both slots taken, the next request is refused without waiting.
+    let mut req = tonic::Request::new(decide_req("extra", pb::Surface::Home));
+    req.set_timeout(Duration::from_secs(2));
+    let started = Instant::now();
+    let status = t.decisions.decide(req).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("node overloaded") && status.message().contains("limit 2"),
+        "{}",
+        status.message()
+    );
+    assert!(took < Duration::from_millis(500), "refused after {took:?}");
+
+    // Track is refused the same way, and nothing of the refused batch is applied.
+    let err = t
+        .decisions
+        .track(pb::TrackRequest {
+            events: vec![common::event(
+                "refused-tracker",
+                pb::EventType::View,
+                &common::catalog().item(0).id,
+            )],
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+
+    // Health checks are always admitted: the node is overloaded, not dead.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(t.channel.clone());
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health answers under overload")
+        .into_inner();
+    assert_eq!(
+        h.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    // The held requests end (from a lower rung), the fault is cleared, and the node decides fresh again.
+    for h in held {
+        assert_ne!(h.await.unwrap(), pb::FallbackTier::Fresh);
+    }
+    t.fault(pb::FaultStage::Session, pb::FaultMode::None).await;
+    let r = t.decide(decide_req("after", pb::Surface::Home)).await;
+    assert_eq!(
+        pb::FallbackTier::try_from(r.fallback_tier).unwrap(),
+        pb::FallbackTier::Fresh
+    );
+    let h = t
+        .decisions
+        .track(pb::TrackRequest {
+            events: vec![common::event(
+                "refused-tracker",
+                pb::EventType::View,
+                &common::catalog().item(0).id,
+            )],
+            request_id: String::new(),
+        })
+        .await
+        .expect("track admitted again")
+        .into_inner();
+    assert_eq!(h.accepted, 1);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_beyond_the_limit_answer_generic_at_once() {
+    let mut config = common::config("shedding");
+    config.max_inflight_decisions = 1;
+    let mut t = TestNode::start_with(config, common::demo()).await;
+    t.fault(pb::FaultStage::Session, pb::FaultMode::Stall).await;
+    let held = stalled_decides(&t, 1, Duration::from_secs(5));
+    held_in_flight(&t, 1).await;
+
+    // The session stage still stalls, but the decision beyond the limit does not reach it.
+    let mut req = tonic::Request::new(decide_req("extra", pb::Surface::Home));
+    req.set_timeout(Duration::from_secs(2));
+    let started = Instant::now();
+    let r = t
+        .decisions
+        .decide(req)
+        .await
+        .expect("an answer")
+        .into_inner();
+    let took = started.elapsed();
+    assert_eq!(r.fallback_reason, "admission: overload");
+    assert_eq!(
+        pb::FallbackTier::try_from(r.fallback_tier).unwrap(),
+        pb::FallbackTier::Generic
+    );
+    assert!(!r.items.is_empty(), "a shed decision still answers items");
+    assert!(took < Duration::from_millis(500), "shed after {took:?}");
+
+    for h in held {
+        assert_ne!(h.await.unwrap(), pb::FallbackTier::Fresh);
+    }
+    t.fault(pb::FaultStage::Session, pb::FaultMode::None).await;
+    let r = t.decide(decide_req("after", pb::Surface::Home)).await;
+    assert_eq!(
+        pb::FallbackTier::try_from(r.fallback_tier).unwrap(),
+        pb::FallbackTier::Fresh
+    );
+    t.stop().await;
+}

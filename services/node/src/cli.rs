@@ -96,10 +96,10 @@ pub struct ServeArgs {
     /// Consent assumed when a request does not say [default: false].
     #[arg(long, env = "AISLE_DEFAULT_CONSENT")]
     pub default_consent: Option<bool>,
-    /// Requests in flight beyond this get RESOURCE_EXHAUSTED (0: no limit).
+    /// Requests in flight beyond this get RESOURCE_EXHAUSTED (0: no limit) [default: 1024].
     #[arg(long, env = "AISLE_MAX_INFLIGHT_REQUESTS")]
     pub max_inflight_requests: Option<usize>,
-    /// Decisions in flight beyond this answer from the GENERIC rung at once (0: no limit).
+    /// Decisions in flight beyond this answer from the GENERIC rung at once (0: no limit) [default: 64].
     #[arg(long, env = "AISLE_MAX_INFLIGHT_DECISIONS")]
     pub max_inflight_decisions: Option<usize>,
     /// Allow AdminService/SetFault (drills and tests).

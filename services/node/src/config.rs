@@ -80,9 +80,12 @@ pub struct Config {
     pub max_future_skew_secs: u64,
     /// Assist events retained per store for resuming handhelds (default 4,096; at least 1,000).
     pub push_retention: usize,
-    /// Decisions in flight beyond this answer at once from the GENERIC rung (0: no limit; default 0).
+    /// Decisions in flight beyond this answer at once from the GENERIC rung (0: no limit; default 64). At 5,000
+    /// decisions/s a node holds 2–3 at once; 64 is reached only when the node cannot keep up, and then the excess
+    /// is answered in microseconds instead of queueing behind the work it cannot do.
     pub max_inflight_decisions: usize,
-    /// Requests in flight beyond this are refused with RESOURCE_EXHAUSTED (0: no limit; default 0).
+    /// Requests in flight beyond this are refused with RESOURCE_EXHAUSTED (0: no limit; default 1,024).
+    /// Subscribe streams count only while they open.
     pub max_inflight_requests: usize,
     /// Allow `AdminService/SetFault` (for drills and tests; default false).
     pub fault_injection: bool,
@@ -148,8 +151,8 @@ impl Default for Config {
             default_consent: false,
             max_future_skew_secs: 300,
             push_retention: 4_096,
-            max_inflight_decisions: 0,
-            max_inflight_requests: 0,
+            max_inflight_decisions: 64,
+            max_inflight_requests: 1_024,
             fault_injection: false,
             decision_log: None,
             event_log: None,

@@ -40,21 +40,49 @@ async fn held_in_flight(t: &TestNode, n: usize) {
     .await;
 }
 
+/// A node whose session stage stalls, with `n` decisions held in flight (5 s budgets).
+async fn saturated(
+    config: aisle_node::Config,
+    n: usize,
+) -> (TestNode, Vec<JoinHandle<pb::FallbackTier>>) {
+    let mut t = TestNode::start_with(config, common::demo()).await;
+    t.fault(pb::FaultStage::Session, pb::FaultMode::Stall).await;
+    let held = stalled_decides(&t, n, Duration::from_secs(5));
+    held_in_flight(&t, n).await;
+    (t, held)
+}
+
+/// One more Decide (2 s budget): its result and how long it took.
+async fn probe(t: &mut TestNode) -> (Result<pb::DecideResponse, tonic::Status>, Duration) {
+    let mut req = tonic::Request::new(decide_req("extra", pb::Surface::Home));
+    req.set_timeout(Duration::from_secs(2));
+    let started = Instant::now();
+    let r = t.decisions.decide(req).await.map(|r| r.into_inner());
+    (r, started.elapsed())
+}
+
+/// The held decisions end from a lower rung; with the fault cleared the node decides FRESH again.
+async fn recovers(t: &mut TestNode, held: Vec<JoinHandle<pb::FallbackTier>>) {
+    for h in held {
+        assert_ne!(h.await.unwrap(), pb::FallbackTier::Fresh);
+    }
+    t.fault(pb::FaultStage::Session, pb::FaultMode::None).await;
+    let r = t.decide(decide_req("after", pb::Surface::Home)).await;
+    assert_eq!(
+        pb::FallbackTier::try_from(r.fallback_tier).unwrap(),
+        pb::FallbackTier::Fresh
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_limit_are_refused_at_once_with_resource_exhausted() {
     let mut config = common::config("admission");
     config.max_inflight_requests = 2;
-    let mut t = TestNode::start_with(config, common::demo()).await;
-    t.fault(pb::FaultStage::Session, pb::FaultMode::Stall).await;
-    let held = stalled_decides(&t, 2, Duration::from_secs(5));
-    held_in_flight(&t, 2).await;
+    let (mut t, held) = saturated(config, 2).await;
 
     // With both slots taken, the next request is refused without waiting.
-    let mut req = tonic::Request::new(decide_req("extra", pb::Surface::Home));
-    req.set_timeout(Duration::from_secs(2));
-    let started = Instant::now();
-    let status = t.decisions.decide(req).await.unwrap_err();
-    let took = started.elapsed();
+    let (r, took) = probe(&mut t).await;
+    let status = r.unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(
         status.message().contains("node overloaded") && status.message().contains("limit 2"),
@@ -93,15 +121,7 @@ async fn requests_beyond_the_limit_are_refused_at_once_with_resource_exhausted()
     );
 
     // The held requests end (from a lower rung), the fault is cleared, and the node decides fresh again.
-    for h in held {
-        assert_ne!(h.await.unwrap(), pb::FallbackTier::Fresh);
-    }
-    t.fault(pb::FaultStage::Session, pb::FaultMode::None).await;
-    let r = t.decide(decide_req("after", pb::Surface::Home)).await;
-    assert_eq!(
-        pb::FallbackTier::try_from(r.fallback_tier).unwrap(),
-        pb::FallbackTier::Fresh
-    );
+    recovers(&mut t, held).await;
     let h = t
         .decisions
         .track(pb::TrackRequest {
@@ -123,22 +143,11 @@ async fn requests_beyond_the_limit_are_refused_at_once_with_resource_exhausted()
 async fn decisions_beyond_the_limit_answer_generic_at_once() {
     let mut config = common::config("shedding");
     config.max_inflight_decisions = 1;
-    let mut t = TestNode::start_with(config, common::demo()).await;
-    t.fault(pb::FaultStage::Session, pb::FaultMode::Stall).await;
-    let held = stalled_decides(&t, 1, Duration::from_secs(5));
-    held_in_flight(&t, 1).await;
+    let (mut t, held) = saturated(config, 1).await;
 
     // The session stage still stalls, but the decision beyond the limit does not reach it.
-    let mut req = tonic::Request::new(decide_req("extra", pb::Surface::Home));
-    req.set_timeout(Duration::from_secs(2));
-    let started = Instant::now();
-    let r = t
-        .decisions
-        .decide(req)
-        .await
-        .expect("an answer")
-        .into_inner();
-    let took = started.elapsed();
+    let (r, took) = probe(&mut t).await;
+    let r = r.expect("an answer");
     assert_eq!(r.fallback_reason, "admission: overload");
     assert_eq!(
         pb::FallbackTier::try_from(r.fallback_tier).unwrap(),
@@ -147,14 +156,6 @@ async fn decisions_beyond_the_limit_answer_generic_at_once() {
     assert!(!r.items.is_empty(), "a shed decision still answers items");
     assert!(took < Duration::from_millis(500), "shed after {took:?}");
 
-    for h in held {
-        assert_ne!(h.await.unwrap(), pb::FallbackTier::Fresh);
-    }
-    t.fault(pb::FaultStage::Session, pb::FaultMode::None).await;
-    let r = t.decide(decide_req("after", pb::Surface::Home)).await;
-    assert_eq!(
-        pb::FallbackTier::try_from(r.fallback_tier).unwrap(),
-        pb::FallbackTier::Fresh
-    );
+    recovers(&mut t, held).await;
     t.stop().await;
 }

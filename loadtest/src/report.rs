@@ -21,6 +21,8 @@
 //!   `floor_errors`, `floor_errors_by_code`, `floor_p50_ms`, `floor_p90_ms`, `floor_p99_ms`, `floor_max_ms`,
 //!   `floor_send_lag_p99_ms`, `p99_over_floor_p99` (`p99_ms / floor_p99_ms`) and `headline_p99_over_floor_p99`
 //!   (`headline_p99_ms / floor_p99_ms`); the ratios are null when the floor recorded nothing.
+//! - `run --p99-target-ms T`: `p99_target_ms` and `p99_target_met` (the headline p99 ≤ T, answers recorded and no
+//!   error; see [`Verdict`]).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -433,13 +433,7 @@ impl Router {
                     other => return Ok(other?),
                 },
                 Route::Remote(view, owner) => {
-                    let mut call = tonic::Request::new(pb::ForwardForgetRequest {
-                        shopper_id: shopper_id.to_string(),
-                        epoch: view.epoch,
-                        from_node: self.engine.node_id.clone(),
-                        view_fingerprint: view.fingerprint,
-                    });
-                    call.set_timeout(Duration::from_secs(5));
+                    let call = self.shopper_forward(shopper_id, &view);
                     let mut client = self.engine.cluster.peers.client(&owner.addr);
                     match classify(client.forward_describe(call).await)? {
                         Forwarded::Answer(r) => return Ok(r),
@@ -461,6 +455,22 @@ impl Router {
         Err(Status::unavailable("ownership is moving; retry"))
     }
 
+    /// The request that forwards a per-shopper admin call (describe, forget) to the owner under `view`.
+    fn shopper_forward(
+        &self,
+        shopper_id: &str,
+        view: &SharedView,
+    ) -> tonic::Request<pb::ForwardForgetRequest> {
+        let mut call = tonic::Request::new(pb::ForwardForgetRequest {
+            shopper_id: shopper_id.to_string(),
+            epoch: view.epoch,
+            from_node: self.engine.node_id.clone(),
+            view_fingerprint: view.fingerprint,
+        });
+        call.set_timeout(Duration::from_secs(5));
+        call
+    }
+
     /// Erases a shopper at their owner.
     ///
     /// # Errors
@@ -470,13 +480,7 @@ impl Router {
             match self.engine.cluster.route(shopper_id) {
                 Route::Local(_) => break,
                 Route::Remote(view, owner) => {
-                    let mut call = tonic::Request::new(pb::ForwardForgetRequest {
-                        shopper_id: shopper_id.to_string(),
-                        epoch: view.epoch,
-                        from_node: self.engine.node_id.clone(),
-                        view_fingerprint: view.fingerprint,
-                    });
-                    call.set_timeout(Duration::from_secs(5));
+                    let call = self.shopper_forward(shopper_id, &view);
                     let mut client = self.engine.cluster.peers.client(&owner.addr);
                     match classify(client.forward_forget(call).await)? {
                         Forwarded::Answer(r) => {

@@ -364,7 +364,8 @@ impl aisle_kit::snapshot::Versioned for Experiments {
 }
 
 /// The actor owning the experiments.
-pub type ExperimentActor = aisle_kit::snapshot::SnapshotOwner<Experiments>;
+pub type ExperimentActor =
+    aisle_kit::snapshot::KeeperActor<aisle_kit::snapshot::SnapshotOwner<Experiments>>;
 /// The typed handle to the [`ExperimentActor`]: lock-free reads, validated loads.
 pub type ExperimentsHandle = aisle_kit::snapshot::Snapshot<Experiments>;
 

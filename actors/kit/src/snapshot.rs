@@ -1,10 +1,14 @@
-//! Read-mostly state done once: an actor owns one versioned bundle (rules, experiments, ...) and is the only
-//! writer; readers take the current immutable snapshot from an `ArcSwap` without a message or a lock, so no actor
-//! sits on the path of every decision.
+//! Read-mostly state done once: an actor owns some state and is its only writer; it publishes an immutable
+//! snapshot that readers take from an `ArcSwap` without a message or a lock, so no actor sits on the path of
+//! every decision.
 //!
-//! A replacement is parsed and validated by the actor before it is published: an invalid bundle is refused with
-//! its reason, counted in `aisle_bundle_refused_total{kind}`, and the last good one keeps serving.
+//! [`Keeper`] is the general form: the owner applies typed changes ([`Owned::apply`]) one at a time and publishes
+//! the snapshot each change produces (the node's world keeper — catalog and models — is one). [`Snapshot`] is the
+//! common case of one versioned bundle replaced whole (rules, experiments): a replacement is parsed and validated
+//! by the owner before it is published; an invalid bundle is refused with its reason, counted in
+//! `aisle_bundle_refused_total{kind}`, and the last good one keeps serving.
 
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +17,139 @@ use aisle_domain::bundle::{BundleError, BundleKind, BundleMeta};
 use arc_swap::ArcSwap;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+/// State owned by one actor, published to readers as immutable snapshots.
+pub trait Owned: Send + 'static {
+    /// What readers see.
+    type Snapshot: Send + Sync + 'static;
+    /// A change the owner applies.
+    type Change: Send + 'static;
+    /// What applying a change answers.
+    type Outcome: Send + 'static;
+
+    /// Applies a change; returns its outcome and, when the change took, the snapshot to publish.
+    fn apply(
+        &mut self,
+        change: Self::Change,
+    ) -> impl Future<Output = (Self::Outcome, Option<Self::Snapshot>)> + Send;
+}
+
+/// Messages of a [`KeeperActor`].
+pub struct Change<S: Owned> {
+    /// The change.
+    pub change: S::Change,
+    /// Its outcome.
+    pub reply: RpcReplyPort<S::Outcome>,
+}
+
+/// The actor owning a state `S`.
+pub struct KeeperActor<S>(PhantomData<fn() -> S>);
+
+impl<S> Default for KeeperActor<S> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<S: Owned> Actor for KeeperActor<S> {
+    type Msg = Change<S>;
+    type State = (S, Arc<ArcSwap<S::Snapshot>>);
+    type Arguments = (S, Arc<ArcSwap<S::Snapshot>>);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        (state, published): &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (outcome, next) = state.apply(msg.change).await;
+        if let Some(next) = next {
+            published.store(Arc::new(next));
+        }
+        let _ = msg.reply.send(outcome);
+        Ok(())
+    }
+}
+
+/// The owner did not answer (stopped, or slower than the caller's timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("snapshot owner unavailable")]
+pub struct OwnerUnavailable;
+
+/// The typed handle of a [`KeeperActor`]: lock-free reads of the current snapshot, changes through the owner.
+pub struct Keeper<S: Owned> {
+    published: Arc<ArcSwap<S::Snapshot>>,
+    owner: ActorRef<Change<S>>,
+}
+
+impl<S: Owned> Clone for Keeper<S> {
+    fn clone(&self) -> Self {
+        Self {
+            published: self.published.clone(),
+            owner: self.owner.clone(),
+        }
+    }
+}
+
+impl<S: Owned> std::fmt::Debug for Keeper<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keeper").finish_non_exhaustive()
+    }
+}
+
+impl<S: Owned> Keeper<S> {
+    /// Starts the owner of `state`, publishing `initial`.
+    ///
+    /// # Errors
+    /// When the actor cannot be spawned.
+    pub async fn start(state: S, initial: S::Snapshot) -> Result<Self, ractor::SpawnErr> {
+        let published = Arc::new(ArcSwap::from_pointee(initial));
+        let (owner, _) = Actor::spawn(
+            None,
+            KeeperActor::<S>::default(),
+            (state, published.clone()),
+        )
+        .await?;
+        Ok(Self { published, owner })
+    }
+
+    /// The current snapshot. Lock-free; never waits for a change in progress.
+    pub fn current(&self) -> Arc<S::Snapshot> {
+        self.published.load_full()
+    }
+
+    /// Applies a change through the owner.
+    ///
+    /// # Errors
+    /// [`OwnerUnavailable`] when the owner does not answer within `timeout`.
+    pub async fn change(
+        &self,
+        change: S::Change,
+        timeout: Duration,
+    ) -> Result<S::Outcome, OwnerUnavailable> {
+        match self
+            .owner
+            .call(|reply| Change { change, reply }, Some(timeout))
+            .await
+        {
+            Ok(CallResult::Success(outcome)) => Ok(outcome),
+            _ => Err(OwnerUnavailable),
+        }
+    }
+
+    /// Stops the owner.
+    pub fn stop(&self) {
+        self.owner.stop(None);
+    }
+}
 
 /// A bundle type an owner actor can load.
 pub trait Versioned: Send + Sync + Sized + 'static {
@@ -29,71 +166,39 @@ pub trait Versioned: Send + Sync + Sized + 'static {
     fn meta(&self) -> &BundleMeta;
 }
 
-/// Messages of a [`SnapshotOwner`].
-pub enum OwnerMsg {
-    /// Parse, validate and publish a new version.
-    Load {
-        /// The bundle's bytes.
-        bytes: Vec<u8>,
-        /// Where they came from.
-        source: String,
-        /// The new version's identity, or why it was refused.
-        reply: RpcReplyPort<Result<BundleMeta, BundleError>>,
-    },
+/// A new version of a bundle: its bytes and where they came from.
+#[derive(Debug)]
+pub struct Load {
+    /// The bundle's bytes.
+    pub bytes: Vec<u8>,
+    /// Where they came from.
+    pub source: String,
 }
 
-/// The actor owning one bundle of type `T`.
+/// The owner state of one versioned bundle replaced whole: nothing beyond the published snapshot.
 pub struct SnapshotOwner<T>(PhantomData<fn() -> T>);
 
-impl<T> Default for SnapshotOwner<T> {
-    fn default() -> Self {
-        Self(PhantomData)
-    }
-}
+impl<T: Versioned> Owned for SnapshotOwner<T> {
+    type Snapshot = T;
+    type Change = Load;
+    type Outcome = Result<BundleMeta, BundleError>;
 
-impl<T: Versioned> Actor for SnapshotOwner<T> {
-    type Msg = OwnerMsg;
-    type State = Arc<ArcSwap<T>>;
-    type Arguments = Arc<ArcSwap<T>>;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        published: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(published)
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        published: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let OwnerMsg::Load {
-            bytes,
-            source,
-            reply,
-        } = msg;
-        let outcome = T::parse(&bytes, &source).map(|next| {
-            let meta = next.meta().clone();
-            published.store(Arc::new(next));
-            meta
-        });
-        match &outcome {
-            Ok(meta) => {
-                tracing::info!(kind = %T::KIND, version = %meta.version, source = %source, "bundle loaded");
+    async fn apply(&mut self, load: Load) -> (Self::Outcome, Option<T>) {
+        match T::parse(&load.bytes, &load.source) {
+            Ok(next) => {
+                let meta = next.meta().clone();
+                tracing::info!(kind = %T::KIND, version = %meta.version, source = %load.source, "bundle loaded");
                 metrics::counter!("aisle_bundle_loads_total", "kind" => T::KIND.as_str())
                     .increment(1);
+                (Ok(meta), Some(next))
             }
             Err(error) => {
-                tracing::warn!(kind = %T::KIND, source = %source, %error, "bundle refused; the last good one keeps serving");
+                tracing::warn!(kind = %T::KIND, source = %load.source, %error, "bundle refused; the last good one keeps serving");
                 metrics::counter!("aisle_bundle_refused_total", "kind" => T::KIND.as_str())
                     .increment(1);
+                (Err(error), None)
             }
         }
-        let _ = reply.send(outcome);
-        Ok(())
     }
 }
 
@@ -108,18 +213,12 @@ pub enum LoadError {
     Unavailable,
 }
 
-/// The typed handle: lock-free reads of the current snapshot, loads through the owner actor.
-pub struct Snapshot<T: Versioned> {
-    published: Arc<ArcSwap<T>>,
-    owner: ActorRef<OwnerMsg>,
-}
+/// The typed handle of one versioned bundle: lock-free reads of the current version, loads through its owner.
+pub struct Snapshot<T: Versioned>(Keeper<SnapshotOwner<T>>);
 
 impl<T: Versioned> Clone for Snapshot<T> {
     fn clone(&self) -> Self {
-        Self {
-            published: self.published.clone(),
-            owner: self.owner.clone(),
-        }
+        Self(self.0.clone())
     }
 }
 
@@ -138,15 +237,14 @@ impl<T: Versioned> Snapshot<T> {
     /// # Errors
     /// When the actor cannot be spawned.
     pub async fn start(initial: T) -> Result<Self, ractor::SpawnErr> {
-        let published = Arc::new(ArcSwap::from_pointee(initial));
-        let (owner, _) =
-            Actor::spawn(None, SnapshotOwner::<T>::default(), published.clone()).await?;
-        Ok(Self { published, owner })
+        Ok(Self(
+            Keeper::start(SnapshotOwner(PhantomData), initial).await?,
+        ))
     }
 
     /// The current version. Lock-free; never waits for a load in progress.
     pub fn current(&self) -> Arc<T> {
-        self.published.load_full()
+        self.0.current()
     }
 
     /// Loads a new version through the owner actor.
@@ -160,28 +258,20 @@ impl<T: Versioned> Snapshot<T> {
         source: &str,
         timeout: Duration,
     ) -> Result<BundleMeta, LoadError> {
-        let source = source.to_string();
-        match self
-            .owner
-            .call(
-                |reply| OwnerMsg::Load {
-                    bytes,
-                    source,
-                    reply,
-                },
-                Some(timeout),
-            )
-            .await
-        {
-            Ok(CallResult::Success(Ok(meta))) => Ok(meta),
-            Ok(CallResult::Success(Err(e))) => Err(LoadError::Refused(e)),
-            _ => Err(LoadError::Unavailable),
+        let load = Load {
+            bytes,
+            source: source.to_string(),
+        };
+        match self.0.change(load, timeout).await {
+            Ok(Ok(meta)) => Ok(meta),
+            Ok(Err(e)) => Err(LoadError::Refused(e)),
+            Err(OwnerUnavailable) => Err(LoadError::Unavailable),
         }
     }
 
     /// Stops the owner actor.
     pub fn stop(&self) {
-        self.owner.stop(None);
+        self.0.stop();
     }
 }
 

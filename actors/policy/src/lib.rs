@@ -18,7 +18,7 @@ pub use guard::{Admitted, Exclusion, ExclusionCounts, Guard, PolicyContext, Serv
 pub use rules::{Rules, RulesFile};
 
 /// The actor owning the guardrail rules.
-pub type PolicyActor = aisle_kit::snapshot::SnapshotOwner<Rules>;
+pub type PolicyActor = aisle_kit::snapshot::KeeperActor<aisle_kit::snapshot::SnapshotOwner<Rules>>;
 /// The typed handle to the [`PolicyActor`]: lock-free reads of the current rules, validated loads.
 pub type Policy = aisle_kit::snapshot::Snapshot<Rules>;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aisle_domain::event::{EventKind, EventRecord, ItemRef, ShopperEvent};
 use aisle_domain::request::{Channel, ShopperAttributes, Surface};
-use aisle_node::engine::{DecideInput, Serve};
+use aisle_node::decision::{DecideInput, Serve, Tier};
 use aisle_node::server::{Prepared, embedded_experiments, embedded_rules};
 use aisle_node::{Config, RunningNode};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -65,9 +65,9 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let node = runtime.block_on(node());
-    let engine = node.engine.clone();
+    let decider = node.node.decider().clone();
     // 1,000 shoppers, each with a session of 12 views in two related categories.
-    let world = engine.worlds.current();
+    let world = decider.worlds().current();
     let catalog = world.catalog.clone();
     runtime.block_on(async {
         for s in 0..1_000u32 {
@@ -86,7 +86,7 @@ fn bench(c: &mut Criterion) {
                 })
                 .collect();
             let records: Vec<EventRecord> = Vec::new();
-            engine
+            decider
                 .apply_events(&format!("bench-{s}"), events, records, catalog.clone())
                 .await
                 .unwrap();
@@ -96,18 +96,18 @@ fn bench(c: &mut Criterion) {
     // benchmark's thread, which would add a thread hand-off per actor message that a server does not pay).
     c.bench_function("pipeline/decide_in_process", |b| {
         b.iter_custom(|iters| {
-            let engine = engine.clone();
+            let decider = decider.clone();
             runtime.block_on(async move {
                 tokio::spawn(async move {
                     let started = tokio::time::Instant::now();
                     for k in 0..iters {
-                        let world = engine.worlds.current();
+                        let world = decider.worlds().current();
                         let shopper = format!("bench-{}", k % 1_000);
                         let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
-                        let d = engine
+                        let d = decider
                             .decide(world, input(&shopper), deadline, Serve::Owner { epoch: 0 })
                             .await;
-                        assert_eq!(d.tier, aisle_node::engine::Tier::Fresh);
+                        assert_eq!(d.tier, Tier::Fresh);
                         std::hint::black_box(Arc::new(d));
                     }
                     started.elapsed()

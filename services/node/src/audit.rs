@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::engine::{DecideInput, Decision};
+use crate::decision::{DecideInput, Decision};
 
 /// Records waiting to be written before new ones are dropped.
 const QUEUE: usize = 16_384;
@@ -59,7 +59,7 @@ impl DecisionRecord {
             channel: input.channel.as_str(),
             store_id: input.store_id.clone(),
             tier: d.tier.as_str(),
-            fallback_reason: d.fallback_reason.clone(),
+            fallback_reason: d.fallback_text(),
             model_version: d.model_version.clone(),
             rules_version: d.rules_version.clone(),
             experiments_version: d.experiments_version.clone(),

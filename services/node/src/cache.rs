@@ -10,11 +10,22 @@ use aisle_domain::request::Surface;
 use quick_cache::sync::Cache;
 use tokio::time::Instant;
 
+/// An item of a cached decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedItem {
+    /// The item.
+    pub item: ItemIdx,
+    /// Its score when ranked.
+    pub score: f32,
+    /// Why it was ranked there.
+    pub reasons: Vec<String>,
+}
+
 /// A cached decision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachedDecision {
-    /// Items and scores, best first (re-checked by the guardrails when served).
-    pub items: Vec<(ItemIdx, f32, Vec<String>)>,
+    /// Items, best first (re-checked by the guardrails when served).
+    pub items: Vec<CachedItem>,
     /// The model that ranked them.
     pub model_version: String,
     /// The catalog they index (content hash).
@@ -81,7 +92,11 @@ mod tests {
 
     fn decision() -> CachedDecision {
         CachedDecision {
-            items: vec![(1, 0.5, vec![])],
+            items: vec![CachedItem {
+                item: 1,
+                score: 0.5,
+                reasons: vec![],
+            }],
             model_version: "m".into(),
             catalog_hash: "h".into(),
             made_at: Instant::now(),

@@ -190,6 +190,11 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Candidates up to which a decision is scored in its own task. Retrieval yields about 500; scoring them takes
+/// tens of microseconds, less than scattering them to the ranking shards and gathering the results costs in
+/// thread hand-offs. Larger sets (a storefront's long candidate lists) still spread over the shards.
+pub const INLINE_SCORING_MAX: usize = 2_000;
+
 impl Config {
     /// Reads a TOML file over the defaults.
     ///
@@ -245,6 +250,18 @@ impl Config {
     /// The part of a `budget` kept for the lower rungs and the response.
     pub fn margin(&self, budget: Duration) -> Duration {
         Duration::from_millis(self.safety_margin_ms).max(budget / 10)
+    }
+
+    /// What the decider needs of the configuration.
+    pub fn decider_settings(&self) -> crate::decider::DeciderSettings {
+        crate::decider::DeciderSettings {
+            node_id: self.node_id.clone(),
+            default_consent: self.default_consent,
+            max_inflight_decisions: self.max_inflight_decisions,
+            safety_margin: Duration::from_millis(self.safety_margin_ms),
+            inline_scoring_max: INLINE_SCORING_MAX,
+            session_limits: self.session_limits,
+        }
     }
 
     /// Session actor settings.

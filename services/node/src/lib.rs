@@ -1,7 +1,10 @@
 //! The Aisle node.
 //!
 //! - [`server`]: loading bundles, starting actors and services, graceful shutdown (`run(config, shutdown)`).
-//! - [`engine`]: the decide pipeline and its fallback ladder, event application, erasure.
+//! - [`decision`]: the types of one decision (input, answer, tier, typed fallback reasons).
+//! - [`decider`]: the decide pipeline and its fallback ladder, event application, erasure — below the cluster
+//!   and the API; [`node`]: the node's context (configuration, decider, cluster, push) that the services share.
+//! - [`routing`]: running a per-shopper request at the shopper's owner (here or forwarded), in one loop.
 //! - [`api`]: the gRPC services and request validation; [`error`]: the one error-to-status mapping.
 //! - [`world`]: the catalog and models as one snapshot, owned by the world keeper actor.
 //! - [`push`] and [`assist`]: per-store assist events for associates' handhelds.
@@ -21,13 +24,16 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
-pub mod engine;
+pub mod decider;
+pub mod decision;
 pub mod error;
 pub mod faults;
 pub mod http;
 pub mod metrics;
+pub mod node;
 pub mod push;
 pub mod readiness;
+pub mod routing;
 pub mod server;
 pub mod world;
 

@@ -29,27 +29,23 @@ use crate::api::admin::AdminApi;
 use crate::api::associate::AssociateApi;
 use crate::api::decision::DecisionApi;
 use crate::api::peer::PeerApi;
-use crate::audit::{AuditLog, EventLog};
-use crate::cluster::{Cluster, MembershipConfig, handoff};
+use crate::audit::JsonLog;
+use crate::cache::DecisionCache;
+use crate::cluster::handoff::{self, Holdings};
+use crate::cluster::{Cluster, MembershipConfig};
 use crate::config::{ClusterMode, Config};
-use crate::engine::Engine;
+use crate::decider::{Decider, DeciderParts};
+use crate::node::Node;
 use crate::readiness::Readiness;
 use crate::world::{Initial, ModelRole, Worlds};
 
 /// Largest request accepted, in bytes; larger ones are refused with OUT_OF_RANGE.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+/// Largest message between nodes (hand-off batches of up to 2,000 sessions).
+pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// A JSON bundle as loaded: its bytes (already validated) and where they came from.
-#[derive(Debug, Clone)]
-pub struct BundleBytes {
-    /// The bytes.
-    pub bytes: Vec<u8>,
-    /// The source (path, or "embedded default").
-    pub source: String,
-}
-
-/// The bundles a node starts with.
-#[derive(Debug, Clone)]
+/// The bundles a node starts with, parsed and validated once.
+#[derive(Debug)]
 pub struct Prepared {
     /// The catalog (`None`: derived from the model's items).
     pub catalog: Option<Arc<Catalog>>,
@@ -58,26 +54,22 @@ pub struct Prepared {
     /// The candidate model, if any.
     pub candidate: Option<(Model, String)>,
     /// Guardrail rules.
-    pub rules: BundleBytes,
+    pub rules: Rules,
     /// Experiments.
-    pub experiments: BundleBytes,
+    pub experiments: Experiments,
 }
 
-/// The embedded default rules, as a bundle.
-pub fn embedded_rules() -> BundleBytes {
-    BundleBytes {
-        bytes: serde_json::to_vec(&aisle_policy::rules::default_rules_file()).expect("serialises"),
-        source: "embedded default".into(),
-    }
+/// The embedded default rules.
+pub fn embedded_rules() -> Rules {
+    let bytes = serde_json::to_vec(&aisle_policy::rules::default_rules_file()).expect("serialises");
+    Rules::from_json(&bytes, "embedded default").expect("the embedded rules are valid")
 }
 
-/// The embedded default experiments, as a bundle.
-pub fn embedded_experiments() -> BundleBytes {
-    BundleBytes {
-        bytes: serde_json::to_vec(&aisle_experiment::default_experiments_file())
-            .expect("serialises"),
-        source: "embedded default".into(),
-    }
+/// The embedded default experiments.
+pub fn embedded_experiments() -> Experiments {
+    let bytes =
+        serde_json::to_vec(&aisle_experiment::default_experiments_file()).expect("serialises");
+    Experiments::from_json(&bytes, "embedded default").expect("the embedded experiments are valid")
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -95,65 +87,19 @@ fn bundle_path(explicit: &Option<PathBuf>, config: &Config, name: &str) -> Optio
 /// When a named bundle is missing or invalid (the message says which and why), or a catalog is given without a
 /// model.
 pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
-    let catalog_path = bundle_path(&config.catalog, config, "catalog.json");
-    let model_path = bundle_path(&config.model, config, "model.bin");
     let rules = match bundle_path(&config.rules, config, "rules.json") {
-        Some(p) => {
-            let b = BundleBytes {
-                bytes: read(&p)?,
-                source: p.display().to_string(),
-            };
-            Rules::from_json(&b.bytes, &b.source)?;
-            b
-        }
+        Some(p) => Rules::from_json(&read(&p)?, &p.display().to_string())?,
         None => embedded_rules(),
     };
     let experiments = match bundle_path(&config.experiments, config, "experiments.json") {
-        Some(p) => {
-            let b = BundleBytes {
-                bytes: read(&p)?,
-                source: p.display().to_string(),
-            };
-            Experiments::from_json(&b.bytes, &b.source)?;
-            b
-        }
+        Some(p) => Experiments::from_json(&read(&p)?, &p.display().to_string())?,
         None => embedded_experiments(),
     };
     let candidate = match &config.candidate_model {
         Some(p) => Some((Model::from_bytes(&read(p)?)?, p.display().to_string())),
         None => None,
     };
-    let (catalog, model) = match (catalog_path, model_path) {
-        (catalog, Some(m)) => {
-            let model = (Model::from_bytes(&read(&m)?)?, m.display().to_string());
-            let catalog = match catalog {
-                Some(c) => Some(Arc::new(Catalog::from_json(
-                    &read(&c)?,
-                    &c.display().to_string(),
-                )?)),
-                None => None,
-            };
-            (catalog, model)
-        }
-        (Some(c), None) => anyhow::bail!(
-            "catalog {} was given without a model: train one with `aisle-train fit` and pass --model",
-            c.display()
-        ),
-        (None, None) => {
-            tracing::info!("no bundles given: building the demo world and training its model");
-            let started = std::time::Instant::now();
-            let anchor = aisle_domain::now_ms();
-            let (catalog, model) = tokio::task::spawn_blocking(move || crate::world::demo(anchor))
-                .await?
-                .map_err(anyhow::Error::msg)?;
-            tracing::info!(items = catalog.len(), elapsed_ms = started.elapsed().as_millis() as u64,
-                model = %model.header.version, "demo world ready");
-            (
-                Some(catalog),
-                (model, "embedded demo (trained at start-up)".to_string()),
-            )
-        }
-    };
+    let (catalog, model) = catalog_and_model(config).await?;
     Ok(Prepared {
         catalog,
         model,
@@ -163,14 +109,54 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     })
 }
 
+/// The catalog and default model the configuration names, or the demo world's.
+async fn catalog_and_model(
+    config: &Config,
+) -> anyhow::Result<(Option<Arc<Catalog>>, (Model, String))> {
+    let catalog_path = bundle_path(&config.catalog, config, "catalog.json");
+    match (
+        catalog_path,
+        bundle_path(&config.model, config, "model.bin"),
+    ) {
+        (catalog, Some(m)) => {
+            let model = (Model::from_bytes(&read(&m)?)?, m.display().to_string());
+            let catalog = match catalog {
+                Some(c) => Some(Arc::new(Catalog::from_json(
+                    &read(&c)?,
+                    &c.display().to_string(),
+                )?)),
+                None => None,
+            };
+            Ok((catalog, model))
+        }
+        (Some(c), None) => anyhow::bail!(
+            "catalog {} was given without a model: train one with `aisle-train fit` and pass --model",
+            c.display()
+        ),
+        (None, None) => {
+            tracing::info!("no bundles given: building the demo world and training its model");
+            let started = std::time::Instant::now();
+            let anchor = aisle_domain::now_ms();
+            let (catalog, model) =
+                tokio::task::spawn_blocking(move || crate::world::demo(anchor)).await??;
+            tracing::info!(items = catalog.len(), elapsed_ms = started.elapsed().as_millis() as u64,
+                model = %model.header.version, "demo world ready");
+            Ok((
+                Some(catalog),
+                (model, "embedded demo (trained at start-up)".to_string()),
+            ))
+        }
+    }
+}
+
 /// A running node.
 pub struct RunningNode {
     /// Where gRPC listens.
     pub grpc_addr: std::net::SocketAddr,
     /// Where HTTP listens.
     pub http_addr: std::net::SocketAddr,
-    /// The engine (for in-process inspection by tests and the cluster layer).
-    pub engine: Arc<Engine>,
+    /// The node's context (for in-process inspection by tests).
+    pub node: Arc<Node>,
     /// Readiness.
     pub readiness: Arc<Readiness>,
     shutdown_tx: watch::Sender<bool>,
@@ -186,9 +172,9 @@ impl RunningNode {
     /// Stops taking work, ends push streams (handhelds reconnect elsewhere), lets in-flight calls finish (up to
     /// 10 s), and stops the actors.
     pub async fn shutdown(self) {
-        tracing::info!(node = %self.engine.node_id, "shutting down");
+        tracing::info!(node = %self.node.id(), "shutting down");
         self.readiness.stopping();
-        let cluster = self.engine.cluster.clone();
+        let cluster = self.node.cluster().clone();
         if cluster.is_clustered() {
             // Leave gracefully: own nothing from the next view on, hand every session to its new owner, then
             // revoke the lease. Requests still arriving here are forwarded to the new owners meanwhile.
@@ -217,13 +203,115 @@ impl RunningNode {
             _ => {}
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.http).await;
-        self.engine.sessions.stop().await;
-        self.engine.ranking.stop().await;
-        self.engine.worlds.stop();
-        self.engine.policy.stop();
-        self.engine.experiments.stop();
-        tracing::info!(node = %self.engine.node_id, "stopped");
+        self.node.decider().stop().await;
+        tracing::info!(node = %self.node.id(), "stopped");
     }
+}
+
+/// The cluster handle the configuration asks for.
+fn cluster(config: &Config, advertise: &str) -> Arc<Cluster> {
+    match config.cluster {
+        ClusterMode::Etcd => Cluster::with_etcd(MembershipConfig {
+            endpoints: config.etcd_endpoints.clone(),
+            cluster: config.cluster_name.clone(),
+            node_id: config.node_id.clone(),
+            advertise_addr: advertise.to_string(),
+            lease_ttl: Duration::from_secs(config.lease_ttl_secs),
+        }),
+        ClusterMode::Static => Cluster::alone(&config.node_id, advertise),
+    }
+}
+
+/// Opens a JSON-lines log when its path is configured.
+async fn open_log<T: serde::Serialize + Send + 'static>(
+    path: Option<&Path>,
+    name: &'static str,
+) -> anyhow::Result<Option<JsonLog<T>>> {
+    match path {
+        Some(p) => Ok(Some(
+            JsonLog::open(p, name)
+                .await
+                .with_context(|| format!("{name} log {}", p.display()))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Spawns the actors and assembles the decider.
+async fn decider(
+    config: &Config,
+    prepared: Prepared,
+    cluster: &Arc<Cluster>,
+) -> anyhow::Result<Decider> {
+    let worlds = Worlds::start(Initial {
+        catalog: prepared.catalog,
+        model: prepared.model,
+        candidate: prepared.candidate,
+    })
+    .await?;
+    let gate_cluster = cluster.clone();
+    let sessions = Sessions::start_gated(
+        config.session_shards,
+        config.session_settings(),
+        Arc::new(move |shopper: &str| gate_cluster.owns(shopper)),
+    )
+    .await?;
+    let parts = DeciderParts {
+        worlds,
+        policy: Policy::start(prepared.rules).await?,
+        experiments: ExperimentsHandle::start(prepared.experiments).await?,
+        sessions,
+        ranking: Ranking::start(config.ranking_shards).await?,
+        cache: Arc::new(DecisionCache::new(
+            config.cache_capacity,
+            Duration::from_secs(config.cache_ttl_secs),
+        )),
+        audit: open_log(config.decision_log.as_deref(), "decisions").await?,
+        event_log: open_log(config.event_log.as_deref(), "events").await?,
+    };
+    Ok(Decider::new(config.decider_settings(), parts))
+}
+
+/// Serves gRPC on `incoming` until `shutdown` says stop: every service behind the admission layer. Returns the
+/// server task and the health reporter.
+fn serve_grpc(
+    node: &Arc<Node>,
+    holdings: Holdings,
+    incoming: TcpIncoming,
+    shutdown_rx: watch::Receiver<bool>,
+) -> anyhow::Result<(
+    JoinHandle<Result<(), tonic::transport::Error>>,
+    tonic_health::server::HealthReporter,
+)> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(aisle_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let decision = DecisionServiceServer::new(DecisionApi::new(node.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let associate =
+        AssociateServiceServer::new(AssociateApi::new(node.hub().clone(), shutdown_rx.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let admin = AdminServiceServer::new(AdminApi::new(node.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    // Peer messages carry hand-off batches: allow them to be large.
+    let peer = PeerServiceServer::new(PeerApi::new(node.clone(), holdings))
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+    let mut shutdown = shutdown_rx;
+    let server = tonic::transport::Server::builder()
+        .layer(AdmissionLayer::new(node.config().max_inflight_requests))
+        .add_service(decision)
+        .add_service(associate)
+        .add_service(admin)
+        .add_service(peer)
+        .add_service(health)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        });
+    Ok((tokio::spawn(server), health_reporter))
 }
 
 /// Starts a node on the given listeners.
@@ -248,109 +336,26 @@ pub async fn start(
     });
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
-    let advertise = advertise_addr(&config, grpc_addr);
-    let cluster = if clustered {
-        Cluster::with_etcd(MembershipConfig {
-            endpoints: config.etcd_endpoints.clone(),
-            cluster: config.cluster_name.clone(),
-            node_id: config.node_id.clone(),
-            advertise_addr: advertise.clone(),
-            lease_ttl: Duration::from_secs(config.lease_ttl_secs),
-        })
-    } else {
-        Cluster::alone(&config.node_id, &advertise)
+    let cluster = cluster(&config, &advertise_addr(&config, grpc_addr));
+    let decider = Arc::new(decider(&config, prepared, &cluster).await?);
+    let holdings = Holdings {
+        sessions: decider.sessions().clone(),
+        worlds: decider.worlds().clone(),
+        cache: decider.cache().clone(),
     };
-
-    let worlds = Worlds::start(Initial {
-        catalog: prepared.catalog,
-        model: prepared.model,
-        candidate: prepared.candidate,
-    })
-    .await?;
-    let policy = Policy::start(Rules::from_json(
-        &prepared.rules.bytes,
-        &prepared.rules.source,
-    )?)
-    .await?;
-    let experiments = ExperimentsHandle::start(Experiments::from_json(
-        &prepared.experiments.bytes,
-        &prepared.experiments.source,
-    )?)
-    .await?;
-    let gate_cluster = cluster.clone();
-    let sessions = Sessions::start_gated(
-        config.session_shards,
-        config.session_settings(),
-        Arc::new(move |shopper: &str| gate_cluster.owns(shopper)),
-    )
-    .await?;
-    let ranking = Ranking::start(config.ranking_shards).await?;
-    let audit = match &config.decision_log {
-        Some(p) => Some(
-            AuditLog::open(p, "decisions")
-                .await
-                .with_context(|| format!("decision log {}", p.display()))?,
-        ),
-        None => None,
-    };
-    let event_log = match &config.event_log {
-        Some(p) => Some(
-            EventLog::open(p, "events")
-                .await
-                .with_context(|| format!("event log {}", p.display()))?,
-        ),
-        None => None,
-    };
-    let engine = Arc::new(Engine::new(
-        config.clone(),
-        worlds,
-        policy,
-        experiments,
-        sessions.clone(),
-        ranking,
-        audit,
-        event_log,
-        cluster.clone(),
-    ));
+    let node = Arc::new(Node::new(config.clone(), decider.clone(), cluster.clone()));
     readiness.met("bundles");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(aisle_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let decision = DecisionServiceServer::new(DecisionApi::new(engine.clone()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let associate =
-        AssociateServiceServer::new(AssociateApi::new(engine.hub.clone(), shutdown_rx.clone()))
-            .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let admin = AdminServiceServer::new(AdminApi::new(engine.clone()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
-    // Peer messages carry hand-off batches: allow them to be large.
-    let peer = PeerServiceServer::new(PeerApi::new(engine.clone()))
-        .max_decoding_message_size(64 * 1024 * 1024)
-        .max_encoding_message_size(64 * 1024 * 1024);
-
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    let mut grpc_shutdown = shutdown_rx.clone();
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(AdmissionLayer::new(config.max_inflight_requests))
-            .add_service(decision)
-            .add_service(associate)
-            .add_service(admin)
-            .add_service(peer)
-            .add_service(health_service)
-            .add_service(reflection)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = grpc_shutdown.wait_for(|stop| *stop).await;
-            }),
-    );
+    let (grpc, health) = serve_grpc(&node, holdings.clone(), incoming, shutdown_rx.clone())?;
 
     let mut http_shutdown = shutdown_rx.clone();
-    let router = crate::http::router(metrics_handle.clone(), readiness.clone(), sessions);
+    let router = crate::http::router(
+        metrics_handle.clone(),
+        readiness.clone(),
+        decider.sessions().clone(),
+    );
     let http = tokio::spawn(async move {
         axum::serve(http_listener, router)
             .with_graceful_shutdown(async move {
@@ -359,23 +364,19 @@ pub async fn start(
             .await
     });
 
-    let mut background = Vec::new();
-    background.push(tokio::spawn(async move {
+    let mut background = vec![tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
             metrics_handle.run_upkeep();
         }
-    }));
+    })];
     if config.bundle_poll_secs > 0 {
-        background.push(tokio::spawn(watch_bundles(engine.clone())));
+        background.push(tokio::spawn(watch_bundles(config.clone(), decider)));
     }
     if clustered {
-        tokio::spawn(handoff::follow_views(engine.clone(), cluster.clone()));
-        background.push(tokio::spawn(follow_membership(
-            cluster.clone(),
-            readiness.clone(),
-        )));
+        tokio::spawn(handoff::follow_views(holdings, cluster.clone()));
+        background.push(tokio::spawn(follow_membership(cluster, readiness.clone())));
     }
 
     for service in [
@@ -393,7 +394,7 @@ pub async fn start(
     Ok(RunningNode {
         grpc_addr,
         http_addr,
-        engine,
+        node,
         readiness,
         shutdown_tx,
         grpc,
@@ -481,8 +482,8 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 
 /// Polls the bundle files and loads new versions through their owners (invalid ones are refused and logged; the
 /// last good version keeps serving).
-async fn watch_bundles(engine: Arc<Engine>) {
-    let config = &engine.config;
+async fn watch_bundles(config: Arc<Config>, decider: Arc<Decider>) {
+    let config = &*config;
     let mut watched: Vec<Watched> = [
         (
             bundle_path(&config.catalog, config, "catalog.json"),
@@ -533,22 +534,26 @@ async fn watch_bundles(engine: Arc<Engine>) {
             let source = w.path.display().to_string();
             let timeout = Duration::from_secs(60);
             let result = match w.kind {
-                WatchedKind::Catalog => {
-                    engine.worlds.load_catalog(bytes, &source).await.map(|_| ())
-                }
-                WatchedKind::Model(role) => engine
-                    .worlds
+                WatchedKind::Catalog => decider
+                    .worlds()
+                    .load_catalog(bytes, &source)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                WatchedKind::Model(role) => decider
+                    .worlds()
                     .load_model(bytes, &source, role)
                     .await
-                    .map(|_| ()),
-                WatchedKind::Rules => engine
-                    .policy
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                WatchedKind::Rules => decider
+                    .policy()
                     .load(bytes, &source, timeout)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
-                WatchedKind::Experiments => engine
-                    .experiments
+                WatchedKind::Experiments => decider
+                    .experiments()
                     .load(bytes, &source, timeout)
                     .await
                     .map(|_| ())

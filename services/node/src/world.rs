@@ -1,5 +1,5 @@
 //! The catalog and the ranking models, as one consistent snapshot ([`World`]) that every decision reads without a
-//! lock, owned by one actor ([`WorldKeeper`]) that serialises every change: a new catalog (models are re-bound to
+//! lock, owned by one actor (a [`Keeper`] of [`WorldState`]) that serialises every change: a new catalog (models are re-bound to
 //! it), a new default or candidate model, promoting the candidate, rolling back.
 //!
 //! A model and the catalog it is bound to are always swapped together, so a decision never mixes item indices of
@@ -11,11 +11,9 @@ use std::time::Duration;
 use aisle_domain::bundle::{BundleError, BundleKind, BundleMeta};
 use aisle_domain::catalog::Catalog;
 use aisle_domain::demo::DemoWorld;
+use aisle_kit::snapshot::{Keeper, Owned};
 use aisle_ranking::fit::{FitConfig, fit};
 use aisle_ranking::{Model, ServedModel};
-use arc_swap::ArcSwap;
-use ractor::rpc::CallResult;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 /// Which slot a model occupies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,14 +83,55 @@ enum CatalogOrigin {
     FromModels,
 }
 
-/// The state behind the [`WorldKeeper`].
-pub struct Keeper {
+/// Why a change to the world was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum WorldError {
+    /// The bundle is invalid; the current world keeps serving.
+    #[error(transparent)]
+    Refused(#[from] BundleError),
+    /// Promote without a candidate.
+    #[error("no candidate model is loaded")]
+    NoCandidate,
+    /// Rollback without an earlier promotion.
+    #[error("no previous default model to roll back to")]
+    NoPrevious,
+    /// The keeper did not answer.
+    #[error("world keeper unavailable")]
+    Unavailable,
+}
+
+/// A change to the world.
+#[derive(Debug)]
+pub enum WorldChange {
+    /// Replace the catalog (models are re-bound).
+    Catalog {
+        /// Bundle bytes.
+        bytes: Vec<u8>,
+        /// Where they came from.
+        source: String,
+    },
+    /// Replace the model in a slot.
+    Model {
+        /// Bundle bytes.
+        bytes: Vec<u8>,
+        /// Where they came from.
+        source: String,
+        /// Which slot.
+        role: ModelRole,
+    },
+    /// Make the candidate the default (the old default is kept for rollback).
+    Promote,
+    /// Restore the default from before the last promotion (the demoted model becomes the candidate again).
+    Rollback,
+}
+
+/// The state behind the world's keeper: the loaded bundles a [`World`] is built from.
+pub struct WorldState {
     catalog: Arc<Catalog>,
     origin: CatalogOrigin,
     default_model: Loaded,
     candidate: Option<Loaded>,
     previous: Option<Loaded>,
-    published: Arc<ArcSwap<World>>,
 }
 
 fn bind(loaded: &Loaded, catalog: &Arc<Catalog>) -> Arc<ServedModel> {
@@ -103,7 +142,7 @@ fn bind(loaded: &Loaded, catalog: &Arc<Catalog>) -> Arc<ServedModel> {
     ))
 }
 
-impl Keeper {
+impl WorldState {
     /// The catalog to use for a catalog-less deployment: every item any loaded model knows, indexed over `base`
     /// (so indices held by sessions stay valid).
     fn derived_catalog(
@@ -136,10 +175,10 @@ impl Keeper {
         })
     }
 
-    /// Builds the snapshot of the current slots and publishes it. Binding models to a catalog takes tens of
-    /// milliseconds for a large model, so it runs on a blocking thread: decisions keep being served from the
-    /// previous snapshot meanwhile, never stalled behind the rebuild.
-    async fn publish(&mut self) {
+    /// Builds the world of the current slots. Binding models to a catalog takes tens of milliseconds for a large
+    /// model, so it runs on a blocking thread: decisions keep being served from the previous snapshot meanwhile,
+    /// never stalled behind the rebuild.
+    async fn build(&mut self) -> World {
         let (default_model, candidate, previous) = (
             self.default_model.clone(),
             self.candidate.clone(),
@@ -163,133 +202,71 @@ impl Keeper {
         .await
         .expect("binding models does not panic");
         self.catalog = built.catalog.clone();
-        self.published.store(Arc::new(built));
-    }
-}
-
-/// Messages of the [`WorldKeeper`].
-pub enum WorldMsg {
-    /// Replace the catalog (models are re-bound).
-    LoadCatalog {
-        /// Bundle bytes.
-        bytes: Vec<u8>,
-        /// Where they came from.
-        source: String,
-        /// The new catalog's identity, or why it was refused.
-        reply: RpcReplyPort<Result<BundleMeta, BundleError>>,
-    },
-    /// Replace the model in a slot.
-    LoadModel {
-        /// Bundle bytes.
-        bytes: Vec<u8>,
-        /// Where they came from.
-        source: String,
-        /// Which slot.
-        role: ModelRole,
-        /// The new model's identity, or why it was refused.
-        reply: RpcReplyPort<Result<BundleMeta, BundleError>>,
-    },
-    /// Make the candidate the default (the old default is kept for rollback).
-    Promote(RpcReplyPort<Result<String, String>>),
-    /// Restore the default from before the last promotion (the demoted model becomes the candidate again).
-    Rollback(RpcReplyPort<Result<String, String>>),
-}
-
-/// The actor that owns the catalog and the models.
-#[derive(Debug, Clone, Copy)]
-pub struct WorldKeeper;
-
-impl Actor for WorldKeeper {
-    type Msg = WorldMsg;
-    type State = Keeper;
-    type Arguments = Keeper;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<WorldMsg>,
-        keeper: Keeper,
-    ) -> Result<Keeper, ActorProcessingErr> {
-        Ok(keeper)
+        built
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<WorldMsg>,
-        msg: WorldMsg,
-        k: &mut Keeper,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            WorldMsg::LoadCatalog {
-                bytes,
-                source,
-                reply,
-            } => {
-                let result = match Catalog::from_json_over(&bytes, &source, &k.catalog) {
-                    Ok(catalog) => {
-                        let meta = catalog.meta.clone();
-                        k.catalog = Arc::new(catalog);
-                        k.origin = CatalogOrigin::Bundle;
-                        k.publish().await;
-                        Ok(meta)
-                    }
-                    Err(e) => Err(e),
-                };
+    /// Applies a change to the slots; the new default model's or bundle's identity.
+    fn change(&mut self, change: WorldChange) -> Result<BundleMeta, WorldError> {
+        match change {
+            WorldChange::Catalog { bytes, source } => {
+                let catalog = Catalog::from_json_over(&bytes, &source, &self.catalog);
+                let result = catalog.map(|c| {
+                    let meta = c.meta.clone();
+                    self.catalog = Arc::new(c);
+                    self.origin = CatalogOrigin::Bundle;
+                    meta
+                });
                 report(BundleKind::Catalog, &source, &result);
-                let _ = reply.send(result);
+                Ok(result?)
             }
-            WorldMsg::LoadModel {
+            WorldChange::Model {
                 bytes,
                 source,
                 role,
-                reply,
             } => {
-                let result = match Model::from_bytes(&bytes) {
-                    Ok(model) => {
-                        let loaded = Loaded {
-                            model: Arc::new(model),
-                            source: source.clone(),
-                        };
-                        let meta = loaded.model.meta(&source);
-                        match role {
-                            ModelRole::Default => k.default_model = loaded,
-                            ModelRole::Candidate => k.candidate = Some(loaded),
-                        }
-                        k.publish().await;
-                        Ok(meta)
+                let result = Model::from_bytes(&bytes).map(|model| {
+                    let loaded = Loaded {
+                        model: Arc::new(model),
+                        source: source.clone(),
+                    };
+                    let meta = loaded.model.meta(&source);
+                    match role {
+                        ModelRole::Default => self.default_model = loaded,
+                        ModelRole::Candidate => self.candidate = Some(loaded),
                     }
-                    Err(e) => Err(e),
-                };
+                    meta
+                });
                 report(BundleKind::Model, &source, &result);
-                let _ = reply.send(result);
+                Ok(result?)
             }
-            WorldMsg::Promote(reply) => {
-                let result = match k.candidate.take() {
-                    Some(candidate) => {
-                        let version = candidate.model.header.version.clone();
-                        k.previous = Some(std::mem::replace(&mut k.default_model, candidate));
-                        k.publish().await;
-                        tracing::info!(%version, "candidate model promoted to default");
-                        Ok(version)
-                    }
-                    None => Err("no candidate model is loaded".to_string()),
-                };
-                let _ = reply.send(result);
+            WorldChange::Promote => {
+                let candidate = self.candidate.take().ok_or(WorldError::NoCandidate)?;
+                let meta = candidate.model.meta(&candidate.source);
+                self.previous = Some(std::mem::replace(&mut self.default_model, candidate));
+                tracing::info!(version = %meta.version, "candidate model promoted to default");
+                Ok(meta)
             }
-            WorldMsg::Rollback(reply) => {
-                let result = match k.previous.take() {
-                    Some(previous) => {
-                        let version = previous.model.header.version.clone();
-                        k.candidate = Some(std::mem::replace(&mut k.default_model, previous));
-                        k.publish().await;
-                        tracing::warn!(%version, "default model rolled back");
-                        Ok(version)
-                    }
-                    None => Err("no previous default model to roll back to".to_string()),
-                };
-                let _ = reply.send(result);
+            WorldChange::Rollback => {
+                let previous = self.previous.take().ok_or(WorldError::NoPrevious)?;
+                let meta = previous.model.meta(&previous.source);
+                self.candidate = Some(std::mem::replace(&mut self.default_model, previous));
+                tracing::warn!(version = %meta.version, "default model rolled back");
+                Ok(meta)
             }
         }
-        Ok(())
+    }
+}
+
+impl Owned for WorldState {
+    type Snapshot = World;
+    type Change = WorldChange;
+    type Outcome = Result<BundleMeta, WorldError>;
+
+    async fn apply(&mut self, change: WorldChange) -> (Self::Outcome, Option<World>) {
+        match self.change(change) {
+            Ok(meta) => (Ok(meta), Some(self.build().await)),
+            Err(e) => (Err(e), None),
+        }
     }
 }
 
@@ -308,10 +285,7 @@ fn report(kind: BundleKind, source: &str, result: &Result<BundleMeta, BundleErro
 
 /// The typed handle: lock-free reads, changes through the keeper.
 #[derive(Clone)]
-pub struct Worlds {
-    published: Arc<ArcSwap<World>>,
-    keeper: ActorRef<WorldMsg>,
-}
+pub struct Worlds(Keeper<WorldState>);
 
 impl std::fmt::Debug for Worlds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -319,14 +293,8 @@ impl std::fmt::Debug for Worlds {
     }
 }
 
+/// How long a change may take (binding a large model).
 const CALL: Duration = Duration::from_secs(60);
-
-fn unavailable<T>(r: Result<CallResult<T>, impl std::fmt::Debug>) -> Result<T, String> {
-    match r {
-        Ok(CallResult::Success(v)) => Ok(v),
-        _ => Err("world keeper unavailable".to_string()),
-    }
-}
 
 /// The initial contents of a world.
 pub struct Initial {
@@ -353,53 +321,44 @@ impl Worlds {
         let (catalog, origin) = match initial.catalog {
             Some(c) => (c, CatalogOrigin::Bundle),
             None => (
-                Keeper::derived_catalog(&default_model, candidate.as_ref(), None),
+                WorldState::derived_catalog(&default_model, candidate.as_ref(), None),
                 CatalogOrigin::FromModels,
             ),
         };
-        let placeholder = World {
-            catalog: catalog.clone(),
-            default_model: bind(&default_model, &catalog),
-            candidate: None,
-            previous: None,
-        };
-        let published = Arc::new(ArcSwap::from_pointee(placeholder));
-        let mut keeper = Keeper {
+        let mut state = WorldState {
             catalog,
             origin,
             default_model,
             candidate,
             previous: None,
-            published: published.clone(),
         };
-        keeper.publish().await;
-        let (keeper, _) = Actor::spawn(None, WorldKeeper, keeper).await?;
-        Ok(Self { published, keeper })
+        let world = state.build().await;
+        Ok(Self(Keeper::start(state, world).await?))
     }
 
     /// The current world.
     pub fn current(&self) -> Arc<World> {
-        self.published.load_full()
+        self.0.current()
+    }
+
+    async fn change(&self, change: WorldChange) -> Result<BundleMeta, WorldError> {
+        self.0
+            .change(change, CALL)
+            .await
+            .map_err(|_| WorldError::Unavailable)?
     }
 
     /// Loads a catalog bundle.
     ///
     /// # Errors
     /// The reason it was refused, or that the keeper is unavailable.
-    pub async fn load_catalog(&self, bytes: Vec<u8>, source: &str) -> Result<BundleMeta, String> {
+    pub async fn load_catalog(
+        &self,
+        bytes: Vec<u8>,
+        source: &str,
+    ) -> Result<BundleMeta, WorldError> {
         let source = source.to_string();
-        let r = self
-            .keeper
-            .call(
-                |reply| WorldMsg::LoadCatalog {
-                    bytes,
-                    source,
-                    reply,
-                },
-                Some(CALL),
-            )
-            .await;
-        unavailable(r)?.map_err(|e| e.to_string())
+        self.change(WorldChange::Catalog { bytes, source }).await
     }
 
     /// Loads a model bundle into a slot.
@@ -411,42 +370,35 @@ impl Worlds {
         bytes: Vec<u8>,
         source: &str,
         role: ModelRole,
-    ) -> Result<BundleMeta, String> {
+    ) -> Result<BundleMeta, WorldError> {
         let source = source.to_string();
-        let r = self
-            .keeper
-            .call(
-                |reply| WorldMsg::LoadModel {
-                    bytes,
-                    source,
-                    role,
-                    reply,
-                },
-                Some(CALL),
-            )
-            .await;
-        unavailable(r)?.map_err(|e| e.to_string())
+        self.change(WorldChange::Model {
+            bytes,
+            source,
+            role,
+        })
+        .await
     }
 
     /// Promotes the candidate model to default; returns its version.
     ///
     /// # Errors
     /// When no candidate is loaded.
-    pub async fn promote(&self) -> Result<String, String> {
-        unavailable(self.keeper.call(WorldMsg::Promote, Some(CALL)).await)?
+    pub async fn promote(&self) -> Result<String, WorldError> {
+        Ok(self.change(WorldChange::Promote).await?.version)
     }
 
     /// Rolls the default model back to the one before the last promotion; returns its version.
     ///
     /// # Errors
     /// When there was no promotion.
-    pub async fn rollback(&self) -> Result<String, String> {
-        unavailable(self.keeper.call(WorldMsg::Rollback, Some(CALL)).await)?
+    pub async fn rollback(&self) -> Result<String, WorldError> {
+        Ok(self.change(WorldChange::Rollback).await?.version)
     }
 
     /// Stops the keeper.
     pub fn stop(&self) {
-        self.keeper.stop(None);
+        self.0.stop();
     }
 }
 
@@ -472,9 +424,7 @@ pub fn demo_fit_config() -> FitConfig {
 /// When training fails or the files cannot be written.
 pub async fn export_demo(dir: &std::path::Path) -> anyhow::Result<()> {
     let anchor = aisle_domain::now_ms();
-    let (catalog, model) = tokio::task::spawn_blocking(move || demo(anchor))
-        .await?
-        .map_err(anyhow::Error::msg)?;
+    let (catalog, model) = tokio::task::spawn_blocking(move || demo(anchor)).await??;
     std::fs::create_dir_all(dir)?;
     std::fs::write(
         dir.join("catalog.json"),
@@ -493,7 +443,7 @@ pub async fn export_demo(dir: &std::path::Path) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// When training fails (it does not on the embedded demo data).
-pub fn demo(anchor_ms: i64) -> Result<(Arc<Catalog>, Model), String> {
+pub fn demo(anchor_ms: i64) -> Result<(Arc<Catalog>, Model), aisle_ranking::fit::FitError> {
     let world = DemoWorld::standard(anchor_ms);
     let catalog = Arc::new(world.load_catalog());
     let model = fit(
@@ -501,7 +451,6 @@ pub fn demo(anchor_ms: i64) -> Result<(Arc<Catalog>, Model), String> {
         catalog.clone(),
         &demo_fit_config(),
         &mut |_| {},
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     Ok((catalog, model))
 }

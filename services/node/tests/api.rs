@@ -339,8 +339,9 @@ async fn forget_shopper_erases_session_and_cached_decisions() {
     assert_eq!(ids(&next), anonymous_items);
     assert!(
         t.node
-            .engine
-            .sessions
+            .node
+            .decider()
+            .sessions()
             .view("forgettable", Duration::from_secs(1))
             .await
             .unwrap()
@@ -449,8 +450,9 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_accepted_is_lost() {
     .await;
     let before = t
         .node
-        .engine
-        .sessions
+        .node
+        .decider()
+        .sessions()
         .view("steady", Duration::from_secs(1))
         .await
         .unwrap()
@@ -585,8 +587,9 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_accepted_is_lost() {
     // The node is healthy and the shopper's session is exactly as it was.
     let after = t
         .node
-        .engine
-        .sessions
+        .node
+        .decider()
+        .sessions()
         .view("steady", Duration::from_secs(1))
         .await
         .unwrap()

@@ -7,8 +7,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use aisle_proto::v1 as pb;
-use common::cluster::{Driver, Targets, TestCluster, assert_single_fresh_owner, follow_members};
-use common::{decide_req, event};
+use common::cluster::{
+    Driver, Targets, TestCluster, assert_single_fresh_owner, follow_members, http_get,
+};
+use common::{assert_bounded_fallback_labels, decide_req, event};
 use tokio::time::Instant;
 
 fn shoppers(n: usize, tag: &str) -> Vec<String> {
@@ -212,6 +214,17 @@ async fn a_crashed_node_costs_a_few_seconds_of_fallback_answers_never_wrong_ones
     );
     assert!(recovery <= ttl + Duration::from_secs(1), "{recovery:?}");
     assert_single_fresh_owner(&records);
+    // Unreachable owners, hand-offs and new epochs were all counted, and under the closed set of labels only.
+    let mut counted = 0.0;
+    for i in [0, 2] {
+        let (status, metrics) = http_get(&c.nodes[i].http(), "/metrics").await;
+        assert_eq!(status, 200);
+        counted += assert_bounded_fallback_labels(&metrics);
+    }
+    assert!(
+        counted >= fallbacks as f64,
+        "{counted} counted, {fallbacks} answered"
+    );
 }
 
 /// Fault 2: rolling restart (SIGTERM, restart, one node at a time) under load.

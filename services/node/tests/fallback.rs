@@ -6,7 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use aisle_proto::v1 as pb;
-use common::{TestNode, catalog, decide_req, event};
+use common::{
+    TestNode, assert_bounded_fallback_labels, catalog, decide_req, event, fallback_series, http_get,
+};
 
 fn tier(r: &pb::DecideResponse) -> pb::FallbackTier {
     pb::FallbackTier::try_from(r.fallback_tier).unwrap()
@@ -107,7 +109,7 @@ async fn without_a_cached_decision_the_rules_rung_serves_the_shoppers_categories
         .decide(decide_req("rules-shopper", pb::Surface::Home))
         .await;
     assert_eq!(tier(&r), pb::FallbackTier::Rules);
-    assert_eq!(r.fallback_reason, "ranking: injected failure");
+    assert_eq!(r.fallback_reason, "ranking: injected_failure");
     assert!(
         share(&r, "Camping") >= 2,
         "{:?}",
@@ -206,7 +208,7 @@ async fn a_deadline_too_short_for_ranking_still_gets_an_answer() {
     )
     .await;
     assert_eq!(tier(&r), pb::FallbackTier::Generic, "{}", r.fallback_reason);
-    assert_eq!(r.fallback_reason, "session: no budget left");
+    assert_eq!(r.fallback_reason, "session: no_budget");
     assert!(!r.items.is_empty());
     assert!(took < Duration::from_millis(25));
     // With a budget that leaves room, the same node ranks.
@@ -235,5 +237,61 @@ async fn fault_injection_is_refused_unless_enabled() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("fault injection is disabled"));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn fallback_metrics_are_labelled_by_stage_and_reason_codes_only() {
+    let mut t = TestNode::start().await;
+    views(&mut t, "labelled-shopper", "Camping", 3).await;
+    let drills = [
+        (
+            pb::FaultStage::Session,
+            pb::FaultMode::Fail,
+            "session: injected_failure",
+        ),
+        (
+            pb::FaultStage::Session,
+            pb::FaultMode::Stall,
+            "session: deadline",
+        ),
+        (
+            pb::FaultStage::Ranking,
+            pb::FaultMode::Fail,
+            "ranking: injected_failure",
+        ),
+        (
+            pb::FaultStage::Ranking,
+            pb::FaultMode::Stall,
+            "ranking: deadline",
+        ),
+    ];
+    for (stage, mode, reason) in drills {
+        t.fault(stage, mode).await;
+        for k in 0..3 {
+            let mut req = decide_req("labelled-shopper", pb::Surface::Home);
+            req.request_id = format!("drill-{k}");
+            let r = t.decide(req).await;
+            assert_eq!(r.fallback_reason, reason);
+        }
+        t.fault(stage, pb::FaultMode::None).await;
+    }
+    let (_, metrics) = http_get(&t.http(), "/metrics").await;
+    let total = assert_bounded_fallback_labels(&metrics);
+    assert!(total >= 12.0, "{total}");
+    let series = fallback_series(&metrics);
+    for (stage, reason) in [
+        ("session", "injected_failure"),
+        ("session", "deadline"),
+        ("ranking", "injected_failure"),
+        ("ranking", "deadline"),
+    ] {
+        assert!(
+            series
+                .iter()
+                .any(|(l, _)| l[0].1 == stage && l[1].1 == reason),
+            "{stage}/{reason} missing: {series:?}"
+        );
+    }
     t.stop().await;
 }

@@ -127,15 +127,17 @@ async fn a_new_model_file_is_swapped_in_and_an_invalid_one_refused() {
     other.header.feature_schema_version += 1;
     let err = t
         .node
-        .engine
-        .worlds
+        .node
+        .decider()
+        .worlds()
         .load_model(
             other.to_bytes(),
             "test",
             aisle_node::world::ModelRole::Default,
         )
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("feature schema"), "{err}");
     t.stop().await;
 }

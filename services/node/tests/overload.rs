@@ -26,15 +26,15 @@ fn stalled_decides(t: &TestNode, n: usize, budget: Duration) -> Vec<JoinHandle<p
         .collect()
 }
 
-/// Waits until `n` decisions are in flight in the node's engine (so past admission).
+/// Waits until `n` decisions are in flight in the node's decider (so past admission).
 async fn held_in_flight(t: &TestNode, n: usize) {
-    let engine = t.node.engine.clone();
+    let decider = t.node.node.decider().clone();
     eventually(
         "the held decisions in flight",
         Duration::from_secs(3),
         || {
-            let engine = engine.clone();
-            async move { engine.inflight_decisions() == n }
+            let decider = decider.clone();
+            async move { decider.inflight_decisions() == n }
         },
     )
     .await;

@@ -1,31 +1,37 @@
-//! `aisle.v1.AdminService`: erasure, bundle status, fault injection.
+//! `aisle.v1.AdminService`: erasure, shopper descriptions, bundle status, cluster status, model promotion and
+//! fault injection. DescribeShopper and ForgetShopper run at the shopper's owner through the [`Router`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use aisle_domain::bundle::BundleMeta;
+use aisle_domain::catalog::ItemIdx;
 use aisle_proto::v1 as pb;
 use aisle_proto::v1::admin_service_server::AdminService;
+use aisle_session::SessionContext;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use super::decision::Router;
-use crate::engine::Engine;
+use crate::cluster::{Member, SharedView};
+use crate::decider::Decider;
 use crate::error::ApiError;
 use crate::faults::{Mode, Stage};
+use crate::node::Node;
+use crate::routing::{AtOwner, LocalError, Routed, Router};
+
+/// How long a describe or an erasure may take at the owner.
+const SHOPPER_CALL: Duration = Duration::from_secs(5);
 
 /// The Admin service.
 #[derive(Debug, Clone)]
 pub struct AdminApi {
-    engine: Arc<Engine>,
-    router: Router,
+    node: Arc<Node>,
 }
 
 impl AdminApi {
-    /// A service over `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self {
-            router: Router::new(engine.clone()),
-            engine,
-        }
+    /// A service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
     }
 }
 
@@ -42,8 +48,8 @@ fn info(meta: &BundleMeta, role: &str) -> pb::BundleInfo {
 }
 
 /// Every loaded bundle.
-pub fn bundle_status(engine: &Engine) -> Vec<pb::BundleInfo> {
-    let world = engine.worlds.current();
+pub fn bundle_status(decider: &Decider) -> Vec<pb::BundleInfo> {
+    let world = decider.worlds().current();
     let mut out = vec![info(&world.catalog.meta, "")];
     out.push(info(&world.default_model.meta, "default"));
     if let Some(c) = &world.candidate {
@@ -52,9 +58,161 @@ pub fn bundle_status(engine: &Engine) -> Vec<pb::BundleInfo> {
     if let Some(p) = &world.previous {
         out.push(info(&p.meta, "previous"));
     }
-    out.push(info(&engine.policy.current().meta, ""));
-    out.push(info(&engine.experiments.current().meta, ""));
+    out.push(info(&decider.policy().current().meta, ""));
+    out.push(info(&decider.experiments().current().meta, ""));
     out
+}
+
+/// A shopper id given to an admin call.
+fn shopper_id(value: &str) -> Result<&str, ApiError> {
+    if value.is_empty() {
+        return Err(ApiError::required("shopper_id"));
+    }
+    if value.len() > aisle_domain::MAX_ID_BYTES {
+        return Err(ApiError::invalid("shopper_id", "longer than 256 bytes"));
+    }
+    Ok(value)
+}
+
+/// What an owner tells of a shopper's session.
+fn describe_response(node: &Node, session: Option<SessionContext>) -> pb::DescribeShopperResponse {
+    let mut out = pb::DescribeShopperResponse {
+        served_by: node.id().to_string(),
+        ..Default::default()
+    };
+    let Some(context) = session else {
+        return out;
+    };
+    let catalog = node.decider().worlds().current().catalog.clone();
+    let view = context.view(&node.config().session_limits);
+    let id = |i: ItemIdx| catalog.item(i).id.to_string();
+    out.has_session = true;
+    out.events_applied = context.events_applied();
+    out.recent_item_ids = view
+        .items
+        .iter()
+        .map(|v| v.item.known().map(id).unwrap_or_default())
+        .collect();
+    out.cart_item_ids = view.cart.iter().map(|&i| id(i)).collect();
+    out.purchased_item_ids = view.purchased.iter().map(|&i| id(i)).collect();
+    out.top_categories = view
+        .category_affinity
+        .iter()
+        .map(|(c, _)| catalog.categories[*c as usize].name.clone())
+        .collect();
+    out.searches = view.searches.iter().map(|s| s.to_string()).collect();
+    out.consent = context.consent();
+    out.store_id = context.store_id().unwrap_or_default().to_string();
+    out
+}
+
+/// A DescribeShopper at the shopper's owner.
+pub struct DescribeCall<'a> {
+    /// The node.
+    pub node: &'a Node,
+    /// The shopper.
+    pub shopper_id: &'a str,
+}
+
+impl AtOwner for DescribeCall<'_> {
+    type Output = pb::DescribeShopperResponse;
+    const RPC: &'static str = "describe";
+
+    fn shopper(&self) -> &str {
+        self.shopper_id
+    }
+
+    async fn local(&self, _view: &SharedView) -> Result<Self::Output, LocalError> {
+        let session = self.node.decider().session(self.shopper_id).await?;
+        Ok(describe_response(self.node, session))
+    }
+
+    async fn remote(
+        &self,
+        view: &SharedView,
+        owner: &Member,
+        deadline: Instant,
+    ) -> Result<Self::Output, Status> {
+        let mut call = Request::new(pb::ForwardDescribeRequest {
+            shopper_id: self.shopper_id.to_string(),
+            epoch: view.epoch,
+            from_node: self.node.id().to_string(),
+            view_fingerprint: view.fingerprint,
+        });
+        call.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let mut client = self.node.cluster().peers.client(&owner.addr);
+        client
+            .forward_describe(call)
+            .await
+            .map(Response::into_inner)
+    }
+}
+
+/// A ForgetShopper at the shopper's owner.
+pub struct ForgetCall<'a> {
+    /// The node.
+    pub node: &'a Node,
+    /// The shopper.
+    pub shopper_id: &'a str,
+}
+
+impl AtOwner for ForgetCall<'_> {
+    type Output = pb::ForgetShopperResponse;
+    const RPC: &'static str = "forget";
+
+    fn shopper(&self) -> &str {
+        self.shopper_id
+    }
+
+    async fn local(&self, _view: &SharedView) -> Result<Self::Output, LocalError> {
+        let (session_erased, cached) = self.node.decider().forget(self.shopper_id).await?;
+        Ok(pb::ForgetShopperResponse {
+            session_erased,
+            cached_decisions_erased: cached as u32,
+            served_by: self.node.id().to_string(),
+        })
+    }
+
+    async fn remote(
+        &self,
+        view: &SharedView,
+        owner: &Member,
+        deadline: Instant,
+    ) -> Result<Self::Output, Status> {
+        let mut call = Request::new(pb::ForwardForgetRequest {
+            shopper_id: self.shopper_id.to_string(),
+            epoch: view.epoch,
+            from_node: self.node.id().to_string(),
+            view_fingerprint: view.fingerprint,
+        });
+        call.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let mut client = self.node.cluster().peers.client(&owner.addr);
+        let r = client.forward_forget(call).await?.into_inner();
+        // Whatever this node may still cache from when it owned the shopper goes too.
+        self.node.decider().cache().invalidate(self.shopper_id);
+        Ok(pb::ForgetShopperResponse {
+            session_erased: r.session_erased,
+            cached_decisions_erased: r.cached_decisions_erased,
+            served_by: r.served_by,
+        })
+    }
+}
+
+/// Runs a per-shopper admin call at the owner.
+///
+/// # Errors
+/// UNAVAILABLE when no owner can be reached (the message says why); the owner's or this node's error otherwise.
+async fn at_owner<C: AtOwner>(node: &Node, call: &C) -> Result<C::Output, ApiError> {
+    match Router::new(node.cluster())
+        .at_owner(call, Instant::now() + SHOPPER_CALL)
+        .await
+    {
+        Routed::Answered(r) => Ok(r),
+        Routed::NoOwner(why) => Err(ApiError::Unavailable(format!(
+            "the shopper's owner cannot be reached ({why}); retry"
+        ))),
+        Routed::Failed(e) => Err(e),
+    }
 }
 
 #[tonic::async_trait]
@@ -64,13 +222,11 @@ impl AdminService for AdminApi {
         request: Request<pb::ForgetShopperRequest>,
     ) -> Result<Response<pb::ForgetShopperResponse>, Status> {
         let req = request.into_inner();
-        if req.shopper_id.is_empty() {
-            return Err(ApiError::invalid("shopper_id", "required").into());
-        }
-        if req.shopper_id.len() > aisle_domain::MAX_ID_BYTES {
-            return Err(ApiError::invalid("shopper_id", "longer than 256 bytes").into());
-        }
-        let r = self.router.forget(&req.shopper_id).await?;
+        let call = ForgetCall {
+            node: &self.node,
+            shopper_id: shopper_id(&req.shopper_id)?,
+        };
+        let r = at_owner(&self.node, &call).await?;
         tracing::info!(shopper_ref = %aisle_domain::hash::shopper_ref(&req.shopper_id), session_erased = r.session_erased,
             cached = r.cached_decisions_erased, owner = %r.served_by, "shopper forgotten");
         Ok(Response::new(r))
@@ -81,8 +237,8 @@ impl AdminService for AdminApi {
         _request: Request<pb::BundleStatusRequest>,
     ) -> Result<Response<pb::BundleStatusResponse>, Status> {
         Ok(Response::new(pb::BundleStatusResponse {
-            bundles: bundle_status(&self.engine),
-            served_by: self.engine.node_id.clone(),
+            bundles: bundle_status(self.node.decider()),
+            served_by: self.node.id().to_string(),
         }))
     }
 
@@ -90,7 +246,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SetFaultRequest>,
     ) -> Result<Response<pb::SetFaultResponse>, Status> {
-        if !self.engine.config.fault_injection {
+        if !self.node.config().fault_injection {
             return Err(ApiError::FailedPrecondition(
                 "fault injection is disabled on this node (start it with --fault-injection)".into(),
             )
@@ -123,7 +279,7 @@ impl AdminService for AdminApi {
             }
         };
         tracing::warn!(?stage, ?mode, "fault injected");
-        self.engine.faults.set(stage, mode);
+        self.node.decider().faults().set(stage, mode);
         Ok(Response::new(pb::SetFaultResponse {}))
     }
 
@@ -132,13 +288,11 @@ impl AdminService for AdminApi {
         request: Request<pb::DescribeShopperRequest>,
     ) -> Result<Response<pb::DescribeShopperResponse>, Status> {
         let req = request.into_inner();
-        if req.shopper_id.is_empty() {
-            return Err(ApiError::invalid("shopper_id", "required").into());
-        }
-        if req.shopper_id.len() > aisle_domain::MAX_ID_BYTES {
-            return Err(ApiError::invalid("shopper_id", "longer than 256 bytes").into());
-        }
-        Ok(Response::new(self.router.describe(&req.shopper_id).await?))
+        let call = DescribeCall {
+            node: &self.node,
+            shopper_id: shopper_id(&req.shopper_id)?,
+        };
+        Ok(Response::new(at_owner(&self.node, &call).await?))
     }
 
     async fn cluster_status(
@@ -146,7 +300,7 @@ impl AdminService for AdminApi {
         request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let req = request.into_inner();
-        let cluster = &self.engine.cluster;
+        let cluster = self.node.cluster();
         let view = cluster.current();
         let shopper_owner = match (&view, req.shopper_id.is_empty()) {
             (Some(v), false) => v
@@ -185,14 +339,15 @@ impl AdminService for AdminApi {
         _request: Request<pb::PromoteModelRequest>,
     ) -> Result<Response<pb::ModelSwitchResponse>, Status> {
         let version = self
-            .engine
-            .worlds
+            .node
+            .decider()
+            .worlds()
             .promote()
             .await
-            .map_err(ApiError::FailedPrecondition)?;
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::ModelSwitchResponse {
             default_model: version,
-            served_by: self.engine.node_id.clone(),
+            served_by: self.node.id().to_string(),
         }))
     }
 
@@ -201,14 +356,15 @@ impl AdminService for AdminApi {
         _request: Request<pb::RollbackModelRequest>,
     ) -> Result<Response<pb::ModelSwitchResponse>, Status> {
         let version = self
-            .engine
-            .worlds
+            .node
+            .decider()
+            .worlds()
             .rollback()
             .await
-            .map_err(ApiError::FailedPrecondition)?;
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::ModelSwitchResponse {
             default_model: version,
-            served_by: self.engine.node_id.clone(),
+            served_by: self.node.id().to_string(),
         }))
     }
 }

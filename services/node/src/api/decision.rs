@@ -1,10 +1,9 @@
-//! `aisle.v1.DecisionService`: Decide and Track, routed to the shopper's owner.
+//! `aisle.v1.DecisionService`: Decide and Track, each run at the shopper's owner through the [`Router`].
 //!
-//! Any node accepts any request. The [`Router`] sends it to the shopper's owner under the current view: this
-//! node (then the engine decides), or a peer (forwarded over `PeerService` with the remaining budget and the
-//! epoch). A peer that refuses the epoch or ownership makes the router re-resolve and retry once; an owner that
-//! cannot be reached, or no owner at all, gets the request answered here by the fallback ladder — an answer, not
-//! an error, and no session is created or read for a shopper this node does not own.
+//! Any node accepts any request. A Decide whose owner cannot serve it (unreachable, no owner, hand-off still
+//! running at the deadline) is answered here by the fallback ladder — an answer, not an error, and no session is
+//! created or read for a shopper this node does not own. A Track whose owner cannot be reached fails with
+//! UNAVAILABLE, saying how many events of the batch were applied.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,18 +12,17 @@ use aisle_domain::catalog::Catalog;
 use aisle_domain::event::{EventRecord, ShopperEvent};
 use aisle_proto::v1 as pb;
 use aisle_proto::v1::decision_service_server::DecisionService;
-use aisle_session::SessionError;
 use tokio::time::Instant;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use super::validate;
-use crate::cluster::{Member, Route, SharedView};
-use crate::engine::{DecideInput, Decision, Engine, Serve, Tier, TrackOutcome};
+use crate::cluster::{Member, SharedView};
+use crate::decision::{DecideInput, Decision, Fallback, Serve, Tier, TrackOutcome};
 use crate::error::ApiError;
+use crate::node::Node;
+use crate::routing::{AtOwner, LocalError, Routed, Router};
 use crate::world::World;
 
-/// How long a request may wait for a newer view before its single retry.
-const VIEW_WAIT: Duration = Duration::from_millis(100);
 /// How long a Track may wait for the hand-off barrier and its owner.
 const TRACK_BUDGET: Duration = Duration::from_secs(4);
 
@@ -39,6 +37,7 @@ fn tier(t: Tier) -> pb::FallbackTier {
 
 /// The response of a decision.
 pub fn response(d: Decision, served_by: &str, request_id: String) -> pb::DecideResponse {
+    let fallback_reason = d.fallback_text();
     let catalog = &d.catalog;
     pb::DecideResponse {
         items: d
@@ -88,448 +87,305 @@ pub fn response(d: Decision, served_by: &str, request_id: String) -> pb::DecideR
         experiments_version: d.experiments_version,
         catalog_version: catalog.meta.version.clone(),
         in_holdout: d.assignment.in_holdout,
-        fallback_reason: d.fallback_reason,
+        fallback_reason,
         epoch: d.epoch,
     }
 }
 
-/// Why a forward did not produce an answer.
-enum Forwarded<T> {
-    Answer(T),
-    /// The peer's view differs: re-resolve and retry.
-    Stale(String),
-    /// The peer could not be reached or did not answer in time.
-    Unreachable(String),
+/// A Decide at the shopper's owner.
+pub struct DecideCall<'a> {
+    node: &'a Node,
+    /// The request as received (forwarded as is).
+    request: &'a pb::DecideRequest,
+    /// The world its items were resolved against.
+    world: Arc<World>,
+    input: DecideInput,
+    deadline: Instant,
 }
 
-fn classify<T>(result: Result<Response<T>, Status>) -> Result<Forwarded<T>, Status> {
-    match result {
-        Ok(r) => Ok(Forwarded::Answer(r.into_inner())),
-        Err(s) if s.code() == Code::FailedPrecondition => {
-            Ok(Forwarded::Stale(s.message().to_string()))
-        }
-        Err(s) if matches!(s.code(), Code::InvalidArgument | Code::OutOfRange) => Err(s),
-        Err(s) => Ok(Forwarded::Unreachable(format!(
-            "{:?}: {}",
-            s.code(),
-            s.message()
-        ))),
-    }
-}
-
-/// Routes requests to shoppers' owners.
-#[derive(Debug, Clone)]
-pub struct Router {
-    engine: Arc<Engine>,
-}
-
-impl Router {
-    /// A router over `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
-    }
-
-    async fn wait_for_newer_view(&self, than: u64, deadline: Instant) {
-        let mut views = self.engine.cluster.views();
-        let until = deadline.min(Instant::now() + VIEW_WAIT);
-        let _ = tokio::time::timeout_at(
-            until,
-            views.wait_for(|v| v.as_ref().is_some_and(|v| v.fingerprint != than)),
-        )
-        .await;
-    }
-
-    /// Decides, wherever the shopper's owner is.
+impl<'a> DecideCall<'a> {
+    /// Validates a Decide request against the current catalog.
     ///
     /// # Errors
-    /// Invalid requests only; every other outcome is an answer.
-    pub async fn decide(
-        &self,
-        req: pb::DecideRequest,
+    /// The first invalid field.
+    pub fn new(
+        node: &'a Node,
+        request: &'a pb::DecideRequest,
         deadline: Instant,
-    ) -> Result<pb::DecideResponse, Status> {
-        let world = self.engine.worlds.current();
-        let input = validate::decide(&req, &world.catalog)?;
-        let mut last_reason = String::new();
-        for attempt in 0..2 {
-            match self.engine.cluster.route(&input.shopper_id) {
-                Route::Local(view) => {
-                    return Ok(self.decide_as_owner(world, input, deadline, &view).await);
-                }
-                Route::Remote(view, owner) => {
-                    match self.forward_decide(&req, &view, &owner, deadline).await? {
-                        Forwarded::Answer(r) => {
-                            metrics::counter!("aisle_forwarded_total", "rpc" => "decide", "result" => "ok").increment(1);
-                            return Ok(r);
-                        }
-                        Forwarded::Stale(reason) => {
-                            metrics::counter!("aisle_forwarded_total", "rpc" => "decide", "result" => "stale").increment(1);
-                            last_reason = format!("owner: {reason}");
-                            if attempt == 0 {
-                                self.wait_for_newer_view(view.fingerprint, deadline).await;
-                            }
-                        }
-                        Forwarded::Unreachable(reason) => {
-                            metrics::counter!("aisle_forwarded_total", "rpc" => "decide", "result" => "unreachable")
-                            .increment(1);
-                            return Ok(self
-                                .fallback(
-                                    world,
-                                    input,
-                                    deadline,
-                                    format!("owner: {} unreachable ({reason})", owner.node_id),
-                                )
-                                .await);
-                        }
-                    }
-                }
-                Route::Unowned(reason) => {
-                    return Ok(self
-                        .fallback(world, input, deadline, format!("membership: {reason}"))
-                        .await);
-                }
-            }
+    ) -> Result<Self, ApiError> {
+        let world = node.decider().worlds().current();
+        let input = validate::decide(request, &world.catalog)?;
+        Ok(Self {
+            node,
+            request,
+            world,
+            input,
+            deadline,
+        })
+    }
+
+    /// Decides here, at `epoch`, as `serve` allows.
+    async fn decide(&self, serve: Serve) -> pb::DecideResponse {
+        let decision = self
+            .node
+            .decider()
+            .decide(self.world.clone(), self.input.clone(), self.deadline, serve)
+            .await;
+        response(decision, self.node.id(), self.input.request_id.clone())
+    }
+
+    /// Answers from the fallback ladder here: no owner could serve the request.
+    pub async fn fallback(&self, why: Fallback) -> pb::DecideResponse {
+        let epoch = self.node.cluster().epoch();
+        self.decide(Serve::Fallback { epoch, why }).await
+    }
+
+    /// Decides wherever the shopper's owner is; the fallback ladder here when no owner can serve.
+    pub async fn run(&self) -> Result<pb::DecideResponse, ApiError> {
+        match Router::new(self.node.cluster())
+            .at_owner(self, self.deadline)
+            .await
+        {
+            Routed::Answered(r) => Ok(r),
+            Routed::NoOwner(why) => Ok(self.fallback(why).await),
+            Routed::Failed(e) => Err(e),
         }
-        Ok(self.fallback(world, input, deadline, last_reason).await)
+    }
+}
+
+impl AtOwner for DecideCall<'_> {
+    type Output = pb::DecideResponse;
+    const RPC: &'static str = "decide";
+
+    fn shopper(&self) -> &str {
+        &self.input.shopper_id
     }
 
-    async fn fallback(
-        &self,
-        world: Arc<World>,
-        input: DecideInput,
-        deadline: Instant,
-        reason: String,
-    ) -> pb::DecideResponse {
-        let request_id = input.request_id.clone();
-        let serve = Serve::Fallback {
-            epoch: self.engine.cluster.epoch(),
-            reason,
-        };
-        response(
-            self.engine.decide(world, input, deadline, serve).await,
-            &self.engine.node_id,
-            request_id,
-        )
+    /// The barrier may hold a decision until the safety margin, which is kept for the fallback ladder.
+    fn barrier_deadline(&self, deadline: Instant) -> Instant {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let margin = self.node.decider().settings().margin(left);
+        deadline.checked_sub(margin).unwrap_or(deadline)
     }
 
-    async fn forward_decide(
+    async fn local(&self, view: &SharedView) -> Result<pb::DecideResponse, LocalError> {
+        Ok(self.decide(Serve::Owner { epoch: view.epoch }).await)
+    }
+
+    async fn remote(
         &self,
-        req: &pb::DecideRequest,
         view: &SharedView,
         owner: &Member,
         deadline: Instant,
-    ) -> Result<Forwarded<pb::DecideResponse>, Status> {
+    ) -> Result<pb::DecideResponse, Status> {
         // Keep the safety margin here: if the owner does not answer in time, this node still answers.
         let left = deadline.saturating_duration_since(Instant::now());
-        let budget = left.saturating_sub(self.engine.config.margin(left));
+        let budget = left.saturating_sub(self.node.decider().settings().margin(left));
         if budget.is_zero() {
-            return Ok(Forwarded::Unreachable("no budget left to forward".into()));
+            return Err(Status::deadline_exceeded("no budget left to forward"));
         }
-        let mut call = tonic::Request::new(pb::ForwardDecideRequest {
-            request: Some(req.clone()),
+        let mut call = Request::new(pb::ForwardDecideRequest {
+            request: Some(self.request.clone()),
             epoch: view.epoch,
-            from_node: self.engine.node_id.clone(),
+            from_node: self.node.id().to_string(),
             budget_us: budget.as_micros() as u64,
             view_fingerprint: view.fingerprint,
         });
         call.set_timeout(budget);
-        let mut client = self.engine.cluster.peers.client(&owner.addr);
-        classify(client.forward_decide(call).await)
+        let mut client = self.node.cluster().peers.client(&owner.addr);
+        client.forward_decide(call).await.map(Response::into_inner)
+    }
+}
+
+/// One shopper's events of a Track batch, at the shopper's owner.
+pub struct TrackCall<'a> {
+    node: &'a Node,
+    shopper_id: String,
+    events: Vec<ShopperEvent>,
+    records: Vec<EventRecord>,
+    catalog: Arc<Catalog>,
+    /// The batch as received: the shopper's events are forwarded as they came.
+    request: &'a pb::TrackRequest,
+    received_at_us: i64,
+}
+
+impl AtOwner for TrackCall<'_> {
+    type Output = TrackOutcome;
+    const RPC: &'static str = "track";
+
+    fn shopper(&self) -> &str {
+        &self.shopper_id
     }
 
-    /// Decides for a shopper this node owns under `view`: once the hand-off barrier lets it, as owner; if the
-    /// barrier does not open before the deadline, from the fallback ladder.
-    pub async fn decide_as_owner(
+    async fn local(&self, _view: &SharedView) -> Result<TrackOutcome, LocalError> {
+        let applied = self
+            .node
+            .decider()
+            .apply_events(
+                &self.shopper_id,
+                self.events.clone(),
+                self.records.clone(),
+                self.catalog.clone(),
+            )
+            .await?;
+        self.node.publish_assist(&self.shopper_id, &applied);
+        Ok(applied.outcome)
+    }
+
+    async fn remote(
         &self,
-        world: Arc<World>,
-        input: DecideInput,
-        deadline: Instant,
         view: &SharedView,
-    ) -> pb::DecideResponse {
-        let margin = self
-            .engine
-            .config
-            .margin(deadline.saturating_duration_since(Instant::now()));
-        let wait_until = deadline.checked_sub(margin).unwrap_or(deadline);
-        let request_id = input.request_id.clone();
-        let serve = if self
-            .engine
-            .cluster
-            .ready_for(&input.shopper_id, view, wait_until)
-            .await
-        {
-            Serve::Owner { epoch: view.epoch }
-        } else {
-            Serve::Fallback {
-                epoch: view.epoch,
-                reason: "handoff: session not yet handed over".into(),
-            }
-        };
-        response(
-            self.engine.decide(world, input, deadline, serve).await,
-            &self.engine.node_id,
-            request_id,
+        owner: &Member,
+        deadline: Instant,
+    ) -> Result<TrackOutcome, Status> {
+        let events = self
+            .request
+            .events
+            .iter()
+            .filter(|e| e.shopper_id == self.shopper_id)
+            .cloned()
+            .collect();
+        let mut call = Request::new(pb::ForwardTrackRequest {
+            request: Some(pb::TrackRequest {
+                events,
+                request_id: String::new(),
+            }),
+            epoch: view.epoch,
+            from_node: self.node.id().to_string(),
+            received_at_us: self.received_at_us,
+            view_fingerprint: view.fingerprint,
+        });
+        call.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let mut client = self.node.cluster().peers.client(&owner.addr);
+        let r = client.forward_track(call).await?.into_inner();
+        Ok(TrackOutcome {
+            accepted: r.accepted as usize,
+            unknown_items: r.unknown_items as usize,
+        })
+    }
+}
+
+/// A validated Track batch, applied shopper by shopper at each one's owner.
+pub struct TrackBatchCall<'a> {
+    node: &'a Node,
+    request: &'a pb::TrackRequest,
+    batch: validate::TrackBatch,
+    catalog: Arc<Catalog>,
+    received_at_us: i64,
+}
+
+impl<'a> TrackBatchCall<'a> {
+    /// Validates a whole batch (all or nothing) against the current catalog.
+    ///
+    /// # Errors
+    /// The first invalid field, e.g. `events[3].item_id: required`.
+    pub fn new(
+        node: &'a Node,
+        request: &'a pb::TrackRequest,
+        received_at_us: i64,
+    ) -> Result<Self, ApiError> {
+        let catalog = node.decider().worlds().current().catalog.clone();
+        let batch = validate::track(
+            request,
+            &catalog,
+            aisle_domain::now_ms(),
+            received_at_us,
+            Duration::from_secs(node.config().max_future_skew_secs),
         )
+        .inspect_err(|_| metrics::counter!("aisle_track_rejected_total").increment(1))?;
+        Ok(Self {
+            node,
+            request,
+            batch,
+            catalog,
+            received_at_us,
+        })
     }
 
-    /// Applies a validated batch, each shopper's events at their owner.
+    fn calls(self) -> impl Iterator<Item = TrackCall<'a>> {
+        let Self {
+            node,
+            request,
+            batch,
+            catalog,
+            received_at_us,
+        } = self;
+        batch
+            .groups
+            .into_iter()
+            .zip(batch.records)
+            .map(move |((shopper_id, events), records)| TrackCall {
+                node,
+                shopper_id,
+                events,
+                records,
+                catalog: catalog.clone(),
+                request,
+                received_at_us,
+            })
+    }
+
+    /// Applies each shopper's events at their owner, in batch order.
     ///
     /// # Errors
     /// UNAVAILABLE when some shopper's owner cannot be reached or this node is not a member; the message says
     /// how many events were applied.
-    pub async fn track(
-        &self,
-        req: &pb::TrackRequest,
-        batch: validate::TrackBatch,
-        catalog: Arc<Catalog>,
-        received_at_us: i64,
-    ) -> Result<TrackOutcome, Status> {
+    pub async fn run(self) -> Result<TrackOutcome, ApiError> {
         let deadline = Instant::now() + TRACK_BUDGET;
+        let router = Router::new(self.node.cluster());
         let mut outcome = TrackOutcome::default();
-        for ((shopper_id, events), records) in batch.groups.into_iter().zip(batch.records) {
-            let original: Vec<pb::TrackEvent> = req
-                .events
-                .iter()
-                .filter(|e| e.shopper_id == shopper_id)
-                .cloned()
-                .collect();
-            let (n, unknown) = self
-                                .track_one(&shopper_id, events, records, original, catalog.clone(), received_at_us, deadline)
-                .await
-                .map_err(|e| {
-                    Status::unavailable(format!(
-                        "events of shopper {shopper_id:?} were not applied ({e}); {} earlier events of this batch were",
-                        outcome.accepted
-                    ))
-                })?;
-            outcome.accepted += n;
-            outcome.unknown_items += unknown;
+        for call in self.calls() {
+            let error = match router.at_owner(&call, deadline).await {
+                Routed::Answered(o) => {
+                    outcome += o;
+                    continue;
+                }
+                Routed::NoOwner(why) => why.to_string(),
+                Routed::Failed(ApiError::InvalidArgument { field, reason }) => {
+                    return Err(ApiError::InvalidArgument { field, reason });
+                }
+                Routed::Failed(e) => e.to_string(),
+            };
+            return Err(ApiError::Unavailable(format!(
+                "events of shopper {:?} were not applied ({error}); {} earlier events of this batch were",
+                call.shopper_id, outcome.accepted
+            )));
         }
         Ok(outcome)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn track_one(
-        &self,
-        shopper_id: &str,
-        events: Vec<ShopperEvent>,
-        records: Vec<EventRecord>,
-        original: Vec<pb::TrackEvent>,
-        catalog: Arc<Catalog>,
-        received_at_us: i64,
-        deadline: Instant,
-    ) -> Result<(usize, usize), String> {
-        let mut last = String::new();
-        for attempt in 0..2 {
-            match self.engine.cluster.route(shopper_id) {
-                Route::Local(view) => {
-                    // Wait for the session to arrive if it is moving here (bounded by the barrier's own timeout).
-                    if !self
-                        .engine
-                        .cluster
-                        .ready_for(shopper_id, &view, deadline)
-                        .await
-                    {
-                        last = "view changed or hand-off not finished".into();
-                        continue;
-                    }
-                    match self
-                        .engine
-                        .apply_events(shopper_id, events.clone(), records.clone(), catalog.clone())
-                        .await
-                    {
-                        Ok(r) => return Ok(r),
-                        Err(SessionError::NotOwner) => last = "ownership moved".into(),
-                        Err(e) => return Err(e.to_string()),
-                    }
-                }
-                Route::Remote(view, owner) => {
-                    let mut call = tonic::Request::new(pb::ForwardTrackRequest {
-                        request: Some(pb::TrackRequest {
-                            events: original.clone(),
-                            request_id: String::new(),
-                        }),
-                        epoch: view.epoch,
-                        from_node: self.engine.node_id.clone(),
-                        received_at_us,
-                        view_fingerprint: view.fingerprint,
-                    });
-                    call.set_timeout(deadline.saturating_duration_since(Instant::now()));
-                    let mut client = self.engine.cluster.peers.client(&owner.addr);
-                    match classify(client.forward_track(call).await)
-                        .map_err(|s| s.message().to_string())?
-                    {
-                        Forwarded::Answer(r) => {
-                            metrics::counter!("aisle_forwarded_total", "rpc" => "track", "result" => "ok").increment(1);
-                            return Ok((r.accepted as usize, r.unknown_items as usize));
-                        }
-                        Forwarded::Stale(reason) => last = reason,
-                        Forwarded::Unreachable(reason) => {
-                            metrics::counter!("aisle_forwarded_total", "rpc" => "track", "result" => "unreachable")
-                                .increment(1);
-                            return Err(format!("owner {} unreachable: {reason}", owner.node_id));
-                        }
-                    }
-                    if attempt == 0 {
-                        self.wait_for_newer_view(view.fingerprint, deadline).await;
-                    }
-                }
-                Route::Unowned(reason) => return Err(reason.to_string()),
-            }
-        }
-        Err(last)
-    }
-
-    /// Applies events of shoppers this node owns under `view` (a forwarded batch).
+    /// Applies the events of shoppers this node owns under `view` (a forwarded batch).
     ///
     /// # Errors
-    /// FAILED_PRECONDITION when ownership moved meanwhile (the sender re-resolves); UNAVAILABLE otherwise.
-    pub async fn track_as_owner(
-        &self,
-        batch: validate::TrackBatch,
-        catalog: Arc<Catalog>,
-        view: &SharedView,
-    ) -> Result<TrackOutcome, Status> {
+    /// FAILED_PRECONDITION when ownership moved meanwhile or the hand-off did not finish (the sender
+    /// re-resolves); UNAVAILABLE when a session actor failed.
+    pub async fn run_here(self, view: &SharedView) -> Result<TrackOutcome, ApiError> {
         let deadline = Instant::now() + TRACK_BUDGET;
+        let router = Router::new(self.node.cluster());
         let mut outcome = TrackOutcome::default();
-        for ((shopper_id, events), records) in batch.groups.into_iter().zip(batch.records) {
-            if !self
-                .engine
-                .cluster
-                .ready_for(&shopper_id, view, deadline)
-                .await
-            {
-                return Err(Status::failed_precondition(
-                    "view changed while waiting for the hand-off",
-                ));
-            }
-            match self
-                .engine
-                .apply_events(&shopper_id, events, records, catalog.clone())
-                .await
-            {
-                Ok((n, unknown)) => {
-                    outcome.accepted += n;
-                    outcome.unknown_items += unknown;
+        for call in self.calls() {
+            match router.here(&call, view, deadline).await {
+                Ok(Routed::Answered(o)) => outcome += o,
+                Ok(Routed::Failed(e)) => return Err(e),
+                Ok(Routed::NoOwner(why)) | Err(why) => {
+                    return Err(ApiError::FailedPrecondition(why.to_string()));
                 }
-                Err(SessionError::NotOwner) => {
-                    return Err(Status::failed_precondition("ownership moved"));
-                }
-                Err(e) => return Err(ApiError::Unavailable(e.to_string()).into()),
             }
         }
         Ok(outcome)
-    }
-
-    /// Describes a shopper at their owner.
-    ///
-    /// # Errors
-    /// UNAVAILABLE when the owner cannot be reached.
-    pub async fn describe(&self, shopper_id: &str) -> Result<pb::DescribeShopperResponse, Status> {
-        for _ in 0..2 {
-            match self.engine.cluster.route(shopper_id) {
-                Route::Local(_) => match self.engine.describe(shopper_id).await {
-                    Err(ApiError::FailedPrecondition(_)) => continue,
-                    other => return Ok(other?),
-                },
-                Route::Remote(view, owner) => {
-                    let call = self.shopper_forward(shopper_id, &view);
-                    let mut client = self.engine.cluster.peers.client(&owner.addr);
-                    match classify(client.forward_describe(call).await)? {
-                        Forwarded::Answer(r) => return Ok(r),
-                        Forwarded::Stale(_) => {
-                            self.wait_for_newer_view(view.fingerprint, Instant::now() + VIEW_WAIT)
-                                .await
-                        }
-                        Forwarded::Unreachable(reason) => {
-                            return Err(Status::unavailable(format!(
-                                "the owner of the shopper ({}) is unreachable: {reason}",
-                                owner.node_id
-                            )));
-                        }
-                    }
-                }
-                Route::Unowned(reason) => return Err(Status::unavailable(reason)),
-            }
-        }
-        Err(Status::unavailable("ownership is moving; retry"))
-    }
-
-    /// The request that forwards a per-shopper admin call (describe, forget) to the owner under `view`.
-    fn shopper_forward(
-        &self,
-        shopper_id: &str,
-        view: &SharedView,
-    ) -> tonic::Request<pb::ForwardForgetRequest> {
-        let mut call = tonic::Request::new(pb::ForwardForgetRequest {
-            shopper_id: shopper_id.to_string(),
-            epoch: view.epoch,
-            from_node: self.engine.node_id.clone(),
-            view_fingerprint: view.fingerprint,
-        });
-        call.set_timeout(Duration::from_secs(5));
-        call
-    }
-
-    /// Erases a shopper at their owner.
-    ///
-    /// # Errors
-    /// UNAVAILABLE when the owner cannot be reached.
-    pub async fn forget(&self, shopper_id: &str) -> Result<pb::ForgetShopperResponse, Status> {
-        for _ in 0..2 {
-            match self.engine.cluster.route(shopper_id) {
-                Route::Local(_) => break,
-                Route::Remote(view, owner) => {
-                    let call = self.shopper_forward(shopper_id, &view);
-                    let mut client = self.engine.cluster.peers.client(&owner.addr);
-                    match classify(client.forward_forget(call).await)? {
-                        Forwarded::Answer(r) => {
-                            // Whatever this node may still cache from when it owned the shopper goes too.
-                            self.engine.cache.invalidate(shopper_id);
-                            return Ok(pb::ForgetShopperResponse {
-                                session_erased: r.session_erased,
-                                cached_decisions_erased: r.cached_decisions_erased,
-                                served_by: r.served_by,
-                            });
-                        }
-                        Forwarded::Stale(_) => {
-                            self.wait_for_newer_view(view.fingerprint, Instant::now() + VIEW_WAIT)
-                                .await
-                        }
-                        Forwarded::Unreachable(reason) => {
-                            return Err(Status::unavailable(format!(
-                                "the owner of the shopper ({}) is unreachable: {reason}; retry",
-                                owner.node_id
-                            )));
-                        }
-                    }
-                }
-                Route::Unowned(reason) => return Err(Status::unavailable(reason)),
-            }
-        }
-        let (session_erased, cached) = self.engine.forget(shopper_id).await?;
-        Ok(pb::ForgetShopperResponse {
-            session_erased,
-            cached_decisions_erased: cached as u32,
-            served_by: self.engine.node_id.clone(),
-        })
     }
 }
 
 /// The Decision service.
 #[derive(Debug, Clone)]
 pub struct DecisionApi {
-    engine: Arc<Engine>,
-    router: Router,
+    node: Arc<Node>,
 }
 
 impl DecisionApi {
-    /// A service over `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self {
-            router: Router::new(engine.clone()),
-            engine,
-        }
+    /// A service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
     }
 }
 
@@ -540,16 +396,16 @@ impl DecisionService for DecisionApi {
         request: Request<pb::DecideRequest>,
     ) -> Result<Response<pb::DecideResponse>, Status> {
         let received = Instant::now();
-        let config = &self.engine.config;
+        let config = self.node.config();
         let deadline = super::deadline(
             received,
             request.metadata(),
             Duration::from_millis(config.decide_budget_ms),
             Duration::from_millis(config.max_budget_ms),
         );
-        Ok(Response::new(
-            self.router.decide(request.into_inner(), deadline).await?,
-        ))
+        let req = request.into_inner();
+        let answer = DecideCall::new(&self.node, &req, deadline)?.run().await?;
+        Ok(Response::new(answer))
     }
 
     async fn track(
@@ -557,24 +413,13 @@ impl DecisionService for DecisionApi {
         request: Request<pb::TrackRequest>,
     ) -> Result<Response<pb::TrackResponse>, Status> {
         let req = request.into_inner();
-        let world = self.engine.worlds.current();
-        let received_at_us = super::now_us();
-        let batch = validate::track(
-            &req,
-            &world.catalog,
-            aisle_domain::now_ms(),
-            received_at_us,
-            Duration::from_secs(self.engine.config.max_future_skew_secs),
-        )
-        .inspect_err(|_| metrics::counter!("aisle_track_rejected_total").increment(1))?;
-        let outcome = self
-            .router
-            .track(&req, batch, world.catalog.clone(), received_at_us)
+        let outcome = TrackBatchCall::new(&self.node, &req, super::now_us())?
+            .run()
             .await?;
         Ok(Response::new(pb::TrackResponse {
             accepted: outcome.accepted as u32,
             unknown_items: outcome.unknown_items as u32,
-            served_by: self.engine.node_id.clone(),
+            served_by: self.node.id().to_string(),
         }))
     }
 }

@@ -8,55 +8,39 @@ use aisle_proto::v1::peer_service_server::PeerService;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use super::decision::Router;
-use crate::cluster::{SharedView, handoff};
-use crate::engine::Engine;
+use super::admin::{DescribeCall, ForgetCall};
+use super::decision::{DecideCall, TrackBatchCall};
+use crate::cluster::handoff::{self, Holdings};
+use crate::error::ApiError;
+use crate::node::Node;
 use crate::push::{Inserted, catch_up, order_and_replicate};
+use crate::routing::{Routed, Router, owned_at};
+
+/// How long a forwarded describe or erasure may wait for the hand-off barrier.
+const SHOPPER_CALL: Duration = Duration::from_secs(5);
 
 /// The Peer service.
 #[derive(Debug, Clone)]
 pub struct PeerApi {
-    engine: Arc<Engine>,
-    router: Router,
+    node: Arc<Node>,
+    holdings: Holdings,
 }
 
 impl PeerApi {
-    /// A service over `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self {
-            router: Router::new(engine.clone()),
-            engine,
-        }
+    /// A service over `node`, installing handed-off sessions into `holdings`.
+    pub fn new(node: Arc<Node>, holdings: Holdings) -> Self {
+        Self { node, holdings }
     }
+}
 
-    /// The view under which this node owns `shopper_id`, provided the sender's view is the same (by
-    /// fingerprint); else the refusal the sender re-resolves on.
-    fn owned_at(
-        &self,
-        shopper_id: &str,
-        epoch: u64,
-        fingerprint: u64,
-    ) -> Result<SharedView, Status> {
-        let cluster = &self.engine.cluster;
-        let Some(view) = cluster.current() else {
-            return Err(Status::failed_precondition("not a cluster member"));
-        };
-        if view.fingerprint != fingerprint {
-            return Err(Status::failed_precondition(format!(
-                "stale epoch: the sender's view (epoch {epoch}) differs from this node's (epoch {})",
-                view.epoch
-            )));
+/// The answer of a forwarded describe or erasure run here.
+fn answered<T>(routed: Result<Routed<T>, crate::decision::Fallback>) -> Result<T, Status> {
+    match routed {
+        Ok(Routed::Answered(r)) => Ok(r),
+        Ok(Routed::Failed(e)) => Err(e.into()),
+        Ok(Routed::NoOwner(why)) | Err(why) => {
+            Err(ApiError::FailedPrecondition(why.to_string()).into())
         }
-        if view
-            .shopper_owner(shopper_id)
-            .is_none_or(|m| m.node_id != cluster.node_id)
-        {
-            return Err(Status::failed_precondition(format!(
-                "not the owner under epoch {}",
-                view.epoch
-            )));
-        }
-        Ok(view)
     }
 }
 
@@ -68,18 +52,24 @@ impl PeerService for PeerApi {
     ) -> Result<Response<pb::DecideResponse>, Status> {
         let received = Instant::now();
         let req = request.into_inner();
-        let inner = req
-            .request
-            .ok_or_else(|| Status::invalid_argument("request: required"))?;
-        let view = self.owned_at(&inner.shopper_id, req.epoch, req.view_fingerprint)?;
+        let inner = req.request.ok_or_else(|| ApiError::required("request"))?;
+        let view = owned_at(
+            self.node.cluster(),
+            &inner.shopper_id,
+            req.epoch,
+            req.view_fingerprint,
+        )?;
         let deadline = received + Duration::from_micros(req.budget_us);
-        let world = self.engine.worlds.current();
-        let input = super::validate::decide(&inner, &world.catalog)?;
-        Ok(Response::new(
-            self.router
-                .decide_as_owner(world, input, deadline, &view)
-                .await,
-        ))
+        let call = DecideCall::new(&self.node, &inner, deadline)?;
+        let answer = match Router::new(self.node.cluster())
+            .here(&call, &view, deadline)
+            .await
+        {
+            Ok(Routed::Answered(r)) => r,
+            Ok(Routed::Failed(e)) => return Err(e.into()),
+            Ok(Routed::NoOwner(why)) | Err(why) => call.fallback(why).await,
+        };
+        Ok(Response::new(answer))
     }
 
     async fn forward_track(
@@ -87,33 +77,26 @@ impl PeerService for PeerApi {
         request: Request<pb::ForwardTrackRequest>,
     ) -> Result<Response<pb::TrackResponse>, Status> {
         let req = request.into_inner();
-        let inner = req
-            .request
-            .ok_or_else(|| Status::invalid_argument("request: required"))?;
+        let inner = req.request.ok_or_else(|| ApiError::required("request"))?;
+        let cluster = self.node.cluster();
+        let mut view = None;
         for e in &inner.events {
-            self.owned_at(&e.shopper_id, req.epoch, req.view_fingerprint)?;
+            view = Some(owned_at(
+                cluster,
+                &e.shopper_id,
+                req.epoch,
+                req.view_fingerprint,
+            )?);
         }
-        let world = self.engine.worlds.current();
-        let batch = super::validate::track(
-            &inner,
-            &world.catalog,
-            aisle_domain::now_ms(),
-            req.received_at_us,
-            Duration::from_secs(self.engine.config.max_future_skew_secs),
-        )?;
-        let view = self
-            .engine
-            .cluster
-            .current()
-            .ok_or_else(|| Status::failed_precondition("not a cluster member"))?;
-        let outcome = self
-            .router
-            .track_as_owner(batch, world.catalog.clone(), &view)
+        let view = view
+            .ok_or_else(|| ApiError::invalid("request.events", "at least one event is required"))?;
+        let outcome = TrackBatchCall::new(&self.node, &inner, req.received_at_us)?
+            .run_here(&view)
             .await?;
         Ok(Response::new(pb::TrackResponse {
             accepted: outcome.accepted as u32,
             unknown_items: outcome.unknown_items as u32,
-            served_by: self.engine.node_id.clone(),
+            served_by: self.node.id().to_string(),
         }))
     }
 
@@ -122,22 +105,46 @@ impl PeerService for PeerApi {
         request: Request<pb::ForwardForgetRequest>,
     ) -> Result<Response<pb::ForwardForgetResponse>, Status> {
         let req = request.into_inner();
-        self.owned_at(&req.shopper_id, req.epoch, req.view_fingerprint)?;
-        let (erased, cached) = self.engine.forget(&req.shopper_id).await?;
+        let view = owned_at(
+            self.node.cluster(),
+            &req.shopper_id,
+            req.epoch,
+            req.view_fingerprint,
+        )?;
+        let call = ForgetCall {
+            node: &self.node,
+            shopper_id: &req.shopper_id,
+        };
+        let routed = Router::new(self.node.cluster())
+            .here(&call, &view, Instant::now() + SHOPPER_CALL)
+            .await;
+        let r = answered(routed)?;
         Ok(Response::new(pb::ForwardForgetResponse {
-            session_erased: erased,
-            cached_decisions_erased: cached as u32,
-            served_by: self.engine.node_id.clone(),
+            session_erased: r.session_erased,
+            cached_decisions_erased: r.cached_decisions_erased,
+            served_by: r.served_by,
         }))
     }
 
     async fn forward_describe(
         &self,
-        request: Request<pb::ForwardForgetRequest>,
+        request: Request<pb::ForwardDescribeRequest>,
     ) -> Result<Response<pb::DescribeShopperResponse>, Status> {
         let req = request.into_inner();
-        self.owned_at(&req.shopper_id, req.epoch, req.view_fingerprint)?;
-        Ok(Response::new(self.engine.describe(&req.shopper_id).await?))
+        let view = owned_at(
+            self.node.cluster(),
+            &req.shopper_id,
+            req.epoch,
+            req.view_fingerprint,
+        )?;
+        let call = DescribeCall {
+            node: &self.node,
+            shopper_id: &req.shopper_id,
+        };
+        let routed = Router::new(self.node.cluster())
+            .here(&call, &view, Instant::now() + SHOPPER_CALL)
+            .await;
+        Ok(Response::new(answered(routed)?))
     }
 
     async fn hand_off(
@@ -145,7 +152,7 @@ impl PeerService for PeerApi {
         request: Request<pb::HandOffRequest>,
     ) -> Result<Response<pb::HandOffResponse>, Status> {
         let (installed, passed_on) =
-            handoff::receive(&self.engine, &self.engine.cluster, request.into_inner()).await;
+            handoff::receive(&self.holdings, self.node.cluster(), request.into_inner()).await;
         Ok(Response::new(pb::HandOffResponse {
             installed: installed as u32,
             passed_on: passed_on as u32,
@@ -157,24 +164,23 @@ impl PeerService for PeerApi {
         request: Request<pb::PublishAssistRequest>,
     ) -> Result<Response<pb::PublishAssistResponse>, Status> {
         let req = request.into_inner();
-        let event = req
-            .event
-            .ok_or_else(|| Status::invalid_argument("event: required"))?;
-        let cluster = &self.engine.cluster;
+        let event = req.event.ok_or_else(|| ApiError::required("event"))?;
+        let cluster = self.node.cluster();
         let view = cluster
             .current()
-            .ok_or_else(|| Status::failed_precondition("not a cluster member"))?;
+            .ok_or_else(|| ApiError::FailedPrecondition("not a cluster member".into()))?;
         if view.fingerprint != req.view_fingerprint
             || view
                 .store_owner(&event.store_id)
                 .is_none_or(|m| m.node_id != cluster.node_id)
         {
-            return Err(Status::failed_precondition(format!(
+            return Err(ApiError::FailedPrecondition(format!(
                 "not the orderer of this store under epoch {}",
                 view.epoch
-            )));
+            ))
+            .into());
         }
-        let sequence = order_and_replicate(&self.engine.hub, cluster, &view, event).await;
+        let sequence = order_and_replicate(self.node.hub(), cluster, &view, event).await;
         Ok(Response::new(pb::PublishAssistResponse { sequence }))
     }
 
@@ -183,16 +189,17 @@ impl PeerService for PeerApi {
         request: Request<pb::ReplicateAssistRequest>,
     ) -> Result<Response<pb::ReplicateAssistResponse>, Status> {
         let req = request.into_inner();
-        let cluster = &self.engine.cluster;
+        let cluster = self.node.cluster();
+        let hub = self.node.hub();
         let from = cluster
             .current()
             .and_then(|v| v.member(&req.from_node).map(|m| m.addr.clone()));
         for event in req.events {
-            if let Inserted::Gap { .. } = self.engine.hub.insert_sequenced(event.clone()) {
+            if let Inserted::Gap { .. } = hub.insert_sequenced(event.clone()) {
                 if let Some(addr) = &from {
-                    catch_up(&self.engine.hub, cluster, addr, &event.store_id).await;
+                    catch_up(hub, cluster, addr, &event.store_id).await;
                 }
-                self.engine.hub.insert_sequenced(event);
+                hub.insert_sequenced(event);
             }
         }
         Ok(Response::new(pb::ReplicateAssistResponse {}))
@@ -204,8 +211,8 @@ impl PeerService for PeerApi {
     ) -> Result<Response<pb::FetchAssistResponse>, Status> {
         let req = request.into_inner();
         let events = self
-            .engine
-            .hub
+            .node
+            .hub()
             .since(&req.store_id, req.after)
             .into_iter()
             .map(|e| (*e).clone())

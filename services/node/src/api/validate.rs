@@ -11,7 +11,7 @@ use aisle_domain::event::{EventKind, EventRecord, ItemRef, ShopperEvent};
 use aisle_domain::request::{AgeBand, Channel, LoyaltyTier, ShopperAttributes, Surface};
 use aisle_proto::v1 as pb;
 
-use crate::engine::DecideInput;
+use crate::decision::DecideInput;
 use crate::error::ApiError;
 
 /// Default number of items in a decision.

@@ -17,19 +17,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aisle_proto::v1 as pb;
-use aisle_session::{PortableSession, SessionContext, SessionTransfer};
+use aisle_session::{PortableSession, SessionContext, SessionTransfer, Sessions};
 use tokio::time::Instant;
 
 use super::{Cluster, SharedView};
-use crate::engine::Engine;
+use crate::cache::DecisionCache;
+use crate::world::Worlds;
 
 /// Sessions per hand-off message.
 const BATCH: usize = 2_000;
 /// How long exporting sessions from the shards may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What hand-off moves sessions out of and into: the session actors, the catalog their item indices refer to,
+/// and the cached decisions that must not outlive a session's departure.
+#[derive(Debug, Clone)]
+pub struct Holdings {
+    /// The session actors.
+    pub sessions: Sessions,
+    /// The catalog (and models).
+    pub worlds: Worlds,
+    /// The CACHED rung.
+    pub cache: Arc<DecisionCache>,
+}
+
 /// Follows view changes for the life of the node: starts each epoch's barrier and hands sessions off.
-pub async fn follow_views(engine: Arc<Engine>, cluster: Arc<Cluster>) {
+pub async fn follow_views(holdings: Holdings, cluster: Arc<Cluster>) {
     let mut views = cluster.views();
     let mut last: Option<u64> = None;
     loop {
@@ -38,7 +51,7 @@ pub async fn follow_views(engine: Arc<Engine>, cluster: Arc<Cluster>) {
             Some(view) if Some(view.fingerprint) != last => {
                 last = Some(view.fingerprint);
                 cluster.begin_epoch(&view);
-                hand_off(&engine, &cluster, &view).await;
+                hand_off(&holdings, &cluster, &view).await;
                 cluster.handed_off(view.epoch);
             }
             Some(view) => cluster.handed_off(view.epoch),
@@ -56,12 +69,12 @@ pub async fn follow_views(engine: Arc<Engine>, cluster: Arc<Cluster>) {
 
 /// Exports the sessions this node no longer owns under `view` and sends them to their owners; then tells every
 /// other member this node is done for the epoch.
-pub async fn hand_off(engine: &Engine, cluster: &Cluster, view: &SharedView) -> usize {
+pub async fn hand_off(holdings: &Holdings, cluster: &Cluster, view: &SharedView) -> usize {
     let started = Instant::now();
     let me = cluster.node_id.clone();
     let select_view = view.clone();
     let select_me = me.clone();
-    let leaving = engine
+    let leaving = holdings
         .sessions
         .export(
             Arc::new(move |shopper: &str| {
@@ -76,10 +89,10 @@ pub async fn hand_off(engine: &Engine, cluster: &Cluster, view: &SharedView) -> 
             tracing::error!(error = %e, "could not export sessions for hand-off");
             Vec::new()
         });
-    let catalog = engine.worlds.current().catalog.clone();
+    let catalog = holdings.worlds.current().catalog.clone();
     let mut by_owner: HashMap<String, Vec<pb::SessionRecord>> = HashMap::new();
     for t in &leaving {
-        engine.cache.invalidate(&t.shopper_id);
+        holdings.cache.invalidate(&t.shopper_id);
         if let Some(owner) = view.shopper_owner(&t.shopper_id) {
             let portable = t.context.to_portable(&catalog);
             by_owner
@@ -151,11 +164,11 @@ async fn send(
 
 /// Installs received sessions this node owns; passes the others on to their owner under this node's view.
 pub async fn receive(
-    engine: &Engine,
+    holdings: &Holdings,
     cluster: &Cluster,
     request: pb::HandOffRequest,
 ) -> (usize, usize) {
-    let catalog = engine.worlds.current().catalog.clone();
+    let catalog = holdings.worlds.current().catalog.clone();
     let view = cluster.current();
     let mut mine = Vec::new();
     let mut elsewhere: HashMap<String, Vec<pb::SessionRecord>> = HashMap::new();
@@ -179,7 +192,7 @@ pub async fn receive(
             None => metrics::counter!("aisle_handoff_sessions_lost_total").increment(1),
         }
     }
-    let installed = match engine.sessions.import(mine, EXPORT_TIMEOUT).await {
+    let installed = match holdings.sessions.import(mine, EXPORT_TIMEOUT).await {
         Ok(n) => n,
         Err(e) => {
             tracing::error!(error = %e, "could not install handed-off sessions");

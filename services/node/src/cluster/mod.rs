@@ -18,24 +18,31 @@
 //! other member is done (or after a bounded wait, should one never answer); until then, requests for such
 //! shoppers wait, or are answered by the fallback ladder within their deadline.
 
+pub mod barrier;
 pub mod handoff;
 pub mod membership;
 pub mod peers;
 pub mod view;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+pub use barrier::{BARRIER_TIMEOUT, Barrier, Gate};
 pub use membership::{Membership, MembershipConfig};
 pub use peers::Peers;
 pub use view::{Member, SharedView, View};
 
-/// How long a node waits for the other members' hand-off before serving newly owned shoppers anyway.
-pub const BARRIER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Why nobody can own a shopper now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unowned {
+    /// This node is not a cluster member (not joined yet, or fenced).
+    NotMember,
+    /// No member owns shoppers (every member is leaving).
+    NoOwner,
+}
 
 /// Where a shopper's requests go.
 #[derive(Debug, Clone)]
@@ -44,24 +51,8 @@ pub enum Route {
     Local(SharedView),
     /// Another member owns the shopper.
     Remote(SharedView, Member),
-    /// Nobody can own the shopper now (this node is not a member, or no member owns keys).
-    Unowned(&'static str),
-}
-
-/// The hand-off barrier of the current epoch.
-#[derive(Debug)]
-struct Barrier {
-    /// Fingerprint of the current view.
-    fingerprint: u64,
-    /// The current view.
-    current: Option<SharedView>,
-    /// The view this node served under before (none right after joining: it held no sessions).
-    previous: Option<SharedView>,
-    /// Members whose hand-off for this epoch has not arrived.
-    awaiting: HashSet<String>,
-    started: Instant,
-    /// Done markers for views (by fingerprint) this node has not seen yet.
-    early: HashMap<u64, HashSet<String>>,
+    /// Nobody can own the shopper now.
+    Unowned(Unowned),
 }
 
 /// The cluster handle.
@@ -72,6 +63,8 @@ pub struct Cluster {
     pub advertise_addr: String,
     views: watch::Receiver<Option<SharedView>>,
     membership: Option<Arc<Membership>>,
+    /// Views change (etcd membership, or views fed by a test): the hand-off barrier applies.
+    dynamic: bool,
     /// Clients to the peers.
     pub peers: Arc<Peers>,
     barrier: Mutex<Barrier>,
@@ -93,7 +86,7 @@ impl Cluster {
     pub fn alone(node_id: &str, addr: &str) -> Arc<Self> {
         let (_tx, views) = watch::channel(Some(Arc::new(View::alone(node_id, addr))));
         // The sender is dropped: the view never changes.
-        Self::new(node_id, addr, views, None)
+        Self::new(node_id, addr, views, None, false)
     }
 
     /// A node whose membership is kept in etcd.
@@ -101,7 +94,17 @@ impl Cluster {
         let node_id = config.node_id.clone();
         let addr = config.advertise_addr.clone();
         let (membership, views) = Membership::start(config);
-        Self::new(&node_id, &addr, views, Some(membership))
+        Self::new(&node_id, &addr, views, Some(membership), true)
+    }
+
+    /// A node whose views come from the given channel, with the hand-off barrier (routing tests feed views
+    /// without etcd).
+    pub fn with_views(
+        node_id: &str,
+        addr: &str,
+        views: watch::Receiver<Option<SharedView>>,
+    ) -> Arc<Self> {
+        Self::new(node_id, addr, views, None, true)
     }
 
     fn new(
@@ -109,21 +112,16 @@ impl Cluster {
         addr: &str,
         views: watch::Receiver<Option<SharedView>>,
         membership: Option<Arc<Membership>>,
+        dynamic: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
             node_id: node_id.to_string(),
             advertise_addr: addr.to_string(),
             views,
             membership,
+            dynamic,
             peers: Arc::new(Peers::new(node_id)),
-            barrier: Mutex::new(Barrier {
-                fingerprint: 0,
-                current: None,
-                previous: None,
-                awaiting: HashSet::new(),
-                started: Instant::now(),
-                early: HashMap::new(),
-            }),
+            barrier: Mutex::new(Barrier::new(node_id, Instant::now())),
             barrier_done: Notify::new(),
             handed_off: watch::channel(0).0,
         })
@@ -132,6 +130,10 @@ impl Cluster {
     /// Whether membership is in etcd.
     pub fn is_clustered(&self) -> bool {
         self.membership.is_some()
+    }
+
+    fn barrier(&self) -> std::sync::MutexGuard<'_, Barrier> {
+        self.barrier.lock().expect("barrier lock")
     }
 
     /// The current view, if this node is a member and within its lease (never a view it could no longer vouch
@@ -168,7 +170,7 @@ impl Cluster {
     /// Where a shopper's requests go now.
     pub fn route(&self, shopper_id: &str) -> Route {
         let Some(view) = self.current() else {
-            return Route::Unowned("this node is not a cluster member");
+            return Route::Unowned(Unowned::NotMember);
         };
         match view.shopper_owner(shopper_id) {
             Some(m) if m.node_id == self.node_id => Route::Local(view),
@@ -176,36 +178,13 @@ impl Cluster {
                 let m = m.clone();
                 Route::Remote(view, m)
             }
-            None => Route::Unowned("no member owns shoppers"),
+            None => Route::Unowned(Unowned::NoOwner),
         }
     }
 
     /// Starts the barrier of a new view (called by the view-change task before it hands sessions off).
     pub fn begin_epoch(&self, view: &SharedView) {
-        let mut b = self.barrier.lock().expect("barrier lock");
-        if b.current
-            .as_ref()
-            .is_some_and(|c| c.fingerprint == view.fingerprint)
-        {
-            return;
-        }
-        let mut awaiting: HashSet<String> = view
-            .members
-            .iter()
-            .map(|m| m.node_id.clone())
-            .filter(|id| *id != self.node_id)
-            .collect();
-        if let Some(early) = b.early.remove(&view.fingerprint) {
-            awaiting.retain(|id| !early.contains(id));
-        }
-        if b.early.len() > 64 {
-            b.early.clear();
-        }
-        b.previous = b.current.replace(view.clone());
-        b.fingerprint = view.fingerprint;
-        b.awaiting = awaiting;
-        b.started = Instant::now();
-        if b.awaiting.is_empty() {
+        if self.barrier().begin(view, Instant::now()) {
             self.barrier_done.notify_waiters();
         }
     }
@@ -213,76 +192,44 @@ impl Cluster {
     /// This node stopped being a member (fenced): it holds no sessions any more, so after rejoining every
     /// shopper it owns is newly owned.
     pub fn reset_epochs(&self) {
-        let mut b = self.barrier.lock().expect("barrier lock");
-        b.current = None;
-        b.previous = None;
+        self.barrier().reset();
     }
 
     /// Records that `from` finished handing sessions off for the view with this fingerprint.
     pub fn done_from(&self, from: &str, fingerprint: u64) {
-        let mut b = self.barrier.lock().expect("barrier lock");
-        if fingerprint == b.fingerprint {
-            b.awaiting.remove(from);
-            if b.awaiting.is_empty() {
-                self.barrier_done.notify_waiters();
-            }
-        } else {
-            b.early
-                .entry(fingerprint)
-                .or_default()
-                .insert(from.to_string());
+        if self.barrier().done_from(from, fingerprint) {
+            self.barrier_done.notify_waiters();
         }
     }
 
     /// Whether the shopper can be served now under `view`, waiting (up to `deadline`) for the hand-off barrier
     /// when the shopper is newly owned. False when the deadline comes first or the view changed meanwhile.
     pub async fn ready_for(&self, shopper_id: &str, view: &SharedView, deadline: Instant) -> bool {
-        if !self.is_clustered() {
+        if !self.dynamic {
             return true;
         }
         loop {
             let notified = self.barrier_done.notified();
-            let give_up = {
-                let b = self.barrier.lock().expect("barrier lock");
-                if b.fingerprint != view.fingerprint {
-                    return false;
-                }
-                let newly_owned = match &b.previous {
-                    Some(prev) => prev
-                        .shopper_owner(shopper_id)
-                        .is_none_or(|m| m.node_id != self.node_id),
-                    None => true,
-                };
-                let timed_out = b.started.elapsed() >= BARRIER_TIMEOUT;
-                if !newly_owned || b.awaiting.is_empty() || timed_out {
-                    return true;
-                }
-                deadline.min(b.started + BARRIER_TIMEOUT)
+            let until = match self.barrier().gate(shopper_id, view, Instant::now()) {
+                Gate::Open => return true,
+                Gate::Changed => return false,
+                Gate::WaitUntil(until) => until.min(deadline),
             };
             if Instant::now() >= deadline {
                 return false;
             }
-            let _ = tokio::time::timeout_at(give_up, notified).await;
+            let _ = tokio::time::timeout_at(until, notified).await;
         }
     }
 
     /// The view this node served under before the current one.
     pub fn previous_view(&self) -> Option<SharedView> {
-        self.barrier.lock().expect("barrier lock").previous.clone()
+        self.barrier().previous().cloned()
     }
 
     /// Members still awaited by the current barrier (for status reports).
     pub fn awaiting(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .barrier
-            .lock()
-            .expect("barrier lock")
-            .awaiting
-            .iter()
-            .cloned()
-            .collect();
-        v.sort();
-        v
+        self.barrier().awaiting()
     }
 
     /// Records that this node finished handing sessions off for `epoch`.

@@ -18,19 +18,18 @@ pub mod cluster;
 
 /// The demo world and its trained model, built once for the whole test binary.
 pub fn demo() -> Prepared {
-    static DEMO: OnceLock<Prepared> = OnceLock::new();
-    DEMO.get_or_init(|| {
-        let (catalog, model) =
-            aisle_node::world::demo(aisle_domain::now_ms()).expect("demo trains");
-        Prepared {
-            catalog: Some(catalog),
-            model: (model, "test demo".into()),
-            candidate: None,
-            rules: embedded_rules(),
-            experiments: embedded_experiments(),
-        }
-    })
-    .clone()
+    static DEMO: OnceLock<(Arc<aisle_domain::catalog::Catalog>, aisle_ranking::Model)> =
+        OnceLock::new();
+    let (catalog, model) = DEMO
+        .get_or_init(|| aisle_node::world::demo(aisle_domain::now_ms()).expect("demo trains"))
+        .clone();
+    Prepared {
+        catalog: Some(catalog),
+        model: (model, "test demo".into()),
+        candidate: None,
+        rules: embedded_rules(),
+        experiments: embedded_experiments(),
+    }
 }
 
 /// A configuration for tests: ports chosen by the OS, fault injection on.
@@ -191,4 +190,42 @@ where
 /// The catalog of the demo.
 pub fn catalog() -> Arc<aisle_domain::catalog::Catalog> {
     demo().catalog.expect("demo has a catalog")
+}
+
+/// The `aisle_fallbacks_total` series of a `/metrics` page: each one's labels and count.
+pub fn fallback_series(metrics: &str) -> Vec<(Vec<(String, String)>, f64)> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("aisle_fallbacks_total{"))
+        .map(|rest| {
+            let (labels, value) = rest.split_once("} ").expect("a labelled sample");
+            let labels = labels
+                .split(',')
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').expect("label=value");
+                    (k.to_string(), v.trim_matches('"').to_string())
+                })
+                .collect();
+            (labels, value.trim().parse().expect("a number"))
+        })
+        .collect()
+}
+
+/// Asserts that every `aisle_fallbacks_total` series is labelled by `stage` and `reason` only, with values from
+/// their closed sets (so node ids, epochs and error text never make new series); returns the total count.
+pub fn assert_bounded_fallback_labels(metrics: &str) -> f64 {
+    use aisle_node::decision::{Reason, Stage};
+    let stages: Vec<&str> = Stage::ALL.iter().map(|s| s.as_str()).collect();
+    let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    let series = fallback_series(metrics);
+    assert!(series.len() <= stages.len() * reasons.len(), "{series:?}");
+    let mut total = 0.0;
+    for (labels, count) in &series {
+        let names: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["stage", "reason"], "{labels:?}");
+        assert!(stages.contains(&labels[0].1.as_str()), "{labels:?}");
+        assert!(reasons.contains(&labels[1].1.as_str()), "{labels:?}");
+        total += count;
+    }
+    total
 }

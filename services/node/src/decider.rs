@@ -1,0 +1,756 @@
+//! The decider: one node's decide pipeline with its fallback ladder, event application, and erasure — everything
+//! done for a shopper once a request is valid and routed here. It knows nothing of the cluster, the API or the
+//! push hub: the router tells it how it may serve ([`Serve`]), and what a Track raises for associates is returned
+//! to the caller to publish.
+//!
+//! One decision, within its budget:
+//! 1. read the snapshots (catalog + models, rules, experiments) and assign experiments (pure, no I/O);
+//! 2. read the shopper's session from its session actor — only with consent; without it the shopper is ranked as
+//!    an anonymous one;
+//! 3. FRESH: retrieve candidates and score them under the guardrails — in the request's own task when the
+//!    candidates are few (no thread hand-off), else scattered to the ranking shards and gathered;
+//! 4. else CACHED: the shopper's last FRESH decision for the surface, re-checked by the guardrails;
+//! 5. else RULES: top sellers of the shopper's (or the on-screen items') categories;
+//! 6. else GENERIC: the merchandising list.
+//!
+//! Every rung passes the guardrails (one [`Guard`] per decision); the last two are synchronous and take
+//! microseconds, so a decision always answers. A safety margin is kept at the end of the budget for them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aisle_domain::catalog::{Catalog, CategoryIdx, ItemIdx};
+use aisle_domain::event::{EventRecord, ItemRef, ShopperEvent};
+use aisle_domain::session::SessionView;
+use aisle_experiment::{Assignment, Experiments, ExperimentsHandle};
+use aisle_policy::{Exclusion, ExclusionCounts, Guard, Policy, Rules, may_personalise};
+use aisle_ranking::score::{merge, score_partition};
+use aisle_ranking::{PolicyInputs, Query, RankError, Ranking, ScoreJob, ServedModel, retrieve};
+use aisle_session::{AssistSignal, SessionContext, SessionError, Sessions};
+use tokio::time::Instant;
+
+use crate::audit::{AuditLog, DecisionRecord, EventLog};
+use crate::cache::{CachedDecision, CachedItem, DecisionCache};
+use crate::decision::{
+    DecideInput, DecidedItem, Decision, Fallback, Reason, Serve, Stage, Tier, TrackOutcome,
+};
+use crate::faults::{self, Faults, Mode};
+use crate::world::{World, Worlds};
+
+/// How long a Track, a describe or an erasure may wait for a session actor.
+const SESSION_CALL: Duration = Duration::from_secs(2);
+
+/// What the decider needs from the node's configuration.
+#[derive(Debug, Clone)]
+pub struct DeciderSettings {
+    /// This node's id (prefix of decision ids).
+    pub node_id: String,
+    /// Consent assumed when neither the request nor the shopper's events state it.
+    pub default_consent: bool,
+    /// Decisions in flight above which new ones answer GENERIC at once (0: no limit).
+    pub max_inflight_decisions: usize,
+    /// Fixed part of the safety margin kept at the end of a budget.
+    pub safety_margin: Duration,
+    /// Candidates up to which a decision is scored in its own task rather than scattered to the ranking shards.
+    pub inline_scoring_max: usize,
+    /// Bounds of a session view.
+    pub session_limits: aisle_session::SessionLimits,
+}
+
+impl DeciderSettings {
+    /// The part of a `budget` kept for the lower rungs and the response.
+    pub fn margin(&self, budget: Duration) -> Duration {
+        self.safety_margin.max(budget / 10)
+    }
+}
+
+/// The parts a decider is made of.
+pub struct DeciderParts {
+    /// Catalog and models.
+    pub worlds: Worlds,
+    /// Guardrail rules.
+    pub policy: Policy,
+    /// Experiments.
+    pub experiments: ExperimentsHandle,
+    /// Session actors.
+    pub sessions: Sessions,
+    /// Ranking shards.
+    pub ranking: Ranking,
+    /// The CACHED rung.
+    pub cache: Arc<DecisionCache>,
+    /// Decision records.
+    pub audit: Option<AuditLog>,
+    /// Applied shopper events, for training.
+    pub event_log: Option<EventLog>,
+}
+
+/// What applying one shopper's events did.
+#[derive(Debug)]
+pub struct Applied {
+    /// Counts.
+    pub outcome: TrackOutcome,
+    /// Signals the session raised for store associates.
+    pub signals: Vec<AssistSignal>,
+    /// When the first event was received (µs since the epoch).
+    pub received_at_us: i64,
+}
+
+/// The decide pipeline and the shoppers' sessions of one node.
+pub struct Decider {
+    settings: DeciderSettings,
+    worlds: Worlds,
+    policy: Policy,
+    experiments: ExperimentsHandle,
+    sessions: Sessions,
+    ranking: Ranking,
+    cache: Arc<DecisionCache>,
+    audit: Option<AuditLog>,
+    event_log: Option<EventLog>,
+    faults: Faults,
+    /// Makes decision ids unique across restarts of a node id.
+    boot: String,
+    sequence: AtomicU64,
+    inflight: AtomicUsize,
+}
+
+impl std::fmt::Debug for Decider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decider")
+            .field("node_id", &self.settings.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+struct InflightGuard<'a>(&'a AtomicUsize);
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What one decision reads, taken once at its start.
+struct Inputs {
+    world: Arc<World>,
+    model: Arc<ServedModel>,
+    rules: Arc<Rules>,
+    experiments: Arc<Experiments>,
+    assignment: Assignment,
+    personalise: bool,
+    cap: usize,
+}
+
+impl Decider {
+    /// Assembles a decider.
+    pub fn new(settings: DeciderSettings, parts: DeciderParts) -> Self {
+        Self {
+            boot: format!("{:x}", aisle_domain::now_ms()),
+            sequence: AtomicU64::new(0),
+            inflight: AtomicUsize::new(0),
+            faults: Faults::default(),
+            settings,
+            worlds: parts.worlds,
+            policy: parts.policy,
+            experiments: parts.experiments,
+            sessions: parts.sessions,
+            ranking: parts.ranking,
+            cache: parts.cache,
+            audit: parts.audit,
+            event_log: parts.event_log,
+        }
+    }
+
+    /// The catalog and models.
+    pub fn worlds(&self) -> &Worlds {
+        &self.worlds
+    }
+
+    /// The guardrail rules.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The experiments.
+    pub fn experiments(&self) -> &ExperimentsHandle {
+        &self.experiments
+    }
+
+    /// The session actors.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// The CACHED rung.
+    pub fn cache(&self) -> &Arc<DecisionCache> {
+        &self.cache
+    }
+
+    /// Fault injection switches.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &DeciderSettings {
+        &self.settings
+    }
+
+    /// Decisions in flight on this node now.
+    pub fn inflight_decisions(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Stops the actors.
+    pub async fn stop(&self) {
+        self.sessions.stop().await;
+        self.ranking.stop().await;
+        self.worlds.stop();
+        self.policy.stop();
+        self.experiments.stop();
+    }
+
+    fn next_decision_id(&self) -> String {
+        let n = self.sequence.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{}-{n:x}", self.settings.node_id, self.boot)
+    }
+
+    fn inputs(&self, world: Arc<World>, input: &DecideInput) -> Inputs {
+        let rules = self.policy.current();
+        let experiments = self.experiments.current();
+        let assignment = experiments.assign(&input.shopper_id, input.surface);
+        // The category cap diversifies what the engine retrieves; candidates the storefront chose (a search
+        // result, a product page's alternatives) are ranked as given, under every other guardrail.
+        let cap = if input.candidates.is_some() {
+            0
+        } else {
+            assignment
+                .params
+                .max_items_per_category
+                .unwrap_or(rules.max_items_per_category)
+        };
+        Inputs {
+            model: world.model_for(assignment.params.model.as_deref()).clone(),
+            world,
+            rules,
+            experiments,
+            assignment,
+            personalise: may_personalise(input.consent, self.settings.default_consent),
+            cap,
+        }
+    }
+
+    /// Makes a decision that answers by `deadline` (a decision never fails: the ladder ends in GENERIC). `world`
+    /// must be the snapshot the input's item indices were resolved against.
+    pub async fn decide(
+        &self,
+        world: Arc<World>,
+        input: DecideInput,
+        deadline: Instant,
+        serve: Serve,
+    ) -> Decision {
+        let started = Instant::now();
+        let inflight = self.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+        let _inflight = InflightGuard(&self.inflight);
+        let inputs = self.inputs(world, &input);
+        let margin = self
+            .settings
+            .margin(deadline.saturating_duration_since(started));
+        let work_deadline = deadline.checked_sub(margin).unwrap_or(started).max(started);
+        let mut exclusions = ExclusionCounts::default();
+        for _ in 0..input.unknown_candidates {
+            exclusions.add(Exclusion::UnknownItem);
+        }
+        let overloaded = self.settings.max_inflight_decisions > 0
+            && inflight > self.settings.max_inflight_decisions;
+        let epoch = serve.epoch();
+        let owner = matches!(serve, Serve::Owner { .. });
+
+        // The session, only with consent; `None` when it cannot be read in time.
+        let (view, mut fallback) = match serve {
+            Serve::Fallback { why, .. } => (None, Some(why)),
+            Serve::Owner { .. } if overloaded => (
+                None,
+                Some(Fallback::new(Stage::Admission, Reason::Overload)),
+            ),
+            Serve::Owner { .. } if inputs.personalise => {
+                match self.session_view(&input.shopper_id, work_deadline).await {
+                    Ok(v) => (Some(v.unwrap_or_default()), None),
+                    Err(why) => (None, Some(why)),
+                }
+            }
+            Serve::Owner { .. } => (Some(SessionView::default()), None),
+        };
+        let policy = PolicyInputs {
+            attributes: input.attributes,
+            channel: input.channel,
+            purchased: view
+                .as_ref()
+                .map(|v| v.purchased.clone())
+                .unwrap_or_default(),
+            now_ms: aisle_domain::now_ms(),
+            max_items_per_category: inputs.cap,
+        };
+        let guard = Guard::new(&inputs.rules, &inputs.world.catalog, policy.context());
+
+        let mut answer: Option<(Tier, Vec<DecidedItem>)> = None;
+        if let Some(view) = &view
+            && fallback.is_none()
+        {
+            match self
+                .fresh(
+                    &inputs,
+                    view,
+                    &input,
+                    &policy,
+                    &guard,
+                    work_deadline,
+                    &mut exclusions,
+                )
+                .await
+            {
+                Ok(items) => answer = Some((Tier::Fresh, items)),
+                Err(why) => fallback = Some(why),
+            }
+        }
+        if answer.is_none() && inputs.personalise && !overloaded && owner {
+            answer = self
+                .cached(&input, &inputs.world, &guard, &mut exclusions)
+                .map(|items| (Tier::Cached, items));
+        }
+        if answer.is_none() && !overloaded {
+            answer = self
+                .rules_rung(
+                    &inputs.model,
+                    view.as_ref(),
+                    &input,
+                    &guard,
+                    &mut exclusions,
+                )
+                .map(|items| (Tier::Rules, items));
+        }
+        let (tier, items) = answer.unwrap_or_else(|| {
+            let items = generic_rung(&inputs.model, &input, &guard, &mut exclusions);
+            (Tier::Generic, items)
+        });
+        drop(guard);
+        if tier == Tier::Fresh && inputs.personalise {
+            self.remember(&input, &inputs, &items);
+        }
+        let decision = Decision {
+            decision_id: self.next_decision_id(),
+            items,
+            tier,
+            fallback: fallback.filter(|_| tier != Tier::Fresh),
+            catalog: inputs.world.catalog.clone(),
+            model_version: inputs.model.version().to_string(),
+            rules_version: inputs.rules.meta.version.clone(),
+            experiments_version: inputs.experiments.meta.version.clone(),
+            assignment: inputs.assignment,
+            latency: started.elapsed(),
+            epoch,
+        };
+        self.observe(&input, &decision, &exclusions);
+        decision
+    }
+
+    /// Keeps a FRESH answer for the CACHED rung.
+    fn remember(&self, input: &DecideInput, inputs: &Inputs, items: &[DecidedItem]) {
+        self.cache.put(
+            &input.shopper_id,
+            input.surface,
+            CachedDecision {
+                items: items
+                    .iter()
+                    .map(|i| CachedItem {
+                        item: i.item,
+                        score: i.score,
+                        reasons: i.reasons.clone(),
+                    })
+                    .collect(),
+                model_version: inputs.model.version().to_string(),
+                catalog_hash: inputs.world.catalog.meta.content_hash.clone(),
+                made_at: Instant::now(),
+            },
+        );
+    }
+
+    /// The injected fault of a stage, as the fallback it causes (after stalling until `deadline` for a stall).
+    async fn injected(
+        &self,
+        fault: faults::Stage,
+        stage: Stage,
+        deadline: Instant,
+    ) -> Option<Fallback> {
+        match self.faults.get(fault) {
+            Mode::None => None,
+            Mode::Fail => Some(Fallback::new(stage, Reason::InjectedFailure)),
+            Mode::Stall => {
+                tokio::time::sleep_until(deadline).await;
+                Some(Fallback::new(stage, Reason::Deadline))
+            }
+        }
+    }
+
+    async fn session_view(
+        &self,
+        shopper_id: &str,
+        deadline: Instant,
+    ) -> Result<Option<SessionView>, Fallback> {
+        if let Some(why) = self
+            .injected(faults::Stage::Session, Stage::Session, deadline)
+            .await
+        {
+            return Err(why);
+        }
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        if timeout.is_zero() {
+            return Err(Fallback::new(Stage::Session, Reason::NoBudget));
+        }
+        self.sessions
+            .view(shopper_id, timeout)
+            .await
+            .map_err(|e| match e {
+                SessionError::Timeout(_) => Fallback::new(Stage::Session, Reason::Deadline),
+                other => {
+                    Fallback::with_detail(Stage::Session, Reason::Unavailable, other.to_string())
+                }
+            })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fresh(
+        &self,
+        inputs: &Inputs,
+        view: &SessionView,
+        input: &DecideInput,
+        policy: &PolicyInputs,
+        guard: &Guard<'_>,
+        deadline: Instant,
+        exclusions: &mut ExclusionCounts,
+    ) -> Result<Vec<DecidedItem>, Fallback> {
+        if let Some(why) = self
+            .injected(faults::Stage::Ranking, Stage::Ranking, deadline)
+            .await
+        {
+            return Err(why);
+        }
+        if Instant::now() >= deadline {
+            return Err(Fallback::new(Stage::Ranking, Reason::NoBudget));
+        }
+        let model = &inputs.model;
+        let retrieved = retrieve(
+            model,
+            &Query {
+                view,
+                context: &input.context,
+                candidates: input.candidates.as_deref(),
+            },
+        );
+        let last_item = retrieved.last_item;
+        let parts = if retrieved.candidates.len() <= self.settings.inline_scoring_max {
+            // Small work: scoring here costs less than handing it to other threads and back.
+            vec![score_partition(
+                model,
+                &retrieved.profile,
+                &retrieved.candidates,
+                0,
+                1,
+                guard,
+                input.limit,
+            )]
+        } else {
+            let job = Arc::new(ScoreJob {
+                model: model.clone(),
+                retrieved,
+                rules: inputs.rules.clone(),
+                policy: policy.clone(),
+                limit: input.limit,
+            });
+            self.ranking
+                .score(job, deadline)
+                .await
+                .map_err(|e| match e {
+                    RankError::Deadline => Fallback::new(Stage::Ranking, Reason::Deadline),
+                    other => Fallback::with_detail(
+                        Stage::Ranking,
+                        Reason::Unavailable,
+                        other.to_string(),
+                    ),
+                })?
+        };
+        let ranked = merge(model, parts, guard, input.limit, last_item, exclusions);
+        Ok(ranked
+            .into_iter()
+            .map(|r| DecidedItem {
+                item: r.admitted.item,
+                score: r.admitted.score,
+                offer: r.admitted.offer,
+                reasons: r.reasons,
+            })
+            .collect())
+    }
+
+    fn cached(
+        &self,
+        input: &DecideInput,
+        world: &World,
+        guard: &Guard<'_>,
+        exclusions: &mut ExclusionCounts,
+    ) -> Option<Vec<DecidedItem>> {
+        if self.faults.get(faults::Stage::Cache) != Mode::None {
+            return None;
+        }
+        let hit = self.cache.get(
+            &input.shopper_id,
+            input.surface,
+            &world.catalog.meta.content_hash,
+        )?;
+        let allowed = |item: ItemIdx| input.candidates.as_ref().is_none_or(|c| c.contains(&item));
+        let admitted = guard.select(
+            hit.items
+                .iter()
+                .filter(|c| allowed(c.item))
+                .map(|c| (c.item, c.score)),
+            input.limit,
+            exclusions,
+        );
+        if admitted.is_empty() {
+            return None;
+        }
+        Some(with_reasons(admitted, |item| {
+            hit.items
+                .iter()
+                .find(|c| c.item == item)
+                .map(|c| c.reasons.clone())
+                .unwrap_or_default()
+        }))
+    }
+
+    fn rules_rung(
+        &self,
+        model: &ServedModel,
+        view: Option<&SessionView>,
+        input: &DecideInput,
+        guard: &Guard<'_>,
+        exclusions: &mut ExclusionCounts,
+    ) -> Option<Vec<DecidedItem>> {
+        if self.faults.get(faults::Stage::Rules) != Mode::None {
+            return None;
+        }
+        let popularity = |i: ItemIdx| model.items[i as usize].popularity;
+        if let Some(given) = &input.candidates {
+            // The storefront's own candidates, best sellers first.
+            let mut ordered = given.clone();
+            ordered.sort_by(|&a, &b| popularity(b).total_cmp(&popularity(a)).then(a.cmp(&b)));
+            let admitted = guard.select(
+                ordered.into_iter().map(|i| (i, popularity(i))),
+                input.limit,
+                exclusions,
+            );
+            return (!admitted.is_empty())
+                .then(|| with_reasons(admitted, |_| vec!["top_seller".into()]));
+        }
+        let categories = rung_categories(&model.catalog, view, &input.context);
+        if categories.is_empty() {
+            return None;
+        }
+        // Take the categories' top sellers in turn; when the category cap leaves places, fill them from the
+        // merchandising list.
+        let lists: Vec<&Vec<ItemIdx>> = categories
+            .iter()
+            .map(|&c| &model.category_top[c as usize])
+            .collect();
+        let depth = lists.iter().map(|l| l.len()).max().unwrap_or(0);
+        let interleaved =
+            (0..depth).flat_map(|d| lists.iter().filter_map(move |l| l.get(d).copied()));
+        let padded = interleaved.chain(model.generic.iter().copied());
+        let admitted = guard.select(padded.map(|i| (i, popularity(i))), input.limit, exclusions);
+        let catalog = &model.catalog;
+        (!admitted.is_empty()).then(|| {
+            with_reasons(admitted, |item| {
+                let category = catalog.item(item).category;
+                if categories.contains(&category) {
+                    vec![format!(
+                        "top_in_category:{}",
+                        catalog.categories[category as usize].name
+                    )]
+                } else {
+                    vec!["merchandising".into()]
+                }
+            })
+        })
+    }
+
+    fn observe(&self, input: &DecideInput, d: &Decision, exclusions: &ExclusionCounts) {
+        record_metrics(input, d, exclusions);
+        if let Some(audit) = &self.audit {
+            audit.record(DecisionRecord::new(&self.settings.node_id, input, d));
+        }
+    }
+
+    /// Applies one shopper's validated events, in order; invalidates their cached decisions and logs them.
+    /// Returns the counts and the signals raised for store associates (the caller publishes them).
+    ///
+    /// # Errors
+    /// The session actor's error: unavailable, timed out, reset, or [`SessionError::NotOwner`] when ownership
+    /// moved away from this node (nothing was applied then).
+    pub async fn apply_events(
+        &self,
+        shopper_id: &str,
+        events: Vec<ShopperEvent>,
+        records: Vec<EventRecord>,
+        catalog: Arc<Catalog>,
+    ) -> Result<Applied, SessionError> {
+        let outcome = TrackOutcome {
+            accepted: events.len(),
+            unknown_items: events
+                .iter()
+                .filter(|e| matches!(e.item, Some(ItemRef::Unknown)))
+                .count(),
+        };
+        let received_at_us = events.first().map_or(0, |e| e.received_at_us);
+        let kinds: Vec<&'static str> = events.iter().map(|e| e.kind.as_str()).collect();
+        let applied = self
+            .sessions
+            .apply(shopper_id, events, catalog, SESSION_CALL)
+            .await?;
+        self.cache.invalidate(shopper_id);
+        for kind in kinds {
+            metrics::counter!("aisle_track_events_total", "type" => kind).increment(1);
+        }
+        if let Some(log) = &self.event_log {
+            for r in records {
+                log.record(r);
+            }
+        }
+        Ok(Applied {
+            outcome,
+            signals: applied.signals,
+            received_at_us,
+        })
+    }
+
+    /// The session this node holds for a shopper it owns (`None`: no session).
+    ///
+    /// # Errors
+    /// The session actor's error; [`SessionError::NotOwner`] when this node does not own the shopper.
+    pub async fn session(&self, shopper_id: &str) -> Result<Option<SessionContext>, SessionError> {
+        self.sessions.describe(shopper_id, SESSION_CALL).await
+    }
+
+    /// Erases what this node holds about a shopper: session and cached decisions. Returns whether a session was
+    /// held and how many cached decisions were.
+    ///
+    /// # Errors
+    /// The session actor's error (nothing is known to be erased then).
+    pub async fn forget(&self, shopper_id: &str) -> Result<(bool, usize), SessionError> {
+        let erased = self.sessions.forget(shopper_id, SESSION_CALL).await?;
+        let cached = self.cache.invalidate(shopper_id);
+        Ok((erased, cached))
+    }
+}
+
+/// The categories the RULES rung draws from: the session's top three, else those of the items on screen.
+fn rung_categories(
+    catalog: &Catalog,
+    view: Option<&SessionView>,
+    context: &[ItemIdx],
+) -> Vec<CategoryIdx> {
+    let mut categories: Vec<CategoryIdx> = view
+        .map(|v| v.category_affinity.iter().take(3).map(|c| c.0).collect())
+        .unwrap_or_default();
+    if categories.is_empty() {
+        for &c in context {
+            let category = catalog.item(c).category;
+            if !categories.contains(&category) && categories.len() < 3 {
+                categories.push(category);
+            }
+        }
+    }
+    categories
+}
+
+fn with_reasons(
+    admitted: Vec<aisle_policy::Admitted>,
+    reasons: impl Fn(ItemIdx) -> Vec<String>,
+) -> Vec<DecidedItem> {
+    admitted
+        .into_iter()
+        .map(|a| DecidedItem {
+            reasons: reasons(a.item),
+            item: a.item,
+            score: a.score,
+            offer: a.offer,
+        })
+        .collect()
+}
+
+/// The last rung: never fails.
+fn generic_rung(
+    model: &ServedModel,
+    input: &DecideInput,
+    guard: &Guard<'_>,
+    exclusions: &mut ExclusionCounts,
+) -> Vec<DecidedItem> {
+    let n = model.generic.len() as f32;
+    let admitted = match &input.candidates {
+        // The storefront's own candidates, in its order.
+        Some(given) => guard.select(
+            given
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| (i, 1.0 - k as f32 / given.len().max(1) as f32)),
+            input.limit,
+            exclusions,
+        ),
+        None => guard.select(
+            model
+                .generic
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| (i, 1.0 - k as f32 / n)),
+            input.limit,
+            exclusions,
+        ),
+    };
+    with_reasons(admitted, |_| vec!["merchandising".into()])
+}
+
+/// Counts a decision. Every label value comes from a closed set or from a loaded bundle's versions and keys, never
+/// from a request or an error's text, so the number of series stays bounded.
+fn record_metrics(input: &DecideInput, d: &Decision, exclusions: &ExclusionCounts) {
+    let surface = input.surface.as_str();
+    let tier = d.tier.as_str();
+    metrics::histogram!("aisle_decide_latency_seconds", "surface" => surface, "tier" => tier)
+        .record(d.latency.as_secs_f64());
+    metrics::counter!("aisle_decisions_total", "surface" => surface, "tier" => tier).increment(1);
+    match (d.tier, &d.fallback) {
+        (Tier::Fresh, _) => {
+            metrics::counter!("aisle_model_decisions_total", "model" => d.model_version.clone())
+                .increment(1);
+        }
+        (_, Some(f)) => metrics::counter!(
+            "aisle_fallbacks_total",
+            "stage" => f.stage.as_str(),
+            "reason" => f.reason.as_str()
+        )
+        .increment(1),
+        (_, None) => {}
+    }
+    for (e, n) in exclusions.iter() {
+        metrics::counter!("aisle_policy_exclusions_total", "reason" => e.code())
+            .increment(n as u64);
+    }
+    for (key, variant) in &d.assignment.variants {
+        metrics::counter!(
+            "aisle_experiment_exposures_total",
+            "experiment" => key.to_string(),
+            "variant" => variant.to_string()
+        )
+        .increment(1);
+    }
+    if d.assignment.in_holdout {
+        metrics::counter!("aisle_holdout_decisions_total").increment(1);
+    }
+}

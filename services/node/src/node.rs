@@ -1,0 +1,125 @@
+//! The node's context: what every service of a node shares — its configuration, the decider, the cluster and the
+//! push side (hub and publisher of assist events). The API services, the router and the peer service hold a
+//! [`Node`]; the decider below it knows nothing of them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aisle_domain::catalog::ItemIdx;
+use aisle_session::AssistSignal;
+use tokio::time::Instant;
+
+use crate::assist::assist_event;
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::decider::{Applied, Decider};
+use crate::push::{Publisher, PushHub};
+
+/// At most one replenish suggestion per store and item in this time.
+const REPLENISH_COOLDOWN: Duration = Duration::from_secs(10 * 60);
+/// Replenish suggestions remembered before the expired ones are swept.
+const REPLENISH_REMEMBERED: usize = 100_000;
+
+/// One node's shared context.
+pub struct Node {
+    config: Arc<Config>,
+    decider: Arc<Decider>,
+    cluster: Arc<Cluster>,
+    hub: Arc<PushHub>,
+    /// Where assist events go (the local hub, or their store's orderer in a cluster).
+    publisher: Publisher,
+    /// When each (store, item) was last suggested for replenishment.
+    replenish_sent: Mutex<HashMap<(Box<str>, ItemIdx), Instant>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("node_id", &self.config.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A node's context (starts the assist publisher).
+    pub fn new(config: Arc<Config>, decider: Arc<Decider>, cluster: Arc<Cluster>) -> Self {
+        let hub = Arc::new(PushHub::new(config.push_retention));
+        Self {
+            publisher: Publisher::start(hub.clone(), cluster.clone()),
+            hub,
+            config,
+            decider,
+            cluster,
+            replenish_sent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The decider.
+    pub fn decider(&self) -> &Arc<Decider> {
+        &self.decider
+    }
+
+    /// Membership, placement and peers.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// The push hub (per-store assist logs).
+    pub fn hub(&self) -> &Arc<PushHub> {
+        &self.hub
+    }
+
+    /// Publishes the assist events a shopper's applied events raised (replenish suggestions at most once per
+    /// store and item in ten minutes).
+    pub fn publish_assist(&self, shopper_id: &str, applied: &Applied) {
+        if applied.signals.is_empty() {
+            return;
+        }
+        let world = self.decider.worlds().current();
+        let rules = self.decider.policy().current();
+        for signal in &applied.signals {
+            if let AssistSignal::Replenish { store_id, item, .. } = signal
+                && !self.replenish_due(store_id, *item)
+            {
+                continue;
+            }
+            self.publisher.publish(assist_event(
+                signal,
+                shopper_id,
+                &world,
+                &rules,
+                self.id(),
+                applied.received_at_us,
+            ));
+        }
+    }
+
+    /// Whether a replenish suggestion for the item may go out now (and records that it does).
+    fn replenish_due(&self, store_id: &str, item: ItemIdx) -> bool {
+        let mut sent = self.replenish_sent.lock().expect("replenish lock");
+        let now = Instant::now();
+        if sent.len() > REPLENISH_REMEMBERED {
+            sent.retain(|_, at| now.duration_since(*at) < REPLENISH_COOLDOWN);
+        }
+        let key = (Box::from(store_id), item);
+        if sent
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < REPLENISH_COOLDOWN)
+        {
+            return false;
+        }
+        sent.insert(key, now);
+        true
+    }
+}

@@ -317,10 +317,15 @@ pub async fn start(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(aisle_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both protocol versions: v1 for current grpcurl and grpcui, v1alpha for the clients that still
+    // speak only it (Python grpcio's reflection client, Postman, older grpcurl).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(aisle_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) =
+        (reflection().build_v1()?, reflection().build_v1alpha()?);
     let decision = DecisionServiceServer::new(DecisionApi::new(engine.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let associate =
@@ -343,7 +348,8 @@ pub async fn start(
             .add_service(admin)
             .add_service(peer)
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = grpc_shutdown.wait_for(|stop| *stop).await;
             }),

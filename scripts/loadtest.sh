@@ -21,6 +21,7 @@
 # generator is ./target/release/aisle-loadtest (LOADTEST to override) and shares the machine with the node: both
 # sides pay that alike, which is why the runs alternate.
 set -euo pipefail
+caller_dir=$PWD
 cd "$(dirname "$0")/.."
 bin=./target/release
 rate=${RATE:-5000}
@@ -42,11 +43,14 @@ if [ "${1:-}" = "--compare" ]; then
     echo "usage: scripts/loadtest.sh --compare OLD_BIN NEW_BIN [--json]" >&2
     exit 2
   fi
-  old_bin=$1 new_bin=$2
+  # Paths as the caller gave them, from where the caller stands.
+  abs() { case $1 in /*) echo "$1" ;; *) echo "$caller_dir/$1" ;; esac; }
+  old_bin=$(abs "$1") new_bin=$(abs "$2")
   shift 2
   json=
   [ "${1:-}" = "--json" ] && json=1
-  loadtest=${LOADTEST:-$bin/aisle-loadtest}
+  loadtest=${LOADTEST:+$(abs "$LOADTEST")}
+  loadtest=${loadtest:-$bin/aisle-loadtest}
   for b in "$old_bin" "$new_bin" "$loadtest"; do
     [ -x "$b" ] || { echo "not an executable: $b (build with \`cargo build --release\`)" >&2; exit 2; }
   done

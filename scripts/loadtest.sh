@@ -3,7 +3,25 @@
 # `decide` scenario at 5,000 requests/s open-loop with the health floor interleaved, prints the table and a verdict
 # against the 2 ms p99 target, and stops the node it started. Override with RATE, DURATION, WARMUP, CONNECTIONS,
 # P99_TARGET_MS; extra arguments go to `aisle-loadtest run` (e.g. --json).
+#
+# `scripts/loadtest.sh --compare OLD_BIN NEW_BIN [--json]`: an A/B of two `aisle` binaries. ROUNDS times (default
+# 3) it starts a fresh node of OLD, then one of NEW (order A B A B A B), each with the demo world on its own fresh
+# free ports, and on each measures
+#   1. the node's CPU per decision at a fixed rate below saturation (CPU_RATE decisions/s, default 2000, for
+#      CPU_DURATION, default 15 s, after CPU_WARMUP, default 3 s, at the same rate): the node process's
+#      utime + stime from /proc/<pid>/stat (clock ticks of `getconf CLK_TCK`) before and after the window, divided
+#      by the decisions completed in it. Read from /proc, not /metrics, so any binary can be compared, also one
+#      without process_cpu_seconds_total;
+#   2. its saturation point: the knee of `aisle-loadtest ramp --scenario decide` (the highest rate whose p99 stays
+#      under RAMP_P99_TARGET_MS, default 10, with no error; RAMP_START 3000, RAMP_STEP 500, RAMP_MAX 12000,
+#      RAMP_STEP_DURATION 3s, RAMP_SETTLE 1s, stopping after RAMP_STOP_AFTER_FAILURES, default 2, failing steps:
+#      about 40 s for a knee near 6,500/s);
+# then stops that node by its PID. It prints every run, each side's medians and the ratios NEW/OLD (CPU per decision:
+# below 1 is cheaper; saturation: above 1 is better); with --json the last line is one JSON object as well. The load
+# generator is ./target/release/aisle-loadtest (LOADTEST to override) and shares the machine with the node: both
+# sides pay that alike, which is why the runs alternate.
 set -euo pipefail
+caller_dir=$PWD
 cd "$(dirname "$0")/.."
 bin=./target/release
 rate=${RATE:-5000}
@@ -18,6 +36,158 @@ free_port() {
   while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
   echo "$p"
 }
+
+if [ "${1:-}" = "--compare" ]; then
+  shift
+  if [ $# -lt 2 ]; then
+    echo "usage: scripts/loadtest.sh --compare OLD_BIN NEW_BIN [--json]" >&2
+    exit 2
+  fi
+  # Paths as the caller gave them, from where the caller stands.
+  abs() { case $1 in /*) echo "$1" ;; *) echo "$caller_dir/$1" ;; esac; }
+  old_bin=$(abs "$1") new_bin=$(abs "$2")
+  shift 2
+  json=
+  [ "${1:-}" = "--json" ] && json=1
+  loadtest=${LOADTEST:+$(abs "$LOADTEST")}
+  loadtest=${loadtest:-$bin/aisle-loadtest}
+  for b in "$old_bin" "$new_bin" "$loadtest"; do
+    [ -x "$b" ] || { echo "not an executable: $b (build with \`cargo build --release\`)" >&2; exit 2; }
+  done
+  rounds=${ROUNDS:-3}
+  cpu_rate=${CPU_RATE:-2000}
+  cpu_duration=${CPU_DURATION:-15s}
+  cpu_warmup=${CPU_WARMUP:-3s}
+  ramp_start=${RAMP_START:-3000}
+  ramp_step=${RAMP_STEP:-500}
+  ramp_max=${RAMP_MAX:-12000}
+  ramp_step_duration=${RAMP_STEP_DURATION:-3s}
+  ramp_settle=${RAMP_SETTLE:-1s}
+  ramp_target_ms=${RAMP_P99_TARGET_MS:-10}
+  ramp_failures=${RAMP_STOP_AFTER_FAILURES:-2}
+  clk_tck=$(getconf CLK_TCK)
+
+  work=$(mktemp -d)
+  node_pid=
+  stop_compare_node() {
+    if [ -n "$node_pid" ] && kill -0 "$node_pid" 2>/dev/null; then
+      kill "$node_pid"
+      wait "$node_pid" 2>/dev/null || true
+    fi
+    node_pid=
+  }
+  trap 'stop_compare_node; rm -rf "$work"' EXIT
+  trap 'exit 130' INT TERM
+
+  # CPU ticks (user + system) of process $1 so far. The command name (field 2) may hold spaces: count from the
+  # last ')'; utime and stime are fields 14 and 15, so the 12th and 13th after it.
+  cpu_ticks() {
+    local stat
+    stat=$(cat "/proc/$1/stat")
+    echo "${stat##*) }" | awk '{ print $12 + $13 }'
+  }
+
+  port_base=50600
+  : >"$work/runs.jsonl"
+  echo "A/B of OLD $old_bin and NEW $new_bin: $rounds round(s) of A B; per run: CPU per decision at $cpu_rate/s" \
+       "for $cpu_duration after $cpu_warmup warm-up, then the saturation ramp ($ramp_start → $ramp_max by $ramp_step," \
+       "$ramp_step_duration a step, p99 under $ramp_target_ms ms); $(nproc) cores shared with the load generator"
+  for round in $(seq 1 "$rounds"); do
+    for side in old new; do
+      if [ "$side" = old ]; then node_bin=$old_bin; label=A; else node_bin=$new_bin; label=B; fi
+      grpc_port=$(free_port "$port_base")
+      http_port=$(free_port $((grpc_port + 1)))
+      port_base=$((http_port + 1))
+      AISLE_LOG=${AISLE_LOG:-warn} "$node_bin" serve --node-id "compare-$label$round" \
+        --grpc-addr "127.0.0.1:$grpc_port" --http-addr "127.0.0.1:$http_port" >"$work/node-$label$round.log" 2>&1 &
+      node_pid=$!
+      ready=
+      for _ in $(seq 1 600); do
+        if curl -fs "http://127.0.0.1:$http_port/readyz" >/dev/null 2>&1; then ready=1; break; fi
+        kill -0 "$node_pid" 2>/dev/null || break
+        sleep 0.1
+      done
+      if [ -z "$ready" ]; then
+        echo "run $label$round: $node_bin did not become ready in 60 s; its log:" >&2
+        cat "$work/node-$label$round.log" >&2
+        exit 1
+      fi
+      target="http://127.0.0.1:$grpc_port"
+      # 1. CPU per decision: warm up at the rate, then read the node's CPU around the recorded run.
+      "$loadtest" run --target "$target" --scenario decide --rate "$cpu_rate" --duration "$cpu_warmup" \
+        --quiet >/dev/null
+      t0=$(cpu_ticks "$node_pid")
+      "$loadtest" run --target "$target" --scenario decide --rate "$cpu_rate" --duration "$cpu_duration" \
+        --json >"$work/cpu-$label$round.out"
+      t1=$(cpu_ticks "$node_pid")
+      # 2. Saturation point.
+      "$loadtest" ramp --target "$target" --scenario decide --start "$ramp_start" --step "$ramp_step" \
+        --max "$ramp_max" --step-duration "$ramp_step_duration" --settle "$ramp_settle" \
+        --p99-target-ms "$ramp_target_ms" --stop-after-failures "$ramp_failures" --json >"$work/ramp-$label$round.out"
+      stop_compare_node
+      python3 - "$side" "$label$round" "$node_bin" "$((t1 - t0))" "$clk_tck" \
+        "$work/cpu-$label$round.out" "$work/ramp-$label$round.out" "$work/runs.jsonl" <<'PY'
+import json, sys
+side, run, binary, ticks, clk_tck, cpu_out, ramp_out, runs = sys.argv[1:]
+last = lambda path: json.loads(open(path).read().strip().splitlines()[-1])
+cpu, ramp = last(cpu_out), last(ramp_out)
+decisions = cpu["ok"] + cpu["errors"]
+cpu_s = int(ticks) / int(clk_tck)
+r = {
+    "side": side, "run": run, "bin": binary,
+    "cpu_us_per_decision": round(cpu_s * 1e6 / decisions, 1) if decisions else None,
+    "node_cpu_seconds": round(cpu_s, 3), "node_cpu_cores": round(cpu_s / cpu["duration_s"], 3),
+    "decisions": decisions, "errors": cpu["errors"], "p99_ms": cpu["p99_ms"],
+    "saturation_rps": ramp["saturation_rps"],
+    "ramp_steps": [{"rate": s["rate"], "p99_ms": s["p99_ms"], "errors": s["errors"], "passed": s["passed"]}
+                   for s in ramp["steps"]],
+}
+with open(runs, "a") as f:
+    f.write(json.dumps(r) + "\n")
+fmt = lambda v, f: "-" if v is None else format(v, f)
+print(f"run {run:<4} {side:<3}  CPU {fmt(r['cpu_us_per_decision'], '.1f')} µs/decision ({r['node_cpu_cores']:.2f} cores, "
+      f"{decisions} decisions, {r['errors']} errors, p99 {r['p99_ms']:.3f} ms)  saturation "
+      f"{fmt(r['saturation_rps'], '.0f')}/s (steps: "
+      + ", ".join(f"{s['rate']:.0f} {'pass' if s['passed'] else 'FAIL'}" for s in r["ramp_steps"]) + ")", flush=True)
+PY
+    done
+  done
+
+  python3 - "$old_bin" "$new_bin" "$rounds" "$cpu_rate" "${json:-}" "$work/runs.jsonl" <<'PY'
+import json, statistics, sys
+old_bin, new_bin, rounds, cpu_rate, want_json, path = sys.argv[1:]
+runs = [json.loads(l) for l in open(path) if l.strip()]
+def median(side, key):
+    values = [r[key] for r in runs if r["side"] == side and r[key] is not None]
+    return statistics.median(values) if values else None
+def ratio(a, b):
+    return round(b / a, 3) if a and b is not None else None
+fmt = lambda v, f: "-" if v is None else format(v, f)
+cpu_old, cpu_new = median("old", "cpu_us_per_decision"), median("new", "cpu_us_per_decision")
+sat_old, sat_new = median("old", "saturation_rps"), median("new", "saturation_rps")
+print()
+print(f"{'run':<8}{'side':<5}{'CPU µs/decision':>16}{'node cores':>12}{'decisions':>11}{'errors':>8}{'p99 ms':>9}"
+      f"{'saturation/s':>14}")
+for r in runs:
+    print(f"{r['run']:<8}{r['side']:<5}{fmt(r['cpu_us_per_decision'], '.1f'):>16}{r['node_cpu_cores']:>12.2f}"
+          f"{r['decisions']:>11}{r['errors']:>8}{r['p99_ms']:>9.3f}{fmt(r['saturation_rps'], '.0f'):>14}")
+print(f"{'median':<8}{'old':<5}{fmt(cpu_old, '.1f'):>16}{'':>12}{'':>11}{'':>8}{'':>9}{fmt(sat_old, '.0f'):>14}")
+print(f"{'median':<8}{'new':<5}{fmt(cpu_new, '.1f'):>16}{'':>12}{'':>11}{'':>8}{'':>9}{fmt(sat_new, '.0f'):>14}")
+print(f"NEW/OLD: CPU per decision {fmt(ratio(cpu_old, cpu_new), '.3f')} (below 1: NEW is cheaper), "
+      f"saturation {fmt(ratio(sat_old, sat_new), '.3f')} (above 1: NEW saturates later)")
+if any(r["errors"] for r in runs):
+    print(f"warning: some fixed-rate runs had errors: {cpu_rate}/s is not below saturation for every run")
+if want_json:
+    side = lambda s, b: {"bin": b, "runs": [r for r in runs if r["side"] == s],
+                         "median_cpu_us_per_decision": median(s, "cpu_us_per_decision"),
+                         "median_saturation_rps": median(s, "saturation_rps")}
+    print(json.dumps({"mode": "compare", "rounds": int(rounds), "cpu_rate": float(cpu_rate),
+                      "old": side("old", old_bin), "new": side("new", new_bin),
+                      "ratio_cpu_us_per_decision": ratio(cpu_old, cpu_new),
+                      "ratio_saturation_rps": ratio(sat_old, sat_new)}))
+PY
+  exit 0
+fi
 grpc_port=$(free_port 50561)
 http_port=$(free_port 9561)
 

@@ -89,6 +89,10 @@ pub struct CommonArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// The node's Prometheus endpoint, e.g. http://127.0.0.1:9090/metrics: report the node's CPU µs per request
+    /// (growth of its process_cpu_seconds_total over the recorded window, per request completed in it).
+    #[arg(long, env = "AISLE_METRICS_URL")]
+    pub metrics_url: Option<String>,
 }
 
 /// `run`'s options.
@@ -187,6 +191,7 @@ impl CommonArgs {
             in_store_share: self.in_store_share,
             handhelds: self.handhelds,
             progress: !self.json && !self.quiet,
+            metrics_url: self.metrics_url.clone(),
             stop: None,
         }
     }

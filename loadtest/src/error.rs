@@ -43,6 +43,14 @@ pub enum Error {
         /// The server's answer.
         status: Box<tonic::Status>,
     },
+    /// `--metrics-url` does not serve the node's CPU time.
+    #[error("cannot read the node's CPU time from {url}: {detail}")]
+    Metrics {
+        /// The metrics URL.
+        url: String,
+        /// What failed.
+        detail: String,
+    },
     /// The scheduler thread could not be started or died.
     #[error("scheduler thread failed: {0}")]
     Scheduler(String),

@@ -18,6 +18,7 @@
 //!                     [--connections 4] [--timeout 1s] [--json] [--floor [--floor-window 1s]] [--warmup D]
 //!                     [--seed 42] [--shoppers 100000] [--items 10710] [--zipf 1.0] [--events-per-track 8]
 //!                     [--sessions 1000] [--stores 20] [--in-store-share F] [--handhelds 20] [--quiet]
+//!                     [--metrics-url http://HOST:PORT/metrics]
 //! aisle-loadtest ramp --target URL --scenario S --start R --step R --max R --step-duration D
 //!                     [--p99-target-ms 10] [--settle 1s] [--stop-after-failures 1] [--json] (+ run's options)
 //! ```
@@ -33,10 +34,13 @@
 //! - In `mixed`, a shopper never has two `Track`s in flight ([`scenario::mixed`]); a failed or timed-out Track
 //!   ends its session (a late batch could otherwise be overtaken by the next).
 //! - `subscribe` keeps the streams open 300 ms after the last answer, for assist events still on their way.
+//! - `--metrics-url` reads the node's `process_cpu_seconds_total` when the recorded window opens and after its
+//!   last answer, and reports the node's CPU µs per request ([`node_cpu`]); in `ramp`, for every step.
 
 pub mod catalog;
 pub mod cli;
 pub mod error;
+pub mod node_cpu;
 pub mod ramp;
 pub mod report;
 pub mod rng;

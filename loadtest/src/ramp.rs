@@ -1,7 +1,7 @@
 //! Finding the saturation point: the rate is raised step by step (with a pause between steps for the server to
 //! drain) and each step passes when it has no error and its headline p99 stays under the target. The ramp stops
 //! after `stop_after_failures` failing steps (1 by default: the first failing step ends it); the saturation point
-//! is the highest passing rate.
+//! is the highest passing rate. With `--metrics-url` every step also gives the node's CPU per request.
 
 use std::time::Duration;
 
@@ -90,9 +90,19 @@ impl RampStep {
     /// The step as one readable line.
     pub fn line(&self) -> String {
         let r = &self.report;
+        let cpu = match &r.node_cpu {
+            None => String::new(),
+            Some(Ok(c)) => format!(
+                ", node CPU {} µs/req ({:.2} cores)",
+                c.us_per_request()
+                    .map_or_else(|| "-".to_string(), |us| format!("{us:.1}")),
+                c.cores()
+            ),
+            Some(Err(_)) => ", node CPU not measured".to_string(),
+        };
         format!(
             "step {:>2}: {:>8.1} req/s offered, {:>8.1} ok/s, errors {:>5}, p50 {:>8.3} ms, p99 {:>8.3} ms, max {:>8.3} ms, \
-             send lag p99 {:.3} ms: {}",
+             send lag p99 {:.3} ms{cpu}: {}",
             self.number,
             r.offered_rps,
             r.achieved_rps(),
@@ -137,6 +147,8 @@ impl RampReport {
                 "p99_ms": s.report.headline_p99_us() as f64 / 1e3,
                 "max_ms": s.report.main.max_latency_us() as f64 / 1e3,
                 "send_lag_p99_ms": s.report.send_lag_p99_us() as f64 / 1e3,
+                "node_cpu_us_per_request": s.report.node_cpu_us_per_request(),
+                "node_cpu_cores": s.report.node_cpu.as_ref().and_then(|c| c.as_ref().ok()).map(|c| c.cores()),
                 "passed": s.passed,
             })).collect::<Vec<_>>(),
         })

@@ -23,6 +23,13 @@
 //!   (`headline_p99_ms / floor_p99_ms`); the ratios are null when the floor recorded nothing.
 //! - `run --p99-target-ms T`: `p99_target_ms` and `p99_target_met` (the headline p99 ≤ T, answers recorded and no
 //!   error; see [`Verdict`]).
+//! - `--metrics-url URL` (see [`crate::node_cpu`]): `node_cpu_us_per_request` (the node's CPU µs per request
+//!   completed in the recorded window: growth of its `process_cpu_seconds_total` over `node_cpu_requests`; null
+//!   without requests), `node_cpu_seconds` (that growth), `node_cpu_cores` (`node_cpu_seconds` over
+//!   `node_cpu_window_s`, the wall time between the two scrapes), `node_cpu_requests` (requests completed in the
+//!   window, every lane: with `--floor` the health checks too) and `node_cpu_error` (null, or why
+//!   the figure is missing: every other `node_cpu_` field is then null). In `ramp`, on every step's line and in
+//!   the summary's `steps` (`node_cpu_us_per_request`, `node_cpu_cores`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,6 +37,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use crate::node_cpu::NodeCpu;
 use crate::scenario::Scenario;
 use crate::stats::{DeliveryData, Kind, KindStats, LaneData};
 
@@ -74,6 +82,8 @@ pub struct RunReport {
     pub sessions_peak: Option<usize>,
     /// With session traffic: Tracks turned into Decides because every shopper was busy.
     pub skipped_tracks: u64,
+    /// With `--metrics-url`: the node's CPU over the recorded window, or why it could not be read.
+    pub node_cpu: Option<Result<NodeCpu, String>>,
 }
 
 /// µs → ms, rounded to the µs.
@@ -133,6 +143,31 @@ impl RunReport {
         Some(round3(self.headline_p99_us() as f64 / f as f64))
     }
 
+    /// The node's CPU µs per request (with `--metrics-url`, when it was read and requests completed).
+    pub fn node_cpu_us_per_request(&self) -> Option<f64> {
+        self.node_cpu.as_ref()?.as_ref().ok()?.us_per_request()
+    }
+
+    /// The node's CPU figures (with `--metrics-url`) as JSON fields.
+    fn node_cpu_json(&self, put: &mut impl FnMut(&str, Value)) {
+        let Some(cpu) = &self.node_cpu else {
+            return;
+        };
+        let ok = cpu.as_ref().ok();
+        put(
+            "node_cpu_us_per_request",
+            json!(ok.and_then(NodeCpu::us_per_request).map(round3)),
+        );
+        put("node_cpu_seconds", json!(ok.map(|c| round3(c.cpu_seconds))));
+        put("node_cpu_cores", json!(ok.map(|c| round3(c.cores()))));
+        put(
+            "node_cpu_window_s",
+            json!(ok.map(|c| round3(c.window.as_secs_f64()))),
+        );
+        put("node_cpu_requests", json!(ok.map(|c| c.requests)));
+        put("node_cpu_error", json!(cpu.as_ref().err()));
+    }
+
     /// The report as one JSON object.
     pub fn to_json(&self) -> Value {
         let m = &self.main;
@@ -141,6 +176,7 @@ impl RunReport {
         let mut put = |k: &str, v: Value| {
             o.insert(k.to_string(), v);
         };
+        self.node_cpu_json(&mut put);
         put("scenario", json!(self.scenario.name()));
         put("target", json!(self.target));
         put("offered_rps", json!(self.offered_rps));
@@ -354,6 +390,21 @@ impl fmt::Display for RunReport {
                 write!(f, " (decide p99 / floor p99: {headline:.2})")?;
             }
             writeln!(f)?;
+        }
+        match &self.node_cpu {
+            Some(Ok(cpu)) => writeln!(
+                f,
+                "node CPU ({}): {} per request, {:.2} cores ({:.3} s over {:.1} s, {} requests)",
+                cpu.url,
+                cpu.us_per_request()
+                    .map_or_else(|| "-".to_string(), |us| format!("{us:.1} µs")),
+                cpu.cores(),
+                cpu.cpu_seconds,
+                cpu.window.as_secs_f64(),
+                cpu.requests
+            )?,
+            Some(Err(why)) => writeln!(f, "node CPU: not measured ({why})")?,
+            None => {}
         }
         let lag_p99 = self.send_lag_p99_us();
         writeln!(

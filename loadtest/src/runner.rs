@@ -17,6 +17,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::catalog::ItemUniverse;
 use crate::error::Error;
+use crate::node_cpu::{CpuMark, MetricsEndpoint};
 use crate::report::RunReport;
 use crate::scenario::Scenario;
 use crate::scenario::decide::DecideGen;
@@ -67,6 +68,9 @@ pub struct RunConfig {
     pub handhelds: usize,
     /// Print a progress line on stderr about once a second.
     pub progress: bool,
+    /// The node's Prometheus endpoint (`http://HOST:PORT/metrics`): when set, its `process_cpu_seconds_total` is
+    /// read at both ends of the recorded window and the report gives the node's CPU per request.
+    pub metrics_url: Option<String>,
     /// Set to stop early (Ctrl-C): no new request is sent, in-flight ones finish, and the report covers the
     /// time actually run.
     pub stop: Option<Arc<AtomicBool>>,
@@ -94,6 +98,7 @@ impl Default for RunConfig {
             in_store_share: None,
             handhelds: 20,
             progress: false,
+            metrics_url: None,
             stop: None,
         }
     }
@@ -138,11 +143,22 @@ impl RunConfig {
         if self.floor && self.floor_window.is_zero() {
             return bad("--floor-window must be positive");
         }
+        if let Some(url) = &self.metrics_url {
+            MetricsEndpoint::parse(url)?;
+        }
         let in_flight = self.rate * self.timeout.as_secs_f64();
         if in_flight > 1_000_000.0 {
             return bad("--rate × --timeout allows over a million requests in flight");
         }
         Ok(())
+    }
+
+    /// The metrics endpoint of `--metrics-url`, parsed.
+    pub fn metrics_endpoint(&self) -> Result<Option<MetricsEndpoint>, Error> {
+        self.metrics_url
+            .as_deref()
+            .map(MetricsEndpoint::parse)
+            .transpose()
     }
 
     /// The floor window actually used: `floor_window`, shrunk so that the run holds at least two windows.
@@ -181,8 +197,18 @@ pub async fn run(config: &RunConfig) -> Result<RunReport, Error> {
     run_on(&target, config).await
 }
 
-/// Probes a freshly connected target: it must answer gRPC, and serve health checks when the run sends them.
+/// Probes a freshly connected target: it must answer gRPC, serve health checks when the run sends them, and
+/// with `--metrics-url` serve `process_cpu_seconds_total` there.
 pub async fn check_target(target: &Target, config: &RunConfig) -> Result<(), Error> {
+    if let Some(endpoint) = config.metrics_endpoint()? {
+        endpoint
+            .cpu_seconds()
+            .await
+            .map_err(|detail| Error::Metrics {
+                url: endpoint.url().to_string(),
+                detail,
+            })?;
+    }
     let health = target
         .probe(config.timeout.max(Duration::from_secs(1)))
         .await?;
@@ -289,8 +315,18 @@ pub async fn run_on(target: &Target, config: &RunConfig) -> Result<RunReport, Er
         in_flight: AtomicU64::new(0),
         max_in_flight: AtomicU64::new(0),
     });
+    let metrics = config.metrics_endpoint()?;
     // A short lead so the first request is not born late.
     let start = Instant::now() + Duration::from_millis(5);
+    // The node's CPU time as the recorded window opens (after the warm-up, whose requests may still be going).
+    let window_mark: Option<tokio::task::JoinHandle<Result<CpuMark, String>>> =
+        metrics.clone().map(|m| {
+            let opens = tokio::time::Instant::from_std(start + config.warmup);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(opens).await;
+                m.mark().await
+            })
+        });
     let schedule = Schedule::new(
         start,
         config.rate,
@@ -348,6 +384,21 @@ pub async fn run_on(target: &Target, config: &RunConfig) -> Result<RunReport, Er
     // Every request task holds a sender: when the last is dropped, every request has completed (each is bounded
     // by the client timeout).
     let _ = done_rx.recv().await;
+    let node_cpu = match (metrics, window_mark) {
+        (Some(m), Some(mark)) => {
+            let completed = |l: &LaneStats| {
+                let (_, ok, errors) = l.counts();
+                ok + errors
+            };
+            let requests = completed(&shared.main) + completed(&shared.floor);
+            Some(match mark.await {
+                Ok(Ok(mark)) => m.since(mark, requests).await,
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(format!("the scrape task failed: {e}")),
+            })
+        }
+        _ => None,
+    };
     let delivery = match subscribers {
         Some(s) => {
             // Assist events caused by the last batches are still on their way.
@@ -391,6 +442,7 @@ pub async fn run_on(target: &Target, config: &RunConfig) -> Result<RunReport, Er
         scheduler_lag_max: summary.max_dispatch_lag,
         sessions_peak,
         skipped_tracks,
+        node_cpu,
     })
 }
 

@@ -39,7 +39,7 @@ pub fn router(
 async fn render_metrics(State(p): State<Plane>) -> String {
     metrics::gauge!("aisle_active_sessions").set(p.sessions.active_sessions() as f64);
     p.metrics.run_upkeep();
-    p.metrics.render()
+    crate::metrics::render(&p.metrics)
 }
 
 async fn healthz(State(p): State<Plane>) -> (StatusCode, &'static str) {

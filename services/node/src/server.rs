@@ -284,10 +284,15 @@ fn serve_grpc(
     tonic_health::server::HealthReporter,
 )> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(aisle_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both protocol versions: v1 for current grpcurl and grpcui, v1alpha for the clients that still
+    // speak only it (Python grpcio's reflection client, Postman, older grpcurl).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(aisle_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) =
+        (reflection().build_v1()?, reflection().build_v1alpha()?);
     let decision = DecisionServiceServer::new(DecisionApi::new(node.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let associate =
@@ -307,7 +312,8 @@ fn serve_grpc(
         .add_service(admin)
         .add_service(peer)
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         });

@@ -44,8 +44,6 @@ pub fn assist_event(
     node_id: &str,
     received_at_us: i64,
 ) -> AssistEvent {
-    let catalog = &world.catalog;
-    let model = &world.default_model;
     let now = aisle_domain::now_ms();
     let ctx = PolicyContext {
         attributes: ShopperAttributes::default(),
@@ -54,24 +52,15 @@ pub fn assist_event(
         now_ms: now,
         max_items_per_category: 0,
     };
-    let guard = Guard::new(rules, catalog, ctx);
-    let pick = |candidates: Vec<ItemIdx>, exclude: &[ItemIdx]| -> Vec<ItemIdx> {
-        let filtered = candidates
-            .into_iter()
-            .filter(|i| !exclude.contains(i))
-            .map(|i| (i, 0.0));
-        guard
-            .select(filtered, SUGGESTIONS, &mut ExclusionCounts::default())
-            .into_iter()
-            .map(|a| a.item)
-            .collect()
+    let suggest = Suggest {
+        world,
+        guard: Guard::new(rules, &world.catalog, ctx),
     };
-    let created_at = Some(prost_types::Timestamp {
-        seconds: now.div_euclid(1000),
-        nanos: (now.rem_euclid(1000) * 1_000_000) as i32,
-    });
-    let mut event = AssistEvent {
-        created_at,
+    let event = AssistEvent {
+        created_at: Some(prost_types::Timestamp {
+            seconds: now.div_euclid(1000),
+            nanos: (now.rem_euclid(1000) * 1_000_000) as i32,
+        }),
         produced_by: node_id.to_string(),
         source_received_at_us: received_at_us,
         ..Default::default()
@@ -86,24 +75,23 @@ pub fn assist_event(
             // Items bought together with what is in the cart.
             let mut candidates = Vec::new();
             for &c in cart {
-                candidates.extend(model.ar.pairs(c as usize).map(|(t, _)| t));
+                candidates.extend(world.default_model.ar.pairs(c as usize).map(|(t, _)| t));
             }
-            let items = suggested(catalog, &pick(candidates, cart));
-            let who = shopper_ref(shopper_id);
-            let where_ = aisle
-                .as_deref()
-                .map(|a| format!(" in aisle {a}"))
-                .unwrap_or_default();
-            event.kind = AssistKind::HighIntentCart as i32;
-            event.store_id = store_id.to_string();
-            event.aisle = aisle.as_deref().unwrap_or_default().to_string();
-            event.message = format!(
-                "assist shopper {who}{where_}: cart worth ${:.2}; suggest {}",
+            let items = suggest.items(candidates, cart);
+            let what = format!(
+                "cart worth ${:.2}; suggest {}",
                 *cart_value_cents as f64 / 100.0,
                 names(&items)
             );
-            event.shopper_ref = who;
-            event.suggested_items = items;
+            shopper_event(
+                event,
+                AssistKind::HighIntentCart,
+                shopper_id,
+                store_id,
+                aisle.as_deref(),
+                &what,
+                items,
+            )
         }
         AssistSignal::Lingering {
             store_id,
@@ -111,44 +99,92 @@ pub fn assist_event(
             category,
             seen,
         } => {
-            let top = model
+            let top = world
+                .default_model
                 .category_top
                 .get(*category as usize)
                 .cloned()
                 .unwrap_or_default();
-            let items = suggested(catalog, &pick(top, seen));
-            let who = shopper_ref(shopper_id);
-            let where_ = aisle
-                .as_deref()
-                .map(|a| format!(" in aisle {a}"))
-                .unwrap_or_default();
-            event.kind = AssistKind::Lingering as i32;
-            event.store_id = store_id.to_string();
-            event.aisle = aisle.as_deref().unwrap_or_default().to_string();
-            event.message = format!(
-                "assist shopper {who}{where_}: browsing {} ({} items looked at); suggest {}",
-                catalog.categories[*category as usize].name,
+            let items = suggest.items(top, seen);
+            let what = format!(
+                "browsing {} ({} items looked at); suggest {}",
+                world.catalog.categories[*category as usize].name,
                 seen.len(),
                 names(&items)
             );
-            event.shopper_ref = who;
-            event.suggested_items = items;
+            shopper_event(
+                event,
+                AssistKind::Lingering,
+                shopper_id,
+                store_id,
+                aisle.as_deref(),
+                &what,
+                items,
+            )
         }
         AssistSignal::Replenish {
             store_id,
             item,
             stock,
         } => {
-            let it = catalog.item(*item);
-            event.kind = AssistKind::Replenish as i32;
-            event.store_id = store_id.to_string();
-            event.aisle = it.aisle.to_string();
-            event.item_id = it.id.to_string();
-            event.message = format!(
-                "replenish {} ({}) in aisle {}: {stock} left",
-                it.name, it.id, it.aisle
-            );
+            let it = world.catalog.item(*item);
+            AssistEvent {
+                kind: AssistKind::Replenish as i32,
+                store_id: store_id.to_string(),
+                aisle: it.aisle.to_string(),
+                item_id: it.id.to_string(),
+                message: format!(
+                    "replenish {} ({}) in aisle {}: {stock} left",
+                    it.name, it.id, it.aisle
+                ),
+                ..event
+            }
         }
     }
-    event
+}
+
+/// Picks suggestions that pass the guardrails.
+struct Suggest<'a> {
+    world: &'a World,
+    guard: Guard<'a>,
+}
+
+impl Suggest<'_> {
+    /// Up to [`SUGGESTIONS`] admitted items of `candidates`, none of `exclude`.
+    fn items(&self, candidates: Vec<ItemIdx>, exclude: &[ItemIdx]) -> Vec<SuggestedItem> {
+        let filtered = candidates
+            .into_iter()
+            .filter(|i| !exclude.contains(i))
+            .map(|i| (i, 0.0));
+        let picked: Vec<ItemIdx> = self
+            .guard
+            .select(filtered, SUGGESTIONS, &mut ExclusionCounts::default())
+            .into_iter()
+            .map(|a| a.item)
+            .collect();
+        suggested(&self.world.catalog, &picked)
+    }
+}
+
+/// An event about a shopper in a store: who (a pseudonymous reference), where, what to do.
+fn shopper_event(
+    event: AssistEvent,
+    kind: AssistKind,
+    shopper_id: &str,
+    store_id: &str,
+    aisle: Option<&str>,
+    what: &str,
+    items: Vec<SuggestedItem>,
+) -> AssistEvent {
+    let who = shopper_ref(shopper_id);
+    let where_ = aisle.map(|a| format!(" in aisle {a}")).unwrap_or_default();
+    AssistEvent {
+        kind: kind as i32,
+        store_id: store_id.to_string(),
+        aisle: aisle.unwrap_or_default().to_string(),
+        message: format!("assist shopper {who}{where_}: {what}"),
+        shopper_ref: who,
+        suggested_items: items,
+        ..event
+    }
 }

@@ -130,6 +130,21 @@ impl Drop for InflightGuard<'_> {
     }
 }
 
+/// What the rungs of one decision work with.
+struct Attempt<'a> {
+    inputs: &'a Inputs,
+    input: &'a DecideInput,
+    /// The session (`None`: not read).
+    view: Option<&'a SessionView>,
+    policy: &'a PolicyInputs,
+    guard: &'a Guard<'a>,
+    /// When ranking must be done (the safety margin is left for the lower rungs).
+    deadline: Instant,
+    /// Whether the CACHED rung may answer: consent, an owner, not overloaded.
+    may_cache: bool,
+    overloaded: bool,
+}
+
 /// What one decision reads, taken once at its start.
 struct Inputs {
     world: Arc<World>,
@@ -266,21 +281,9 @@ impl Decider {
         let epoch = serve.epoch();
         let owner = matches!(serve, Serve::Owner { .. });
 
-        // The session, only with consent; `None` when it cannot be read in time.
-        let (view, mut fallback) = match serve {
-            Serve::Fallback { why, .. } => (None, Some(why)),
-            Serve::Owner { .. } if overloaded => (
-                None,
-                Some(Fallback::new(Stage::Admission, Reason::Overload)),
-            ),
-            Serve::Owner { .. } if inputs.personalise => {
-                match self.session_view(&input.shopper_id, work_deadline).await {
-                    Ok(v) => (Some(v.unwrap_or_default()), None),
-                    Err(why) => (None, Some(why)),
-                }
-            }
-            Serve::Owner { .. } => (Some(SessionView::default()), None),
-        };
+        let (view, fallback) = self
+            .read_session(serve, overloaded, &inputs, &input, work_deadline)
+            .await;
         let policy = PolicyInputs {
             attributes: input.attributes,
             channel: input.channel,
@@ -292,48 +295,17 @@ impl Decider {
             max_items_per_category: inputs.cap,
         };
         let guard = Guard::new(&inputs.rules, &inputs.world.catalog, policy.context());
-
-        let mut answer: Option<(Tier, Vec<DecidedItem>)> = None;
-        if let Some(view) = &view
-            && fallback.is_none()
-        {
-            match self
-                .fresh(
-                    &inputs,
-                    view,
-                    &input,
-                    &policy,
-                    &guard,
-                    work_deadline,
-                    &mut exclusions,
-                )
-                .await
-            {
-                Ok(items) => answer = Some((Tier::Fresh, items)),
-                Err(why) => fallback = Some(why),
-            }
-        }
-        if answer.is_none() && inputs.personalise && !overloaded && owner {
-            answer = self
-                .cached(&input, &inputs.world, &guard, &mut exclusions)
-                .map(|items| (Tier::Cached, items));
-        }
-        if answer.is_none() && !overloaded {
-            answer = self
-                .rules_rung(
-                    &inputs.model,
-                    view.as_ref(),
-                    &input,
-                    &guard,
-                    &mut exclusions,
-                )
-                .map(|items| (Tier::Rules, items));
-        }
-        let (tier, items) = answer.unwrap_or_else(|| {
-            let items = generic_rung(&inputs.model, &input, &guard, &mut exclusions);
-            (Tier::Generic, items)
-        });
-        drop(guard);
+        let attempt = Attempt {
+            inputs: &inputs,
+            input: &input,
+            view: view.as_ref(),
+            policy: &policy,
+            guard: &guard,
+            deadline: work_deadline,
+            may_cache: inputs.personalise && !overloaded && owner,
+            overloaded,
+        };
+        let (tier, items, fallback) = self.ladder(&attempt, fallback, &mut exclusions).await;
         if tier == Tier::Fresh && inputs.personalise {
             self.remember(&input, &inputs, &items);
         }
@@ -341,7 +313,7 @@ impl Decider {
             decision_id: self.next_decision_id(),
             items,
             tier,
-            fallback: fallback.filter(|_| tier != Tier::Fresh),
+            fallback,
             catalog: inputs.world.catalog.clone(),
             model_version: inputs.model.version().to_string(),
             rules_version: inputs.rules.meta.version.clone(),
@@ -352,6 +324,69 @@ impl Decider {
         };
         self.observe(&input, &decision, &exclusions);
         decision
+    }
+
+    /// The shopper's session as this decision may use it: `None` (with why) when it is not read — this node is
+    /// not the owner, it is overloaded, or the session actor did not answer in time; an empty view without
+    /// consent (the shopper is ranked as an anonymous one).
+    async fn read_session(
+        &self,
+        serve: Serve,
+        overloaded: bool,
+        inputs: &Inputs,
+        input: &DecideInput,
+        deadline: Instant,
+    ) -> (Option<SessionView>, Option<Fallback>) {
+        match serve {
+            Serve::Fallback { why, .. } => (None, Some(why)),
+            Serve::Owner { .. } if overloaded => (
+                None,
+                Some(Fallback::new(Stage::Admission, Reason::Overload)),
+            ),
+            Serve::Owner { .. } if inputs.personalise => {
+                match self.session_view(&input.shopper_id, deadline).await {
+                    Ok(v) => (Some(v.unwrap_or_default()), None),
+                    Err(why) => (None, Some(why)),
+                }
+            }
+            Serve::Owner { .. } => (Some(SessionView::default()), None),
+        }
+    }
+
+    /// Walks the ladder from the highest rung this decision may try down to GENERIC, which always answers.
+    /// Returns the rung, its items and why FRESH did not answer (when it did not).
+    async fn ladder(
+        &self,
+        a: &Attempt<'_>,
+        mut fallback: Option<Fallback>,
+        exclusions: &mut ExclusionCounts,
+    ) -> (Tier, Vec<DecidedItem>, Option<Fallback>) {
+        if let Some(view) = a.view
+            && fallback.is_none()
+        {
+            match self
+                .fresh(
+                    a.inputs, view, a.input, a.policy, a.guard, a.deadline, exclusions,
+                )
+                .await
+            {
+                Ok(items) => return (Tier::Fresh, items, None),
+                Err(why) => fallback = Some(why),
+            }
+        }
+        if a.may_cache
+            && let Some(items) = self.cached(a.input, &a.inputs.world, a.guard, exclusions)
+        {
+            return (Tier::Cached, items, fallback);
+        }
+        if !a.overloaded
+            && let Some(items) =
+                self.rules_rung(&a.inputs.model, a.view, a.input, a.guard, exclusions)
+        {
+            return (Tier::Rules, items, fallback);
+        }
+        let items = generic_rung(&a.inputs.model, a.input, a.guard, exclusions);
+        (Tier::Generic, items, fallback)
     }
 
     /// Keeps a FRESH answer for the CACHED rung.

@@ -253,95 +253,15 @@ pub fn track(
         ));
     }
     id(|| "request_id".into(), &req.request_id, false)?;
+    let clock = Clock {
+        now_ms,
+        received_at_us,
+        max_future,
+    };
     let mut groups: Vec<(String, Vec<ShopperEvent>)> = Vec::new();
     let mut records: Vec<Vec<EventRecord>> = Vec::new();
     for (i, e) in req.events.iter().enumerate() {
-        let f = |name: &str| format!("events[{i}].{name}");
-        id(|| f("shopper_id"), &e.shopper_id, true)?;
-        let kind = event_kind(e.r#type, || f("type"))?;
-        id(|| f("item_id"), &e.item_id, kind.requires_item())?;
-        let item = if e.item_id.is_empty() {
-            None
-        } else {
-            Some(
-                catalog
-                    .lookup(&e.item_id)
-                    .map_or(ItemRef::Unknown, ItemRef::Known),
-            )
-        };
-        if kind == EventKind::Search && e.query.is_empty() {
-            return Err(ApiError::invalid(f("query"), "required for SEARCH"));
-        }
-        if e.query.len() > MAX_QUERY_BYTES {
-            return Err(ApiError::invalid(
-                f("query"),
-                format!("longer than {MAX_QUERY_BYTES} bytes"),
-            ));
-        }
-        let store_required = matches!(kind, EventKind::StoreEnter | EventKind::AisleScan);
-        id(|| f("store_id"), &e.store_id, store_required)?;
-        if kind == EventKind::AisleScan && e.aisle.is_empty() {
-            return Err(ApiError::invalid(f("aisle"), "required for AISLE_SCAN"));
-        }
-        id(|| f("aisle"), &e.aisle, false)?;
-        if e.quantity > MAX_QUANTITY {
-            return Err(ApiError::invalid(
-                f("quantity"),
-                format!("at most {MAX_QUANTITY}, got {}", e.quantity),
-            ));
-        }
-        if !e.price.is_finite() || e.price < 0.0 || e.price > 10_000_000.0 {
-            return Err(ApiError::invalid(
-                f("price"),
-                "must be between 0 and 10,000,000",
-            ));
-        }
-        let ts_ms = match &e.timestamp {
-            None => now_ms,
-            Some(t) => {
-                if !(0..1_000_000_000).contains(&t.nanos) {
-                    return Err(ApiError::invalid(f("timestamp"), "nanos out of range"));
-                }
-                let ms = t
-                    .seconds
-                    .checked_mul(1_000)
-                    .and_then(|s| s.checked_add(t.nanos as i64 / 1_000_000))
-                    .ok_or_else(|| ApiError::invalid(f("timestamp"), "out of range"))?;
-                if ms > now_ms + max_future.as_millis() as i64 {
-                    return Err(ApiError::invalid(
-                        f("timestamp"),
-                        format!("more than {} s in the future", max_future.as_secs()),
-                    ));
-                }
-                if ms < EARLIEST_MS {
-                    return Err(ApiError::invalid(f("timestamp"), "before 2000-01-01"));
-                }
-                ms
-            }
-        };
-        let event = ShopperEvent {
-            kind,
-            item,
-            query: (!e.query.is_empty()).then(|| e.query.as_str().into()),
-            quantity: e.quantity.max(1),
-            price_cents: (e.price * 100.0).round() as i64,
-            store_id: (!e.store_id.is_empty()).then(|| e.store_id.as_str().into()),
-            aisle: (!e.aisle.is_empty()).then(|| e.aisle.as_str().into()),
-            ts_ms,
-            received_at_us,
-            consent: e.consent,
-        };
-        let record = EventRecord {
-            shopper_id: e.shopper_id.clone(),
-            kind,
-            item_id: e.item_id.clone(),
-            query: e.query.clone(),
-            quantity: e.quantity,
-            price: e.price,
-            store_id: e.store_id.clone(),
-            aisle: e.aisle.clone(),
-            ts_ms,
-        };
+        let (event, record) = track_event(i, e, catalog, &clock)?;
         match groups.iter().position(|g| g.0 == e.shopper_id) {
             Some(k) => {
                 groups[k].1.push(event);
@@ -354,6 +274,112 @@ pub fn track(
         }
     }
     Ok(TrackBatch { groups, records })
+}
+
+/// The times a Track batch is checked against.
+struct Clock {
+    now_ms: i64,
+    received_at_us: i64,
+    max_future: Duration,
+}
+
+/// Validates event `i` of a batch: the event to apply and its event-log record.
+fn track_event(
+    i: usize,
+    e: &pb::TrackEvent,
+    catalog: &Catalog,
+    clock: &Clock,
+) -> Result<(ShopperEvent, EventRecord), ApiError> {
+    let f = |name: &str| format!("events[{i}].{name}");
+    id(|| f("shopper_id"), &e.shopper_id, true)?;
+    let kind = event_kind(e.r#type, || f("type"))?;
+    id(|| f("item_id"), &e.item_id, kind.requires_item())?;
+    let item = (!e.item_id.is_empty()).then(|| {
+        catalog
+            .lookup(&e.item_id)
+            .map_or(ItemRef::Unknown, ItemRef::Known)
+    });
+    if kind == EventKind::Search && e.query.is_empty() {
+        return Err(ApiError::invalid(f("query"), "required for SEARCH"));
+    }
+    if e.query.len() > MAX_QUERY_BYTES {
+        return Err(ApiError::invalid(
+            f("query"),
+            format!("longer than {MAX_QUERY_BYTES} bytes"),
+        ));
+    }
+    let store_required = matches!(kind, EventKind::StoreEnter | EventKind::AisleScan);
+    id(|| f("store_id"), &e.store_id, store_required)?;
+    if kind == EventKind::AisleScan && e.aisle.is_empty() {
+        return Err(ApiError::invalid(f("aisle"), "required for AISLE_SCAN"));
+    }
+    id(|| f("aisle"), &e.aisle, false)?;
+    if e.quantity > MAX_QUANTITY {
+        return Err(ApiError::invalid(
+            f("quantity"),
+            format!("at most {MAX_QUANTITY}, got {}", e.quantity),
+        ));
+    }
+    if !e.price.is_finite() || e.price < 0.0 || e.price > 10_000_000.0 {
+        return Err(ApiError::invalid(
+            f("price"),
+            "must be between 0 and 10,000,000",
+        ));
+    }
+    let ts_ms = match &e.timestamp {
+        None => clock.now_ms,
+        Some(t) => event_time(t, clock, || f("timestamp"))?,
+    };
+    let event = ShopperEvent {
+        kind,
+        item,
+        query: (!e.query.is_empty()).then(|| e.query.as_str().into()),
+        quantity: e.quantity.max(1),
+        price_cents: (e.price * 100.0).round() as i64,
+        store_id: (!e.store_id.is_empty()).then(|| e.store_id.as_str().into()),
+        aisle: (!e.aisle.is_empty()).then(|| e.aisle.as_str().into()),
+        ts_ms,
+        received_at_us: clock.received_at_us,
+        consent: e.consent,
+    };
+    let record = EventRecord {
+        shopper_id: e.shopper_id.clone(),
+        kind,
+        item_id: e.item_id.clone(),
+        query: e.query.clone(),
+        quantity: e.quantity,
+        price: e.price,
+        store_id: e.store_id.clone(),
+        aisle: e.aisle.clone(),
+        ts_ms,
+    };
+    Ok((event, record))
+}
+
+/// An event's own time in milliseconds: not too far in the future, not before 2000.
+fn event_time(
+    t: &prost_types::Timestamp,
+    clock: &Clock,
+    field: impl Fn() -> String,
+) -> Result<i64, ApiError> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(ApiError::invalid(field(), "nanos out of range"));
+    }
+    let ms = t
+        .seconds
+        .checked_mul(1_000)
+        .and_then(|s| s.checked_add(t.nanos as i64 / 1_000_000))
+        .ok_or_else(|| ApiError::invalid(field(), "out of range"))?;
+    if ms > clock.now_ms + clock.max_future.as_millis() as i64 {
+        return Err(ApiError::invalid(
+            field(),
+            format!("more than {} s in the future", clock.max_future.as_secs()),
+        ));
+    }
+    if ms < EARLIEST_MS {
+        return Err(ApiError::invalid(field(), "before 2000-01-01"));
+    }
+    Ok(ms)
 }
 
 #[cfg(test)]

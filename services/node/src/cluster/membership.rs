@@ -124,6 +124,38 @@ enum Lost {
     Fenced,
 }
 
+/// A joined membership session: the etcd client, the lease and its keep-alive, the watched members.
+struct Held {
+    client: Client,
+    lease: i64,
+    me: Member,
+    /// Members by key, with their key's version.
+    members: BTreeMap<String, (Member, u64)>,
+    /// The last revision applied to `members`.
+    applied: u64,
+    /// `None` while the keep-alive stream is being re-established.
+    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    /// `None` while the watch is being re-established.
+    watch: Option<WatchStream>,
+    /// When the unacknowledged keep-alive was sent.
+    pending_ack: Option<Instant>,
+}
+
+impl Held {
+    /// Sends a keep-alive unless one is unacknowledged.
+    async fn send_keep_alive(&mut self) {
+        if let Some((k, _)) = self.keeper.as_mut()
+            && self.pending_ack.is_none()
+        {
+            self.pending_ack = Some(Instant::now());
+            if k.keep_alive().await.is_err() {
+                self.keeper = None;
+                self.pending_ack = None;
+            }
+        }
+    }
+}
+
 /// Applies a watch response to the view: false when it is inconsistent with what the view holds (a duplicate,
 /// backwards or missing revision), in which case the caller re-reads.
 fn apply_events(
@@ -219,6 +251,46 @@ impl Membership {
     /// One membership session: join, then keep alive and watch until the lease is lost or the fence deadline
     /// passes.
     async fn session(&self) -> Result<(), Lost> {
+        let mut held = self.join().await?;
+        // Transient failures (etcd restarting, a broken stream) are ridden out: the streams are re-established
+        // while the lease is provably alive. Only a lost lease or a passed fence deadline ends the session.
+        let mut keepalive = tokio::time::interval(self.config.lease_ttl / 4);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut repair = tokio::time::interval(Duration::from_millis(500));
+        let mut recheck = tokio::time::interval(Duration::from_secs(30));
+        recheck.tick().await;
+        let mut fence_check = tokio::time::interval(Duration::from_millis(100));
+        let mut leaving = self.leaving.subscribe();
+        loop {
+            tokio::select! {
+                _ = keepalive.tick() => held.send_keep_alive().await,
+                ack = async { match held.keeper.as_mut() { Some((_, acks)) => acks.message().await, None => std::future::pending().await } } => {
+                    self.on_ack(&mut held, ack)?;
+                }
+                _ = fence_check.tick() => {
+                    if !self.fence.holds() {
+                        return Err(Lost::Fenced);
+                    }
+                }
+                _ = repair.tick(), if held.keeper.is_none() || held.watch.is_none() => self.repair(&mut held).await,
+                event = async { match held.watch.as_mut() { Some(w) => w.message().await, None => std::future::pending().await } } => {
+                    self.on_watch(&mut held, event);
+                }
+                _ = recheck.tick() => self.recheck(&mut held).await,
+                changed = leaving.changed() => {
+                    if changed.is_ok() && *leaving.borrow() {
+                        let mut me = held.members.get(&self.config.key()).map(|(m, _)| m.clone()).unwrap_or(held.me.clone());
+                        me.leaving = true;
+                        self.put_self(&mut held.client, held.lease, &me).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Joins: a new lease (revoking a previous one of ours), this node's key under it with a new incarnation,
+    /// the fence deadline, the member list, the keep-alive and the watch.
+    async fn join(&self) -> Result<Held, Lost> {
         let mut client = self.client().await?;
         // A previous lease of ours may still hold our key: revoke it so the new incarnation replaces it cleanly.
         if let Some(old) = self.lease.lock().await.take() {
@@ -243,120 +315,114 @@ impl Membership {
         self.fence.set(Some(
             sent + self.config.lease_ttl - self.config.fence_margin(),
         ));
-        let (mut members, revision) = self.read(&mut client).await?;
+        let (members, revision) = self.read(&mut client).await?;
         self.publish(&members, revision);
         tracing::info!(node = %me.node_id, incarnation = %me.incarnation, epoch = revision,
             members = members.len(), "joined the cluster");
         metrics::gauge!("aisle_cluster_joined").set(1.0);
+        let keeper = Some(client.lease_keep_alive(lease).await?);
+        let watch = Some(self.watch_from(&mut client, revision).await?);
+        Ok(Held {
+            client,
+            lease,
+            me,
+            members,
+            applied: revision,
+            keeper,
+            watch,
+            pending_ack: None,
+        })
+    }
 
-        // Transient failures (etcd restarting, a broken stream) are ridden out: the streams are re-established
-        // while the lease is provably alive. Only a lost lease or a passed fence deadline ends the session.
-        let mut keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)> =
-            Some(client.lease_keep_alive(lease).await?);
-        let mut watch: Option<WatchStream> = Some(self.watch_from(&mut client, revision).await?);
-        let mut applied = revision;
-        let mut keepalive = tokio::time::interval(self.config.lease_ttl / 4);
-        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut repair = tokio::time::interval(Duration::from_millis(500));
-        let mut recheck = tokio::time::interval(Duration::from_secs(30));
-        recheck.tick().await;
-        let mut fence_check = tokio::time::interval(Duration::from_millis(100));
-        let mut pending_ack: Option<Instant> = None;
-        let mut leaving = self.leaving.subscribe();
-        loop {
-            tokio::select! {
-                _ = keepalive.tick() => {
-                    if let Some((k, _)) = keeper.as_mut()
-                        && pending_ack.is_none()
-                    {
-                        pending_ack = Some(Instant::now());
-                        if k.keep_alive().await.is_err() {
-                            keeper = None;
-                            pending_ack = None;
-                        }
-                    }
-                }
-                ack = async { match keeper.as_mut() { Some((_, acks)) => acks.message().await, None => std::future::pending().await } } => {
-                    match ack {
-                        Ok(Some(ack)) if ack.ttl() <= 0 => return Err(Lost::Lease),
-                        Ok(Some(_)) => {
-                            if let Some(sent) = pending_ack.take() {
-                                self.fence.set(Some(sent + self.config.lease_ttl - self.config.fence_margin()));
-                            }
-                        }
-                        Ok(None) | Err(_) => {
-                            tracing::debug!("lease keep-alive stream broke; re-establishing");
-                            keeper = None;
-                            pending_ack = None;
-                        }
-                    }
-                }
-                _ = fence_check.tick() => {
-                    if !self.fence.holds() {
-                        return Err(Lost::Fenced);
-                    }
-                }
-                _ = repair.tick(), if keeper.is_none() || watch.is_none() => {
-                    if keeper.is_none()
-                        && let Ok(k) = client.lease_keep_alive(lease).await
-                    {
-                        keeper = Some(k);
-                    }
-                    if watch.is_none()
-                        && let Ok((fresh, rev)) = self.read(&mut client).await
-                    {
-                        members = fresh;
-                        applied = rev;
-                        self.publish(&members, applied);
-                        watch = self.watch_from(&mut client, applied).await.ok();
-                    }
-                }
-                event = async { match watch.as_mut() { Some(w) => w.message().await, None => std::future::pending().await } } => {
-                    let resp = match event {
-                        Ok(Some(resp)) => resp,
-                        Ok(None) | Err(_) => {
-                            tracing::debug!("membership watch broke; re-reading");
-                            watch = None;
-                            continue;
-                        }
-                    };
-                    if resp.canceled() || resp.compact_revision() > 0 {
-                        tracing::warn!(compact_revision = resp.compact_revision(), reason = resp.cancel_reason(),
-                            "membership watch cancelled; re-reading");
-                        watch = None;
-                        continue;
-                    }
-                    if !apply_events(&resp, &mut members, &mut applied) {
-                        metrics::counter!("aisle_cluster_view_rereads_total").increment(1);
-                        tracing::warn!("membership watch out of order; re-reading");
-                        watch = None;
-                        continue;
-                    }
-                    if !resp.events().is_empty() {
-                        self.publish(&members, applied);
-                    }
-                }
-                _ = recheck.tick() => {
-                    if let Ok((fresh, rev)) = self.read(&mut client).await {
-                        let same = fresh.iter().map(|(k, (m, _))| (k, m)).eq(members.iter().map(|(k, (m, _))| (k, m)));
-                        if !same {
-                            metrics::counter!("aisle_cluster_view_rereads_total").increment(1);
-                            tracing::warn!("periodic membership check found a different view; re-reading");
-                            members = fresh;
-                            applied = rev;
-                            self.publish(&members, applied);
-                            watch = self.watch_from(&mut client, applied).await.ok();
-                        }
-                    }
-                }
-                changed = leaving.changed() => {
-                    if changed.is_ok() && *leaving.borrow() {
-                        let mut me = members.get(&self.config.key()).map(|(m, _)| m.clone()).unwrap_or(me.clone());
-                        me.leaving = true;
-                        self.put_self(&mut client, lease, &me).await?;
-                    }
+    /// A keep-alive acknowledgement (or the end of their stream).
+    fn on_ack(
+        &self,
+        held: &mut Held,
+        ack: Result<Option<etcd_client::LeaseKeepAliveResponse>, etcd_client::Error>,
+    ) -> Result<(), Lost> {
+        match ack {
+            Ok(Some(ack)) if ack.ttl() <= 0 => return Err(Lost::Lease),
+            Ok(Some(_)) => {
+                if let Some(sent) = held.pending_ack.take() {
+                    self.fence.set(Some(
+                        sent + self.config.lease_ttl - self.config.fence_margin(),
+                    ));
                 }
             }
+            Ok(None) | Err(_) => {
+                tracing::debug!("lease keep-alive stream broke; re-establishing");
+                held.keeper = None;
+                held.pending_ack = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-establishes a broken keep-alive stream or watch (the watch after a fresh read).
+    async fn repair(&self, held: &mut Held) {
+        if held.keeper.is_none()
+            && let Ok(k) = held.client.lease_keep_alive(held.lease).await
+        {
+            held.keeper = Some(k);
+        }
+        if held.watch.is_none() {
+            self.reread(held).await;
+        }
+    }
+
+    /// Reads the members afresh, publishes them and watches from there.
+    async fn reread(&self, held: &mut Held) {
+        if let Ok((fresh, rev)) = self.read(&mut held.client).await {
+            held.members = fresh;
+            held.applied = rev;
+            self.publish(&held.members, held.applied);
+            held.watch = self.watch_from(&mut held.client, held.applied).await.ok();
+        }
+    }
+
+    /// A watch response (or the end of the stream): applied in order, else the watch is dropped for a re-read.
+    fn on_watch(&self, held: &mut Held, event: Result<Option<WatchResponse>, etcd_client::Error>) {
+        let resp = match event {
+            Ok(Some(resp)) => resp,
+            Ok(None) | Err(_) => {
+                tracing::debug!("membership watch broke; re-reading");
+                held.watch = None;
+                return;
+            }
+        };
+        if resp.canceled() || resp.compact_revision() > 0 {
+            tracing::warn!(
+                compact_revision = resp.compact_revision(),
+                reason = resp.cancel_reason(),
+                "membership watch cancelled; re-reading"
+            );
+            held.watch = None;
+            return;
+        }
+        if !apply_events(&resp, &mut held.members, &mut held.applied) {
+            metrics::counter!("aisle_cluster_view_rereads_total").increment(1);
+            tracing::warn!("membership watch out of order; re-reading");
+            held.watch = None;
+            return;
+        }
+        if !resp.events().is_empty() {
+            self.publish(&held.members, held.applied);
+        }
+    }
+
+    /// The periodic double check: a linearizable read that replaces the view when it differs.
+    async fn recheck(&self, held: &mut Held) {
+        let Ok((fresh, _)) = self.read(&mut held.client).await else {
+            return;
+        };
+        let same = fresh
+            .iter()
+            .map(|(k, (m, _))| (k, m))
+            .eq(held.members.iter().map(|(k, (m, _))| (k, m)));
+        if !same {
+            metrics::counter!("aisle_cluster_view_rereads_total").increment(1);
+            tracing::warn!("periodic membership check found a different view; re-reading");
+            self.reread(held).await;
         }
     }
 

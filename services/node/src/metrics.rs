@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | `aisle_decide_latency_seconds` | histogram | surface, tier | server time of a Decide |
 //! | `aisle_decisions_total` | counter | surface, tier | decisions made |
-//! | `aisle_fallbacks_total` | counter | stage, reason | why a decision left a rung |
+//! | `aisle_fallbacks_total` | counter | stage, reason | why a decision left FRESH: codes from closed sets (`decision::{Stage, Reason}`) |
 //! | `aisle_policy_exclusions_total` | counter | reason | items (or offers) kept from shoppers |
 //! | `aisle_experiment_exposures_total` | counter | experiment, variant | decisions per variant |
 //! | `aisle_holdout_decisions_total` | counter | | decisions for shoppers in the global holdout |

@@ -52,24 +52,8 @@ pub fn rank_local(
     limit: usize,
 ) -> LocalRanking {
     let retrieved = retrieve(model, query);
-    let part = score::score_partition(
-        model,
-        &retrieved.profile,
-        &retrieved.candidates,
-        0,
-        1,
-        guard,
-        limit,
-    );
     let mut exclusions = ExclusionCounts::default();
-    let items = score::merge(
-        model,
-        vec![part],
-        guard,
-        limit,
-        retrieved.last_item,
-        &mut exclusions,
-    );
+    let items = score::rank(model, &retrieved, guard, limit, &mut exclusions);
     LocalRanking {
         items,
         exclusions,

@@ -63,7 +63,8 @@ fn main() {
     let views: Vec<SessionView> = world.history[world.history.len() - 300..]
         .iter()
         .flat_map(|s| {
-            (1..s.events.len()).map(|p| replay(&catalog, &s.events[..p]).view(&SessionLimits::default()))
+            (1..s.events.len())
+                .map(|p| replay(&catalog, &s.events[..p]).view(&SessionLimits::default()))
         })
         .take(decisions.max(1))
         .collect();

@@ -19,6 +19,7 @@ pub mod csr;
 pub mod features;
 pub mod fit;
 pub mod model;
+mod order;
 pub mod retrieve;
 pub mod score;
 pub mod served;

@@ -7,6 +7,10 @@
 //!     target/release/deps/rank_count-<hash> 2000
 //! ```
 //!
+//! With `anonymous`, every decision is for a shopper the node knows nothing about (the default session view);
+//! with `full` too, those go through retrieval and scoring of every candidate instead of `rank_local`'s
+//! precomputed order (`aisle_ranking::score::rank` in the toggle then).
+//!
 //! The model is fitted once and kept in `AISLE_PROFILE_MODEL` (default `target/rank_count-model.bin`), so a run
 //! under valgrind spends its time in the decisions, not in training. The first argument is the number of
 //! decisions; without valgrind, the time per decision is printed too.
@@ -18,9 +22,9 @@ use std::time::Instant;
 use aisle_domain::demo::{DEMO_SEED, DemoWorld};
 use aisle_domain::request::{Channel, ShopperAttributes};
 use aisle_domain::session::SessionView;
-use aisle_policy::{Guard, PolicyContext, Rules};
+use aisle_policy::{ExclusionCounts, Guard, PolicyContext, Rules};
 use aisle_ranking::fit::{FitConfig, fit, replay};
-use aisle_ranking::{Model, Query, ServedModel, rank_local};
+use aisle_ranking::{Model, Query, ServedModel, rank_local, retrieve, score};
 use aisle_session::SessionLimits;
 
 const ANCHOR_MS: i64 = 1_700_000_000_000;
@@ -34,11 +38,10 @@ fn mix(mut h: u64, bytes: &[u8]) -> u64 {
 }
 
 fn main() {
-    let decisions: usize = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(2_000);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let decisions: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(2_000);
+    let anonymous = args.iter().any(|a| a == "anonymous");
+    let full = args.iter().any(|a| a == "full");
     let world = DemoWorld::generate(DEMO_SEED, ANCHOR_MS, 25_000);
     let catalog = Arc::new(world.load_catalog());
     let path = std::env::var_os("AISLE_PROFILE_MODEL").map_or_else(
@@ -60,14 +63,18 @@ fn main() {
         }
     };
     let served = ServedModel::bind(&model, catalog.clone(), "rank_count");
-    let views: Vec<SessionView> = world.history[world.history.len() - 300..]
-        .iter()
-        .flat_map(|s| {
-            (1..s.events.len())
-                .map(|p| replay(&catalog, &s.events[..p]).view(&SessionLimits::default()))
-        })
-        .take(decisions.max(1))
-        .collect();
+    let views: Vec<SessionView> = if anonymous {
+        vec![SessionView::default()]
+    } else {
+        world.history[world.history.len() - 300..]
+            .iter()
+            .flat_map(|s| {
+                (1..s.events.len())
+                    .map(|p| replay(&catalog, &s.events[..p]).view(&SessionLimits::default()))
+            })
+            .take(decisions.max(1))
+            .collect()
+    };
     let rules = Rules::embedded();
     let started = Instant::now();
     let mut checksum = 0f64;
@@ -85,17 +92,19 @@ fn main() {
                 max_items_per_category: 2,
             },
         );
-        let ranked = rank_local(
-            &served,
-            &Query {
-                view,
-                context: &[],
-                candidates: None,
-            },
-            &guard,
-            10,
-        );
-        for item in &ranked.items {
+        let query = Query {
+            view,
+            context: &[],
+            candidates: None,
+        };
+        let items = if full {
+            let retrieved = retrieve(&served, &query);
+            let mut exclusions = ExclusionCounts::default();
+            score::rank(&served, &retrieved, &guard, 10, &mut exclusions)
+        } else {
+            rank_local(&served, &query, &guard, 10).items
+        };
+        for item in &items {
             checksum += f64::from(item.admitted.score);
             fingerprint = mix(fingerprint, &item.admitted.item.to_le_bytes());
             for reason in &item.reasons {

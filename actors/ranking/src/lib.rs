@@ -45,15 +45,30 @@ pub struct LocalRanking {
 }
 
 /// Retrieves, scores and selects in the calling thread: the same steps, in the same order, as a decision through
-/// the ranking shards, with one partition.
+/// the ranking shards, with one partition — the FRESH rung's whole work, and the node's way to rank without a
+/// thread hand-off.
+///
+/// A query that carries nothing about the shopper ([`Query::is_anonymous`]: a first visit, a shopper without
+/// consent) always gets the same candidates with the same scores; their order is computed once per served model
+/// and each such decision only applies the guardrails to it. The answer and the exclusions counted are the same
+/// as those of the full path.
 pub fn rank_local(
     model: &ServedModel,
     query: &Query<'_>,
     guard: &Guard<'_>,
     limit: usize,
 ) -> LocalRanking {
-    let retrieved = retrieve(model, query);
     let mut exclusions = ExclusionCounts::default();
+    if query.is_anonymous() {
+        let part = score::score_anonymous(model, guard, limit);
+        let items = score::merge(model, vec![part], guard, limit, None, &mut exclusions);
+        return LocalRanking {
+            items,
+            exclusions,
+            candidates: model.anonymous().retrieved.candidates.len(),
+        };
+    }
+    let retrieved = retrieve(model, query);
     let items = score::rank(model, &retrieved, guard, limit, &mut exclusions);
     LocalRanking {
         items,

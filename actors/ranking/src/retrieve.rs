@@ -40,6 +40,22 @@ pub struct Query<'a> {
     pub candidates: Option<&'a [ItemIdx]>,
 }
 
+impl Query<'_> {
+    /// Whether the query carries nothing about the shopper that retrieval or the features use: no known item in
+    /// the session, no cart, no affinities, no price profile, nothing on screen, no candidates given. Every such
+    /// query gets the same candidates with the same features (see [`crate::rank_local`]).
+    pub fn is_anonymous(&self) -> bool {
+        let v = self.view;
+        self.candidates.is_none()
+            && self.context.is_empty()
+            && v.known_items().next().is_none()
+            && v.cart.is_empty()
+            && v.category_affinity.is_empty()
+            && v.brand_affinity.is_empty()
+            && v.log_price.is_none()
+    }
+}
+
 /// The candidates of one decision.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Retrieved {

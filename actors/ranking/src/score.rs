@@ -86,11 +86,12 @@ pub fn score_partition(
     // Only the best few need an order: bring them to the front in chunks of four times what is kept, and order
     // another chunk only when the category cap skipped enough to need it.
     let chunk = (4 * keep).max(1);
-    let cap = guard.category_cap();
-    let mut per_category: Vec<(CategoryIdx, usize)> = Vec::new();
     let mut ordered = 0;
     let mut idx = 0;
-    while idx < all.len() && out.best.len() < keep {
+    let in_order = std::iter::from_fn(|| {
+        if idx == all.len() {
+            return None;
+        }
         if idx == ordered {
             let len = all.len();
             let end = (ordered + chunk).min(len);
@@ -101,8 +102,29 @@ pub fn score_partition(
             rest[..end - ordered].sort_unstable();
             ordered = end;
         }
-        let key = all[idx];
         idx += 1;
+        Some(all[idx - 1])
+    });
+    out.best = best_within_cap(model, profile, candidates, guard, keep, in_order);
+    out
+}
+
+/// Walks scored candidates in order (as [`order`] keys) and keeps up to `keep` within the category cap.
+fn best_within_cap(
+    model: &ServedModel,
+    profile: &Profile,
+    candidates: &[(ItemIdx, Raw)],
+    guard: &Guard<'_>,
+    keep: usize,
+    in_order: impl Iterator<Item = u64>,
+) -> Vec<Scored> {
+    let cap = guard.category_cap();
+    let mut per_category: Vec<(CategoryIdx, usize)> = Vec::new();
+    let mut best = Vec::with_capacity(keep);
+    for key in in_order {
+        if best.len() >= keep {
+            break;
+        }
         let k = order::index(key) as usize;
         let item = candidates[k].0;
         let category = model.items[item as usize].category;
@@ -113,12 +135,46 @@ pub fn score_partition(
                 None => per_category.push((category, 1)),
             }
         }
-        out.best.push(Scored {
+        best.push(Scored {
             item,
             score: order::value(key),
             features: compute(model, profile, item, &candidates[k].1),
         });
     }
+    best
+}
+
+/// Scores the anonymous query's candidates (see [`crate::served::Anonymous`]) from their precomputed order: the
+/// same result as [`score_partition`] over all of them in one partition, without computing a feature of an item
+/// that is not kept. Every candidate still passes the guardrails, so the exclusions counted are the same too.
+pub(crate) fn score_anonymous(
+    model: &ServedModel,
+    guard: &Guard<'_>,
+    limit: usize,
+) -> PartitionResult {
+    let anonymous = model.anonymous();
+    let candidates = &anonymous.retrieved.candidates;
+    let mut out = PartitionResult::default();
+    for (item, _) in candidates {
+        match guard.admit(*item) {
+            Ok(()) => out.scored += 1,
+            Err(e) => out.exclusions.add(e),
+        }
+    }
+    let keep = partition_keep(limit, guard);
+    let in_order = anonymous.order.iter().copied().filter(|&key| {
+        guard
+            .admit(candidates[order::index(key) as usize].0)
+            .is_ok()
+    });
+    out.best = best_within_cap(
+        model,
+        &anonymous.retrieved.profile,
+        candidates,
+        guard,
+        keep,
+        in_order,
+    );
     out
 }
 

@@ -19,6 +19,7 @@ pub mod csr;
 pub mod features;
 pub mod fit;
 pub mod model;
+mod order;
 pub mod retrieve;
 pub mod score;
 pub mod served;
@@ -44,32 +45,31 @@ pub struct LocalRanking {
 }
 
 /// Retrieves, scores and selects in the calling thread: the same steps, in the same order, as a decision through
-/// the ranking shards, with one partition.
+/// the ranking shards, with one partition — the FRESH rung's whole work, and the node's way to rank without a
+/// thread hand-off.
+///
+/// A query that carries nothing about the shopper ([`Query::is_anonymous`]: a first visit, a shopper without
+/// consent) always gets the same candidates with the same scores; their order is computed once per served model
+/// and each such decision only applies the guardrails to it. The answer and the exclusions counted are the same
+/// as those of the full path.
 pub fn rank_local(
     model: &ServedModel,
     query: &Query<'_>,
     guard: &Guard<'_>,
     limit: usize,
 ) -> LocalRanking {
-    let retrieved = retrieve(model, query);
-    let part = score::score_partition(
-        model,
-        &retrieved.profile,
-        &retrieved.candidates,
-        0,
-        1,
-        guard,
-        limit,
-    );
     let mut exclusions = ExclusionCounts::default();
-    let items = score::merge(
-        model,
-        vec![part],
-        guard,
-        limit,
-        retrieved.last_item,
-        &mut exclusions,
-    );
+    if query.is_anonymous() {
+        let part = score::score_anonymous(model, guard, limit);
+        let items = score::merge(model, vec![part], guard, limit, None, &mut exclusions);
+        return LocalRanking {
+            items,
+            exclusions,
+            candidates: model.anonymous().retrieved.candidates.len(),
+        };
+    }
+    let retrieved = retrieve(model, query);
+    let items = score::rank(model, &retrieved, guard, limit, &mut exclusions);
     LocalRanking {
         items,
         exclusions,

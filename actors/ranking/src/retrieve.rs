@@ -26,6 +26,7 @@ use aisle_domain::catalog::ItemIdx;
 use aisle_domain::session::SessionView;
 
 use crate::features::{Profile, Raw, Scale};
+use crate::order;
 use crate::served::ServedModel;
 
 /// What to rank for.
@@ -37,6 +38,22 @@ pub struct Query<'a> {
     pub context: &'a [ItemIdx],
     /// Items the storefront asks to rank; `None`: retrieve.
     pub candidates: Option<&'a [ItemIdx]>,
+}
+
+impl Query<'_> {
+    /// Whether the query carries nothing about the shopper that retrieval or the features use: no known item in
+    /// the session, no cart, no affinities, no price profile, nothing on screen, no candidates given. Every such
+    /// query gets the same candidates with the same features (see [`crate::rank_local`]).
+    pub fn is_anonymous(&self) -> bool {
+        let v = self.view;
+        self.candidates.is_none()
+            && self.context.is_empty()
+            && v.known_items().next().is_none()
+            && v.cart.is_empty()
+            && v.category_affinity.is_empty()
+            && v.brand_affinity.is_empty()
+            && v.log_price.is_none()
+    }
 }
 
 /// The candidates of one decision.
@@ -63,7 +80,6 @@ struct Slot {
     position_weight: f32,
     /// 1-based position of the item's last occurrence in the session; 0: not in the session.
     last_position: u32,
-    priority: f32,
 }
 
 /// Per-thread dense scratch, sized to the catalog and the session index, reset by generation.
@@ -84,13 +100,19 @@ struct Scratch {
     neighbours: Vec<(u32, f32, u32)>,
     prefix: Vec<ItemIdx>,
     distinct: Vec<ItemIdx>,
-    generated: Vec<ItemIdx>,
+    /// Generated candidates as priority keys.
+    generated: Vec<u64>,
     candidates: Vec<ItemIdx>,
-    ranked: Vec<(f32, ItemIdx)>,
+    ranked: Vec<u64>,
+    /// `ln(k)` for k in 0..=max_candidates + 2 (the log-ranks' values, computed once per thread).
+    ln: Vec<f32>,
 }
 
 impl Scratch {
-    fn prepare(&mut self, items: usize, sessions: usize) {
+    fn prepare(&mut self, items: usize, sessions: usize, max_candidates: usize) {
+        if self.ln.len() < max_candidates + 3 {
+            self.ln = (0..max_candidates + 3).map(|k| (k as f32).ln()).collect();
+        }
         if self.item_stamp.len() != items {
             self.item_stamp = vec![0; items];
             self.candidate_stamp = vec![0; items];
@@ -161,7 +183,7 @@ fn inverse(max: f32) -> f32 {
 fn retrieve_with(model: &ServedModel, query: &Query<'_>, s: &mut Scratch) -> Retrieved {
     let p = &model.params;
     let n_items = model.items.len();
-    s.prepare(n_items, model.sessions.rows());
+    s.prepare(n_items, model.sessions.rows(), p.max_candidates);
     let view = query.view;
 
     // The session's known items, their counts, recency and V-SKNN position weights.
@@ -279,6 +301,7 @@ fn retrieve_with(model: &ServedModel, query: &Query<'_>, s: &mut Scratch) -> Ret
     let missing = ((p.max_candidates + 2) as f32).ln();
     log_ranks(
         &mut s.ranked,
+        &s.ln,
         &mut candidates,
         missing,
         |r| r.vsknn,
@@ -286,6 +309,7 @@ fn retrieve_with(model: &ServedModel, query: &Query<'_>, s: &mut Scratch) -> Ret
     );
     log_ranks(
         &mut s.ranked,
+        &s.ln,
         &mut candidates,
         missing,
         |r| r.sr_last,
@@ -293,6 +317,7 @@ fn retrieve_with(model: &ServedModel, query: &Query<'_>, s: &mut Scratch) -> Ret
     );
     log_ranks(
         &mut s.ranked,
+        &s.ln,
         &mut candidates,
         missing,
         |r| r.sr_all,
@@ -325,7 +350,7 @@ fn union(
     let max = p.max_candidates;
     s.generated.clear();
     for &i in &s.touched {
-        let slot = &mut s.slots[i as usize];
+        let slot = &s.slots[i as usize];
         let r = &slot.raw;
         let priority = if slot.last_position > 0 {
             2.0
@@ -336,23 +361,17 @@ fn union(
                 .max(r.sr_session * scale.sr_session)
                 .max(r.context * scale.context)
         };
-        slot.priority = priority;
         if priority > 0.0 {
-            s.generated.push(i);
+            // Highest priority first; among equals, the lower item.
+            s.generated.push(order::descending_then_index(priority, i));
         }
     }
     if s.generated.len() > max {
-        let slots = &s.slots;
-        s.generated.select_nth_unstable_by(max - 1, |&a, &b| {
-            slots[b as usize]
-                .priority
-                .total_cmp(&slots[a as usize].priority)
-                .then(a.cmp(&b))
-        });
+        s.generated.select_nth_unstable(max - 1);
         s.generated.truncate(max);
     }
     for k in 0..s.generated.len() {
-        let item = s.generated[k];
+        let item = order::index(s.generated[k]);
         s.nominate(item);
     }
     'categories: for &(category, _) in view.category_affinity.iter().take(p.top_categories) {
@@ -376,7 +395,8 @@ fn union(
 /// Sets, for every candidate, ln(1 + its competition rank by `value` among the candidates with a positive
 /// value); candidates without one get `missing`.
 fn log_ranks(
-    ranked: &mut Vec<(f32, ItemIdx)>,
+    ranked: &mut Vec<u64>,
+    ln: &[f32],
     candidates: &mut [(ItemIdx, Raw)],
     missing: f32,
     value: impl Fn(&Raw) -> f32,
@@ -386,20 +406,23 @@ fn log_ranks(
     for (k, (_, raw)) in candidates.iter_mut().enumerate() {
         let v = value(raw);
         if v > 0.0 {
-            ranked.push((v, k as ItemIdx));
+            ranked.push(order::descending_then_index(v, k as u32));
         } else {
             set(raw, missing);
         }
     }
-    ranked.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+    // Equal values share a rank, so the order among them does not matter.
+    ranked.sort_unstable();
     let mut rank = 1usize;
     for j in 0..ranked.len() {
-        if j > 0 && ranked[j].0 < ranked[j - 1].0 {
+        if j > 0 && ranked[j] >> 32 != ranked[j - 1] >> 32 {
             rank = j + 1;
         }
         set(
-            &mut candidates[ranked[j].1 as usize].1,
-            ((rank + 1) as f32).ln(),
+            &mut candidates[order::index(ranked[j]) as usize].1,
+            ln.get(rank + 1)
+                .copied()
+                .unwrap_or_else(|| ((rank + 1) as f32).ln()),
         );
     }
 }

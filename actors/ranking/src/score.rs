@@ -10,7 +10,9 @@
 use aisle_domain::catalog::{CategoryIdx, ItemIdx};
 use aisle_policy::{Admitted, ExclusionCounts, Guard};
 
-use crate::features::{FEATURE_NAMES, Features, Profile, Raw, compute};
+use crate::features::{FEATURE_NAMES, Features, N_FEATURES, Profile, Raw, compute};
+use crate::order;
+use crate::retrieve::Retrieved;
 use crate::served::ServedModel;
 
 /// A scored candidate.
@@ -49,7 +51,8 @@ pub fn partition_keep(limit: usize, guard: &Guard<'_>) -> usize {
     }
 }
 
-/// Scores the candidates of partition `part` of `parts` (items with `item % parts == part`).
+/// Scores the candidates of partition `part` of `parts` (items with `item % parts == part`). `candidates` are in
+/// ascending item order, as [`crate::retrieve`] gives them.
 pub fn score_partition(
     model: &ServedModel,
     profile: &Profile,
@@ -59,9 +62,11 @@ pub fn score_partition(
     guard: &Guard<'_>,
     limit: usize,
 ) -> PartitionResult {
+    debug_assert!(candidates.windows(2).all(|w| w[0].0 < w[1].0));
     let mut out = PartitionResult::default();
-    // (score, item, candidate index): small to sort; features are recomputed for the few kept.
-    let mut all: Vec<(f32, ItemIdx, u32)> = Vec::with_capacity(candidates.len() / parts.max(1) + 1);
+    // One key per scored candidate: score descending, then candidate index — the item order, as candidates are in
+    // ascending item order. Small to select and sort; features are recomputed for the few kept.
+    let mut all: Vec<u64> = Vec::with_capacity(candidates.len() / parts.max(1) + 1);
     for (k, (item, raw)) in candidates.iter().enumerate() {
         if *item as usize % parts != part {
             continue;
@@ -71,35 +76,57 @@ pub fn score_partition(
             continue;
         }
         let features = compute(model, profile, *item, raw);
-        all.push((model.score(&features), *item, k as u32));
+        all.push(order::descending_then_index(
+            model.score(&features),
+            k as u32,
+        ));
     }
     out.scored = all.len();
-    let order =
-        |a: &(f32, ItemIdx, u32), b: &(f32, ItemIdx, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
     let keep = partition_keep(limit, guard);
-    // Only the best few need an order: select them first, sort the rest only if the category cap skips enough
-    // of them to need it.
-    let head = (4 * keep).min(all.len());
-    if head < all.len() && head > 0 {
-        all.select_nth_unstable_by(head - 1, order);
-        all[..head].sort_unstable_by(order);
-    } else {
-        all.sort_unstable_by(order);
-    }
+    // Only the best few need an order: bring them to the front in chunks of four times what is kept, and order
+    // another chunk only when the category cap skipped enough to need it.
+    let chunk = (4 * keep).max(1);
+    let mut ordered = 0;
+    let mut idx = 0;
+    let in_order = std::iter::from_fn(|| {
+        if idx == all.len() {
+            return None;
+        }
+        if idx == ordered {
+            let len = all.len();
+            let end = (ordered + chunk).min(len);
+            let rest = &mut all[ordered..];
+            if end < len {
+                rest.select_nth_unstable(end - ordered - 1);
+            }
+            rest[..end - ordered].sort_unstable();
+            ordered = end;
+        }
+        idx += 1;
+        Some(all[idx - 1])
+    });
+    out.best = best_within_cap(model, profile, candidates, guard, keep, in_order);
+    out
+}
+
+/// Walks scored candidates in order (as [`order`] keys) and keeps up to `keep` within the category cap.
+fn best_within_cap(
+    model: &ServedModel,
+    profile: &Profile,
+    candidates: &[(ItemIdx, Raw)],
+    guard: &Guard<'_>,
+    keep: usize,
+    in_order: impl Iterator<Item = u64>,
+) -> Vec<Scored> {
     let cap = guard.category_cap();
     let mut per_category: Vec<(CategoryIdx, usize)> = Vec::new();
-    let mut sorted_tail = head >= all.len();
-    let mut idx = 0;
-    while idx < all.len() {
-        if idx == head && !sorted_tail {
-            all[head..].sort_unstable_by(order);
-            sorted_tail = true;
-        }
-        let (score, item, k) = all[idx];
-        idx += 1;
-        if out.best.len() >= keep {
+    let mut best = Vec::with_capacity(keep);
+    for key in in_order {
+        if best.len() >= keep {
             break;
         }
+        let k = order::index(key) as usize;
+        let item = candidates[k].0;
         let category = model.items[item as usize].category;
         if guard.caps_category(category) {
             match per_category.iter_mut().find(|c| c.0 == category) {
@@ -108,13 +135,77 @@ pub fn score_partition(
                 None => per_category.push((category, 1)),
             }
         }
-        out.best.push(Scored {
+        best.push(Scored {
             item,
-            score,
-            features: compute(model, profile, item, &candidates[k as usize].1),
+            score: order::value(key),
+            features: compute(model, profile, item, &candidates[k].1),
         });
     }
+    best
+}
+
+/// Scores the anonymous query's candidates (see [`crate::served::Anonymous`]) from their precomputed order: the
+/// same result as [`score_partition`] over all of them in one partition, without computing a feature of an item
+/// that is not kept. Every candidate still passes the guardrails, so the exclusions counted are the same too.
+pub(crate) fn score_anonymous(
+    model: &ServedModel,
+    guard: &Guard<'_>,
+    limit: usize,
+) -> PartitionResult {
+    let anonymous = model.anonymous();
+    let candidates = &anonymous.retrieved.candidates;
+    let mut out = PartitionResult::default();
+    for (item, _) in candidates {
+        match guard.admit(*item) {
+            Ok(()) => out.scored += 1,
+            Err(e) => out.exclusions.add(e),
+        }
+    }
+    let keep = partition_keep(limit, guard);
+    let in_order = anonymous.order.iter().copied().filter(|&key| {
+        guard
+            .admit(candidates[order::index(key) as usize].0)
+            .is_ok()
+    });
+    out.best = best_within_cap(
+        model,
+        &anonymous.retrieved.profile,
+        candidates,
+        guard,
+        keep,
+        in_order,
+    );
     out
+}
+
+/// Scores every candidate of a decision in the calling thread and selects the answer under the guardrails: the
+/// same answer as scoring the partitions on the ranking shards and merging them, without sending anything to
+/// another thread. For a few hundred candidates the scoring takes tens of microseconds, less than the hand-offs of
+/// a scatter and gather cost in CPU.
+pub fn rank(
+    model: &ServedModel,
+    retrieved: &Retrieved,
+    guard: &Guard<'_>,
+    limit: usize,
+    exclusions: &mut ExclusionCounts,
+) -> Vec<RankedItem> {
+    let part = score_partition(
+        model,
+        &retrieved.profile,
+        &retrieved.candidates,
+        0,
+        1,
+        guard,
+        limit,
+    );
+    merge(
+        model,
+        vec![part],
+        guard,
+        limit,
+        retrieved.last_item,
+        exclusions,
+    )
 }
 
 /// A ranked, guarded item of the answer.
@@ -158,54 +249,76 @@ pub fn merge(
         .collect()
 }
 
+/// The reason code a feature gives, if any.
+fn reason_of(feature: &str) -> Option<&'static str> {
+    Some(match feature {
+        "sr_norm" | "sr_lrank" | "sr_log" => "often_next:",
+        "sr2_norm" | "sr2_log" | "ar2_norm" | "srall_norm" | "srall_lrank" => {
+            "goes_with_your_session"
+        }
+        "vsknn_norm" | "vsknn_lrank" | "vsknn_log" | "vsknn_nbfrac" => "similar_shoppers",
+        "context" => "goes_with_on_screen",
+        "lpop" => "popular",
+        "lrpop" | "lr6pop" => "trending",
+        "count_in_session" | "in_session" | "is_last" | "recency" => "recently_viewed",
+        "category_affinity" => "matches_interest",
+        "brand_affinity" => "favourite_brand",
+        "price_fit" => "in_your_price_range",
+        "in_cart" => "in_cart",
+        // A per-decision constant (how many neighbours were found): not a reason for this item.
+        _ => return None,
+    })
+}
+
 /// The two strongest positive contributions to the score, as reason codes.
 pub fn reasons(
     model: &ServedModel,
     features: &Features,
     last_item: Option<ItemIdx>,
 ) -> Vec<String> {
-    let mut contributions: Vec<(usize, f32)> = features
-        .iter()
-        .zip(model.weights)
-        .enumerate()
-        .map(|(k, (f, w))| (k, f * w))
-        .filter(|c| c.1 > 0.0)
-        .collect();
-    contributions.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    let catalog = &model.catalog;
-    let last = || last_item.map_or("", |i| &*catalog.item(i).id);
-    let mut out: Vec<String> = Vec::with_capacity(2);
-    for (k, _) in contributions {
-        let reason = match FEATURE_NAMES[k] {
-            "sr_norm" | "sr_lrank" | "sr_log" => format!("often_next:{}", last()),
-            "sr2_norm" | "sr2_log" | "ar2_norm" | "srall_norm" | "srall_lrank" => {
-                "goes_with_your_session".to_string()
-            }
-            "vsknn_norm" | "vsknn_lrank" | "vsknn_log" | "vsknn_nbfrac" => {
-                "similar_shoppers".to_string()
-            }
-            "context" => "goes_with_on_screen".to_string(),
-            "lpop" => "popular".to_string(),
-            "lrpop" | "lr6pop" => "trending".to_string(),
-            "count_in_session" | "in_session" | "is_last" | "recency" => {
-                "recently_viewed".to_string()
-            }
-            "category_affinity" => "matches_interest".to_string(),
-            "brand_affinity" => "favourite_brand".to_string(),
-            "price_fit" => "in_your_price_range".to_string(),
-            "in_cart" => "in_cart".to_string(),
-            // A per-decision constant (how many neighbours were found): not a reason for this item.
-            _ => continue,
+    // Contributions in a fixed array, strongest first (ties by feature order: a total order, so an unstable sort
+    // gives the one answer); only the reasons kept become strings.
+    let mut contributions = [(0usize, 0f32); N_FEATURES];
+    let mut n = 0;
+    for (k, (f, w)) in features.iter().zip(model.weights).enumerate() {
+        let c = f * w;
+        if c > 0.0 {
+            contributions[n] = (k, c);
+            n += 1;
+        }
+    }
+    let contributions = &mut contributions[..n];
+    contributions.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut codes: [&'static str; 2] = [""; 2];
+    let mut found = 0;
+    for &(k, _) in contributions.iter() {
+        let Some(code) = reason_of(FEATURE_NAMES[k]) else {
+            continue;
         };
-        if !out.contains(&reason) {
-            out.push(reason);
-        }
-        if out.len() == 2 {
-            break;
+        if !codes[..found].contains(&code) {
+            codes[found] = code;
+            found += 1;
+            if found == 2 {
+                break;
+            }
         }
     }
-    if out.is_empty() {
-        out.push("popular".to_string());
+    if found == 0 {
+        return vec!["popular".to_string()];
     }
-    out
+    let catalog = &model.catalog;
+    codes[..found]
+        .iter()
+        .map(|&code| {
+            if code == "often_next:" {
+                let last = last_item.map_or("", |i| &*catalog.item(i).id);
+                let mut reason = String::with_capacity(code.len() + last.len());
+                reason.push_str(code);
+                reason.push_str(last);
+                reason
+            } else {
+                code.to_string()
+            }
+        })
+        .collect()
 }

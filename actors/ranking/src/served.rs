@@ -3,14 +3,18 @@
 //!
 //! Binding happens once per (model, catalog) pair, off the decision path; a decision then only reads.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use aisle_domain::bundle::BundleMeta;
 use aisle_domain::catalog::{BrandIdx, Catalog, CategoryIdx, ItemIdx};
 
 use crate::csr::Csr;
-use crate::features::N_FEATURES;
+use aisle_domain::session::SessionView;
+
+use crate::features::{N_FEATURES, compute};
 use crate::model::{GeneratorParams, Model, ModelHeader};
+use crate::order;
+use crate::retrieve::{Query, Retrieved, retrieve};
 
 /// Dense per-item inputs of features (24 bytes per catalog item).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -69,6 +73,19 @@ pub struct ServedModel {
     pub bias: f32,
     /// Model items the catalog does not know (ignored).
     pub unmatched_items: usize,
+    /// The ranking of a query that carries nothing about the shopper, made on first use.
+    anonymous: OnceLock<Anonymous>,
+}
+
+/// What ranking does for a query that carries nothing about the shopper ([`Query::is_anonymous`]): the same
+/// candidates with the same features every time, so they are retrieved and scored once per served model and kept
+/// in score order. Only the guardrails, which depend on the request, are applied per decision.
+#[derive(Debug)]
+pub(crate) struct Anonymous {
+    /// The candidates, as [`retrieve`] gives them for such a query.
+    pub(crate) retrieved: Retrieved,
+    /// Every candidate's [`crate::order`] key (score descending, then candidate index), sorted.
+    pub(crate) order: Vec<u64>,
 }
 
 fn log_norm(values: &[f32]) -> Vec<f32> {
@@ -203,7 +220,34 @@ impl ServedModel {
             weights,
             bias,
             unmatched_items,
+            anonymous: OnceLock::new(),
         }
+    }
+
+    /// The anonymous query's candidates in score order (computed on first use).
+    pub(crate) fn anonymous(&self) -> &Anonymous {
+        self.anonymous.get_or_init(|| {
+            let view = SessionView::default();
+            let retrieved = retrieve(
+                self,
+                &Query {
+                    view: &view,
+                    context: &[],
+                    candidates: None,
+                },
+            );
+            let mut order: Vec<u64> = retrieved
+                .candidates
+                .iter()
+                .enumerate()
+                .map(|(k, (item, raw))| {
+                    let features = compute(self, &retrieved.profile, *item, raw);
+                    order::descending_then_index(self.score(&features), k as u32)
+                })
+                .collect();
+            order.sort_unstable();
+            Anonymous { retrieved, order }
+        })
     }
 
     /// The model's version label.

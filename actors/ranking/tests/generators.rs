@@ -427,3 +427,94 @@ fn sharded_scoring_equals_one_pass_scoring() {
         assert!(one.items.len() == 10, "{}", one.items.len());
     }
 }
+
+#[test]
+fn anonymous_queries_rank_as_the_full_path_does() {
+    let world = aisle_domain::demo::DemoWorld::generate(5, 1_700_000_000_000, 2_000);
+    let catalog = Arc::new(world.load_catalog());
+    let model = aisle_ranking::fit::fit(
+        &world.history,
+        catalog.clone(),
+        &FitConfig {
+            max_positions: 1_000,
+            negatives: 5,
+            ..Default::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    let served = ServedModel::bind(&model, catalog.clone(), "test");
+    let rules = Rules::embedded();
+    // Anonymous views: nothing at all; only searches and purchases (which the guardrails use, not ranking); only
+    // items the catalog does not know.
+    let mut searched = SessionView::default();
+    searched.searches.push("socks".into());
+    searched.purchased = catalog
+        .items_in_category(0)
+        .iter()
+        .take(3)
+        .copied()
+        .collect();
+    let mut unknown = SessionView::default();
+    unknown.items.push(aisle_domain::session::ViewedItem {
+        item: aisle_domain::event::ItemRef::Unknown,
+        kind: EventKind::View,
+        ts_ms: 1,
+    });
+    let verified = ShopperAttributes {
+        age_verified: true,
+        age_band: AgeBand::From21,
+        ..Default::default()
+    };
+    for view in [SessionView::default(), searched, unknown] {
+        let query = Query {
+            view: &view,
+            context: &[],
+            candidates: None,
+        };
+        assert!(query.is_anonymous());
+        for (attributes, cap, limit) in [
+            (ShopperAttributes::default(), 0, 10),
+            (ShopperAttributes::default(), 2, 10),
+            (verified, 1, 20),
+            (verified, 0, 3),
+        ] {
+            let guard = Guard::new(
+                &rules,
+                &catalog,
+                PolicyContext {
+                    attributes,
+                    channel: Channel::Web,
+                    purchased: &view.purchased,
+                    now_ms: 1_700_000_000_000,
+                    max_items_per_category: cap,
+                },
+            );
+            let fast = rank_local(&served, &query, &guard, limit);
+            let retrieved = retrieve(&served, &query);
+            let mut exclusions = ExclusionCounts::default();
+            let full =
+                aisle_ranking::score::rank(&served, &retrieved, &guard, limit, &mut exclusions);
+            assert_eq!(fast.items, full, "cap {cap}, limit {limit}");
+            assert_eq!(fast.exclusions, exclusions);
+            assert_eq!(fast.candidates, retrieved.candidates.len());
+            assert_eq!(fast.items.len(), limit);
+        }
+    }
+    // Anything about the shopper takes the full path.
+    let mut viewed = SessionView::default();
+    viewed.cart.push(1);
+    let query = Query {
+        view: &viewed,
+        context: &[],
+        candidates: None,
+    };
+    assert!(!query.is_anonymous());
+    let on_screen = [1];
+    let query = Query {
+        view: &SessionView::default(),
+        context: &on_screen,
+        candidates: None,
+    };
+    assert!(!query.is_anonymous());
+}

@@ -11,11 +11,17 @@
 //! dropped (the shopper starts afresh), the caller gets [`SessionError::Reset`], and every other session of the
 //! shard is untouched. A panic anywhere else fails the shard; the pool supervisor (`aisle_kit::pool`) restarts it
 //! empty at the same index, and the routing table points at the new actor.
+//!
+//! Reads without a message: each shard keeps its sessions in a [`SessionTable`] that only the shard writes and
+//! that decisions read directly ([`crate::Sessions::view_now`]) under a read lock, so reading a session costs no
+//! thread hand-off. A write (an event batch, a hand-off, passivation) happens inside the shard's message handling,
+//! so reads still see each shopper's events whole and in order: a batch acknowledged to `Track` is visible to
+//! every later read.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use aisle_domain::catalog::Catalog;
@@ -159,9 +165,28 @@ pub enum SessionMsg {
     CrashSession(Box<str>, RpcReplyPort<Result<Applied, SessionError>>),
 }
 
-struct Entry {
-    context: SessionContext,
+/// One session of a shard.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) context: SessionContext,
     last_active: Instant,
+}
+
+/// The sessions of one shard: written by the shard actor only, read by anyone.
+///
+/// Lock poisoning is ignored: a write that panics (applying an event) is caught inside the lock and the session it
+/// touched is dropped, so the table is never left half-updated by a panic.
+#[derive(Debug, Default)]
+pub struct SessionTable(RwLock<HashMap<Box<str>, Entry>>);
+
+impl SessionTable {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, HashMap<Box<str>, Entry>> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Box<str>, Entry>> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The actor owning the sessions of one shard of shoppers.
@@ -173,31 +198,34 @@ pub struct ShardState {
     index: usize,
     settings: SessionSettings,
     gate: OwnerGate,
-    sessions: HashMap<Box<str>, Entry>,
+    /// The sessions, shared with readers.
+    table: Arc<SessionTable>,
     /// This shard's session count, read by the node for the `aisle_active_sessions` gauge.
     count: Arc<AtomicUsize>,
 }
 
 impl ShardState {
-    fn publish_count(&self) {
-        self.count.store(self.sessions.len(), Ordering::Relaxed);
+    fn publish_count(&self, sessions: usize) {
+        self.count.store(sessions, Ordering::Relaxed);
     }
 
     fn remove(&mut self, shopper_id: &str) -> Option<Entry> {
-        let removed = self.sessions.remove(shopper_id);
-        self.publish_count();
+        let mut sessions = self.table.write();
+        let removed = sessions.remove(shopper_id);
+        self.publish_count(sessions.len());
         removed
     }
 
     fn insert(&mut self, shopper_id: Box<str>, context: SessionContext) {
-        self.sessions.insert(
+        let mut sessions = self.table.write();
+        sessions.insert(
             shopper_id,
             Entry {
                 context,
                 last_active: Instant::now(),
             },
         );
-        self.publish_count();
+        self.publish_count(sessions.len());
     }
 
     fn apply(
@@ -207,11 +235,18 @@ impl ShardState {
         catalog: &Catalog,
     ) -> Result<Applied, SessionError> {
         let settings = self.settings;
-        let created = !self.sessions.contains_key(&shopper_id);
+        let mut sessions = self.table.write();
+        let created = !sessions.contains_key(&shopper_id);
         if created {
-            self.insert(shopper_id.clone(), SessionContext::new());
+            sessions.insert(
+                shopper_id.clone(),
+                Entry {
+                    context: SessionContext::new(),
+                    last_active: Instant::now(),
+                },
+            );
         }
-        let entry = self.sessions.get_mut(&shopper_id).expect("just inserted");
+        let entry = sessions.get_mut(&shopper_id).expect("just inserted");
         entry.last_active = Instant::now();
         let context = &mut entry.context;
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -221,6 +256,9 @@ impl ShardState {
             }
             signals
         }));
+        let len = sessions.len();
+        drop(sessions);
+        self.publish_count(len);
         match outcome {
             Ok(signals) => Ok(Applied { created, signals }),
             Err(_) => {
@@ -244,20 +282,28 @@ impl ShardState {
 impl Actor for SessionShard {
     type Msg = SessionMsg;
     type State = ShardState;
-    type Arguments = (usize, SessionSettings, Arc<AtomicUsize>, OwnerGate);
+    type Arguments = (
+        usize,
+        SessionSettings,
+        Arc<AtomicUsize>,
+        OwnerGate,
+        Arc<SessionTable>,
+    );
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        (index, settings, count, gate): Self::Arguments,
+        (index, settings, count, gate, table): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_interval(settings.passivation_interval, || SessionMsg::Passivate);
+        // A shard restarted after a failure starts empty: what its predecessor held may be half-updated.
+        table.write().clear();
         count.store(0, Ordering::Relaxed);
         Ok(ShardState {
             index,
             settings,
             gate,
-            sessions: HashMap::new(),
+            table,
             count,
         })
     }
@@ -285,7 +331,8 @@ impl Actor for SessionShard {
             SessionMsg::View { shopper_id, reply } => {
                 let view = if (state.gate)(&shopper_id) {
                     Ok(state
-                        .sessions
+                        .table
+                        .read()
                         .get(&shopper_id)
                         .map(|e| e.context.view(&state.settings.limits)))
                 } else {
@@ -295,7 +342,11 @@ impl Actor for SessionShard {
             }
             SessionMsg::Describe { shopper_id, reply } => {
                 let found = if (state.gate)(&shopper_id) {
-                    Ok(state.sessions.get(&shopper_id).map(|e| e.context.clone()))
+                    Ok(state
+                        .table
+                        .read()
+                        .get(&shopper_id)
+                        .map(|e| e.context.clone()))
                 } else {
                     Err(SessionError::NotOwner)
                 };
@@ -306,7 +357,8 @@ impl Actor for SessionShard {
             }
             SessionMsg::Export { select, reply } => {
                 let leaving: Vec<Box<str>> = state
-                    .sessions
+                    .table
+                    .read()
                     .keys()
                     .filter(|k| select(k))
                     .cloned()
@@ -332,32 +384,33 @@ impl Actor for SessionShard {
             SessionMsg::Passivate => {
                 let ttl = state.settings.idle_ttl;
                 let now = Instant::now();
-                let before = state.sessions.len();
-                state
-                    .sessions
-                    .retain(|_, e| now.duration_since(e.last_active) < ttl);
-                let passivated = before - state.sessions.len();
+                let mut sessions = state.table.write();
+                let before = sessions.len();
+                sessions.retain(|_, e| now.duration_since(e.last_active) < ttl);
+                let after = sessions.len();
+                drop(sessions);
+                let passivated = before - after;
                 if passivated > 0 {
-                    state.publish_count();
+                    state.publish_count(after);
                     metrics::counter!("aisle_sessions_passivated_total")
                         .increment(passivated as u64);
                 }
             }
             SessionMsg::Stats(reply) => {
-                let _ = reply.send(ShardStats {
-                    sessions: state.sessions.len(),
-                    heap_bytes: state
-                        .sessions
-                        .values()
-                        .map(|e| e.context.heap_bytes())
-                        .sum(),
-                });
+                let sessions = state.table.read();
+                let stats = ShardStats {
+                    sessions: sessions.len(),
+                    heap_bytes: sessions.values().map(|e| e.context.heap_bytes()).sum(),
+                };
+                drop(sessions);
+                let _ = reply.send(stats);
             }
             #[cfg(test)]
             SessionMsg::CrashShard => panic!("injected shard crash"),
             #[cfg(test)]
             SessionMsg::CrashSession(shopper_id, reply) => {
-                if !state.sessions.contains_key(&shopper_id) {
+                let known = state.table.read().contains_key(&shopper_id);
+                if !known {
                     state.insert(shopper_id.clone(), SessionContext::new());
                 }
                 let outcome = std::panic::catch_unwind(|| panic!("injected session crash"));

@@ -25,8 +25,11 @@ use aisle_domain::event::{EventRecord, ItemRef, ShopperEvent};
 use aisle_domain::session::SessionView;
 use aisle_experiment::{Assignment, Experiments, ExperimentsHandle};
 use aisle_policy::{Exclusion, ExclusionCounts, Guard, Policy, Rules, may_personalise};
-use aisle_ranking::score::{merge, score_partition};
-use aisle_ranking::{PolicyInputs, Query, RankError, Ranking, ScoreJob, ServedModel, retrieve};
+use aisle_ranking::score::merge;
+use aisle_ranking::{
+    PolicyInputs, Query, RankError, RankedItem, Ranking, ScoreJob, ServedModel, rank_local,
+    retrieve,
+};
 use aisle_session::{AssistSignal, SessionContext, SessionError, Sessions};
 use tokio::time::Instant;
 
@@ -438,19 +441,14 @@ impl Decider {
         {
             return Err(why);
         }
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        if timeout.is_zero() {
+        if deadline <= Instant::now() {
             return Err(Fallback::new(Stage::Session, Reason::NoBudget));
         }
+        // The session is read from its shard's table, without a message: the shard is its only writer, and every
+        // event a Track acknowledged is visible here.
         self.sessions
-            .view(shopper_id, timeout)
-            .await
-            .map_err(|e| match e {
-                SessionError::Timeout(_) => Fallback::new(Stage::Session, Reason::Deadline),
-                other => {
-                    Fallback::with_detail(Stage::Session, Reason::Unavailable, other.to_string())
-                }
-            })
+            .view_now(shopper_id)
+            .map_err(|e| Fallback::with_detail(Stage::Session, Reason::Unavailable, e.to_string()))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -474,56 +472,43 @@ impl Decider {
             return Err(Fallback::new(Stage::Ranking, Reason::NoBudget));
         }
         let model = &inputs.model;
-        let retrieved = retrieve(
-            model,
-            &Query {
-                view,
-                context: &input.context,
-                candidates: input.candidates.as_deref(),
-            },
-        );
-        let last_item = retrieved.last_item;
-        let parts = if retrieved.candidates.len() <= self.settings.inline_scoring_max {
-            // Small work: scoring here costs less than handing it to other threads and back.
-            vec![score_partition(
-                model,
-                &retrieved.profile,
-                &retrieved.candidates,
-                0,
-                1,
-                guard,
-                input.limit,
-            )]
-        } else {
-            let job = Arc::new(ScoreJob {
-                model: model.clone(),
-                retrieved,
-                rules: inputs.rules.clone(),
-                policy: policy.clone(),
-                limit: input.limit,
-            });
-            self.ranking
-                .score(job, deadline)
-                .await
-                .map_err(|e| match e {
-                    RankError::Deadline => Fallback::new(Stage::Ranking, Reason::Deadline),
-                    other => Fallback::with_detail(
-                        Stage::Ranking,
-                        Reason::Unavailable,
-                        other.to_string(),
-                    ),
-                })?
+        let query = Query {
+            view,
+            context: &input.context,
+            candidates: input.candidates.as_deref(),
         };
+        let small = input
+            .candidates
+            .as_ref()
+            .is_none_or(|c| c.len() <= self.settings.inline_scoring_max);
+        if small {
+            // Retrieval yields about 500 candidates: scoring them here costs less than handing them to other
+            // threads and back.
+            let local = rank_local(model, &query, guard, input.limit);
+            exclusions.merge(&local.exclusions);
+            return Ok(decided(local.items));
+        }
+        let retrieved = retrieve(model, &query);
+        let last_item = retrieved.last_item;
+        let job = Arc::new(ScoreJob {
+            model: model.clone(),
+            retrieved,
+            rules: inputs.rules.clone(),
+            policy: policy.clone(),
+            limit: input.limit,
+        });
+        let parts = self
+            .ranking
+            .score(job, deadline)
+            .await
+            .map_err(|e| match e {
+                RankError::Deadline => Fallback::new(Stage::Ranking, Reason::Deadline),
+                other => {
+                    Fallback::with_detail(Stage::Ranking, Reason::Unavailable, other.to_string())
+                }
+            })?;
         let ranked = merge(model, parts, guard, input.limit, last_item, exclusions);
-        Ok(ranked
-            .into_iter()
-            .map(|r| DecidedItem {
-                item: r.admitted.item,
-                score: r.admitted.score,
-                offer: r.admitted.offer,
-                reasons: r.reasons,
-            })
-            .collect())
+        Ok(decided(ranked))
     }
 
     fn cached(
@@ -684,6 +669,19 @@ impl Decider {
         let cached = self.cache.invalidate(shopper_id);
         Ok((erased, cached))
     }
+}
+
+/// The items of a ranking, as decided.
+fn decided(ranked: Vec<RankedItem>) -> Vec<DecidedItem> {
+    ranked
+        .into_iter()
+        .map(|r| DecidedItem {
+            item: r.admitted.item,
+            score: r.admitted.score,
+            offer: r.admitted.offer,
+            reasons: r.reasons,
+        })
+        .collect()
 }
 
 /// The categories the RULES rung draws from: the session's top three, else those of the items on screen.

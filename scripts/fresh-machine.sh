@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC1091 # /etc/os-release is read where the script runs
 # Proves the README's two commands on a clean Debian root rather than on this machine.
 #
 #   scripts/fresh-machine.sh [--keep] [--reuse] [--full] [--root DIR] [--suite SUITE] [--commit REV]
 #
 # What it does (as root, on a Debian/Ubuntu host with network access to the Debian mirror and crates.io):
 #   1. Builds a minimal Debian root with mmdebstrap (variant minbase) from the host's own apt sources and suite
-#      (/etc/os-release's VERSION_CODENAME unless --suite). Besides the essential packages and apt, the root gets
+#      (/etc/os-release's VERSION_CODENAME; --suite trixie, say, uses deb.debian.org instead of the host's sources
+#      and needs the host's keyring to know that release). Besides the essential packages and apt, the root gets
 #      only what a user with a Rust toolchain has:
 #        ca-certificates  TLS for crates.io (plus this host's CA bundle, see below)
 #        make             the README's commands are make targets
@@ -35,9 +37,9 @@
 #
 # Clean-up: every mount is made inside a private mount namespace and disappears with it; an EXIT trap stops the
 # namespace's process (by PID) if it is still running, checks that nothing is mounted under the root and removes
-# the root unless --keep. --reuse keeps using an existing root made with --keep (skipping mmdebstrap) but starts
-# from a fresh copy of the sources, a fresh CARGO_HOME and the packages the bootstrap installed (so deps.sh's
-# installs are repeated: the root is rebuilt if packages were added), which makes iterating on this script cheap.
+# the root unless --keep. --reuse restores a root kept with --keep to its state right after mmdebstrap (from a
+# tarball saved then) instead of bootstrapping again: fresh sources, empty CARGO_HOME, nothing deps.sh installed;
+# it makes iterating on this script cheap.
 set -euo pipefail
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -110,7 +112,7 @@ inside() {
   now=$(date +%s)
   if $ok; then
     echo "   /readyz 200 after $((now - start)) s; from the log:"
-    grep -E '^installing|Finished|listening|serving' "$run_log" | sed 's/^/   | /' || true
+    grep -E '^installing|Finished|serving' "$run_log" | sed 's/\x1b\[[0-9;]*m//g; s/^/   | /' || true
     record make-run PASS $((now - start))
   else
     tail -n 40 "$run_log"
@@ -202,7 +204,7 @@ while [ $# -gt 0 ]; do
     --root) root=$2; shift ;;
     --suite) suite=$2; shift ;;
     --commit) commit=$2; shift ;;
-    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '3,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -229,6 +231,7 @@ ca_bundle=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
 t0=$(date +%s)
 summary=()
 ns_pid=""
+bootstrapping=false
 
 cleanup() {
   local rc=$?
@@ -243,10 +246,11 @@ cleanup() {
   for m in $mounted; do umount -l "$m" 2>/dev/null || true; done
   if awk -v r="$root/" 'index($5, r) == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo; then
     echo "still mounted under $root: leaving it in place" >&2
-  elif ! $keep && [ -d "$root" ]; then
+  elif { ! $keep || $bootstrapping; } && [ -d "$root" ]; then
+    # Not kept, or a bootstrap cut short (which --reuse could not use).
     rm -rf --one-file-system "$root"
   fi
-  $keep && echo "root kept at $root (reuse it with --reuse --root $root)"
+  if $keep && [ -d "$root" ]; then echo "root kept at $root (reuse it with --reuse --root $root)"; fi
   exit "$rc"
 }
 trap cleanup EXIT
@@ -269,7 +273,10 @@ else
     rm -rf --one-file-system "$root"
   fi
   mirrors=()
+  host_suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
   for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list; do
+    # Another suite than the host's: mmdebstrap's default (deb.debian.org with updates and security).
+    [ "$suite" = "$host_suite" ] || break
     [ -f "$f" ] || continue
     # Debian's own archives only: a root made of Debian's packages, as a fresh machine has.
     grep -q 'deb.debian.org\|debian.org/debian\|ftp.*debian' "$f" && mirrors+=("$f")
@@ -277,9 +284,11 @@ else
   step "mmdebstrap --variant=minbase --include=$packages $suite $root ${mirrors[*]:-(default mirror)}"
   s=$(date +%s)
   mkdir -p "$root"
+  bootstrapping=true
   mmdebstrap --quiet --variant=minbase --include="$packages" "$suite" "$root" "${mirrors[@]}"
   touch "$root/.aisle-fresh-root"
   tar -C "$root" --exclude='./.aisle-fresh-root*' -cf "$root/.aisle-fresh-root.pristine.tar" .
+  bootstrapping=false
   summary+=("bootstrap PASS $(($(date +%s) - s))")
 fi
 echo "root: $(du -sh --exclude='.aisle-fresh-root*' "$root" | cut -f1), packages: $(chroot "$root" dpkg-query -W | wc -l)"
@@ -328,6 +337,7 @@ env_vars=(
 )
 s=$(date +%s)
 set +e
+# shellcheck disable=SC2016 # expanded by the inner shell, from its arguments
 unshare --mount --propagation private --pid --fork --kill-child bash -euo pipefail -c '
   root=$1 rustup_home=$2 cargo_bin=$3 cargo_home=$4; shift 4
   mount -t proc proc "$root/proc"

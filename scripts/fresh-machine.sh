@@ -190,6 +190,9 @@ fi
 # ---------------------------------------------------------------------------------------------------------------
 # On the host.
 # ---------------------------------------------------------------------------------------------------------------
+# One compound command: bash reads it whole before running it, so editing this file during a run cannot change
+# the run.
+{
 keep=false
 reuse=false
 full=0
@@ -233,6 +236,7 @@ summary=()
 ns_pid=""
 bootstrapping=false
 
+# shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
   local rc=$?
   if [ -n "$ns_pid" ] && kill -0 "$ns_pid" 2>/dev/null; then
@@ -380,7 +384,10 @@ for line in "${summary[@]}"; do
   [ "$result" = FAIL ] && failed=1
 done
 for name in "${expected[@]}"; do
-  printf '%s\n' "${summary[@]}" | grep -q "^$name PASS " || { [ "$failed" = 1 ] || echo "  $name: no result"; failed=1; }
+  if ! printf '%s\n' "${summary[@]}" | grep -q "^$name PASS "; then
+    failed=1
+    printf '%s\n' "${summary[@]}" | grep -q "^$name " || echo "  $name  (no result)"
+  fi
 done
 total=$(($(date +%s) - t0))
 if [ "$failed" = 0 ]; then
@@ -389,3 +396,5 @@ else
   echo "FAIL after ${total} s"
   exit 1
 fi
+exit 0
+}

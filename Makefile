@@ -11,8 +11,12 @@ help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: deps
-deps: ## Install system packages the build and tests need (protoc, etcd, ...) when missing
+deps: ## Install system packages the build and tests need (cc, protoc and its includes, etcd, ...) when missing
 	@./scripts/deps.sh
+
+.PHONY: fresh-machine
+fresh-machine: ## As root: prove `make run` on a clean Debian root (mmdebstrap), then deps and every target's build
+	./scripts/fresh-machine.sh
 
 .PHONY: build
 build: ## Build release binaries (aisle, aisle-train, aisle-loadtest)

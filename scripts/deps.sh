@@ -1,31 +1,106 @@
 #!/usr/bin/env bash
-# Installs what building and testing Aisle needs on a Debian/Ubuntu machine, when it is missing:
-#   protobuf-compiler (protoc: our build and etcd-client's), etcd-server (cluster tests, `make cluster-up`),
-#   iproute2 + nftables (network-partition tests), python3-venv (Kubernetes manifest validation).
-# The Rust toolchain itself is expected (rustup); see the README.
+# Installs what building and testing Aisle needs on a Debian/Ubuntu machine, when it is missing. Each check tries
+# what the build or the tests actually do, not merely whether a command exists:
+#
+#   build (always; `--build-only` stops here, as `make build` and `make run` ask):
+#     cc                  the C compiler and libc headers rustc links with and some crates compile C with
+#                         -> gcc libc6-dev
+#     protoc + includes   etcd-client's build script runs `protoc` (or $PROTOC) on etcd's .proto files, which import
+#                         google/protobuf/descriptor.proto and google/protobuf/struct.proto from protoc's include
+#                         path (or $PROTOC_INCLUDE) -> protobuf-compiler libprotobuf-dev. Our own protos
+#                         (aisle-proto) are compiled in Rust by protox and need neither.
+#   tests (`make test`):
+#     etcd                cluster tests and `make cluster-up` start their own etcd -> etcd-server
+#     ip, nft             network-partition tests -> iproute2 nftables
+#     curl                scripts that wait on HTTP endpoints -> curl
+#     python3 venv        Kubernetes manifest validation builds a venv with pip -> python3-venv
+#
+# The Rust toolchain itself is expected (rustup); see the README. Runs as root, or as a user with sudo.
 set -euo pipefail
 
+build_only=false
+case "${1:-}" in
+  --build-only) build_only=true ;;
+  "") ;;
+  *) echo "usage: $0 [--build-only]" >&2; exit 2 ;;
+esac
+
+probe_dir=$(mktemp -d)
+trap 'rm -rf "$probe_dir"' EXIT
+
+# Compiles a .proto importing what etcd-client's protos import, the way prost-build invokes protoc.
+protoc_works() {
+  local protoc="${PROTOC:-protoc}"
+  command -v "$protoc" >/dev/null 2>&1 || return 1
+  cat >"$probe_dir/probe.proto" <<'EOF'
+syntax = "proto3";
+package aisle.probe;
+import "google/protobuf/descriptor.proto";
+import "google/protobuf/struct.proto";
+extend google.protobuf.FieldOptions { google.protobuf.Struct probe = 50000; }
+EOF
+  local args=(--include_imports -o "$probe_dir/probe.bin" -I "$probe_dir")
+  [ -n "${PROTOC_INCLUDE:-}" ] && args+=(-I "$PROTOC_INCLUDE")
+  "$protoc" "${args[@]}" "$probe_dir/probe.proto" >"$probe_dir/protoc.log" 2>&1
+}
+
+cc_works() {
+  command -v cc >/dev/null 2>&1 || return 1
+  printf '#include <stdio.h>\nint main(void) { return 0; }\n' >"$probe_dir/probe.c"
+  cc "$probe_dir/probe.c" -o "$probe_dir/probe" >/dev/null 2>&1
+}
+
 need=()
-command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
-if [ "${1:-}" != "--build-only" ]; then
+cc_works || need+=(gcc libc6-dev)
+protoc_works || need+=(protobuf-compiler libprotobuf-dev)
+if ! $build_only; then
   command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
   command -v nft >/dev/null 2>&1 || need+=(nftables)
   command -v curl >/dev/null 2>&1 || need+=(curl)
-  python3 -c 'import venv' >/dev/null 2>&1 || need+=(python3-venv)
+  # Debian ships `venv` without `ensurepip`; `python3 -m venv` fails until python3-venv is installed.
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y --no-install-recommends "${need[@]}" >/dev/null 2>&1 \
-    || { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; }
+  sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || {
+      echo "not root and sudo is missing: install as root: apt-get install ${need[*]}" >&2
+      exit 1
+    }
+    sudo=(sudo)
+  fi
+  apt_log="$probe_dir/apt.log"
+  apt_install() {
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y --no-install-recommends "${need[@]}" >>"$apt_log" 2>&1
+  }
+  # A fresh machine may have no package lists yet: update once if the first attempt fails.
+  if ! apt_install; then
+    if ! { "${sudo[@]}" apt-get update >>"$apt_log" 2>&1 && apt_install; }; then
+      tail -n 20 "$apt_log" >&2
+      echo "apt-get install ${need[*]} failed" >&2
+      exit 1
+    fi
+  fi
   # Debian starts etcd as a service on install; our tests run their own.
   if [[ " ${need[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null 2>&1; then
-    $sudo systemctl disable --now etcd >/dev/null 2>&1 || true
+    "${sudo[@]}" systemctl disable --now etcd >/dev/null 2>&1 || true
   fi
+fi
+
+# Say so now rather than deep inside a build script.
+if ! cc_works; then
+  echo "cc cannot compile a C program; the Rust build links with it" >&2
+  exit 1
+fi
+if ! protoc_works; then
+  cat "$probe_dir/protoc.log" >&2 2>/dev/null || true
+  echo "${PROTOC:-protoc} cannot compile a .proto importing google/protobuf/descriptor.proto and struct.proto;" \
+    "etcd-client's build needs it (PROTOC and PROTOC_INCLUDE override the compiler and its include path)" >&2
+  exit 1
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

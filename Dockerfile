@@ -12,9 +12,10 @@ ARG RUST_IMAGE=docker.io/library/rust:1.95.0-slim-trixie
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian13:nonroot
 
 FROM ${RUST_IMAGE} AS builder
-# protoc: our proto crate and etcd-client generate code at build time.
+# protoc and the well-known types it imports: etcd-client generates its code at build time with them (our own
+# proto crate compiles in pure Rust and needs neither).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends protobuf-compiler \
+ && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -648,7 +648,8 @@ def check_dockerfile() -> str:
     check("@sha256:" in b_default or b_tag.startswith(rust_version),
           f"builder {b_default} must pin the workspace's rust-version {rust_version}")
     build = " ".join(rest for w, rest in builder["lines"] if w == "RUN")
-    check("protobuf-compiler" in build, "the builder installs protobuf-compiler")
+    check("protobuf-compiler" in build and "libprotobuf-dev" in build,
+          "the builder installs protobuf-compiler and libprotobuf-dev (etcd-client's protos import well-known types)")
     check(re.search(r"cargo build .*--release.*--locked.*--workspace.*--bins", build) is not None,
           "the builder builds every binary of the workspace (--release --locked --workspace --bins)")
     for b in ("aisle", "aisle-train", "aisle-loadtest"):

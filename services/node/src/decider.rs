@@ -16,12 +16,14 @@
 //! Every rung passes the guardrails (one [`Guard`] per decision); the last two are synchronous and take
 //! microseconds, so a decision always answers. A safety margin is kept at the end of the budget for them.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use aisle_domain::catalog::{Catalog, CategoryIdx, ItemIdx};
 use aisle_domain::event::{EventRecord, ItemRef, ShopperEvent};
+use aisle_domain::request::Surface;
 use aisle_domain::session::SessionView;
 use aisle_experiment::{Assignment, Experiments, ExperimentsHandle};
 use aisle_policy::{Exclusion, ExclusionCounts, Guard, Policy, Rules, may_personalise};
@@ -31,6 +33,7 @@ use aisle_ranking::{
     retrieve,
 };
 use aisle_session::{AssistSignal, SessionContext, SessionError, Sessions};
+use metrics::{Counter, Histogram};
 use tokio::time::Instant;
 
 use crate::audit::{AuditLog, DecisionRecord, EventLog};
@@ -111,8 +114,9 @@ pub struct Decider {
     audit: Option<AuditLog>,
     event_log: Option<EventLog>,
     faults: Faults,
-    /// Makes decision ids unique across restarts of a node id.
-    boot: String,
+    metrics: DecisionMetrics,
+    /// `<node>-<boot time>-`: decision ids are this and a sequence number, unique across restarts of a node id.
+    id_prefix: String,
     sequence: AtomicU64,
     inflight: AtomicUsize,
 }
@@ -163,7 +167,8 @@ impl Decider {
     /// Assembles a decider.
     pub fn new(settings: DeciderSettings, parts: DeciderParts) -> Self {
         Self {
-            boot: format!("{:x}", aisle_domain::now_ms()),
+            id_prefix: format!("{}-{:x}-", settings.node_id, aisle_domain::now_ms()),
+            metrics: DecisionMetrics::new(),
             sequence: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
             faults: Faults::default(),
@@ -229,8 +234,12 @@ impl Decider {
     }
 
     fn next_decision_id(&self) -> String {
+        use std::fmt::Write;
         let n = self.sequence.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{}-{n:x}", self.settings.node_id, self.boot)
+        let mut id = String::with_capacity(self.id_prefix.len() + 16);
+        id.push_str(&self.id_prefix);
+        let _ = write!(id, "{n:x}");
+        id
     }
 
     fn inputs(&self, world: Arc<World>, input: &DecideInput) -> Inputs {
@@ -603,7 +612,7 @@ impl Decider {
     }
 
     fn observe(&self, input: &DecideInput, d: &Decision, exclusions: &ExclusionCounts) {
-        record_metrics(input, d, exclusions);
+        self.metrics.record(input.surface, d, exclusions);
         if let Some(audit) = &self.audit {
             audit.record(DecisionRecord::new(&self.settings.node_id, input, d));
         }
@@ -750,40 +759,119 @@ fn generic_rung(
     with_reasons(admitted, |_| vec!["merchandising".into()])
 }
 
-/// Counts a decision. Every label value comes from a closed set or from a loaded bundle's versions and keys, never
-/// from a request or an error's text, so the number of series stays bounded.
-fn record_metrics(input: &DecideInput, d: &Decision, exclusions: &ExclusionCounts) {
-    let surface = input.surface.as_str();
-    let tier = d.tier.as_str();
-    metrics::histogram!("aisle_decide_latency_seconds", "surface" => surface, "tier" => tier)
-        .record(d.latency.as_secs_f64());
-    metrics::counter!("aisle_decisions_total", "surface" => surface, "tier" => tier).increment(1);
-    match (d.tier, &d.fallback) {
-        (Tier::Fresh, _) => {
-            metrics::counter!("aisle_model_decisions_total", "model" => d.model_version.clone())
-                .increment(1);
+/// The handles of the per-decision metrics, registered once: a decision then only increments, without building
+/// and hashing label sets. Every label value comes from a closed set or from a loaded bundle's versions and keys,
+/// never from a request or an error's text, so the number of series stays bounded.
+struct DecisionMetrics {
+    /// Latency and count per surface × tier (`Surface::ALL` order, then tier).
+    outcomes: Vec<(Histogram, Counter)>,
+    /// Fallbacks per stage × reason (`Stage::ALL` order, then `Reason::ALL`).
+    fallbacks: Vec<Counter>,
+    /// Exclusions per code (`Exclusion::ALL` order).
+    exclusions: Vec<Counter>,
+    holdout: Counter,
+    /// FRESH decisions per model version (a handful of versions over a node's life).
+    models: RwLock<HashMap<String, Counter>>,
+    /// Exposures per experiment and variant.
+    exposures: RwLock<HashMap<Exposure, Counter>>,
+}
+
+/// An experiment's key and a variant's name.
+type Exposure = (Arc<str>, Arc<str>);
+
+const TIERS: [Tier; 4] = [Tier::Fresh, Tier::Cached, Tier::Rules, Tier::Generic];
+
+fn index_of<T: PartialEq>(all: &[T], value: &T) -> usize {
+    all.iter()
+        .position(|v| v == value)
+        .expect("closed sets hold every value")
+}
+
+impl DecisionMetrics {
+    /// Registers the handles (after the recorder is installed).
+    fn new() -> Self {
+        let outcomes = Surface::ALL
+            .iter()
+            .flat_map(|s| TIERS.iter().map(move |t| (s.as_str(), t.as_str())))
+            .map(|(surface, tier)| {
+                (
+                    metrics::histogram!("aisle_decide_latency_seconds", "surface" => surface, "tier" => tier),
+                    metrics::counter!("aisle_decisions_total", "surface" => surface, "tier" => tier),
+                )
+            })
+            .collect();
+        let fallbacks = Stage::ALL
+            .iter()
+            .flat_map(|s| Reason::ALL.iter().map(move |r| (s.as_str(), r.as_str())))
+            .map(|(stage, reason)| {
+                metrics::counter!("aisle_fallbacks_total", "stage" => stage, "reason" => reason)
+            })
+            .collect();
+        let exclusions = Exclusion::ALL
+            .iter()
+            .map(|e| metrics::counter!("aisle_policy_exclusions_total", "reason" => e.code()))
+            .collect();
+        Self {
+            outcomes,
+            fallbacks,
+            exclusions,
+            holdout: metrics::counter!("aisle_holdout_decisions_total"),
+            models: RwLock::default(),
+            exposures: RwLock::default(),
         }
-        (_, Some(f)) => metrics::counter!(
-            "aisle_fallbacks_total",
-            "stage" => f.stage.as_str(),
-            "reason" => f.reason.as_str()
-        )
-        .increment(1),
-        (_, None) => {}
     }
-    for (e, n) in exclusions.iter() {
-        metrics::counter!("aisle_policy_exclusions_total", "reason" => e.code())
-            .increment(n as u64);
+
+    fn record(&self, surface: Surface, d: &Decision, exclusions: &ExclusionCounts) {
+        let outcome = index_of(Surface::ALL, &surface) * TIERS.len() + index_of(&TIERS, &d.tier);
+        let (latency, count) = &self.outcomes[outcome];
+        latency.record(d.latency.as_secs_f64());
+        count.increment(1);
+        match (d.tier, &d.fallback) {
+            (Tier::Fresh, _) => self.model(&d.model_version).increment(1),
+            (_, Some(f)) => {
+                let at = index_of(Stage::ALL, &f.stage) * Reason::ALL.len()
+                    + index_of(Reason::ALL, &f.reason);
+                self.fallbacks[at].increment(1);
+            }
+            (_, None) => {}
+        }
+        for (e, n) in exclusions.iter() {
+            self.exclusions[index_of(&Exclusion::ALL, &e)].increment(u64::from(n));
+        }
+        for (key, variant) in &d.assignment.variants {
+            self.exposure(key, variant).increment(1);
+        }
+        if d.assignment.in_holdout {
+            self.holdout.increment(1);
+        }
     }
-    for (key, variant) in &d.assignment.variants {
-        metrics::counter!(
+
+    fn model(&self, version: &str) -> Counter {
+        if let Some(c) = self.models.read().expect("metrics lock").get(version) {
+            return c.clone();
+        }
+        let c = metrics::counter!("aisle_model_decisions_total", "model" => version.to_string());
+        self.models
+            .write()
+            .expect("metrics lock")
+            .insert(version.to_string(), c.clone());
+        c
+    }
+
+    fn exposure(&self, experiment: &Arc<str>, variant: &Arc<str>) -> Counter {
+        let key = (experiment.clone(), variant.clone());
+        if let Some(c) = self.exposures.read().expect("metrics lock").get(&key) {
+            return c.clone();
+        }
+        let c = metrics::counter!(
             "aisle_experiment_exposures_total",
-            "experiment" => key.to_string(),
+            "experiment" => experiment.to_string(),
             "variant" => variant.to_string()
-        )
-        .increment(1);
-    }
-    if d.assignment.in_holdout {
-        metrics::counter!("aisle_holdout_decisions_total").increment(1);
+        );
+        self.exposures
+            .write()
+            .expect("metrics lock")
+            .insert(key, c.clone());
+        c
     }
 }

@@ -13,9 +13,9 @@
 #      by the decisions completed in it. Read from /proc, not /metrics, so any binary can be compared, also one
 #      without process_cpu_seconds_total;
 #   2. its saturation point: the knee of `aisle-loadtest ramp --scenario decide` (the highest rate whose p99 stays
-#      under RAMP_P99_TARGET_MS, default 10, with no error; RAMP_START 3000, RAMP_STEP 500, RAMP_MAX 12000,
+#      under RAMP_P99_TARGET_MS, default 10, with no error; RAMP_START 4000, RAMP_STEP 1000, RAMP_MAX 24000,
 #      RAMP_STEP_DURATION 3s, RAMP_SETTLE 1s, stopping after RAMP_STOP_AFTER_FAILURES, default 2, failing steps:
-#      about 40 s for a knee near 6,500/s);
+#      about 50 s for a knee near 14,000/s);
 # then stops that node by its PID. It prints every run, each side's medians and the ratios NEW/OLD (CPU per decision:
 # below 1 is cheaper; saturation: above 1 is better); with --json the last line is one JSON object as well. The load
 # generator is ./target/release/aisle-loadtest (LOADTEST to override) and shares the machine with the node: both
@@ -58,9 +58,9 @@ if [ "${1:-}" = "--compare" ]; then
   cpu_rate=${CPU_RATE:-2000}
   cpu_duration=${CPU_DURATION:-15s}
   cpu_warmup=${CPU_WARMUP:-3s}
-  ramp_start=${RAMP_START:-3000}
-  ramp_step=${RAMP_STEP:-500}
-  ramp_max=${RAMP_MAX:-12000}
+  ramp_start=${RAMP_START:-4000}
+  ramp_step=${RAMP_STEP:-1000}
+  ramp_max=${RAMP_MAX:-24000}
   ramp_step_duration=${RAMP_STEP_DURATION:-3s}
   ramp_settle=${RAMP_SETTLE:-1s}
   ramp_target_ms=${RAMP_P99_TARGET_MS:-10}

@@ -253,19 +253,7 @@ mod tests {
 
     use super::*;
     use crate::cluster::View;
-
-    fn member(id: &str) -> Member {
-        Member {
-            node_id: id.into(),
-            addr: format!("{id}:1"),
-            incarnation: "1".into(),
-            leaving: false,
-        }
-    }
-
-    fn view(epoch: u64, ids: &[&str]) -> SharedView {
-        Arc::new(View::new(epoch, ids.iter().map(|i| member(i)).collect()))
-    }
+    use crate::cluster::view::testing::{member, view};
 
     /// A shopper `owner` owns under `v`.
     fn owned_by(v: &View, owner: &str) -> String {

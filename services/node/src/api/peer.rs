@@ -14,7 +14,7 @@ use crate::cluster::handoff::{self, Holdings};
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::push::{Inserted, catch_up, order_and_replicate};
-use crate::routing::{Routed, Router, owned_at};
+use crate::routing::{AtOwner, Routed, Router, owned_at};
 
 /// How long a forwarded describe or erasure may wait for the hand-off barrier.
 const SHOPPER_CALL: Duration = Duration::from_secs(5);
@@ -33,13 +33,30 @@ impl PeerApi {
     }
 }
 
-/// The answer of a forwarded describe or erasure run here.
-fn answered<T>(routed: Result<Routed<T>, crate::decision::Fallback>) -> Result<T, Status> {
-    match routed {
-        Ok(Routed::Answered(r)) => Ok(r),
-        Ok(Routed::Failed(e)) => Err(e.into()),
-        Ok(Routed::NoOwner(why)) | Err(why) => {
-            Err(ApiError::FailedPrecondition(why.to_string()).into())
+impl PeerApi {
+    /// Runs a forwarded describe or erasure here, provided the sender's view is this node's and names it the
+    /// owner (after the hand-off barrier).
+    ///
+    /// # Errors
+    /// FAILED_PRECONDITION when the views differ, ownership moved or the hand-off did not finish (the sender
+    /// re-resolves); the request's own error otherwise.
+    async fn run_here<C: AtOwner>(
+        &self,
+        call: &C,
+        epoch: u64,
+        fingerprint: u64,
+    ) -> Result<C::Output, Status> {
+        let cluster = self.node.cluster();
+        let view = owned_at(cluster, call.shopper(), epoch, fingerprint)?;
+        match Router::new(cluster)
+            .here(call, &view, Instant::now() + SHOPPER_CALL)
+            .await
+        {
+            Ok(Routed::Answered(r)) => Ok(r),
+            Ok(Routed::Failed(e)) => Err(e.into()),
+            Ok(Routed::NoOwner(why)) | Err(why) => {
+                Err(ApiError::FailedPrecondition(why.to_string()).into())
+            }
         }
     }
 }
@@ -105,20 +122,13 @@ impl PeerService for PeerApi {
         request: Request<pb::ForwardForgetRequest>,
     ) -> Result<Response<pb::ForwardForgetResponse>, Status> {
         let req = request.into_inner();
-        let view = owned_at(
-            self.node.cluster(),
-            &req.shopper_id,
-            req.epoch,
-            req.view_fingerprint,
-        )?;
         let call = ForgetCall {
             node: &self.node,
             shopper_id: &req.shopper_id,
         };
-        let routed = Router::new(self.node.cluster())
-            .here(&call, &view, Instant::now() + SHOPPER_CALL)
-            .await;
-        let r = answered(routed)?;
+        let r = self
+            .run_here(&call, req.epoch, req.view_fingerprint)
+            .await?;
         Ok(Response::new(pb::ForwardForgetResponse {
             session_erased: r.session_erased,
             cached_decisions_erased: r.cached_decisions_erased,
@@ -131,20 +141,14 @@ impl PeerService for PeerApi {
         request: Request<pb::ForwardDescribeRequest>,
     ) -> Result<Response<pb::DescribeShopperResponse>, Status> {
         let req = request.into_inner();
-        let view = owned_at(
-            self.node.cluster(),
-            &req.shopper_id,
-            req.epoch,
-            req.view_fingerprint,
-        )?;
         let call = DescribeCall {
             node: &self.node,
             shopper_id: &req.shopper_id,
         };
-        let routed = Router::new(self.node.cluster())
-            .here(&call, &view, Instant::now() + SHOPPER_CALL)
-            .await;
-        Ok(Response::new(answered(routed)?))
+        Ok(Response::new(
+            self.run_here(&call, req.epoch, req.view_fingerprint)
+                .await?,
+        ))
     }
 
     async fn hand_off(

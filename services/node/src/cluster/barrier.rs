@@ -141,23 +141,9 @@ impl Barrier {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::cluster::{Member, View};
-
-    fn member(id: &str) -> Member {
-        Member {
-            node_id: id.into(),
-            addr: format!("{id}:1"),
-            incarnation: "1".into(),
-            leaving: false,
-        }
-    }
-
-    fn view(epoch: u64, ids: &[&str]) -> SharedView {
-        Arc::new(View::new(epoch, ids.iter().map(|i| member(i)).collect()))
-    }
+    use crate::cluster::View;
+    use crate::cluster::view::testing::view;
 
     /// A shopper `a` owns under `v`, and whether `a` owned it under `before` too.
     fn shopper_of(v: &View, before: &View, kept: bool) -> String {

@@ -104,11 +104,13 @@ impl View {
 /// A shared view.
 pub type SharedView = Arc<View>;
 
+/// Views for unit tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
 
-    fn member(id: &str) -> Member {
+    /// A member `id` at `id:1`, incarnation 1.
+    pub(crate) fn member(id: &str) -> Member {
         Member {
             node_id: id.into(),
             addr: format!("{id}:1"),
@@ -116,6 +118,17 @@ mod tests {
             leaving: false,
         }
     }
+
+    /// A view of these members.
+    pub(crate) fn view(epoch: u64, ids: &[&str]) -> SharedView {
+        Arc::new(View::new(epoch, ids.iter().map(|i| member(i)).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::member;
+    use super::*;
 
     #[test]
     fn owners_are_spread_and_stable() {

@@ -131,14 +131,15 @@ impl<'a> Router<'a> {
 
     /// Runs `call` at its shopper's owner by `deadline`.
     pub async fn at_owner<C: AtOwner>(&self, call: &C, deadline: Instant) -> Routed<C::Output> {
+        let barrier_until = call.barrier_deadline(deadline);
         let mut last = Fallback::new(Stage::Owner, Reason::StaleView);
         for attempt in 0..ATTEMPTS {
             let (view, owner) = match self.cluster.route(call.shopper()) {
                 Route::Unowned(why) => return Routed::NoOwner(unowned(why)),
-                Route::Local(view) => match self.here(call, &view, deadline).await {
+                Route::Local(view) => match self.here(call, &view, barrier_until).await {
                     Err(why) => {
                         last = why;
-                        if Instant::now() >= call.barrier_deadline(deadline) {
+                        if Instant::now() >= barrier_until {
                             return Routed::NoOwner(last);
                         }
                         continue;
@@ -178,17 +179,20 @@ impl<'a> Router<'a> {
         Routed::NoOwner(last)
     }
 
-    /// Runs `call` here as the owner under `view`, once the hand-off barrier lets its shopper through. `Err`:
-    /// why it cannot run here (barrier still closed at its deadline, view changed, ownership moved); the caller
-    /// re-resolves or falls back.
+    /// Runs `call` here as the owner under `view`, once the hand-off barrier lets its shopper through (waiting at
+    /// most until `barrier_until`, see [`AtOwner::barrier_deadline`]). `Err`: why it cannot run here (barrier still
+    /// closed, view changed, ownership moved); the caller re-resolves or falls back.
     pub async fn here<C: AtOwner>(
         &self,
         call: &C,
         view: &SharedView,
-        deadline: Instant,
+        barrier_until: Instant,
     ) -> Result<Routed<C::Output>, Fallback> {
-        let until = call.barrier_deadline(deadline);
-        if !self.cluster.ready_for(call.shopper(), view, until).await {
+        if !self
+            .cluster
+            .ready_for(call.shopper(), view, barrier_until)
+            .await
+        {
             return Err(Fallback::new(Stage::Handoff, Reason::Pending));
         }
         match call.local(view).await {

@@ -341,9 +341,12 @@ impl<'a> TrackBatchCall<'a> {
                     continue;
                 }
                 Routed::NoOwner(why) => why.to_string(),
-                Routed::Failed(ApiError::InvalidArgument { field, reason }) => {
-                    return Err(ApiError::InvalidArgument { field, reason });
-                }
+                // The request itself is wrong (here or at the owner): the caller is told so, not to retry.
+                Routed::Failed(
+                    e @ (ApiError::InvalidArgument { .. }
+                    | ApiError::OutOfRange { .. }
+                    | ApiError::Owner { .. }),
+                ) => return Err(e),
                 Routed::Failed(e) => e.to_string(),
             };
             return Err(ApiError::Unavailable(format!(
@@ -364,7 +367,10 @@ impl<'a> TrackBatchCall<'a> {
         let router = Router::new(self.node.cluster());
         let mut outcome = TrackOutcome::default();
         for call in self.calls() {
-            match router.here(&call, view, deadline).await {
+            match router
+                .here(&call, view, call.barrier_deadline(deadline))
+                .await
+            {
                 Ok(Routed::Answered(o)) => outcome += o,
                 Ok(Routed::Failed(e)) => return Err(e),
                 Ok(Routed::NoOwner(why)) | Err(why) => {

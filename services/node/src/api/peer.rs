@@ -48,10 +48,8 @@ impl PeerApi {
     ) -> Result<C::Output, Status> {
         let cluster = self.node.cluster();
         let view = owned_at(cluster, call.shopper(), epoch, fingerprint)?;
-        match Router::new(cluster)
-            .here(call, &view, Instant::now() + SHOPPER_CALL)
-            .await
-        {
+        let until = call.barrier_deadline(Instant::now() + SHOPPER_CALL);
+        match Router::new(cluster).here(call, &view, until).await {
             Ok(Routed::Answered(r)) => Ok(r),
             Ok(Routed::Failed(e)) => Err(e.into()),
             Ok(Routed::NoOwner(why)) | Err(why) => {
@@ -79,7 +77,7 @@ impl PeerService for PeerApi {
         let deadline = received + Duration::from_micros(req.budget_us);
         let call = DecideCall::new(&self.node, &inner, deadline)?;
         let answer = match Router::new(self.node.cluster())
-            .here(&call, &view, deadline)
+            .here(&call, &view, call.barrier_deadline(deadline))
             .await
         {
             Ok(Routed::Answered(r)) => r,

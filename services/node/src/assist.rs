@@ -83,15 +83,12 @@ pub fn assist_event(
                 *cart_value_cents as f64 / 100.0,
                 names(&items)
             );
-            shopper_event(
-                event,
-                AssistKind::HighIntentCart,
+            let at = Place {
                 shopper_id,
                 store_id,
-                aisle.as_deref(),
-                &what,
-                items,
-            )
+                aisle: aisle.as_deref(),
+            };
+            shopper_event(event, AssistKind::HighIntentCart, &at, &what, items)
         }
         AssistSignal::Lingering {
             store_id,
@@ -112,35 +109,48 @@ pub fn assist_event(
                 seen.len(),
                 names(&items)
             );
-            shopper_event(
-                event,
-                AssistKind::Lingering,
+            let at = Place {
                 shopper_id,
                 store_id,
-                aisle.as_deref(),
-                &what,
-                items,
-            )
+                aisle: aisle.as_deref(),
+            };
+            shopper_event(event, AssistKind::Lingering, &at, &what, items)
         }
         AssistSignal::Replenish {
             store_id,
             item,
             stock,
-        } => {
-            let it = world.catalog.item(*item);
-            AssistEvent {
-                kind: AssistKind::Replenish as i32,
-                store_id: store_id.to_string(),
-                aisle: it.aisle.to_string(),
-                item_id: it.id.to_string(),
-                message: format!(
-                    "replenish {} ({}) in aisle {}: {stock} left",
-                    it.name, it.id, it.aisle
-                ),
-                ..event
-            }
-        }
+        } => replenish_event(event, world, store_id, *item, *stock),
     }
+}
+
+/// An item running out in a store: restock it.
+fn replenish_event(
+    event: AssistEvent,
+    world: &World,
+    store_id: &str,
+    item: ItemIdx,
+    stock: u32,
+) -> AssistEvent {
+    let it = world.catalog.item(item);
+    AssistEvent {
+        kind: AssistKind::Replenish as i32,
+        store_id: store_id.to_string(),
+        aisle: it.aisle.to_string(),
+        item_id: it.id.to_string(),
+        message: format!(
+            "replenish {} ({}) in aisle {}: {stock} left",
+            it.name, it.id, it.aisle
+        ),
+        ..event
+    }
+}
+
+/// Where an in-store shopper is.
+struct Place<'a> {
+    shopper_id: &'a str,
+    store_id: &'a str,
+    aisle: Option<&'a str>,
 }
 
 /// Picks suggestions that pass the guardrails.
@@ -170,18 +180,19 @@ impl Suggest<'_> {
 fn shopper_event(
     event: AssistEvent,
     kind: AssistKind,
-    shopper_id: &str,
-    store_id: &str,
-    aisle: Option<&str>,
+    at: &Place<'_>,
     what: &str,
     items: Vec<SuggestedItem>,
 ) -> AssistEvent {
-    let who = shopper_ref(shopper_id);
-    let where_ = aisle.map(|a| format!(" in aisle {a}")).unwrap_or_default();
+    let who = shopper_ref(at.shopper_id);
+    let where_ = at
+        .aisle
+        .map(|a| format!(" in aisle {a}"))
+        .unwrap_or_default();
     AssistEvent {
         kind: kind as i32,
-        store_id: store_id.to_string(),
-        aisle: aisle.unwrap_or_default().to_string(),
+        store_id: at.store_id.to_string(),
+        aisle: at.aisle.unwrap_or_default().to_string(),
         message: format!("assist shopper {who}{where_}: {what}"),
         shopper_ref: who,
         suggested_items: items,

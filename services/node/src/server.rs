@@ -39,6 +39,14 @@ use crate::node::Node;
 use crate::readiness::Readiness;
 use crate::world::{Initial, ModelRole, Worlds};
 
+/// The services whose health `grpc.health.v1` reports ("" is the server as a whole).
+const SERVICES: [&str; 4] = [
+    "aisle.v1.DecisionService",
+    "aisle.v1.AssociateService",
+    "aisle.v1.AdminService",
+    "",
+];
+
 /// Largest request accepted, in bytes; larger ones are refused with OUT_OF_RANGE.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 /// Largest message between nodes (hand-off batches of up to 2,000 sessions).
@@ -320,6 +328,21 @@ fn serve_grpc(
     Ok((tokio::spawn(server), health_reporter))
 }
 
+/// Serves the HTTP plane on `listener` until `shutdown` says stop.
+fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            })
+            .await
+    })
+}
+
 /// Starts a node on the given listeners.
 ///
 /// # Errors
@@ -356,19 +379,12 @@ pub async fn start(
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let (grpc, health) = serve_grpc(&node, holdings.clone(), incoming, shutdown_rx.clone())?;
 
-    let mut http_shutdown = shutdown_rx.clone();
     let router = crate::http::router(
         metrics_handle.clone(),
         readiness.clone(),
         decider.sessions().clone(),
     );
-    let http = tokio::spawn(async move {
-        axum::serve(http_listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    let http = serve_http(http_listener, router, shutdown_rx.clone());
 
     let mut background = vec![tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -385,12 +401,7 @@ pub async fn start(
         background.push(tokio::spawn(follow_membership(cluster, readiness.clone())));
     }
 
-    for service in [
-        "aisle.v1.DecisionService",
-        "aisle.v1.AssociateService",
-        "aisle.v1.AdminService",
-        "",
-    ] {
+    for service in SERVICES {
         health
             .set_service_status(service, tonic_health::ServingStatus::Serving)
             .await;
@@ -489,8 +500,34 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 /// Polls the bundle files and loads new versions through their owners (invalid ones are refused and logged; the
 /// last good version keeps serving).
 async fn watch_bundles(config: Arc<Config>, decider: Arc<Decider>) {
-    let config = &*config;
-    let mut watched: Vec<Watched> = [
+    let mut watched = watched_files(&config);
+    if watched.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(config.bundle_poll_secs));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for w in &mut watched {
+            let now = stamp(&w.path);
+            if now.is_none() || now == w.seen {
+                continue;
+            }
+            w.seen = now;
+            let Ok(bytes) = tokio::fs::read(&w.path).await else {
+                continue;
+            };
+            let source = w.path.display().to_string();
+            if let Err(error) = load(&decider, w.kind, bytes, &source).await {
+                tracing::warn!(file = %source, %error, "new bundle version refused");
+            }
+        }
+    }
+}
+
+/// The bundle files the configuration names, as first seen.
+fn watched_files(config: &Config) -> Vec<Watched> {
+    [
         (
             bundle_path(&config.catalog, config, "catalog.json"),
             WatchedKind::Catalog,
@@ -520,54 +557,41 @@ async fn watch_bundles(config: Arc<Config>, decider: Arc<Decider>) {
             kind,
         })
     })
-    .collect();
-    if watched.is_empty() {
-        return;
-    }
-    let mut tick = tokio::time::interval(Duration::from_secs(config.bundle_poll_secs));
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        for w in &mut watched {
-            let now = stamp(&w.path);
-            if now.is_none() || now == w.seen {
-                continue;
-            }
-            w.seen = now;
-            let Ok(bytes) = tokio::fs::read(&w.path).await else {
-                continue;
-            };
-            let source = w.path.display().to_string();
-            let timeout = Duration::from_secs(60);
-            let result = match w.kind {
-                WatchedKind::Catalog => decider
-                    .worlds()
-                    .load_catalog(bytes, &source)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                WatchedKind::Model(role) => decider
-                    .worlds()
-                    .load_model(bytes, &source, role)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                WatchedKind::Rules => decider
-                    .policy()
-                    .load(bytes, &source, timeout)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                WatchedKind::Experiments => decider
-                    .experiments()
-                    .load(bytes, &source, timeout)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-            };
-            if let Err(error) = result {
-                tracing::warn!(file = %source, %error, "new bundle version refused");
-            }
-        }
+    .collect()
+}
+
+/// Loads a new version of a bundle through its owner.
+async fn load(
+    decider: &Decider,
+    kind: WatchedKind,
+    bytes: Vec<u8>,
+    source: &str,
+) -> Result<(), String> {
+    let timeout = Duration::from_secs(60);
+    match kind {
+        WatchedKind::Catalog => decider
+            .worlds()
+            .load_catalog(bytes, source)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        WatchedKind::Model(role) => decider
+            .worlds()
+            .load_model(bytes, source, role)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        WatchedKind::Rules => decider
+            .policy()
+            .load(bytes, source, timeout)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        WatchedKind::Experiments => decider
+            .experiments()
+            .load(bytes, source, timeout)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
     }
 }

@@ -260,7 +260,6 @@ impl Config {
             max_inflight_decisions: self.max_inflight_decisions,
             safety_margin: Duration::from_millis(self.safety_margin_ms),
             inline_scoring_max: INLINE_SCORING_MAX,
-            session_limits: self.session_limits,
         }
     }
 

@@ -60,8 +60,6 @@ pub struct DeciderSettings {
     pub safety_margin: Duration,
     /// Candidates up to which a decision is scored in its own task rather than scattered to the ranking shards.
     pub inline_scoring_max: usize,
-    /// Bounds of a session view.
-    pub session_limits: aisle_session::SessionLimits,
 }
 
 impl DeciderSettings {

@@ -5,10 +5,10 @@
 //!
 //! One decision, within its budget:
 //! 1. read the snapshots (catalog + models, rules, experiments) and assign experiments (pure, no I/O);
-//! 2. read the shopper's session from its session actor — only with consent; without it the shopper is ranked as
-//!    an anonymous one;
-//! 3. FRESH: retrieve candidates and score them under the guardrails — in the request's own task when the
-//!    candidates are few (no thread hand-off), else scattered to the ranking shards and gathered;
+//! 2. read the shopper's session from its session shard's table (no message; the shard actor is its only writer) —
+//!    only with consent; without it the shopper is ranked as an anonymous one;
+//! 3. FRESH: retrieve candidates and score them under the guardrails — in the request's own task (no thread
+//!    hand-off) unless the storefront gave a long candidate list, which is scattered to the ranking shards;
 //! 4. else CACHED: the shopper's last FRESH decision for the surface, re-checked by the guardrails;
 //! 5. else RULES: top sellers of the shopper's (or the on-screen items') categories;
 //! 6. else GENERIC: the merchandising list.

@@ -37,6 +37,25 @@ free_port() {
   echo "$p"
 }
 
+# Starts `$1 serve` as node $2 on 127.0.0.1 ports $3 (gRPC) and $4 (HTTP), its log in $5, and waits up to $6
+# seconds for /readyz; sets node_pid. On failure it prints the node's log, prefixed by $7, and exits 1.
+start_node() {
+  local node_bin=$1 id=$2 grpc=$3 http=$4 log=$5 within=$6 what=$7 ready=
+  AISLE_LOG=${AISLE_LOG:-warn} "$node_bin" serve --node-id "$id" \
+    --grpc-addr "127.0.0.1:$grpc" --http-addr "127.0.0.1:$http" >"$log" 2>&1 &
+  node_pid=$!
+  for _ in $(seq 1 $((within * 10))); do
+    if curl -fs "http://127.0.0.1:$http/readyz" >/dev/null 2>&1; then ready=1; break; fi
+    kill -0 "$node_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ -z "$ready" ]; then
+    echo "${what}did not become ready in $within s; its log:" >&2
+    cat "$log" >&2
+    exit 1
+  fi
+}
+
 if [ "${1:-}" = "--compare" ]; then
   shift
   if [ $# -lt 2 ]; then
@@ -98,20 +117,8 @@ if [ "${1:-}" = "--compare" ]; then
       grpc_port=$(free_port "$port_base")
       http_port=$(free_port $((grpc_port + 1)))
       port_base=$((http_port + 1))
-      AISLE_LOG=${AISLE_LOG:-warn} "$node_bin" serve --node-id "compare-$label$round" \
-        --grpc-addr "127.0.0.1:$grpc_port" --http-addr "127.0.0.1:$http_port" >"$work/node-$label$round.log" 2>&1 &
-      node_pid=$!
-      ready=
-      for _ in $(seq 1 600); do
-        if curl -fs "http://127.0.0.1:$http_port/readyz" >/dev/null 2>&1; then ready=1; break; fi
-        kill -0 "$node_pid" 2>/dev/null || break
-        sleep 0.1
-      done
-      if [ -z "$ready" ]; then
-        echo "run $label$round: $node_bin did not become ready in 60 s; its log:" >&2
-        cat "$work/node-$label$round.log" >&2
-        exit 1
-      fi
+      start_node "$node_bin" "compare-$label$round" "$grpc_port" "$http_port" "$work/node-$label$round.log" 60 \
+        "run $label$round: $node_bin "
       target="http://127.0.0.1:$grpc_port"
       # 1. CPU per decision: warm up at the rate, then read the node's CPU around the recorded run.
       "$loadtest" run --target "$target" --scenario decide --rate "$cpu_rate" --duration "$cpu_warmup" \
@@ -202,20 +209,7 @@ stop_node() {
 }
 trap stop_node EXIT INT TERM
 
-AISLE_LOG=${AISLE_LOG:-warn} "$bin/aisle" serve --node-id loadtest \
-  --grpc-addr "127.0.0.1:$grpc_port" --http-addr "127.0.0.1:$http_port" >"$work/node.log" 2>&1 &
-node_pid=$!
-ready=
-for _ in $(seq 1 300); do
-  if curl -fs "http://127.0.0.1:$http_port/readyz" >/dev/null 2>&1; then ready=1; break; fi
-  kill -0 "$node_pid" 2>/dev/null || break
-  sleep 0.1
-done
-if [ -z "$ready" ]; then
-  echo "the node did not become ready in 30 s; its log:" >&2
-  cat "$work/node.log" >&2
-  exit 1
-fi
+start_node "$bin/aisle" loadtest "$grpc_port" "$http_port" "$work/node.log" 30 "the node "
 echo "node (pid $node_pid) ready on 127.0.0.1:$grpc_port; load generator on the same machine ($(nproc) cores)"
 
 "$bin/aisle-loadtest" run --target "http://127.0.0.1:$grpc_port" --scenario decide \

@@ -5,24 +5,17 @@ use std::time::Duration;
 
 use aisle_loadtest::stats::Kind;
 use aisle_loadtest::{RunConfig, Scenario, run};
-use aisle_node::server::{Prepared, embedded_experiments, embedded_rules};
 use aisle_node::{Config, RunningNode};
 use tokio::net::TcpListener;
 
 async fn node() -> RunningNode {
-    let (catalog, model) = aisle_node::world::demo(aisle_domain::now_ms()).expect("demo trains");
-    let prepared = Prepared {
-        catalog: Some(catalog),
-        model: (model, "smoke demo".into()),
-        candidate: None,
-        rules: embedded_rules(),
-        experiments: embedded_experiments(),
-    };
     let config = Config {
         node_id: "smoke".into(),
         bundle_poll_secs: 0,
         ..Config::default()
     };
+    // No bundles configured: the embedded demo world, its model trained at start-up.
+    let prepared = aisle_node::prepare(&config).await.expect("demo trains");
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     aisle_node::start(config, prepared, grpc, http)

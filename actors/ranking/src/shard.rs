@@ -11,12 +11,12 @@ use aisle_domain::TimestampMs;
 use aisle_domain::catalog::ItemIdx;
 use aisle_domain::request::{Channel, ShopperAttributes};
 use aisle_kit::pool::Pool;
-use aisle_policy::{ExclusionCounts, Guard, PolicyContext, Rules};
+use aisle_policy::{Guard, PolicyContext, Rules};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 
 use crate::retrieve::Retrieved;
-use crate::score::{PartitionResult, RankedItem, rank, score_partition};
+use crate::score::{PartitionResult, score_partition};
 use crate::served::ServedModel;
 
 /// The guardrail inputs of a decision, owned so they can travel to the shards.
@@ -75,15 +75,6 @@ impl ScoreJob {
             &guard,
             self.limit,
         )
-    }
-}
-
-impl ScoreJob {
-    /// Scores every partition in the calling thread and selects the answer: what [`Ranking::score`] and
-    /// [`crate::score::merge`] give together, without the hand-offs to the shards (see [`crate::score::rank`]).
-    pub fn rank_inline(&self, exclusions: &mut ExclusionCounts) -> Vec<RankedItem> {
-        let guard = Guard::new(&self.rules, &self.model.catalog, self.policy.context());
-        rank(&self.model, &self.retrieved, &guard, self.limit, exclusions)
     }
 }
 

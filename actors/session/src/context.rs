@@ -244,6 +244,7 @@ pub struct SessionContext {
     log_price: LogPrice,
     last_event_ms: TimestampMs,
     events_applied: u64,
+    version: u64,
     assist: AssistState,
 }
 
@@ -256,6 +257,18 @@ impl SessionContext {
     /// Number of events applied since the session started.
     pub fn events_applied(&self) -> u64 {
         self.events_applied
+    }
+
+    /// The session's version: the owner's clock (ms) at its last write, strictly increasing per session. A
+    /// session imported in a hand-off never replaces a local copy with a higher version (written later).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Marks a write at `now_ms` (the owner's clock): the version becomes `now_ms`, or one more than before if
+    /// the clock has not moved past it.
+    pub fn stamp_version(&mut self, now_ms: u64) {
+        self.version = now_ms.max(self.version + 1);
     }
 
     /// The consent the shopper's events stated, if any.
@@ -580,6 +593,9 @@ pub struct PortableSession {
     log_price: (u32, f32, f32),
     last_event_ms: TimestampMs,
     events_applied: u64,
+    /// Absent in sessions handed off by older nodes: 0, older than any local write.
+    #[serde(default)]
+    version: u64,
     cart_alert_active: bool,
     linger: Option<(String, u32, TimestampMs)>,
     last_linger_alert: Option<(String, TimestampMs)>,
@@ -631,6 +647,7 @@ impl SessionContext {
             log_price: (self.log_price.n, self.log_price.mean, self.log_price.m2),
             last_event_ms: self.last_event_ms,
             events_applied: self.events_applied,
+            version: self.version,
             cart_alert_active: self.assist.cart_alert_active,
             linger: self.assist.linger.map(|(c, n, t)| (category(c), n, t)),
             last_linger_alert: self.assist.last_linger_alert.map(|(c, t)| (category(c), t)),
@@ -710,6 +727,7 @@ impl SessionContext {
             },
             last_event_ms: p.last_event_ms,
             events_applied: p.events_applied,
+            version: p.version,
             assist: AssistState {
                 cart_alert_active: p.cart_alert_active,
                 linger: p

@@ -65,6 +65,9 @@ pub struct SessionSettings {
     pub idle_ttl: Duration,
     /// How often each shard looks for idle sessions.
     pub passivation_interval: Duration,
+    /// Sessions one shard holds at most; beyond it the least recently active are passivated (the node sets it
+    /// from its `max_sessions` over the shard count).
+    pub max_sessions_per_shard: usize,
 }
 
 impl Default for SessionSettings {
@@ -74,6 +77,7 @@ impl Default for SessionSettings {
             assist: AssistRules::default(),
             idle_ttl: Duration::from_secs(30 * 60),
             passivation_interval: Duration::from_secs(30),
+            max_sessions_per_shard: usize::MAX,
         }
     }
 }
@@ -225,7 +229,43 @@ impl ShardState {
                 last_active: Instant::now(),
             },
         );
+        Self::bound(&mut sessions, self.settings.max_sessions_per_shard);
         self.publish_count(sessions.len());
+    }
+
+    /// Beyond `max` sessions, passivates the least recently active: down to seven eighths of `max` at once, so a
+    /// flood of new shoppers costs amortised constant work per session.
+    fn bound(sessions: &mut HashMap<Box<str>, Entry>, max: usize) {
+        if sessions.len() <= max {
+            return;
+        }
+        let keep = max - max / 8;
+        let drop_n = sessions.len() - keep;
+        let mut ages: Vec<Instant> = sessions.values().map(|e| e.last_active).collect();
+        let (_, newest_dropped, _) = ages.select_nth_unstable(drop_n - 1);
+        let newest_dropped = *newest_dropped;
+        let mut dropped = 0;
+        sessions.retain(|_, e| {
+            let go = dropped < drop_n && e.last_active <= newest_dropped;
+            dropped += usize::from(go);
+            !go
+        });
+        metrics::counter!("aisle_sessions_evicted_total").increment(dropped as u64);
+    }
+
+    /// Installs a handed-off session unless the local copy was written later. Returns whether it was installed.
+    fn import(&mut self, shopper_id: Box<str>, context: SessionContext) -> bool {
+        let newer_here = self
+            .table
+            .read()
+            .get(&shopper_id)
+            .is_some_and(|e| e.context.version() > context.version());
+        if newer_here {
+            metrics::counter!("aisle_handoff_sessions_stale_total").increment(1);
+            return false;
+        }
+        self.insert(shopper_id, context);
+        true
     }
 
     fn apply(
@@ -254,8 +294,12 @@ impl ShardState {
             for event in events {
                 signals.extend(context.apply(event, catalog, &settings.limits, &settings.assist));
             }
+            context.stamp_version(aisle_domain::now_ms().max(0) as u64);
             signals
         }));
+        if created {
+            Self::bound(&mut sessions, settings.max_sessions_per_shard);
+        }
         let len = sessions.len();
         drop(sessions);
         self.publish_count(len);
@@ -375,11 +419,11 @@ impl Actor for SessionShard {
                 let _ = reply.send(out);
             }
             SessionMsg::Import { sessions, reply } => {
-                let n = sessions.len();
+                let mut installed = 0;
                 for s in sessions {
-                    state.insert(s.shopper_id, s.context);
+                    installed += usize::from(state.import(s.shopper_id, s.context));
                 }
-                let _ = reply.send(n);
+                let _ = reply.send(installed);
             }
             SessionMsg::Passivate => {
                 let ttl = state.settings.idle_ttl;

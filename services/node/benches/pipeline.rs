@@ -29,6 +29,7 @@ fn input(shopper: &str) -> DecideInput {
         region: String::new(),
         device: String::new(),
         request_id: String::new(),
+        client: String::new(),
     }
 }
 

@@ -123,12 +123,60 @@ pub struct ServeArgs {
     /// Cluster name (key prefix in etcd) [default: aisle].
     #[arg(long, env = "AISLE_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
-    /// Address peers use to reach this node's gRPC port, host:port [default: the gRPC address].
+    /// Address peers use to reach this node's peer port, host:port [default: the peer address].
     #[arg(long, env = "AISLE_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
     /// Membership lease TTL, seconds [default: 5].
     #[arg(long, env = "AISLE_LEASE_TTL_SECS")]
     pub lease_ttl_secs: Option<u64>,
+    /// PEM certificate chain for the client and admin ports (TLS).
+    #[arg(long, env = "AISLE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "AISLE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA whose client certificates identify callers (CN looked up in the token file).
+    #[arg(long, env = "AISLE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Token file (TOML): callers need a bearer token or client certificate with the method's scope.
+    #[arg(long, env = "AISLE_AUTH_TOKENS")]
+    pub auth_tokens: Option<PathBuf>,
+    /// Serve without TLS or authentication although reachable from other hosts or clustered.
+    #[arg(long, env = "AISLE_INSECURE")]
+    pub insecure: bool,
+    /// Separate listener for AdminService [default: served on the gRPC address].
+    #[arg(long, env = "AISLE_ADMIN_ADDR")]
+    pub admin_addr: Option<std::net::SocketAddr>,
+    /// Listener for peer calls (etcd mode) [default: 127.0.0.1:50052].
+    #[arg(long, env = "AISLE_PEER_ADDR")]
+    pub peer_addr: Option<std::net::SocketAddr>,
+    /// PEM certificate this node presents to peers (mutual TLS).
+    #[arg(long, env = "AISLE_PEER_TLS_CERT")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// PEM private key for --peer-tls-cert.
+    #[arg(long, env = "AISLE_PEER_TLS_KEY")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// PEM CA of the cluster: peers must present certificates it signed.
+    #[arg(long, env = "AISLE_PEER_TLS_CA")]
+    pub peer_tls_ca: Option<PathBuf>,
+    /// PEM CA of etcd's server certificate (https:// endpoints).
+    #[arg(long, env = "AISLE_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM client certificate for etcd.
+    #[arg(long, env = "AISLE_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM private key for --etcd-cert.
+    #[arg(long, env = "AISLE_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user name (with --etcd-password-file).
+    #[arg(long, env = "AISLE_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd user's password.
+    #[arg(long, env = "AISLE_ETCD_PASSWORD_FILE")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// Serve gRPC server reflection [default: true].
+    #[arg(long, env = "AISLE_REFLECTION")]
+    pub reflection: Option<bool>,
 }
 
 impl ServeArgs {
@@ -161,7 +209,9 @@ impl ServeArgs {
             cluster,
             etcd_endpoints,
             cluster_name,
-            lease_ttl_secs
+            lease_ttl_secs,
+            peer_addr,
+            reflection
         );
         macro_rules! set_opt {
             ($($field:ident),*) => {
@@ -177,10 +227,26 @@ impl ServeArgs {
             experiments,
             decision_log,
             event_log,
-            advertise_addr
+            advertise_addr,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            auth_tokens,
+            admin_addr,
+            peer_tls_cert,
+            peer_tls_key,
+            peer_tls_ca,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
+            etcd_user,
+            etcd_password_file
         );
         if self.fault_injection {
             c.fault_injection = true;
+        }
+        if self.insecure {
+            c.insecure = true;
         }
         c.validate()?;
         Ok(c)

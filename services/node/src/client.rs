@@ -1,6 +1,7 @@
 //! The client commands of the `aisle` CLI: decide, track, subscribe, forget, bundles, fault. Each prints a readable
 //! summary, or with `--json` one JSON object per answer (per event for `subscribe`).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use aisle_proto::v1 as pb;
@@ -12,15 +13,42 @@ use clap::Args;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
-/// The node to talk to.
+/// The node to talk to, and the credentials to show it.
 #[derive(Debug, Args, Clone)]
 pub struct AddrArgs {
-    /// The node's gRPC address.
+    /// The node's gRPC address (`https://` for a node with TLS).
     #[arg(long, env = "AISLE_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
+    /// Bearer token (never printed or logged).
+    #[arg(long, env = "AISLE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM CA certificate that signs the node's certificate [default: the system's roots].
+    #[arg(long, env = "AISLE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate, for nodes that identify callers by certificate (with --client-key).
+    #[arg(long, env = "AISLE_CLIENT_CERT")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, env = "AISLE_CLIENT_KEY")]
+    pub client_key: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A request carrying the bearer token of `a`, if any.
+///
+/// # Errors
+/// When the token cannot be sent as a header value.
+fn with_token<T>(a: &AddrArgs, message: T) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = &a.token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--token: not a valid header value"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(request)
 }
 
 /// `aisle decide`.
@@ -139,10 +167,22 @@ pub struct FaultArgs {
     mode: String,
 }
 
-async fn connect(addr: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(addr.to_string())
+async fn connect(a: &AddrArgs) -> anyhow::Result<Channel> {
+    let addr = &a.addr;
+    let mut endpoint = Channel::from_shared(addr.to_string())
         .with_context(|| format!("invalid address {addr}"))?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5));
+    if addr.starts_with("https://") {
+        let files = crate::tls::ClientTlsFiles {
+            ca: a.ca_cert.clone(),
+            cert: a.client_cert.clone(),
+            key: a.client_key.clone(),
+        };
+        endpoint = endpoint.tls_config(files.tonic_config(None)?)?;
+    } else if a.ca_cert.is_some() || a.client_cert.is_some() {
+        anyhow::bail!("--ca-cert and --client-cert need an https:// address (got {addr})");
+    }
+    endpoint
         .connect()
         .await
         .with_context(|| format!("cannot connect to {addr}"))
@@ -213,7 +253,7 @@ pub fn decision_json(r: &pb::DecideResponse) -> Value {
 /// # Errors
 /// Connection failures and error statuses.
 pub async fn decide(a: DecideArgs) -> anyhow::Result<()> {
-    let mut client = DecisionServiceClient::new(connect(&a.addr.addr).await?);
+    let mut client = DecisionServiceClient::new(connect(&a.addr).await?);
     let surface = parse_enum("surface", &a.surface, |s| {
         pb::Surface::from_str_name(&format!("SURFACE_{s}"))
     })?;
@@ -247,6 +287,12 @@ pub async fn decide(a: DecideArgs) -> anyhow::Result<()> {
         attributes: Some(attributes),
         ..Default::default()
     });
+    if let Some(token) = &a.addr.token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--token: not a valid header value"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
     if let Some(ms) = a.timeout_ms {
         request.set_timeout(Duration::from_millis(ms));
     }
@@ -297,26 +343,29 @@ pub async fn decide(a: DecideArgs) -> anyhow::Result<()> {
 /// # Errors
 /// Connection failures and error statuses.
 pub async fn track(a: TrackArgs) -> anyhow::Result<()> {
-    let mut client = DecisionServiceClient::new(connect(&a.addr.addr).await?);
+    let mut client = DecisionServiceClient::new(connect(&a.addr).await?);
     let kind = parse_enum("event type", &a.kind, |s| {
         pb::EventType::from_str_name(&format!("EVENT_TYPE_{s}"))
     })?;
     let r = client
-        .track(pb::TrackRequest {
-            events: vec![pb::TrackEvent {
-                shopper_id: a.shopper.clone(),
-                r#type: kind as i32,
-                item_id: a.item.clone(),
-                query: a.query.clone(),
-                quantity: a.quantity,
-                price: a.price,
-                store_id: a.store.clone(),
-                aisle: a.aisle.clone(),
-                timestamp: None,
-                consent: a.consent,
-            }],
-            request_id: String::new(),
-        })
+        .track(with_token(
+            &a.addr,
+            pb::TrackRequest {
+                events: vec![pb::TrackEvent {
+                    shopper_id: a.shopper.clone(),
+                    r#type: kind as i32,
+                    item_id: a.item.clone(),
+                    query: a.query.clone(),
+                    quantity: a.quantity,
+                    price: a.price,
+                    store_id: a.store.clone(),
+                    aisle: a.aisle.clone(),
+                    timestamp: None,
+                    consent: a.consent,
+                }],
+                request_id: String::new(),
+            },
+        )?)
         .await
         .map_err(status)?
         .into_inner();
@@ -347,14 +396,17 @@ fn kind_name(k: i32) -> &'static str {
 /// # Errors
 /// Connection failures and error statuses.
 pub async fn subscribe(a: SubscribeArgs) -> anyhow::Result<()> {
-    let mut client = AssociateServiceClient::new(connect(&a.addr.addr).await?);
+    let mut client = AssociateServiceClient::new(connect(&a.addr).await?);
     let mut stream = client
-        .subscribe(pb::SubscribeRequest {
-            store_id: a.store.clone(),
-            associate_id: a.associate.clone(),
-            kinds: Vec::new(),
-            resume_after: a.resume_after,
-        })
+        .subscribe(with_token(
+            &a.addr,
+            pb::SubscribeRequest {
+                store_id: a.store.clone(),
+                associate_id: a.associate.clone(),
+                kinds: Vec::new(),
+                resume_after: a.resume_after,
+            },
+        )?)
         .await
         .map_err(status)?
         .into_inner();
@@ -395,11 +447,14 @@ pub async fn subscribe(a: SubscribeArgs) -> anyhow::Result<()> {
 /// # Errors
 /// Connection failures and error statuses.
 pub async fn forget(a: ForgetArgs) -> anyhow::Result<()> {
-    let mut client = AdminServiceClient::new(connect(&a.addr.addr).await?);
+    let mut client = AdminServiceClient::new(connect(&a.addr).await?);
     let r = client
-        .forget_shopper(pb::ForgetShopperRequest {
-            shopper_id: a.shopper.clone(),
-        })
+        .forget_shopper(with_token(
+            &a.addr,
+            pb::ForgetShopperRequest {
+                shopper_id: a.shopper.clone(),
+            },
+        )?)
         .await
         .map_err(status)?
         .into_inner();
@@ -428,9 +483,9 @@ pub async fn forget(a: ForgetArgs) -> anyhow::Result<()> {
 /// # Errors
 /// Connection failures and error statuses.
 pub async fn bundles(a: AddrArgs) -> anyhow::Result<()> {
-    let mut client = AdminServiceClient::new(connect(&a.addr).await?);
+    let mut client = AdminServiceClient::new(connect(&a).await?);
     let r = client
-        .bundle_status(pb::BundleStatusRequest {})
+        .bundle_status(with_token(&a, pb::BundleStatusRequest {})?)
         .await
         .map_err(status)?
         .into_inner();
@@ -465,7 +520,7 @@ pub async fn bundles(a: AddrArgs) -> anyhow::Result<()> {
 /// # Errors
 /// Connection failures and error statuses.
 pub async fn fault(a: FaultArgs) -> anyhow::Result<()> {
-    let mut client = AdminServiceClient::new(connect(&a.addr.addr).await?);
+    let mut client = AdminServiceClient::new(connect(&a.addr).await?);
     let stage = parse_enum("stage", &a.stage, |s| {
         pb::FaultStage::from_str_name(&format!("FAULT_STAGE_{s}"))
     })?;
@@ -473,10 +528,13 @@ pub async fn fault(a: FaultArgs) -> anyhow::Result<()> {
         pb::FaultMode::from_str_name(&format!("FAULT_MODE_{s}"))
     })?;
     client
-        .set_fault(pb::SetFaultRequest {
-            stage: stage as i32,
-            mode: mode as i32,
-        })
+        .set_fault(with_token(
+            &a.addr,
+            pb::SetFaultRequest {
+                stage: stage as i32,
+                mode: mode as i32,
+            },
+        )?)
         .await
         .map_err(status)?;
     print(
@@ -521,11 +579,14 @@ pub struct ModelArgs {
 /// # Errors
 /// Connection failures and error statuses.
 pub async fn describe(a: ForgetArgs) -> anyhow::Result<()> {
-    let mut client = AdminServiceClient::new(connect(&a.addr.addr).await?);
+    let mut client = AdminServiceClient::new(connect(&a.addr).await?);
     let r = client
-        .describe_shopper(pb::DescribeShopperRequest {
-            shopper_id: a.shopper.clone(),
-        })
+        .describe_shopper(with_token(
+            &a.addr,
+            pb::DescribeShopperRequest {
+                shopper_id: a.shopper.clone(),
+            },
+        )?)
         .await
         .map_err(status)?
         .into_inner();
@@ -560,12 +621,15 @@ pub async fn describe(a: ForgetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn cluster_status(addr: &str, shopper: &str) -> anyhow::Result<pb::ClusterStatusResponse> {
-    let mut client = AdminServiceClient::new(connect(addr).await?);
+async fn cluster_status(a: &AddrArgs, shopper: &str) -> anyhow::Result<pb::ClusterStatusResponse> {
+    let mut client = AdminServiceClient::new(connect(a).await?);
     Ok(client
-        .cluster_status(pb::ClusterStatusRequest {
-            shopper_id: shopper.to_string(),
-        })
+        .cluster_status(with_token(
+            a,
+            pb::ClusterStatusRequest {
+                shopper_id: shopper.to_string(),
+            },
+        )?)
         .await
         .map_err(status)?
         .into_inner())
@@ -576,7 +640,7 @@ async fn cluster_status(addr: &str, shopper: &str) -> anyhow::Result<pb::Cluster
 /// # Errors
 /// Connection failures and error statuses.
 pub async fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
-    let r = cluster_status(&a.addr.addr, &a.shopper).await?;
+    let r = cluster_status(&a.addr, &a.shopper).await?;
     let value = json!({
         "node_id": r.node_id,
         "mode": r.mode,
@@ -615,36 +679,32 @@ pub async fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `aisle model promote|rollback`: on the node at `--addr` and every other member it knows.
+/// `aisle model promote|rollback`: the node at `--addr` switches, then switches every other member over the peer
+/// port.
 ///
 /// # Errors
-/// Connection failures and error statuses (nodes already switched stay switched; the message says which).
+/// Connection failures and error statuses (members already switched stay switched; the message says which).
 pub async fn model(a: ModelArgs) -> anyhow::Result<()> {
-    let r = cluster_status(&a.addr.addr, "").await?;
-    let mut targets: Vec<(String, String)> = vec![(r.node_id.clone(), a.addr.addr.clone())];
-    for m in r.members.iter().filter(|m| m.node_id != r.node_id) {
-        targets.push((m.node_id.clone(), format!("http://{}", m.addr)));
-    }
-    let mut done = Vec::new();
-    for (node, addr) in targets {
-        let mut client = AdminServiceClient::new(connect(&addr).await?);
-        let result = match a.action {
-            ModelAction::Promote => client.promote_model(pb::PromoteModelRequest {}).await,
-            ModelAction::Rollback => client.rollback_model(pb::RollbackModelRequest {}).await,
-        };
-        match result {
-            Ok(r) => done.push((node, r.into_inner().default_model)),
-            Err(e) => anyhow::bail!(
-                "{node}: {:?}: {} (already switched: {done:?})",
-                e.code(),
-                e.message()
-            ),
+    let mut client = AdminServiceClient::new(connect(&a.addr).await?);
+    let r = match a.action {
+        ModelAction::Promote => {
+            client
+                .promote_model(with_token(&a.addr, pb::PromoteModelRequest {})?)
+                .await
+        }
+        ModelAction::Rollback => {
+            client
+                .rollback_model(with_token(&a.addr, pb::RollbackModelRequest {})?)
+                .await
         }
     }
-    let value = json!({"switched": done.iter().map(|(n, m)| json!({"node_id": n, "default_model": m})).collect::<Vec<_>>()});
+    .map_err(status)?
+    .into_inner();
+    let value = json!({"switched": r.members.iter().map(|m| json!({"node_id": m.node_id, "default_model": m.default_model})).collect::<Vec<_>>()});
     print(a.addr.json, &value, || {
-        done.iter()
-            .map(|(n, m)| format!("{n}: default model {m}"))
+        r.members
+            .iter()
+            .map(|m| format!("{}: default model {}", m.node_id, m.default_model))
             .collect::<Vec<_>>()
             .join("\n")
     });

@@ -106,6 +106,62 @@ pub struct Config {
     pub advertise_addr: Option<String>,
     /// Membership lease TTL in seconds (default 5): a crashed node's shoppers move after about this long.
     pub lease_ttl_secs: u64,
+    /// PEM certificate chain of the client and admin ports. With `tls_key`, those ports speak TLS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA whose client certificates identify callers (their subject CN is looked up in the token file).
+    pub tls_client_ca: Option<PathBuf>,
+    /// The token file (TOML, see docs/security.md): callers then need a bearer token or a client certificate with
+    /// the method's scope.
+    pub auth_tokens: Option<PathBuf>,
+    /// Serve without TLS or authentication on a non-loopback address or in a cluster. Logged at warn on every
+    /// start and shown by `aisle_insecure` = 1.
+    pub insecure: bool,
+    /// A separate listener for `AdminService` (same TLS and tokens as the client port). None: admin calls are
+    /// served on `grpc_addr`.
+    pub admin_addr: Option<SocketAddr>,
+    /// Listener for other nodes' calls (cluster = etcd only; default 127.0.0.1:50052). Mutual TLS with
+    /// `peer_tls_ca` when `peer_tls_cert` is set.
+    pub peer_addr: SocketAddr,
+    /// PEM certificate chain this node presents to peers, as server and as client.
+    pub peer_tls_cert: Option<PathBuf>,
+    /// PEM private key of `peer_tls_cert`.
+    pub peer_tls_key: Option<PathBuf>,
+    /// PEM CA of the cluster: peers must present a certificate it signed, on both ends of every peer call.
+    pub peer_tls_ca: Option<PathBuf>,
+    /// PEM CA that signs etcd's server certificate (use `https://` endpoints).
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM client certificate for etcd (with etcd's `--client-cert-auth`, its CN is the etcd user when no password
+    /// is given).
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM private key of `etcd_cert`.
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user (with `etcd_password_file`).
+    pub etcd_user: Option<String>,
+    /// File holding the etcd user's password.
+    pub etcd_password_file: Option<PathBuf>,
+    /// Serve gRPC server reflection (default true; it needs an authenticated caller when tokens are on).
+    pub reflection: bool,
+    /// How often certificate, key, CA and token files are checked for a new version (default 5 s).
+    pub credential_reload_secs: u64,
+    /// Active sessions per node; beyond it the least recently active are passivated (default 500,000).
+    pub max_sessions: usize,
+    /// Subscribe streams open at once on this node (default 10,000).
+    pub max_subscribe_streams: usize,
+    /// Subscribe streams open at once per identity (default 256).
+    pub max_subscribe_streams_per_caller: usize,
+    /// Connections open at once per listener; beyond it new connections are closed (default 4,096).
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection (default 256).
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 keepalive ping interval, seconds; a peer silent for 10 s more is dropped (default 30).
+    pub keepalive_secs: u64,
+    /// Largest message between nodes, bytes (default 64 MiB: hand-off batches).
+    pub max_peer_message_bytes: usize,
+    /// Stores with assist logs on this node when the catalog names no stores; beyond it the least recently used
+    /// store without subscribers is dropped (default 10,000).
+    pub max_stores: usize,
 }
 
 fn default_node_id() -> String {
@@ -162,6 +218,31 @@ impl Default for Config {
             cluster_name: "aisle".to_string(),
             advertise_addr: None,
             lease_ttl_secs: 5,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            auth_tokens: None,
+            insecure: false,
+            admin_addr: None,
+            peer_addr: "127.0.0.1:50052".parse().expect("valid"),
+            peer_tls_cert: None,
+            peer_tls_key: None,
+            peer_tls_ca: None,
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+            etcd_user: None,
+            etcd_password_file: None,
+            reflection: true,
+            credential_reload_secs: 5,
+            max_sessions: 500_000,
+            max_subscribe_streams: 10_000,
+            max_subscribe_streams_per_caller: 256,
+            max_connections: 4_096,
+            max_concurrent_streams: 256,
+            keepalive_secs: 30,
+            max_peer_message_bytes: 64 * 1024 * 1024,
+            max_stores: 10_000,
         }
     }
 }
@@ -244,7 +325,103 @@ impl Config {
         if self.session_limits.history == 0 || self.session_limits.affinity_half_life_ms <= 0 {
             return bad("session_limits: history and affinity_half_life_ms must be positive");
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert, tls_key: give both or neither");
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return bad("tls_client_ca: needs tls_cert and tls_key");
+        }
+        let peer_tls = [&self.peer_tls_cert, &self.peer_tls_key, &self.peer_tls_ca];
+        if peer_tls.iter().any(|p| p.is_some()) && !peer_tls.iter().all(|p| p.is_some()) {
+            return bad(
+                "peer_tls_cert, peer_tls_key, peer_tls_ca: give all three (mutual TLS) or none",
+            );
+        }
+        if self.etcd_cert.is_some() != self.etcd_key.is_some() {
+            return bad("etcd_cert, etcd_key: give both or neither");
+        }
+        if self.etcd_user.is_some() != self.etcd_password_file.is_some() {
+            return bad("etcd_user, etcd_password_file: give both or neither");
+        }
+        if self.credential_reload_secs == 0 {
+            return bad("credential_reload_secs: must be positive");
+        }
+        if self.max_sessions < 1_000 || self.max_stores == 0 || self.max_concurrent_streams == 0 {
+            return bad(
+                "max_sessions (at least 1000), max_stores, max_concurrent_streams: out of range",
+            );
+        }
+        if self.max_subscribe_streams == 0 || self.max_subscribe_streams_per_caller == 0 {
+            return bad(
+                "max_subscribe_streams, max_subscribe_streams_per_caller: must be positive",
+            );
+        }
+        if self.max_peer_message_bytes < 1024 * 1024 {
+            return bad("max_peer_message_bytes: must be at least 1 MiB");
+        }
+        if self
+            .admin_addr
+            .is_some_and(|a| a == self.grpc_addr || a == self.http_addr)
+        {
+            return bad("admin_addr: must differ from grpc_addr and http_addr");
+        }
+        let gaps = self.security_gaps();
+        if !gaps.is_empty() && !self.insecure {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to serve {} without {}; configure them (docs/security.md), or pass --insecure to \
+                 accept an open node",
+                self.exposure(),
+                gaps.join(", ")
+            )));
+        }
         Ok(())
+    }
+
+    /// Why this node must be secured: it binds a non-loopback address or joins a cluster. None for the
+    /// loopback demo.
+    fn exposure(&self) -> String {
+        let mut why = Vec::new();
+        let mut addrs = vec![("grpc_addr", self.grpc_addr), ("http_addr", self.http_addr)];
+        if let Some(a) = self.admin_addr {
+            addrs.push(("admin_addr", a));
+        }
+        if self.cluster == ClusterMode::Etcd {
+            addrs.push(("peer_addr", self.peer_addr));
+            why.push("cluster = etcd".to_string());
+        }
+        for (name, a) in addrs {
+            if !a.ip().is_loopback() {
+                why.push(format!("{name} {a} (not loopback)"));
+            }
+        }
+        why.join(", ")
+    }
+
+    /// What a node that is reachable from other hosts, or clustered, lacks to be secure: empty when it is
+    /// secured, or when it is the loopback demo.
+    pub fn security_gaps(&self) -> Vec<&'static str> {
+        if self.exposure().is_empty() {
+            return Vec::new();
+        }
+        let mut gaps = Vec::new();
+        if self.tls_cert.is_none() || self.tls_key.is_none() {
+            gaps.push("TLS (tls_cert and tls_key / --tls-cert --tls-key)");
+        }
+        if self.auth_tokens.is_none() {
+            gaps.push("an auth file (auth_tokens / --auth-tokens)");
+        }
+        if self.cluster == ClusterMode::Etcd {
+            if self.peer_tls_cert.is_none() {
+                gaps.push("peer mutual TLS (peer_tls_cert, peer_tls_key, peer_tls_ca)");
+            }
+            if self.etcd_ca.is_none() {
+                gaps.push("etcd TLS (etcd_ca, https:// endpoints)");
+            }
+            if self.etcd_cert.is_none() && self.etcd_user.is_none() {
+                gaps.push("etcd authentication (etcd_cert and etcd_key, or etcd_user and etcd_password_file)");
+            }
+        }
+        gaps
     }
 
     /// The part of a `budget` kept for the lower rungs and the response.
@@ -275,6 +452,7 @@ impl Config {
             idle_ttl: ttl,
             passivation_interval: (ttl / 4)
                 .clamp(Duration::from_millis(100), Duration::from_secs(60)),
+            max_sessions_per_shard: self.max_sessions.div_ceil(self.session_shards.max(1)),
         }
     }
 

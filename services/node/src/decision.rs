@@ -206,6 +206,8 @@ pub struct DecideInput {
     pub device: String,
     /// Caller's request id.
     pub request_id: String,
+    /// The authenticated caller (`token:<name>`, `cert:<name>` or `anonymous`): recorded for audit.
+    pub client: String,
 }
 
 /// An item of a decision.

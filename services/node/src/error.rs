@@ -34,9 +34,12 @@ pub enum ApiError {
     /// A dependency inside the node, or the shopper's owner, did not answer.
     #[error("{0}")]
     Unavailable(String),
-    /// The node is overloaded.
+    /// The node is overloaded, or a cap is reached (the message names it).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The caller is authenticated but may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The shopper's owner refused a forwarded request as invalid: its code and message are passed on.
     #[error("{message}")]
     Owner {
@@ -72,6 +75,7 @@ impl ApiError {
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::Owner { code, .. } => *code,
             ApiError::Internal(_) => Code::Internal,
         }

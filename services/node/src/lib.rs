@@ -10,6 +10,7 @@
 //! - [`push`] and [`assist`]: per-store assist events for associates' handhelds.
 //! - [`cache`], [`audit`], [`faults`], [`admission`]: the CACHED rung, decision records, fault injection and
 //!   overload protection.
+//! - [`auth`] and [`tls`]: who may call what, and transport security (certificates re-read without a restart).
 //! - [`http`], [`metrics`], [`readiness`]: the HTTP plane.
 //! - [`cli`] and [`client`]: the `aisle` command line.
 
@@ -19,6 +20,7 @@ pub mod admission;
 pub mod api;
 pub mod assist;
 pub mod audit;
+pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod client;
@@ -35,7 +37,9 @@ pub mod push;
 pub mod readiness;
 pub mod routing;
 pub mod server;
+pub mod tls;
 pub mod world;
+mod x509;
 
 pub use config::Config;
 pub use server::{Prepared, RunningNode, prepare, run, start};

@@ -44,7 +44,10 @@ impl std::fmt::Debug for Node {
 impl Node {
     /// A node's context (starts the assist publisher).
     pub fn new(config: Arc<Config>, decider: Arc<Decider>, cluster: Arc<Cluster>) -> Self {
-        let hub = Arc::new(PushHub::new(config.push_retention));
+        let hub = Arc::new(PushHub::with_max_stores(
+            config.push_retention,
+            config.max_stores,
+        ));
         Self {
             publisher: Publisher::start(hub.clone(), cluster.clone()),
             hub,
@@ -111,6 +114,15 @@ impl Node {
         let now = Instant::now();
         if sent.len() > REPLENISH_REMEMBERED {
             sent.retain(|_, at| now.duration_since(*at) < REPLENISH_COOLDOWN);
+            if sent.len() > REPLENISH_REMEMBERED / 2 {
+                // Still full within the cooldown (a flood of stores and items): keep the newest half, so memory
+                // stays bounded; the oldest pairs may be suggested again early.
+                let mut ages: Vec<Instant> = sent.values().copied().collect();
+                let cut = ages.len() - REPLENISH_REMEMBERED / 2;
+                let (_, oldest_kept, _) = ages.select_nth_unstable(cut);
+                let oldest_kept = *oldest_kept;
+                sent.retain(|_, at| *at >= oldest_kept);
+            }
         }
         let key = (Box::from(store_id), item);
         if sent

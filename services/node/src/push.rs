@@ -7,6 +7,7 @@
 //! window is ended with DATA_LOSS (it resumes from its last sequence and sees the gap in the numbers).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -22,25 +23,38 @@ const LIVE_BUFFER: usize = 1_024;
 struct StoreInner {
     next_sequence: u64,
     retained: VecDeque<Arc<AssistEvent>>,
-    live: broadcast::Sender<Arc<AssistEvent>>,
+    /// Made at the first subscription: a store nobody watches costs no broadcast buffer.
+    live: Option<broadcast::Sender<Arc<AssistEvent>>>,
 }
 
 /// One store's log.
 pub struct StoreLog {
     inner: Mutex<StoreInner>,
     retention: usize,
+    /// Milliseconds since the hub started, at the last use (for evicting the least recently used store).
+    used_ms: AtomicU64,
 }
 
 impl StoreLog {
-    fn new(retention: usize) -> Self {
+    fn new(retention: usize, first_sequence: u64) -> Self {
         Self {
             inner: Mutex::new(StoreInner {
-                next_sequence: 1,
+                next_sequence: first_sequence,
                 retained: VecDeque::new(),
-                live: broadcast::channel(LIVE_BUFFER).0,
+                live: None,
             }),
             retention,
+            used_ms: AtomicU64::new(0),
         }
+    }
+
+    fn watched(&self) -> bool {
+        self.inner
+            .lock()
+            .expect("store log lock")
+            .live
+            .as_ref()
+            .is_some_and(|l| l.receiver_count() > 0)
     }
 
     /// Retained events with a sequence above `after`, oldest first, and whether `after + 1` is no longer retained
@@ -84,7 +98,14 @@ pub struct Subscription {
 pub struct PushHub {
     stores: RwLock<HashMap<Box<str>, Arc<StoreLog>>>,
     retention: usize,
-    /// Store → epoch at which this node, as the store's orderer, caught up from the previous orderer.
+    /// Store logs kept; beyond it the least recently used logs without subscribers are dropped.
+    max_stores: usize,
+    /// Above every sequence of a dropped log: a log made again starts after it, so a handheld resuming from an
+    /// old sequence sees a gap, never a sequence used twice.
+    dropped_floor: AtomicU64,
+    started: std::time::Instant,
+    /// Store → epoch at which this node, as the store's orderer, caught up from the previous orderer. Entries go
+    /// with their store's log.
     synced: Mutex<HashMap<String, u64>>,
 }
 
@@ -111,25 +132,90 @@ impl std::fmt::Debug for PushHub {
 }
 
 impl PushHub {
-    /// A hub retaining `retention` events per store.
+    /// A hub retaining `retention` events per store, for at most 10,000 stores.
     pub fn new(retention: usize) -> Self {
+        Self::with_max_stores(retention, 10_000)
+    }
+
+    /// A hub retaining `retention` events per store, for at most `max_stores` stores (plus those with
+    /// subscribers, which are never dropped; Subscribe streams are capped separately).
+    pub fn with_max_stores(retention: usize, max_stores: usize) -> Self {
         Self {
             stores: RwLock::new(HashMap::new()),
             retention,
+            max_stores: max_stores.max(1),
+            dropped_floor: AtomicU64::new(0),
+            started: std::time::Instant::now(),
             synced: Mutex::new(HashMap::new()),
         }
     }
 
-    fn store(&self, store_id: &str) -> Arc<StoreLog> {
-        if let Some(log) = self.stores.read().expect("hub lock").get(store_id) {
-            return log.clone();
-        }
-        self.stores
-            .write()
+    /// How many store logs the hub holds.
+    pub fn stores(&self) -> usize {
+        self.stores.read().expect("hub lock").len()
+    }
+
+    fn touch(&self, log: &StoreLog) {
+        log.used_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// A store's log, if the hub holds one.
+    fn existing(&self, store_id: &str) -> Option<Arc<StoreLog>> {
+        let log = self
+            .stores
+            .read()
             .expect("hub lock")
+            .get(store_id)
+            .cloned()?;
+        self.touch(&log);
+        Some(log)
+    }
+
+    /// A store's log, made when missing (dropping least recently used logs when the hub is full).
+    fn store(&self, store_id: &str) -> Arc<StoreLog> {
+        if let Some(log) = self.existing(store_id) {
+            return log;
+        }
+        let mut stores = self.stores.write().expect("hub lock");
+        if !stores.contains_key(store_id) && stores.len() >= self.max_stores {
+            self.evict(&mut stores);
+        }
+        let first = self.dropped_floor.load(Ordering::Relaxed) + 1;
+        let log = stores
             .entry(store_id.into())
-            .or_insert_with(|| Arc::new(StoreLog::new(self.retention)))
-            .clone()
+            .or_insert_with(|| Arc::new(StoreLog::new(self.retention, first)))
+            .clone();
+        drop(stores);
+        self.touch(&log);
+        log
+    }
+
+    /// Drops the least recently used eighth of the logs that have no subscribers (at least one log), so that a
+    /// stream of new stores costs amortised constant work.
+    fn evict(&self, stores: &mut HashMap<Box<str>, Arc<StoreLog>>) {
+        let mut idle: Vec<(u64, Box<str>)> = stores
+            .iter()
+            .filter(|(_, log)| !log.watched())
+            .map(|(id, log)| (log.used_ms.load(Ordering::Relaxed), id.clone()))
+            .collect();
+        let n = (self.max_stores / 8).clamp(1, idle.len().max(1));
+        if idle.is_empty() {
+            return;
+        }
+        if n < idle.len() {
+            idle.select_nth_unstable(n);
+            idle.truncate(n);
+        }
+        let mut synced = self.synced.lock().expect("synced lock");
+        for (_, id) in idle {
+            if let Some(log) = stores.remove(&id) {
+                let last = log.inner.lock().expect("store log lock").next_sequence - 1;
+                self.dropped_floor.fetch_max(last, Ordering::Relaxed);
+            }
+            synced.remove(&*id);
+        }
+        metrics::counter!("aisle_store_logs_dropped_total").increment(n as u64);
     }
 
     /// Appends an event to its store's log (assigning the next sequence) and sends it to live subscribers.
@@ -152,7 +238,9 @@ impl PushHub {
         }
         inner.retained.push_back(event.clone());
         // No receivers is fine: the event is retained for handhelds that connect later.
-        let _ = inner.live.send(event);
+        if let Some(live) = &inner.live {
+            let _ = live.send(event);
+        }
     }
 
     /// Appends an event sequenced by its store's orderer (this node holds a replica of the log).
@@ -170,9 +258,11 @@ impl PushHub {
         Inserted::Appended
     }
 
-    /// Retained events of a store after a sequence, oldest first.
+    /// Retained events of a store after a sequence, oldest first (none for a store the hub does not hold).
     pub fn since(&self, store_id: &str, after: u64) -> Vec<Arc<AssistEvent>> {
-        self.store(store_id).since(after).0
+        self.existing(store_id)
+            .map(|log| log.since(after).0)
+            .unwrap_or_default()
     }
 
     /// The epoch at which this node last synchronised a store's log from its previous orderer.
@@ -186,21 +276,27 @@ impl PushHub {
 
     /// Records that a store's log is in sync for `epoch`.
     pub fn mark_synced(&self, store_id: &str, epoch: u64) {
-        self.synced
-            .lock()
-            .expect("synced lock")
-            .insert(store_id.to_string(), epoch);
+        // Only for stores the hub holds: the map is bounded by the store logs.
+        if self.existing(store_id).is_some() {
+            self.synced
+                .lock()
+                .expect("synced lock")
+                .insert(store_id.to_string(), epoch);
+        }
     }
 
     /// Subscribes to a store: retained events after `resume_after` (none when `None`), then live ones.
     pub fn subscribe(&self, store_id: &str, resume_after: Option<u64>) -> Subscription {
         let log = self.store(store_id);
-        let inner = log.inner.lock().expect("store log lock");
+        let mut inner = log.inner.lock().expect("store log lock");
         let (replay, gap) = match resume_after {
             Some(after) => StoreLog::since_locked(&inner, after),
             None => (Vec::new(), false),
         };
-        let live = inner.live.subscribe();
+        let live = inner
+            .live
+            .get_or_insert_with(|| broadcast::channel(LIVE_BUFFER).0)
+            .subscribe();
         drop(inner);
         Subscription {
             replay,
@@ -212,12 +308,9 @@ impl PushHub {
 
     /// The last sequence assigned in a store (0 when none).
     pub fn last_sequence(&self, store_id: &str) -> u64 {
-        self.store(store_id)
-            .inner
-            .lock()
-            .expect("store log lock")
-            .next_sequence
-            - 1
+        self.existing(store_id).map_or(0, |log| {
+            log.inner.lock().expect("store log lock").next_sequence - 1
+        })
     }
 }
 
@@ -297,6 +390,32 @@ mod tests {
         assert!(sub.live.try_recv().is_err());
         // Without resume_after: live only.
         assert!(hub.subscribe("s", None).replay.is_empty());
+    }
+
+    #[test]
+    fn store_logs_are_capped_and_a_dropped_store_never_reuses_a_sequence() {
+        let hub = PushHub::with_max_stores(1_000, 64);
+        let watched = hub.subscribe("watched", None);
+        for k in 0..10_000 {
+            hub.publish(event(&format!("random-{k}"), "x"));
+        }
+        assert!(hub.stores() <= 64, "{} stores", hub.stores());
+        // A store with a subscriber is never dropped.
+        hub.publish(event("watched", "kept"));
+        assert!(hub.existing("watched").is_some());
+        drop(watched);
+        // A dropped store made again continues above every dropped sequence: a handheld resuming from an old
+        // sequence sees a gap.
+        let again = hub.publish(event("random-0", "again"));
+        assert!(again.sequence > 1, "{}", again.sequence);
+        assert!(hub.subscribe("random-0", Some(0)).gap);
+        // Reads do not make stores.
+        let before = hub.stores();
+        assert!(hub.since("never-seen", 0).is_empty());
+        assert_eq!(hub.last_sequence("never-seen-either"), 0);
+        hub.mark_synced("never-seen-third", 3);
+        assert_eq!(hub.stores(), before);
+        assert_eq!(hub.synced_epoch("never-seen-third"), None);
     }
 
     #[test]
@@ -380,12 +499,8 @@ async fn publish_clustered(hub: &PushHub, cluster: &Cluster, event: AssistEvent)
                     view_fingerprint: view.fingerprint,
                 });
                 call.set_timeout(Duration::from_secs(2));
-                if cluster
-                    .peers
-                    .client(&o.addr)
-                    .publish_assist(call)
-                    .await
-                    .is_ok()
+                if let Ok(mut client) = cluster.peers.client(&o.addr)
+                    && client.publish_assist(call).await.is_ok()
                 {
                     return;
                 }
@@ -432,7 +547,8 @@ pub async fn catch_up(hub: &PushHub, cluster: &Cluster, addr: &str, store: &str)
         after: hub.last_sequence(store),
     });
     call.set_timeout(Duration::from_secs(2));
-    match cluster.peers.client(addr).fetch_assist(call).await {
+    let client = cluster.peers.client(addr);
+    match async { client?.fetch_assist(call).await }.await {
         Ok(r) => {
             for e in r.into_inner().events {
                 hub.insert_sequenced(e);

@@ -22,7 +22,6 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 
 use crate::admission::AdmissionLayer;
 use crate::api::admin::AdminApi;
@@ -30,13 +29,16 @@ use crate::api::associate::AssociateApi;
 use crate::api::decision::DecisionApi;
 use crate::api::peer::PeerApi;
 use crate::audit::JsonLog;
+use crate::auth::{AuthLayer, Credentials};
 use crate::cache::DecisionCache;
 use crate::cluster::handoff::{self, Holdings};
+use crate::cluster::peers::Peers;
 use crate::cluster::{Cluster, MembershipConfig};
 use crate::config::{ClusterMode, Config};
 use crate::decider::{Decider, DeciderParts};
 use crate::node::Node;
 use crate::readiness::Readiness;
+use crate::tls::{ClientCerts, ClientTlsFiles, ServerTls, TlsFiles, incoming};
 use crate::world::{Initial, ModelRole, Worlds};
 
 /// The services whose health `grpc.health.v1` reports ("" is the server as a whole).
@@ -49,8 +51,6 @@ const SERVICES: [&str; 4] = [
 
 /// Largest request accepted, in bytes; larger ones are refused with OUT_OF_RANGE.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
-/// Largest message between nodes (hand-off batches of up to 2,000 sessions).
-pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The bundles a node starts with, parsed and validated once.
 #[derive(Debug)]
@@ -159,16 +159,20 @@ async fn catalog_and_model(
 
 /// A running node.
 pub struct RunningNode {
-    /// Where gRPC listens.
+    /// Where gRPC (the client port) listens.
     pub grpc_addr: std::net::SocketAddr,
     /// Where HTTP listens.
     pub http_addr: std::net::SocketAddr,
+    /// Where the admin port listens, when it has its own.
+    pub admin_addr: Option<std::net::SocketAddr>,
+    /// Where the peer port listens (etcd mode).
+    pub peer_addr: Option<std::net::SocketAddr>,
     /// The node's context (for in-process inspection by tests).
     pub node: Arc<Node>,
     /// Readiness.
     pub readiness: Arc<Readiness>,
     shutdown_tx: watch::Sender<bool>,
-    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    grpc: Vec<ServerTask>,
     http: JoinHandle<std::io::Result<()>>,
     background: Vec<JoinHandle<()>>,
 }
@@ -205,10 +209,16 @@ impl RunningNode {
         for task in &self.background {
             task.abort();
         }
-        match tokio::time::timeout(DRAIN, self.grpc).await {
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
-            Err(_) => tracing::warn!("in-flight calls did not finish within the drain time"),
-            _ => {}
+        let drained = tokio::time::timeout(DRAIN, async {
+            for server in self.grpc {
+                if let Ok(Err(e)) = server.await {
+                    tracing::warn!(error = %e, "gRPC server ended with an error");
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("in-flight calls did not finish within the drain time");
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.http).await;
         self.node.decider().stop().await;
@@ -217,17 +227,46 @@ impl RunningNode {
 }
 
 /// The cluster handle the configuration asks for.
-fn cluster(config: &Config, advertise: &str) -> Arc<Cluster> {
-    match config.cluster {
-        ClusterMode::Etcd => Cluster::with_etcd(MembershipConfig {
-            endpoints: config.etcd_endpoints.clone(),
-            cluster: config.cluster_name.clone(),
-            node_id: config.node_id.clone(),
-            advertise_addr: advertise.to_string(),
-            lease_ttl: Duration::from_secs(config.lease_ttl_secs),
-        }),
+fn cluster(config: &Config, advertise: &str) -> anyhow::Result<Arc<Cluster>> {
+    Ok(match config.cluster {
+        ClusterMode::Etcd => {
+            let etcd_tls = config.etcd_ca.as_ref().map(|ca| ClientTlsFiles {
+                ca: Some(ca.clone()),
+                cert: config.etcd_cert.clone(),
+                key: config.etcd_key.clone(),
+            });
+            let user = match (&config.etcd_user, &config.etcd_password_file) {
+                (Some(user), Some(file)) => {
+                    let password = std::fs::read_to_string(file).with_context(|| {
+                        format!("cannot read etcd_password_file {}", file.display())
+                    })?;
+                    Some((
+                        user.clone(),
+                        password.trim_end_matches(['\r', '\n']).to_string(),
+                    ))
+                }
+                _ => None,
+            };
+            let peer_tls = config.peer_tls_cert.as_ref().map(|cert| ClientTlsFiles {
+                ca: config.peer_tls_ca.clone(),
+                cert: Some(cert.clone()),
+                key: config.peer_tls_key.clone(),
+            });
+            Cluster::with_etcd(
+                MembershipConfig {
+                    endpoints: config.etcd_endpoints.clone(),
+                    cluster: config.cluster_name.clone(),
+                    node_id: config.node_id.clone(),
+                    advertise_addr: advertise.to_string(),
+                    lease_ttl: Duration::from_secs(config.lease_ttl_secs),
+                    tls: etcd_tls,
+                    user,
+                },
+                Peers::with_tls(&config.node_id, peer_tls, config.max_peer_message_bytes),
+            )
+        }
         ClusterMode::Static => Cluster::alone(&config.node_id, advertise),
-    }
+    })
 }
 
 /// Opens a JSON-lines log when its path is configured.
@@ -280,52 +319,201 @@ async fn decider(
     Ok(Decider::new(config.decider_settings(), parts))
 }
 
-/// Serves gRPC on `incoming` until `shutdown` says stop: every service behind the admission layer. Returns the
-/// server task and the health reporter.
+/// The node's credentials: TLS of the client (and admin) port and of the peer port, and the token file. Each is
+/// re-read when its files change.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// TLS of the client and admin ports.
+    pub client_tls: Option<Arc<ServerTls>>,
+    /// Mutual TLS of the peer port.
+    pub peer_tls: Option<Arc<ServerTls>>,
+    /// Bearer tokens and client-certificate identities.
+    pub credentials: Option<Arc<Credentials>>,
+}
+
+impl Security {
+    /// Loads what the configuration names.
+    ///
+    /// # Errors
+    /// A missing or invalid certificate, key, CA or token file (named).
+    pub fn load(config: &Config) -> anyhow::Result<Self> {
+        let client_tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(ServerTls::load(
+                "client",
+                TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: config.tls_client_ca.clone(),
+                    client_certs: ClientCerts::Optional,
+                },
+            )?),
+            _ => None,
+        };
+        let peer_tls = match (&config.peer_tls_cert, &config.peer_tls_key) {
+            (Some(cert), Some(key)) if config.cluster == ClusterMode::Etcd => {
+                Some(ServerTls::load(
+                    "peer",
+                    TlsFiles {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                        client_ca: config.peer_tls_ca.clone(),
+                        client_certs: ClientCerts::Required,
+                    },
+                )?)
+            }
+            _ => None,
+        };
+        let credentials = match &config.auth_tokens {
+            Some(p) => Some(Credentials::load(p)?),
+            None => None,
+        };
+        Ok(Self {
+            client_tls,
+            peer_tls,
+            credentials,
+        })
+    }
+
+    /// Re-reads every file that changed.
+    fn reload(&self, peers: &Peers) {
+        for tls in [&self.client_tls, &self.peer_tls].into_iter().flatten() {
+            tls.reload_if_changed();
+        }
+        if let Some(c) = &self.credentials {
+            c.reload_if_changed();
+        }
+        peers.reload_if_changed();
+    }
+}
+
+/// The bound listeners of a node: client gRPC and HTTP always; admin and peer when configured.
+struct Ports {
+    grpc: TcpListener,
+    admin: Option<TcpListener>,
+    peer: Option<TcpListener>,
+}
+
+/// gRPC server settings shared by every port: HTTP/2 stream cap and keepalive.
+fn server_builder(config: &Config) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_keepalive_interval(Some(Duration::from_secs(config.keepalive_secs.max(1))))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+}
+
+type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// Serves gRPC on the node's ports until `shutdown` says stop:
+/// - client port: Decide, Track, Subscribe (and admin calls when no admin port is configured), health,
+///   reflection — behind authentication and admission;
+/// - admin port: AdminService, health, reflection — behind the same;
+/// - peer port (etcd mode): PeerService and health, mutual TLS only.
+///
+/// Returns the server tasks and the health reporter.
 fn serve_grpc(
     node: &Arc<Node>,
     holdings: Holdings,
-    incoming: TcpIncoming,
+    ports: Ports,
+    security: &Security,
     shutdown_rx: watch::Receiver<bool>,
-) -> anyhow::Result<(
-    JoinHandle<Result<(), tonic::transport::Error>>,
-    tonic_health::server::HealthReporter,
-)> {
+) -> anyhow::Result<(Vec<ServerTask>, tonic_health::server::HealthReporter)> {
+    let config = node.config();
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // Reflection in both protocol versions: v1 for current grpcurl and grpcui, v1alpha for the clients that still
     // speak only it (Python grpcio's reflection client, Postman, older grpcurl).
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(aisle_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection = || -> anyhow::Result<_> {
+        if !config.reflection {
+            return Ok((None, None));
+        }
+        let builder = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(aisle_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        Ok((
+            Some(builder().build_v1()?),
+            Some(builder().build_v1alpha()?),
+        ))
     };
-    let (reflection_v1, reflection_v1alpha) =
-        (reflection().build_v1()?, reflection().build_v1alpha()?);
+    let admin = AdminServiceServer::new(AdminApi::new(node.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let layers = || {
+        tower::ServiceBuilder::new()
+            .layer(AuthLayer::new(security.credentials.clone()))
+            .layer(AdmissionLayer::new(config.max_inflight_requests))
+            .into_inner()
+    };
+    let mut tasks = Vec::new();
+
     let decision = DecisionServiceServer::new(DecisionApi::new(node.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let associate =
-        AssociateServiceServer::new(AssociateApi::new(node.hub().clone(), shutdown_rx.clone()))
+        AssociateServiceServer::new(AssociateApi::new(node.clone(), shutdown_rx.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let admin = AdminServiceServer::new(AdminApi::new(node.clone()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
-    // Peer messages carry hand-off batches: allow them to be large.
-    let peer = PeerServiceServer::new(PeerApi::new(node.clone(), holdings))
-        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
-    let mut shutdown = shutdown_rx;
-    let server = tonic::transport::Server::builder()
-        .layer(AdmissionLayer::new(node.config().max_inflight_requests))
+    let (r1, r1a) = reflection()?;
+    let client = server_builder(config)
+        .layer(layers())
         .add_service(decision)
         .add_service(associate)
-        .add_service(admin)
-        .add_service(peer)
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        });
-    Ok((tokio::spawn(server), health_reporter))
+        .add_optional_service(ports.admin.is_none().then(|| admin.clone()))
+        .add_service(health.clone())
+        .add_optional_service(r1)
+        .add_optional_service(r1a)
+        .serve_with_incoming_shutdown(
+            incoming(
+                ports.grpc,
+                security.client_tls.clone(),
+                config.max_connections,
+                "client",
+            ),
+            stop(shutdown_rx.clone()),
+        );
+    tasks.push(tokio::spawn(client));
+
+    if let Some(listener) = ports.admin {
+        let (r1, r1a) = reflection()?;
+        let server = server_builder(config)
+            .layer(layers())
+            .add_service(admin)
+            .add_service(health.clone())
+            .add_optional_service(r1)
+            .add_optional_service(r1a)
+            .serve_with_incoming_shutdown(
+                incoming(
+                    listener,
+                    security.client_tls.clone(),
+                    config.max_connections,
+                    "admin",
+                ),
+                stop(shutdown_rx.clone()),
+            );
+        tasks.push(tokio::spawn(server));
+    }
+
+    if let Some(listener) = ports.peer {
+        // Peer messages carry hand-off batches: allow them to be large (up to max_peer_message_bytes).
+        let peer = PeerServiceServer::new(PeerApi::new(node.clone(), holdings))
+            .max_decoding_message_size(config.max_peer_message_bytes)
+            .max_encoding_message_size(config.max_peer_message_bytes);
+        let server = server_builder(config)
+            .layer(AdmissionLayer::new(config.max_inflight_requests))
+            .add_service(peer)
+            .add_service(health)
+            .serve_with_incoming_shutdown(
+                incoming(
+                    listener,
+                    security.peer_tls.clone(),
+                    config.max_connections,
+                    "peer",
+                ),
+                stop(shutdown_rx),
+            );
+        tasks.push(tokio::spawn(server));
+    }
+    Ok((tasks, health_reporter))
 }
 
 /// Serves the HTTP plane on `listener` until `shutdown` says stop.
@@ -356,6 +544,8 @@ pub async fn start(
     config.validate()?;
     let metrics_handle = crate::metrics::install();
     crate::metrics::describe();
+    let security = Security::load(&config)?;
+    announce_security(&config, &security);
     let config = Arc::new(config);
     let clustered = config.cluster == ClusterMode::Etcd;
     let readiness = Arc::new(if clustered {
@@ -363,9 +553,39 @@ pub async fn start(
     } else {
         Readiness::new(&["bundles", "serving"])
     });
-    let grpc_addr = grpc_listener.local_addr()?;
+    let bind = |addr: std::net::SocketAddr, name: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ({name})"))
+    };
+    let ports = Ports {
+        grpc: grpc_listener,
+        admin: match config.admin_addr {
+            Some(a) => Some(bind(a, "admin_addr").await?),
+            None => None,
+        },
+        peer: if clustered {
+            Some(bind(config.peer_addr, "peer_addr").await?)
+        } else {
+            None
+        },
+    };
+    let grpc_addr = ports.grpc.local_addr()?;
     let http_addr = http_listener.local_addr()?;
-    let cluster = cluster(&config, &advertise_addr(&config, grpc_addr));
+    let admin_addr = ports
+        .admin
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    let peer_addr = ports
+        .peer
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    let cluster = cluster(
+        &config,
+        &advertise_addr(&config, peer_addr.unwrap_or(grpc_addr)),
+    )?;
     let decider = Arc::new(decider(&config, prepared, &cluster).await?);
     let holdings = Holdings {
         sessions: decider.sessions().clone(),
@@ -376,8 +596,13 @@ pub async fn start(
     readiness.met("bundles");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    let (grpc, health) = serve_grpc(&node, holdings.clone(), incoming, shutdown_rx.clone())?;
+    let (grpc, health) = serve_grpc(
+        &node,
+        holdings.clone(),
+        ports,
+        &security,
+        shutdown_rx.clone(),
+    )?;
 
     let router = crate::http::router(
         metrics_handle.clone(),
@@ -393,6 +618,15 @@ pub async fn start(
             metrics_handle.run_upkeep();
         }
     })];
+    let peers = cluster.peers.clone();
+    let reload_every = Duration::from_secs(config.credential_reload_secs);
+    background.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(reload_every);
+        loop {
+            tick.tick().await;
+            security.reload(&peers);
+        }
+    }));
     if config.bundle_poll_secs > 0 {
         background.push(tokio::spawn(watch_bundles(config.clone(), decider)));
     }
@@ -411,6 +645,8 @@ pub async fn start(
     Ok(RunningNode {
         grpc_addr,
         http_addr,
+        admin_addr,
+        peer_addr,
         node,
         readiness,
         shutdown_tx,
@@ -420,8 +656,32 @@ pub async fn start(
     })
 }
 
-/// The address peers use to reach this node: the configured one, else the gRPC address (with the host name when
-/// it listens on all interfaces).
+/// Logs how the node is secured, and warns on every start of a node running `--insecure`.
+fn announce_security(config: &Config, security: &Security) {
+    metrics::gauge!("aisle_insecure").set(if config.insecure { 1.0 } else { 0.0 });
+    if config.insecure {
+        let gaps = config.security_gaps();
+        tracing::warn!(
+            missing = if gaps.is_empty() {
+                "nothing".to_string()
+            } else {
+                gaps.join("; ")
+            },
+            "running with --insecure: this node accepts callers without the protection it would otherwise require"
+        );
+    }
+    tracing::info!(
+        client_tls = security.client_tls.is_some(),
+        client_certificates = config.tls_client_ca.is_some(),
+        tokens = security.credentials.as_ref().map_or(0, |c| c.table().len()),
+        peer_mtls = security.peer_tls.is_some(),
+        etcd_tls = config.etcd_ca.is_some(),
+        "security"
+    );
+}
+
+/// The address peers use to reach this node: the configured one, else the peer port's address (with the host
+/// name when it listens on all interfaces).
 fn advertise_addr(config: &Config, grpc: std::net::SocketAddr) -> String {
     if let Some(a) = &config.advertise_addr {
         return a.clone();

@@ -12,6 +12,7 @@ use aisle_session::SessionContext;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Identity;
 use crate::cluster::{Member, SharedView};
 use crate::decider::Decider;
 use crate::error::ApiError;
@@ -140,7 +141,7 @@ impl AtOwner for DescribeCall<'_> {
             view_fingerprint: view.fingerprint,
         });
         call.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        let mut client = self.node.cluster().peers.client(&owner.addr);
+        let mut client = self.node.cluster().peers.client(&owner.addr)?;
         client
             .forward_describe(call)
             .await
@@ -186,7 +187,7 @@ impl AtOwner for ForgetCall<'_> {
             view_fingerprint: view.fingerprint,
         });
         call.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        let mut client = self.node.cluster().peers.client(&owner.addr);
+        let mut client = self.node.cluster().peers.client(&owner.addr)?;
         let r = client.forward_forget(call).await?.into_inner();
         // Whatever this node may still cache from when it owned the shopper goes too.
         self.node.decider().cache().invalidate(self.shopper_id);
@@ -221,21 +222,24 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ForgetShopperRequest>,
     ) -> Result<Response<pb::ForgetShopperResponse>, Status> {
+        let caller = Identity::of(&request).name;
         let req = request.into_inner();
         let call = ForgetCall {
             node: &self.node,
             shopper_id: shopper_id(&req.shopper_id)?,
         };
         let r = at_owner(&self.node, &call).await?;
-        tracing::info!(shopper_ref = %aisle_domain::hash::shopper_ref(&req.shopper_id), session_erased = r.session_erased,
-            cached = r.cached_decisions_erased, owner = %r.served_by, "shopper forgotten");
+        tracing::info!(target: "aisle::admin", %caller, shopper_ref = %aisle_domain::hash::shopper_ref(&req.shopper_id),
+            session_erased = r.session_erased, cached = r.cached_decisions_erased, owner = %r.served_by,
+            "shopper forgotten");
         Ok(Response::new(r))
     }
 
     async fn bundle_status(
         &self,
-        _request: Request<pb::BundleStatusRequest>,
+        request: Request<pb::BundleStatusRequest>,
     ) -> Result<Response<pb::BundleStatusResponse>, Status> {
+        tracing::info!(target: "aisle::admin", caller = %Identity::of(&request).name, "bundle status read");
         Ok(Response::new(pb::BundleStatusResponse {
             bundles: bundle_status(self.node.decider()),
             served_by: self.node.id().to_string(),
@@ -252,6 +256,7 @@ impl AdminService for AdminApi {
             )
             .into());
         }
+        let caller = Identity::of(&request).name;
         let req = request.into_inner();
         let stage = match pb::FaultStage::try_from(req.stage) {
             Ok(pb::FaultStage::Session) => Stage::Session,
@@ -278,7 +283,7 @@ impl AdminService for AdminApi {
                 .into());
             }
         };
-        tracing::warn!(?stage, ?mode, "fault injected");
+        tracing::warn!(target: "aisle::admin", %caller, ?stage, ?mode, "fault injected");
         self.node.decider().faults().set(stage, mode);
         Ok(Response::new(pb::SetFaultResponse {}))
     }
@@ -287,18 +292,23 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::DescribeShopperRequest>,
     ) -> Result<Response<pb::DescribeShopperResponse>, Status> {
+        let caller = Identity::of(&request).name;
         let req = request.into_inner();
         let call = DescribeCall {
             node: &self.node,
             shopper_id: shopper_id(&req.shopper_id)?,
         };
-        Ok(Response::new(at_owner(&self.node, &call).await?))
+        let r = at_owner(&self.node, &call).await?;
+        tracing::info!(target: "aisle::admin", %caller,
+            shopper_ref = %aisle_domain::hash::shopper_ref(&req.shopper_id), "shopper described");
+        Ok(Response::new(r))
     }
 
     async fn cluster_status(
         &self,
         request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        tracing::info!(target: "aisle::admin", caller = %Identity::of(&request).name, "cluster status read");
         let req = request.into_inner();
         let cluster = self.node.cluster();
         let view = cluster.current();
@@ -336,35 +346,89 @@ impl AdminService for AdminApi {
 
     async fn promote_model(
         &self,
-        _request: Request<pb::PromoteModelRequest>,
+        request: Request<pb::PromoteModelRequest>,
     ) -> Result<Response<pb::ModelSwitchResponse>, Status> {
-        let version = self
-            .node
-            .decider()
-            .worlds()
-            .promote()
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(pb::ModelSwitchResponse {
-            default_model: version,
-            served_by: self.node.id().to_string(),
-        }))
+        let caller = Identity::of(&request).name;
+        let r = switch_everywhere(&self.node, true).await?;
+        tracing::info!(target: "aisle::admin", %caller, default_model = %r.default_model,
+            members = r.members.len(), "candidate model promoted");
+        Ok(Response::new(r))
     }
 
     async fn rollback_model(
         &self,
-        _request: Request<pb::RollbackModelRequest>,
+        request: Request<pb::RollbackModelRequest>,
     ) -> Result<Response<pb::ModelSwitchResponse>, Status> {
-        let version = self
-            .node
-            .decider()
-            .worlds()
-            .rollback()
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(pb::ModelSwitchResponse {
-            default_model: version,
-            served_by: self.node.id().to_string(),
-        }))
+        let caller = Identity::of(&request).name;
+        let r = switch_everywhere(&self.node, false).await?;
+        tracing::info!(target: "aisle::admin", %caller, default_model = %r.default_model,
+            members = r.members.len(), "model rolled back");
+        Ok(Response::new(r))
     }
+}
+
+/// Promotes the candidate model (or rolls back) on this node.
+///
+/// # Errors
+/// When there is nothing to promote or roll back.
+pub async fn switch_here(node: &Node, promote: bool) -> Result<String, ApiError> {
+    let worlds = node.decider().worlds();
+    let switched = if promote {
+        worlds.promote().await
+    } else {
+        worlds.rollback().await
+    };
+    Ok(switched?)
+}
+
+/// Switches models on this node, then on every other member of its view over the peer port.
+///
+/// # Errors
+/// This node's error; or UNAVAILABLE naming the member that failed and those already switched (which stay
+/// switched: run the command again, or roll back).
+async fn switch_everywhere(
+    node: &Node,
+    promote: bool,
+) -> Result<pb::ModelSwitchResponse, ApiError> {
+    let here = switch_here(node, promote).await?;
+    let mut members = vec![pb::MemberModel {
+        node_id: node.id().to_string(),
+        default_model: here.clone(),
+    }];
+    let view = node.cluster().current();
+    for m in view.iter().flat_map(|v| v.members.iter()) {
+        if m.node_id == node.id() {
+            continue;
+        }
+        let mut call = Request::new(pb::SwitchModelRequest {
+            promote,
+            from_node: node.id().to_string(),
+        });
+        call.set_timeout(Duration::from_secs(10));
+        let result = match node.cluster().peers.client(&m.addr) {
+            Ok(mut client) => client.switch_model(call).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(r) => members.push(pb::MemberModel {
+                node_id: m.node_id.clone(),
+                default_model: r.into_inner().default_model,
+            }),
+            Err(e) => {
+                let done: Vec<&str> = members.iter().map(|m| m.node_id.as_str()).collect();
+                return Err(ApiError::Unavailable(format!(
+                    "{}: {:?}: {} (already switched: {})",
+                    m.node_id,
+                    e.code(),
+                    e.message(),
+                    done.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(pb::ModelSwitchResponse {
+        default_model: here,
+        served_by: node.id().to_string(),
+        members,
+    })
 }

@@ -1,7 +1,8 @@
 //! `aisle.v1.AssociateService`: the push stream of assist events for a store.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use aisle_proto::v1 as pb;
 use aisle_proto::v1::associate_service_server::AssociateService;
@@ -10,7 +11,9 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Identity;
 use crate::error::ApiError;
+use crate::node::Node;
 use crate::push::{PushHub, Subscription};
 
 /// Events buffered per subscriber between the hub and the connection.
@@ -20,14 +23,89 @@ const STREAM_BUFFER: usize = 256;
 #[derive(Debug, Clone)]
 pub struct AssociateApi {
     hub: Arc<PushHub>,
+    slots: Arc<StreamSlots>,
     /// Turns true when the node shuts down: open streams end so handhelds reconnect to another node.
     shutdown: watch::Receiver<bool>,
 }
 
 impl AssociateApi {
-    /// A service over the hub.
-    pub fn new(hub: Arc<PushHub>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { hub, shutdown }
+    /// A service over the node's hub, with its stream caps.
+    pub fn new(node: Arc<Node>, shutdown: watch::Receiver<bool>) -> Self {
+        let config = node.config();
+        Self {
+            hub: node.hub().clone(),
+            slots: Arc::new(StreamSlots::new(
+                config.max_subscribe_streams,
+                config.max_subscribe_streams_per_caller,
+            )),
+            shutdown,
+        }
+    }
+}
+
+/// Open Subscribe streams, in total and per identity, under their caps.
+#[derive(Debug)]
+pub struct StreamSlots {
+    max_total: usize,
+    max_per_caller: usize,
+    open: Mutex<(usize, HashMap<Arc<str>, usize>)>,
+}
+
+/// One open stream's place; freed when the stream ends, however it ends.
+#[derive(Debug)]
+pub struct Slot {
+    slots: Arc<StreamSlots>,
+    caller: Arc<str>,
+}
+
+impl StreamSlots {
+    /// Caps of `max_total` streams, `max_per_caller` per identity.
+    pub fn new(max_total: usize, max_per_caller: usize) -> Self {
+        Self {
+            max_total,
+            max_per_caller,
+            open: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    /// Takes a place for `caller`'s new stream.
+    ///
+    /// # Errors
+    /// RESOURCE_EXHAUSTED naming the cap that is reached.
+    pub fn take(self: &Arc<Self>, caller: &Arc<str>) -> Result<Slot, ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.0 >= self.max_total {
+            return Err(ApiError::ResourceExhausted(format!(
+                "max_subscribe_streams ({}) reached on this node",
+                self.max_total
+            )));
+        }
+        let mine = open.1.entry(caller.clone()).or_insert(0);
+        if *mine >= self.max_per_caller {
+            return Err(ApiError::ResourceExhausted(format!(
+                "max_subscribe_streams_per_caller ({}) reached for {caller}",
+                self.max_per_caller
+            )));
+        }
+        *mine += 1;
+        open.0 += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            caller: caller.clone(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.0 -= 1;
+        if let Some(n) = open.1.get_mut(&self.caller) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.caller);
+            }
+        }
     }
 }
 
@@ -53,8 +131,10 @@ async fn forward(
     kinds: Vec<i32>,
     tx: mpsc::Sender<Result<pb::AssistEvent, Status>>,
     mut shutdown: watch::Receiver<bool>,
+    slot: Slot,
 ) {
     let _subscribed = Subscribed::new();
+    let _slot = slot;
     let wanted = |e: &pb::AssistEvent| kinds.is_empty() || kinds.contains(&e.kind);
     let Subscription {
         replay, live, log, ..
@@ -120,6 +200,7 @@ impl AssociateService for AssociateApi {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = Identity::of(&request);
         let req = request.into_inner();
         if req.store_id.is_empty() {
             return Err(ApiError::invalid("store_id", "required").into());
@@ -139,11 +220,19 @@ impl AssociateService for AssociateApi {
                 .into());
             }
         }
+        if !caller.may_subscribe(&req.store_id) {
+            return Err(ApiError::PermissionDenied(format!(
+                "{} may not subscribe to store {:?}",
+                caller.name, req.store_id
+            ))
+            .into());
+        }
+        let slot = self.slots.take(&caller.name)?;
         let sub = self.hub.subscribe(&req.store_id, req.resume_after);
         tracing::info!(store = %req.store_id, associate = %req.associate_id, resume_after = ?req.resume_after,
             replay = sub.replay.len(), gap = sub.gap, "handheld subscribed");
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(forward(sub, req.kinds, tx, self.shutdown.clone()));
+        tokio::spawn(forward(sub, req.kinds, tx, self.shutdown.clone(), slot));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::validate;
+use crate::auth::Identity;
 use crate::cluster::{Member, SharedView};
 use crate::decision::{DecideInput, Decision, Fallback, Serve, Tier, TrackOutcome};
 use crate::error::ApiError;
@@ -111,10 +112,12 @@ impl<'a> DecideCall<'a> {
     pub fn new(
         node: &'a Node,
         request: &'a pb::DecideRequest,
+        client: &str,
         deadline: Instant,
     ) -> Result<Self, ApiError> {
         let world = node.decider().worlds().current();
-        let input = validate::decide(request, &world.catalog)?;
+        let mut input = validate::decide(request, &world.catalog)?;
+        input.client = client.to_string();
         Ok(Self {
             node,
             request,
@@ -190,9 +193,10 @@ impl AtOwner for DecideCall<'_> {
             from_node: self.node.id().to_string(),
             budget_us: budget.as_micros() as u64,
             view_fingerprint: view.fingerprint,
+            client: self.input.client.clone(),
         });
         call.set_timeout(budget);
-        let mut client = self.node.cluster().peers.client(&owner.addr);
+        let mut client = self.node.cluster().peers.client(&owner.addr)?;
         client.forward_decide(call).await.map(Response::into_inner)
     }
 }
@@ -256,7 +260,7 @@ impl AtOwner for TrackCall<'_> {
             view_fingerprint: view.fingerprint,
         });
         call.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        let mut client = self.node.cluster().peers.client(&owner.addr);
+        let mut client = self.node.cluster().peers.client(&owner.addr)?;
         let r = client.forward_track(call).await?.into_inner();
         Ok(TrackOutcome {
             accepted: r.accepted as usize,
@@ -409,8 +413,11 @@ impl DecisionService for DecisionApi {
             Duration::from_millis(config.decide_budget_ms),
             Duration::from_millis(config.max_budget_ms),
         );
+        let client = Identity::of(&request).name;
         let req = request.into_inner();
-        let answer = DecideCall::new(&self.node, &req, deadline)?.run().await?;
+        let answer = DecideCall::new(&self.node, &req, &client, deadline)?
+            .run()
+            .await?;
         Ok(Response::new(answer))
     }
 

@@ -74,8 +74,17 @@ impl PeerService for PeerApi {
             req.epoch,
             req.view_fingerprint,
         )?;
+        let max_us = self.node.config().max_budget_ms * 1_000;
+        if req.budget_us > max_us {
+            return Err(ApiError::ResourceExhausted(format!(
+                "budget_us: {} is above max_budget_ms ({} ms)",
+                req.budget_us,
+                self.node.config().max_budget_ms
+            ))
+            .into());
+        }
         let deadline = received + Duration::from_micros(req.budget_us);
-        let call = DecideCall::new(&self.node, &inner, deadline)?;
+        let call = DecideCall::new(&self.node, &inner, &req.client, deadline)?;
         let answer = match Router::new(self.node.cluster())
             .here(&call, &view, call.barrier_deadline(deadline))
             .await
@@ -154,7 +163,13 @@ impl PeerService for PeerApi {
         request: Request<pb::HandOffRequest>,
     ) -> Result<Response<pb::HandOffResponse>, Status> {
         let (installed, passed_on) =
-            handoff::receive(&self.holdings, self.node.cluster(), request.into_inner()).await;
+            handoff::receive(&self.holdings, self.node.cluster(), request.into_inner())
+                .await
+                .map_err(|refused| {
+                    metrics::counter!("aisle_handoff_refused_total").increment(1);
+                    tracing::warn!(reason = %refused, "hand-off refused");
+                    Status::from(ApiError::FailedPrecondition(refused.to_string()))
+                })?;
         Ok(Response::new(pb::HandOffResponse {
             installed: installed as u32,
             passed_on: passed_on as u32,
@@ -193,10 +208,28 @@ impl PeerService for PeerApi {
         let req = request.into_inner();
         let cluster = self.node.cluster();
         let hub = self.node.hub();
-        let from = cluster
+        let view = cluster
             .current()
-            .and_then(|v| v.member(&req.from_node).map(|m| m.addr.clone()));
+            .ok_or_else(|| ApiError::FailedPrecondition("not a cluster member".into()))?;
+        let from = view
+            .member(&req.from_node)
+            .map(|m| m.addr.clone())
+            .ok_or_else(|| {
+                ApiError::FailedPrecondition(format!(
+                    "sender {:?} is not a member of this node's view",
+                    req.from_node
+                ))
+            })?;
+        let from = Some(from);
         for event in req.events {
+            // Only a store's orderer under this view sequences its events: nobody else can claim a number.
+            if view
+                .store_owner(&event.store_id)
+                .is_none_or(|o| o.node_id != req.from_node)
+            {
+                metrics::counter!("aisle_assist_replication_refused_total").increment(1);
+                continue;
+            }
             if let Inserted::Gap { .. } = hub.insert_sequenced(event.clone()) {
                 if let Some(addr) = &from {
                     catch_up(hub, cluster, addr, &event.store_id).await;
@@ -205,6 +238,21 @@ impl PeerService for PeerApi {
             }
         }
         Ok(Response::new(pb::ReplicateAssistResponse {}))
+    }
+
+    async fn switch_model(
+        &self,
+        request: Request<pb::SwitchModelRequest>,
+    ) -> Result<Response<pb::ModelSwitchResponse>, Status> {
+        let req = request.into_inner();
+        let default_model = super::admin::switch_here(&self.node, req.promote).await?;
+        tracing::info!(target: "aisle::admin", from = %req.from_node, promote = req.promote, %default_model,
+            "model switched at a member's request");
+        Ok(Response::new(pb::ModelSwitchResponse {
+            default_model,
+            served_by: self.node.id().to_string(),
+            members: Vec::new(),
+        }))
     }
 
     async fn fetch_assist(

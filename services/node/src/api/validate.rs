@@ -197,6 +197,7 @@ pub fn decide(req: &pb::DecideRequest, catalog: &Catalog) -> Result<DecideInput,
         region: req.region.clone(),
         device: req.device.clone(),
         request_id: req.request_id.clone(),
+        client: String::new(),
     })
 }
 

@@ -105,13 +105,19 @@ pub async fn hand_off(holdings: &Holdings, cluster: &Cluster, view: &SharedView)
         }
     }
     let moved = leaving.len();
+    let mut refused = Vec::new();
     for (addr, records) in by_owner {
         for chunk in records.chunks(BATCH) {
-            send(cluster, &addr, view, chunk.to_vec(), false).await;
+            if let Err(back) = send(cluster, &addr, view, chunk.to_vec(), false).await {
+                refused.extend(back);
+            }
         }
     }
+    if !refused.is_empty() {
+        reroute(holdings, cluster, view, refused).await;
+    }
     for m in view.members.iter().filter(|m| m.node_id != me) {
-        send(cluster, &m.addr, view, Vec::new(), true).await;
+        let _ = send(cluster, &m.addr, view, Vec::new(), true).await;
     }
     metrics::counter!("aisle_handoff_sessions_sent_total").increment(moved as u64);
     if moved > 0 {
@@ -125,14 +131,110 @@ pub async fn hand_off(holdings: &Holdings, cluster: &Cluster, view: &SharedView)
     moved
 }
 
-/// Sends one hand-off message, retrying briefly (a peer may be restarting).
+/// How long sessions a peer refused (its view differed) wait for this node's view to change before they are
+/// routed again.
+const REROUTE_WAIT: Duration = Duration::from_secs(5);
+
+/// Routes again, under this node's next view, sessions that their new owner refused because its view differed:
+/// those this node now owns are installed here, the others are sent once more. Sessions that still find no
+/// owner are counted as lost.
+async fn reroute(
+    holdings: &Holdings,
+    cluster: &Cluster,
+    old: &SharedView,
+    records: Vec<pb::SessionRecord>,
+) {
+    let mut views = cluster.views();
+    let next = tokio::time::timeout(
+        REROUTE_WAIT,
+        views.wait_for(|v| v.as_ref().is_some_and(|v| v.fingerprint != old.fingerprint)),
+    )
+    .await
+    .ok()
+    .and_then(|r| r.ok().and_then(|v| v.clone()));
+    let Some(view) = next else {
+        metrics::counter!("aisle_handoff_sessions_lost_total").increment(records.len() as u64);
+        tracing::error!(
+            sessions = records.len(),
+            "sessions lost: their owner refused them and this node's view did not change"
+        );
+        return;
+    };
+    let (mine, elsewhere) = split_by_owner(cluster, &view, records);
+    install(holdings, mine).await;
+    for (addr, records) in elsewhere {
+        if let Err(back) = send(cluster, &addr, &view, records, false).await {
+            metrics::counter!("aisle_handoff_sessions_lost_total").increment(back.len() as u64);
+            tracing::error!(
+                peer = addr,
+                sessions = back.len(),
+                "sessions lost: refused twice"
+            );
+        }
+    }
+}
+
+/// Splits records into those this node owns under `view` and those of each other owner (by address); records
+/// with no owner are counted as lost.
+fn split_by_owner(
+    cluster: &Cluster,
+    view: &SharedView,
+    records: Vec<pb::SessionRecord>,
+) -> (
+    Vec<pb::SessionRecord>,
+    HashMap<String, Vec<pb::SessionRecord>>,
+) {
+    let mut mine = Vec::new();
+    let mut elsewhere: HashMap<String, Vec<pb::SessionRecord>> = HashMap::new();
+    for record in records {
+        match view.shopper_owner(&record.shopper_id) {
+            Some(m) if m.node_id == cluster.node_id => mine.push(record),
+            Some(m) => elsewhere.entry(m.addr.clone()).or_default().push(record),
+            None => metrics::counter!("aisle_handoff_sessions_lost_total").increment(1),
+        }
+    }
+    (mine, elsewhere)
+}
+
+/// Installs records into this node's sessions (a record whose local copy was written later is not installed).
+/// Returns how many were installed.
+async fn install(holdings: &Holdings, records: Vec<pb::SessionRecord>) -> usize {
+    let catalog = holdings.worlds.current().catalog.clone();
+    let sessions = records
+        .into_iter()
+        .filter_map(|record| {
+            let Ok(portable) = serde_json::from_slice::<PortableSession>(&record.context) else {
+                metrics::counter!("aisle_handoff_sessions_undecodable_total").increment(1);
+                tracing::warn!("undecodable session in hand-off; dropped");
+                return None;
+            };
+            Some(SessionTransfer {
+                shopper_id: record.shopper_id.into(),
+                context: SessionContext::from_portable(portable, &catalog),
+            })
+        })
+        .collect();
+    let installed = match holdings.sessions.import(sessions, EXPORT_TIMEOUT).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(error = %e, "could not install handed-off sessions");
+            0
+        }
+    };
+    metrics::counter!("aisle_handoff_sessions_received_total").increment(installed as u64);
+    installed
+}
+
+/// Sends one hand-off message, retrying briefly (a peer may be restarting). Gives the sessions back when the
+/// peer refused them because its view differs (they are then routed again under the next view); sessions that
+/// cannot be delivered otherwise are counted as lost.
 async fn send(
     cluster: &Cluster,
     addr: &str,
     view: &SharedView,
     sessions: Vec<pb::SessionRecord>,
     done: bool,
-) {
+) -> Result<(), Vec<pb::SessionRecord>> {
     let n = sessions.len();
     let request = pb::HandOffRequest {
         epoch: view.epoch,
@@ -144,8 +246,14 @@ async fn send(
     for attempt in 0..3 {
         let mut call = tonic::Request::new(request.clone());
         call.set_timeout(Duration::from_secs(5));
-        match cluster.peers.client(addr).hand_off(call).await {
-            Ok(_) => return,
+        let client = cluster.peers.client(addr);
+        match async { client?.hand_off(call).await }.await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code() == tonic::Code::FailedPrecondition && n > 0 => {
+                tracing::info!(peer = addr, sessions = n, reason = %e.message(),
+                    "hand-off refused under this view; routing again under the next one");
+                return Err(request.sessions);
+            }
             Err(e) => {
                 tracing::warn!(peer = addr, attempt, error = %e, sessions = n, "hand-off to peer failed");
                 tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
@@ -160,55 +268,94 @@ async fn send(
             "sessions lost: their new owner is unreachable"
         );
     }
+    Ok(())
 }
 
-/// Installs received sessions this node owns; passes the others on to their owner under this node's view.
+/// Why a hand-off message is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// This node holds no view.
+    #[error("this node is not a cluster member")]
+    NoView,
+    /// The sender's view is not this node's.
+    #[error("hand-off for view {sent:016x}, this node holds view {held:016x} (epoch {epoch})")]
+    OtherView {
+        /// The sender's fingerprint.
+        sent: u64,
+        /// This node's.
+        held: u64,
+        /// This node's epoch.
+        epoch: u64,
+    },
+    /// The sender is not a member of this node's view.
+    #[error("sender {0:?} is not a member of this node's view")]
+    Stranger(String),
+    /// The sender owns a session it hands off, under this very view.
+    #[error("sender {sender:?} owns shopper record {index} under this view: it cannot hand it off")]
+    SenderOwns {
+        /// The sender.
+        sender: String,
+        /// The record's position.
+        index: usize,
+    },
+}
+
+/// Checks a hand-off message against this node's current view: it must be made under the same view, by one
+/// of its members, for sessions that member no longer owns. Nothing is installed from a refused message.
+///
+/// # Errors
+/// Why the message is refused.
+pub fn admit(view: Option<&SharedView>, request: &pb::HandOffRequest) -> Result<(), Refused> {
+    let view = view.ok_or(Refused::NoView)?;
+    if request.view_fingerprint != view.fingerprint {
+        return Err(Refused::OtherView {
+            sent: request.view_fingerprint,
+            held: view.fingerprint,
+            epoch: view.epoch,
+        });
+    }
+    if view.member(&request.from_node).is_none() {
+        return Err(Refused::Stranger(request.from_node.clone()));
+    }
+    if let Some(index) = request.sessions.iter().position(|r| {
+        view.shopper_owner(&r.shopper_id)
+            .is_some_and(|m| m.node_id == request.from_node)
+    }) {
+        return Err(Refused::SenderOwns {
+            sender: request.from_node.clone(),
+            index,
+        });
+    }
+    Ok(())
+}
+
+/// Installs received sessions this node owns (unless a local copy was written later); passes the others on to
+/// their owner under this node's view. The message must pass [`admit`].
+///
+/// # Errors
+/// Why the message is refused (nothing is installed then).
 pub async fn receive(
     holdings: &Holdings,
     cluster: &Cluster,
     request: pb::HandOffRequest,
-) -> (usize, usize) {
-    let catalog = holdings.worlds.current().catalog.clone();
+) -> Result<(usize, usize), Refused> {
     let view = cluster.current();
-    let mut mine = Vec::new();
-    let mut elsewhere: HashMap<String, Vec<pb::SessionRecord>> = HashMap::new();
-    for record in request.sessions {
-        let owner = view
-            .as_ref()
-            .and_then(|v| v.shopper_owner(&record.shopper_id).cloned());
-        match owner {
-            Some(m) if m.node_id == cluster.node_id => {
-                let Ok(portable) = serde_json::from_slice::<PortableSession>(&record.context)
-                else {
-                    tracing::warn!("undecodable session in hand-off; dropped");
-                    continue;
-                };
-                mine.push(SessionTransfer {
-                    shopper_id: record.shopper_id.into(),
-                    context: SessionContext::from_portable(portable, &catalog),
-                });
-            }
-            Some(m) => elsewhere.entry(m.addr).or_default().push(record),
-            None => metrics::counter!("aisle_handoff_sessions_lost_total").increment(1),
-        }
-    }
-    let installed = match holdings.sessions.import(mine, EXPORT_TIMEOUT).await {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::error!(error = %e, "could not install handed-off sessions");
-            0
-        }
-    };
-    metrics::counter!("aisle_handoff_sessions_received_total").increment(installed as u64);
+    admit(view.as_ref(), &request)?;
+    let view = view.expect("admitted under a view");
+    let from = request.from_node.clone();
+    let fingerprint = request.view_fingerprint;
+    let done = request.done;
+    let (mine, elsewhere) = split_by_owner(cluster, &view, request.sessions);
+    let installed = install(holdings, mine).await;
     let mut passed = 0;
-    if let Some(view) = &view {
-        for (addr, records) in elsewhere {
-            passed += records.len();
-            send(cluster, &addr, view, records, false).await;
+    for (addr, records) in elsewhere {
+        passed += records.len();
+        if let Err(back) = send(cluster, &addr, &view, records, false).await {
+            metrics::counter!("aisle_handoff_sessions_lost_total").increment(back.len() as u64);
         }
     }
-    if request.done {
-        cluster.done_from(&request.from_node, request.view_fingerprint);
+    if done {
+        cluster.done_from(&from, fingerprint);
     }
-    (installed, passed)
+    Ok((installed, passed))
 }

@@ -43,6 +43,10 @@ pub struct MembershipConfig {
     pub advertise_addr: String,
     /// Lease TTL.
     pub lease_ttl: Duration,
+    /// TLS towards etcd: its CA and, for `--client-cert-auth`, this node's client certificate.
+    pub tls: Option<crate::tls::ClientTlsFiles>,
+    /// etcd user and password.
+    pub user: Option<(String, String)>,
 }
 
 impl MembershipConfig {
@@ -174,7 +178,7 @@ fn apply_events(
         if held != e.prev_kv().map(|p| p.mod_revision() as u64) {
             return false;
         }
-        match (e.event_type(), parse_member(kv.value())) {
+        match (e.event_type(), parse_member(kv.key(), kv.value())) {
             (EventType::Put, Some(m)) => {
                 members.insert(key, (m, rev));
             }
@@ -187,9 +191,27 @@ fn apply_events(
     true
 }
 
-/// The key-value form of a member record.
-fn parse_member(value: &[u8]) -> Option<Member> {
-    serde_json::from_slice(value).ok()
+/// The member record under `key`, if it is valid: a record that does not parse, names another node than its
+/// key, or holds an address that is not `host:port` is logged, counted in `aisle_member_records_invalid_total`
+/// and left out of the view (never a panic, and it cannot redirect anyone's calls).
+fn parse_member(key: &[u8], value: &[u8]) -> Option<Member> {
+    let key = String::from_utf8_lossy(key);
+    let checked = serde_json::from_slice::<Member>(value)
+        .map_err(|e| format!("not a member record: {e}"))
+        .and_then(|m| {
+            if !key.ends_with(&format!("/{}", m.node_id)) {
+                return Err(format!("names node {:?}, not its key", m.node_id));
+            }
+            m.validate().map(|()| m)
+        });
+    match checked {
+        Ok(m) => Some(m),
+        Err(why) => {
+            metrics::counter!("aisle_member_records_invalid_total").increment(1);
+            tracing::warn!(key = %key, reason = %why, "invalid member record in etcd: skipped");
+            None
+        }
+    }
 }
 
 impl Membership {
@@ -214,11 +236,21 @@ impl Membership {
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_require_leader(true)
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(self.config.lease_ttl)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        if let Some(tls) = &self.config.tls {
+            // The files are read at each (re)connection, so rotated client certificates are picked up then.
+            let config = tls
+                .tonic_config(None)
+                .map_err(|e| etcd_client::Error::InvalidArgs(format!("etcd TLS: {e:#}")))?;
+            options = options.with_tls(config);
+        }
+        if let Some((user, password)) = &self.config.user {
+            options = options.with_user(user.clone(), password.clone());
+        }
         let c = Client::connect(&self.config.endpoints, Some(options)).await?;
         *guard = Some(c.clone());
         Ok(c)
@@ -469,7 +501,7 @@ impl Membership {
             .kvs()
             .iter()
             .filter_map(|kv| {
-                parse_member(kv.value()).map(|m| {
+                parse_member(kv.key(), kv.value()).map(|m| {
                     (
                         String::from_utf8_lossy(kv.key()).to_string(),
                         (m, kv.mod_revision() as u64),
@@ -523,5 +555,42 @@ impl Membership {
             }
         }
         self.view_tx.send_replace(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(node: &str, addr: &str) -> Vec<u8> {
+        serde_json::to_vec(&Member {
+            node_id: node.into(),
+            addr: addr.into(),
+            incarnation: "i1".into(),
+            leaving: false,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn invalid_member_records_are_skipped_not_trusted() {
+        let key = b"/aisle/c/members/n1";
+        assert!(parse_member(key, &record("n1", "10.0.0.7:50052")).is_some());
+        assert!(parse_member(key, &record("n1", "aisle-0.aisle-peers.ns.svc:50052")).is_some());
+        for bad in [
+            "not an address",
+            "host-without-port",
+            "h:0",
+            "h:99999",
+            "http://h:1/path",
+            "user@h:1",
+            "",
+            "h:1 ",
+        ] {
+            assert!(parse_member(key, &record("n1", bad)).is_none(), "{bad:?}");
+        }
+        // A record claiming another node's id under this key.
+        assert!(parse_member(key, &record("n2", "10.0.0.7:50052")).is_none());
+        assert!(parse_member(key, b"{not json").is_none());
     }
 }

@@ -86,15 +86,15 @@ impl Cluster {
     pub fn alone(node_id: &str, addr: &str) -> Arc<Self> {
         let (_tx, views) = watch::channel(Some(Arc::new(View::alone(node_id, addr))));
         // The sender is dropped: the view never changes.
-        Self::new(node_id, addr, views, None, false)
+        Self::new(node_id, addr, views, None, false, Peers::new(node_id))
     }
 
     /// A node whose membership is kept in etcd.
-    pub fn with_etcd(config: MembershipConfig) -> Arc<Self> {
+    pub fn with_etcd(config: MembershipConfig, peers: Peers) -> Arc<Self> {
         let node_id = config.node_id.clone();
         let addr = config.advertise_addr.clone();
         let (membership, views) = Membership::start(config);
-        Self::new(&node_id, &addr, views, Some(membership), true)
+        Self::new(&node_id, &addr, views, Some(membership), true, peers)
     }
 
     /// A node whose views come from the given channel, with the hand-off barrier (routing tests feed views
@@ -104,7 +104,7 @@ impl Cluster {
         addr: &str,
         views: watch::Receiver<Option<SharedView>>,
     ) -> Arc<Self> {
-        Self::new(node_id, addr, views, None, true)
+        Self::new(node_id, addr, views, None, true, Peers::new(node_id))
     }
 
     fn new(
@@ -113,6 +113,7 @@ impl Cluster {
         views: watch::Receiver<Option<SharedView>>,
         membership: Option<Arc<Membership>>,
         dynamic: bool,
+        peers: Peers,
     ) -> Arc<Self> {
         Arc::new(Self {
             node_id: node_id.to_string(),
@@ -120,7 +121,7 @@ impl Cluster {
             views,
             membership,
             dynamic,
-            peers: Arc::new(Peers::new(node_id)),
+            peers: Arc::new(peers),
             barrier: Mutex::new(Barrier::new(node_id, Instant::now())),
             barrier_done: Notify::new(),
             handed_off: watch::channel(0).0,

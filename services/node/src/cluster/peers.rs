@@ -4,12 +4,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aisle_proto::v1 as pb;
 use aisle_proto::v1::peer_service_client::PeerServiceClient;
 use tokio::sync::mpsc;
+use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::{ClientTlsFiles, stamp};
 
 /// Events queued per peer before replication to it starts dropping (it then catches up by fetching).
 const REPLICATION_QUEUE: usize = 16_384;
@@ -20,6 +23,15 @@ pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
     replication: Mutex<HashMap<String, mpsc::Sender<pb::AssistEvent>>>,
     node_id: String,
+    tls: Option<PeerTls>,
+    max_message_bytes: usize,
+}
+
+/// Mutual TLS towards peers: the cluster CA and this node's certificate, re-read when the files change (new
+/// channels then use the new files; open connections keep the certificate they were made with).
+struct PeerTls {
+    files: ClientTlsFiles,
+    seen: Mutex<Vec<Option<(SystemTime, u64)>>>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -29,48 +41,143 @@ impl std::fmt::Debug for Peers {
 }
 
 impl Peers {
-    /// Clients for this node.
+    /// Plaintext clients for this node (tests and `--insecure` clusters).
     pub fn new(node_id: &str) -> Self {
         Self {
             node_id: node_id.to_string(),
+            max_message_bytes: 64 * 1024 * 1024,
             ..Default::default()
         }
     }
 
+    /// Clients speaking mutual TLS with `files` when given, with messages of at most `max_message_bytes`.
+    pub fn with_tls(
+        node_id: &str,
+        files: Option<ClientTlsFiles>,
+        max_message_bytes: usize,
+    ) -> Self {
+        Self {
+            node_id: node_id.to_string(),
+            tls: files.map(|files| PeerTls {
+                seen: Mutex::new(files.paths().into_iter().map(stamp).collect()),
+                files,
+            }),
+            max_message_bytes,
+            ..Default::default()
+        }
+    }
+
+    /// Drops every channel when the TLS files changed, so that new connections present the new certificate.
+    pub fn reload_if_changed(&self) {
+        let Some(tls) = &self.tls else { return };
+        let now: Vec<_> = tls.files.paths().into_iter().map(stamp).collect();
+        let changed = {
+            let mut seen = tls.seen.lock().unwrap_or_else(|e| e.into_inner());
+            let changed = *seen != now;
+            *seen = now;
+            changed
+        };
+        if changed {
+            tracing::info!("peer TLS files changed: reconnecting to peers with them");
+            self.channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
+    }
+
+    /// The channel to a peer, built outside any lock (an address that is not `host:port`, or unreadable TLS
+    /// files, give an error instead).
+    fn connect(&self, addr: &str) -> Result<Channel, Status> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| Status::unavailable(format!("peer address {addr:?} is unusable: {e}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(2));
+        if let Some(tls) = &self.tls {
+            let config = tls
+                .files
+                .tonic_config(None)
+                .map_err(|e| Status::unavailable(format!("peer TLS: {e:#}")))?;
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| Status::unavailable(format!("peer TLS: {e}")))?;
+        }
+        Ok(endpoint.connect_lazy())
+    }
+
     /// A client to the peer at `addr` (connects on first use; the channel reconnects by itself).
-    pub fn client(&self, addr: &str) -> PeerServiceClient<Channel> {
-        let mut channels = self.channels.lock().expect("peers lock");
-        let channel = channels
-            .entry(addr.to_string())
-            .or_insert_with(|| {
-                Endpoint::from_shared(format!("http://{addr}"))
-                    .expect("peer addresses are host:port")
-                    .connect_timeout(Duration::from_millis(500))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(2))
-                    .connect_lazy()
-            })
-            .clone();
-        PeerServiceClient::new(channel)
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024)
+    ///
+    /// # Errors
+    /// UNAVAILABLE when `addr` is not a usable address or the TLS files cannot be read.
+    pub fn client(&self, addr: &str) -> Result<PeerServiceClient<Channel>, Status> {
+        let known = self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(addr)
+            .cloned();
+        let channel = match known {
+            Some(c) => c,
+            None => {
+                let fresh = self.connect(addr)?;
+                self.channels
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(addr.to_string())
+                    .or_insert(fresh)
+                    .clone()
+            }
+        };
+        Ok(PeerServiceClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
     }
 
     /// Forgets the channel to `addr` (after the peer left or restarted).
     pub fn forget(&self, addr: &str) {
-        self.channels.lock().expect("peers lock").remove(addr);
-        self.replication.lock().expect("peers lock").remove(addr);
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(addr);
+        self.replication
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(addr);
     }
 
     /// Queues an assist event for replication to the peer at `addr`, in order.
     pub fn replicate(self: &Arc<Self>, addr: &str, event: pb::AssistEvent) {
-        let mut queues = self.replication.lock().expect("peers lock");
-        let tx = queues.entry(addr.to_string()).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(REPLICATION_QUEUE);
-            tokio::spawn(replicate_to(self.client(addr), self.node_id.clone(), rx));
-            tx
-        });
+        let known = self
+            .replication
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(addr)
+            .cloned();
+        let tx = match known {
+            Some(tx) => tx,
+            None => {
+                let client = match self.client(addr) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        metrics::counter!("aisle_assist_replication_dropped_total").increment(1);
+                        tracing::warn!(peer = addr, error = %e.message(), "cannot replicate to peer");
+                        return;
+                    }
+                };
+                let mut queues = self.replication.lock().unwrap_or_else(|e| e.into_inner());
+                queues
+                    .entry(addr.to_string())
+                    .or_insert_with(|| {
+                        let (tx, rx) = mpsc::channel(REPLICATION_QUEUE);
+                        tokio::spawn(replicate_to(client, self.node_id.clone(), rx));
+                        tx
+                    })
+                    .clone()
+            }
+        };
         if tx.try_send(event).is_err() {
             metrics::counter!("aisle_assist_replication_dropped_total").increment(1);
         }

@@ -14,13 +14,41 @@ use serde::{Deserialize, Serialize};
 pub struct Member {
     /// Node id (unique in the cluster).
     pub node_id: String,
-    /// Address peers reach its gRPC port at (`host:port`).
+    /// Address peers reach its peer port at (`host:port`).
     pub addr: String,
     /// Changes every time the node (re)joins: a node that lost its lease and came back is a new incarnation.
     pub incarnation: String,
     /// The node is leaving (graceful shutdown): it owns nothing, but still answers peers until it is gone.
     #[serde(default)]
     pub leaving: bool,
+}
+
+impl Member {
+    /// Checks a record read from etcd: a node id of 1 to 256 bytes, and an address of the form `host:port` that a
+    /// peer client can use.
+    ///
+    /// # Errors
+    /// What is wrong, for the log.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_id.is_empty() || self.node_id.len() > aisle_domain::MAX_ID_BYTES {
+            return Err("node_id must be 1 to 256 bytes".into());
+        }
+        if self.incarnation.len() > aisle_domain::MAX_ID_BYTES {
+            return Err("incarnation longer than 256 bytes".into());
+        }
+        let authority: http::uri::Authority = self
+            .addr
+            .parse()
+            .map_err(|e| format!("addr is not host:port: {e}"))?;
+        if authority.as_str() != self.addr
+            || authority.host().is_empty()
+            || authority.port_u16().is_none_or(|p| p == 0)
+            || self.addr.contains('@')
+        {
+            return Err("addr must be host:port with a non-zero port".into());
+        }
+        Ok(())
+    }
 }
 
 /// The members at one epoch.

@@ -26,6 +26,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use super::pki;
+
 const AISLE: &str = env!("CARGO_BIN_EXE_aisle");
 
 /// A free loopback port (bound and released; the OS does not hand it out again at once).
@@ -81,33 +83,45 @@ impl Drop for TempDir {
     }
 }
 
-/// A real single-member etcd on loopback.
+/// A real single-member etcd on loopback, secured as in production: TLS on its client port, client certificates
+/// required (`--client-cert-auth`) and etcd authentication enabled, with a `root` user and an `aisle` user whose
+/// role may read and write only `/aisle/`. Nodes authenticate with a client certificate whose CN is `aisle`.
 pub struct Etcd {
     proc: Option<Proc>,
     dir: PathBuf,
     pub client_port: u16,
     peer_port: u16,
+    pub files: pki::Files,
 }
 
 impl Etcd {
-    pub fn start(dir: &Path) -> Self {
+    pub fn start(dir: &Path, files: pki::Files) -> Self {
         let mut e = Self {
             proc: None,
             dir: dir.join("etcd"),
             client_port: free_port(),
             peer_port: free_port(),
+            files,
         };
         e.spawn();
         e
     }
 
     fn spawn(&mut self) {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = format!("https://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
+        let f = &self.files;
         let child = Command::new("etcd")
             .args(["--name", "test", "--data-dir"])
             .arg(&self.dir)
+            .arg("--cert-file")
+            .arg(&f.etcd_server_cert)
+            .arg("--key-file")
+            .arg(&f.etcd_server_key)
+            .arg("--trusted-ca-file")
+            .arg(&f.etcd_ca)
+            .arg("--client-cert-auth")
             .args([
                 "--listen-client-urls",
                 &client,
@@ -129,24 +143,49 @@ impl Etcd {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("https://127.0.0.1:{}", self.client_port)
     }
 
-    /// Waits until etcd answers its health check.
+    /// A client of this etcd as `who` (etcd maps its certificate's CN to the user).
+    pub async fn client(&self, who: &pki::Pem) -> Result<etcd_client::Client, etcd_client::Error> {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_secs(2))
+            .with_tls(pki::etcd_tls(who));
+        etcd_client::Client::connect([self.url()], Some(options)).await
+    }
+
+    /// Waits until etcd answers a status request over TLS.
     pub async fn wait_healthy(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            let (status, body) =
-                http_get(&format!("127.0.0.1:{}", self.client_port), "/health").await;
-            if status == 200 && body.contains("true") {
+            if let Ok(mut c) = self.client(&pki::pki().etcd_root).await
+                && c.status().await.is_ok()
+            {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
                 "etcd not healthy within {within:?}"
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Turns etcd's authentication on: users `root` and `aisle`, the `aisle` role with read-write on `/aisle/`
+    /// only. From then on a client is its certificate's CN.
+    pub async fn enable_auth(&self) {
+        use etcd_client::Permission;
+        let mut c = self.client(&pki::pki().etcd_root).await.expect("etcd as root");
+        c.user_add("root", "root-password-unused", None).await.unwrap();
+        c.user_grant_role("root", "root").await.unwrap();
+        c.role_add("aisle").await.unwrap();
+        c.role_grant_permission("aisle", Permission::read_write("/aisle/").with_prefix())
+            .await
+            .unwrap();
+        c.user_add("aisle", "aisle-password-unused", None).await.unwrap();
+        c.user_grant_role("aisle", "aisle").await.unwrap();
+        c.auth_enable().await.unwrap();
     }
 
     /// Stops etcd abruptly.
@@ -232,6 +271,7 @@ pub struct NodeProc {
     pub id: String,
     pub grpc_port: u16,
     pub http_port: u16,
+    pub peer_port: u16,
     etcd_endpoint: String,
     proc: Option<Proc>,
     log: PathBuf,
@@ -240,7 +280,7 @@ pub struct NodeProc {
 
 impl NodeProc {
     pub fn addr(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        format!("https://127.0.0.1:{}", self.grpc_port)
     }
 
     pub fn http(&self) -> String {
@@ -310,15 +350,17 @@ impl Builder {
         static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let turn = ONE_AT_A_TIME.lock().await;
         let dir = TempDir::new("cluster");
-        let etcd = Etcd::start(&dir.0);
+        let files = pki::pki().write(&dir.0.join("pki"));
+        let etcd = Etcd::start(&dir.0, files.clone());
         etcd.wait_healthy(Duration::from_secs(30)).await;
+        etcd.enable_auth().await;
         let etcd_addr: SocketAddr = format!("127.0.0.1:{}", etcd.client_port).parse().unwrap();
         let mut proxies = HashMap::new();
         let mut nodes = Vec::new();
         for i in 0..self.nodes {
             let endpoint = if self.proxied.contains(&i) {
                 let p = Proxy::start(etcd_addr).await;
-                let url = format!("http://127.0.0.1:{}", p.port);
+                let url = format!("https://127.0.0.1:{}", p.port);
                 proxies.insert(i, p);
                 url
             } else {
@@ -328,6 +370,7 @@ impl Builder {
                 id: format!("node-{i}"),
                 grpc_port: free_port(),
                 http_port: free_port(),
+                peer_port: free_port(),
                 etcd_endpoint: endpoint,
                 proc: None,
                 log: dir.0.join(format!("node-{i}.log")),
@@ -382,6 +425,7 @@ impl TestCluster {
 
     fn spawn(&mut self, i: usize) {
         let (catalog, model) = self.bundles.clone();
+        let f = self.etcd.files.clone();
         let n = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -393,6 +437,27 @@ impl TestCluster {
             .args(["--grpc-addr", &format!("127.0.0.1:{}", n.grpc_port)])
             .args(["--http-addr", &format!("127.0.0.1:{}", n.http_port)])
             .args(["--cluster", "etcd", "--etcd-endpoints", &n.etcd_endpoint])
+            .args(["--peer-addr", &format!("127.0.0.1:{}", n.peer_port)])
+            .arg("--tls-cert")
+            .arg(&f.server_cert)
+            .arg("--tls-key")
+            .arg(&f.server_key)
+            .arg("--tls-client-ca")
+            .arg(&f.client_ca)
+            .arg("--auth-tokens")
+            .arg(&f.tokens)
+            .arg("--peer-tls-cert")
+            .arg(&f.peer_cert)
+            .arg("--peer-tls-key")
+            .arg(&f.peer_key)
+            .arg("--peer-tls-ca")
+            .arg(&f.cluster_ca)
+            .arg("--etcd-ca")
+            .arg(&f.etcd_ca)
+            .arg("--etcd-cert")
+            .arg(&f.etcd_aisle_cert)
+            .arg("--etcd-key")
+            .arg(&f.etcd_aisle_key)
             .args(["--cluster-name", &self.name])
             .args(["--lease-ttl-secs", &self.lease_ttl_secs.to_string()])
             .arg("--catalog")
@@ -580,10 +645,12 @@ impl TestCluster {
     }
 }
 
-/// A channel to `addr`.
+/// A channel to a secured node's client port at `addr` (`https://…`), identified as the `test-operator`
+/// certificate (every scope in the test token file).
 pub async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
     Channel::from_shared(addr.to_string())
         .unwrap()
+        .tls_config(pki::client_tls(Some(&pki::pki().operator)))?
         .connect_timeout(Duration::from_millis(500))
         .connect()
         .await

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 pub mod cluster;
+pub mod pki;
 
 /// The demo world and its trained model, built once for the whole test binary.
 pub fn demo() -> Prepared {

@@ -20,6 +20,10 @@
 # below 1 is cheaper; saturation: above 1 is better); with --json the last line is one JSON object as well. The load
 # generator is ./target/release/aisle-loadtest (LOADTEST to override) and shares the machine with the node: both
 # sides pay that alike, which is why the runs alternate.
+#
+# `scripts/loadtest.sh --compare-tls BIN [--json]`: the same A/B with one binary, plaintext (OLD) against TLS and a
+# token file (NEW): the NEW node serves TLS with a throwaway CA (scripts/pki.sh) and checks a bearer token on every
+# call, and the load generator speaks TLS and sends the token. The ratio is the cost of security.
 set -euo pipefail
 caller_dir=$PWD
 cd "$(dirname "$0")/.."
@@ -37,12 +41,14 @@ free_port() {
   echo "$p"
 }
 
-# Starts `$1 serve` as node $2 on 127.0.0.1 ports $3 (gRPC) and $4 (HTTP), its log in $5, and waits up to $6
-# seconds for /readyz; sets node_pid. On failure it prints the node's log, prefixed by $7, and exits 1.
+# Starts `$1 serve` as node $2 on 127.0.0.1 ports $3 (gRPC) and $4 (HTTP), its log in $5, with any further
+# arguments after $7, and waits up to $6 seconds for /readyz; sets node_pid. On failure it prints the node's log,
+# prefixed by $7, and exits 1.
 start_node() {
   local node_bin=$1 id=$2 grpc=$3 http=$4 log=$5 within=$6 what=$7 ready=
+  shift 7
   AISLE_LOG=${AISLE_LOG:-warn} "$node_bin" serve --node-id "$id" \
-    --grpc-addr "127.0.0.1:$grpc" --http-addr "127.0.0.1:$http" >"$log" 2>&1 &
+    --grpc-addr "127.0.0.1:$grpc" --http-addr "127.0.0.1:$http" "$@" >"$log" 2>&1 &
   node_pid=$!
   for _ in $(seq 1 $((within * 10))); do
     if curl -fs "http://127.0.0.1:$http/readyz" >/dev/null 2>&1; then ready=1; break; fi
@@ -56,16 +62,21 @@ start_node() {
   fi
 }
 
-if [ "${1:-}" = "--compare" ]; then
+if [ "${1:-}" = "--compare" ] || [ "${1:-}" = "--compare-tls" ]; then
+  tls_mode=
+  [ "$1" = "--compare-tls" ] && tls_mode=1
   shift
-  if [ $# -lt 2 ]; then
-    echo "usage: scripts/loadtest.sh --compare OLD_BIN NEW_BIN [--json]" >&2
-    exit 2
-  fi
   # Paths as the caller gave them, from where the caller stands.
   abs() { case $1 in /*) echo "$1" ;; *) echo "$caller_dir/$1" ;; esac; }
-  old_bin=$(abs "$1") new_bin=$(abs "$2")
-  shift 2
+  if [ -n "$tls_mode" ]; then
+    [ $# -ge 1 ] || { echo "usage: scripts/loadtest.sh --compare-tls BIN [--json]" >&2; exit 2; }
+    old_bin=$(abs "$1") new_bin=$(abs "$1")
+    shift 1
+  else
+    [ $# -ge 2 ] || { echo "usage: scripts/loadtest.sh --compare OLD_BIN NEW_BIN [--json]" >&2; exit 2; }
+    old_bin=$(abs "$1") new_bin=$(abs "$2")
+    shift 2
+  fi
   json=
   [ "${1:-}" = "--json" ] && json=1
   loadtest=${LOADTEST:+$(abs "$LOADTEST")}
@@ -108,6 +119,12 @@ if [ "${1:-}" = "--compare" ]; then
 
   port_base=50600
   : >"$work/runs.jsonl"
+  if [ -n "$tls_mode" ]; then
+    # shellcheck source=scripts/pki.sh
+    . scripts/pki.sh
+    make_local_pki "$work/pki"
+    echo "OLD: plaintext, no tokens; NEW: TLS (EC P-256, rustls) and a bearer token checked on every call"
+  fi
   echo "A/B of OLD $old_bin and NEW $new_bin: $rounds round(s) of A B; per run: CPU per decision at $cpu_rate/s" \
        "for $cpu_duration after $cpu_warmup warm-up, then the saturation ramp ($ramp_start → $ramp_max by $ramp_step," \
        "$ramp_step_duration a step, p99 under $ramp_target_ms ms); $(nproc) cores shared with the load generator"
@@ -117,18 +134,24 @@ if [ "${1:-}" = "--compare" ]; then
       grpc_port=$(free_port "$port_base")
       http_port=$(free_port $((grpc_port + 1)))
       port_base=$((http_port + 1))
+      node_args=() client_args=() target="http://127.0.0.1:$grpc_port"
+      if [ -n "$tls_mode" ] && [ "$side" = new ]; then
+        node_args=(--tls-cert "$work/pki/server.pem" --tls-key "$work/pki/server.key"
+          --auth-tokens "$work/pki/tokens.toml")
+        client_args=(--ca-cert "$work/pki/ca.pem" --token "$(cat "$work/pki/token")")
+        target="https://127.0.0.1:$grpc_port"
+      fi
       start_node "$node_bin" "compare-$label$round" "$grpc_port" "$http_port" "$work/node-$label$round.log" 60 \
-        "run $label$round: $node_bin "
-      target="http://127.0.0.1:$grpc_port"
+        "run $label$round: $node_bin " "${node_args[@]}"
       # 1. CPU per decision: warm up at the rate, then read the node's CPU around the recorded run.
-      "$loadtest" run --target "$target" --scenario decide --rate "$cpu_rate" --duration "$cpu_warmup" \
-        --quiet >/dev/null
+      "$loadtest" run --target "$target" "${client_args[@]}" --scenario decide --rate "$cpu_rate" \
+        --duration "$cpu_warmup" --quiet >/dev/null
       t0=$(cpu_ticks "$node_pid")
-      "$loadtest" run --target "$target" --scenario decide --rate "$cpu_rate" --duration "$cpu_duration" \
-        --json >"$work/cpu-$label$round.out"
+      "$loadtest" run --target "$target" "${client_args[@]}" --scenario decide --rate "$cpu_rate" \
+        --duration "$cpu_duration" --json >"$work/cpu-$label$round.out"
       t1=$(cpu_ticks "$node_pid")
       # 2. Saturation point.
-      "$loadtest" ramp --target "$target" --scenario decide --start "$ramp_start" --step "$ramp_step" \
+      "$loadtest" ramp --target "$target" "${client_args[@]}" --scenario decide --start "$ramp_start" --step "$ramp_step" \
         --max "$ramp_max" --step-duration "$ramp_step_duration" --settle "$ramp_settle" \
         --p99-target-ms "$ramp_target_ms" --stop-after-failures "$ramp_failures" --json >"$work/ramp-$label$round.out"
       stop_compare_node

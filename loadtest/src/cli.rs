@@ -12,7 +12,7 @@ use crate::ramp::{RampConfig, ramp};
 use crate::report::Verdict;
 use crate::runner::{RunConfig, check_target, run_on};
 use crate::scenario::Scenario;
-use crate::target::Target;
+use crate::target::{Credentials, Target};
 
 /// Open-loop gRPC load generator for Aisle.
 #[derive(Debug, Parser)]
@@ -93,6 +93,12 @@ pub struct CommonArgs {
     /// (growth of its process_cpu_seconds_total over the recorded window, per request completed in it).
     #[arg(long, env = "AISLE_METRICS_URL")]
     pub metrics_url: Option<String>,
+    /// PEM CA certificate of a node serving TLS (`--target https://…`) [default: the system's roots].
+    #[arg(long, env = "AISLE_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// Bearer token sent with every request (a node with a token file needs one with the scenario's scopes).
+    #[arg(long, env = "AISLE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// `run`'s options.
@@ -173,6 +179,10 @@ impl CommonArgs {
     fn run_config(&self, rate: f64, duration: Duration) -> RunConfig {
         RunConfig {
             target: self.target.clone(),
+            credentials: Credentials {
+                ca_cert: self.ca_cert.clone(),
+                token: self.token.clone(),
+            },
             scenario: self.scenario,
             rate,
             duration,
@@ -229,7 +239,9 @@ pub async fn execute(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                     "--p99-target-ms must be positive".into(),
                 ));
             }
-            let target = Target::connect(&config.target, config.connections).await?;
+            let target =
+                Target::connect_with(&config.target, config.connections, &config.credentials)
+                    .await?;
             check_target(&target, &config).await?;
             let report = run_on(&target, &config).await?;
             let verdict = args.p99_target_ms.map(|t| Verdict::of(&report, t));
@@ -270,7 +282,12 @@ pub async fn execute(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             };
             config.rates()?;
             config.base.validate()?;
-            let target = Target::connect(&config.base.target, config.base.connections).await?;
+            let target = Target::connect_with(
+                &config.base.target,
+                config.base.connections,
+                &config.base.credentials,
+            )
+            .await?;
             check_target(&target, &config.base).await?;
             if !json {
                 let _ = writeln!(

@@ -25,13 +25,15 @@ use crate::scenario::mixed::{MixedConfig, MixedGen, MixedOp, Ticket, TrackOutcom
 use crate::schedule::{Lane, Schedule, SystemClock, Tick, drive};
 use crate::stats::{Kind, LaneStats, code_name};
 use crate::subscribe::Subscribers;
-use crate::target::Target;
+use crate::target::{Credentials, Target, authorize};
 
 /// Everything a run needs to know.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     /// Server URL (or `host:port`).
     pub target: String,
+    /// TLS CA and bearer token for a secured node.
+    pub credentials: Credentials,
     /// What to send.
     pub scenario: Scenario,
     /// Offered requests per second.
@@ -80,6 +82,7 @@ impl Default for RunConfig {
     fn default() -> Self {
         Self {
             target: "http://127.0.0.1:50051".into(),
+            credentials: Credentials::default(),
             scenario: Scenario::Decide,
             rate: 100.0,
             duration: Duration::from_secs(10),
@@ -192,7 +195,8 @@ impl RunConfig {
 /// Connects to the target and runs `config`.
 pub async fn run(config: &RunConfig) -> Result<RunReport, Error> {
     config.validate()?;
-    let target = Target::connect(&config.target, config.connections).await?;
+    let target =
+        Target::connect_with(&config.target, config.connections, &config.credentials).await?;
     check_target(&target, config).await?;
     run_on(&target, config).await
 }
@@ -266,6 +270,7 @@ impl Workload {
 #[derive(Debug)]
 struct Shared {
     timeout: Duration,
+    token: Option<tonic::metadata::AsciiMetadataValue>,
     main: LaneStats,
     floor: LaneStats,
     mixed: Option<Arc<Mutex<MixedGen>>>,
@@ -306,6 +311,7 @@ pub async fn run_on(target: &Target, config: &RunConfig) -> Result<RunReport, Er
     };
     let shared = Arc::new(Shared {
         timeout: config.timeout,
+        token: target.token(),
         main: LaneStats::default(),
         floor: LaneStats::default(),
         mixed: match &workload {
@@ -453,7 +459,12 @@ enum Answer {
     Track { accepted: u32, unknown: u32 },
 }
 
-async fn call(op: Op, channel: Channel, timeout: Duration) -> Result<Answer, tonic::Status> {
+async fn call(
+    op: Op,
+    channel: Channel,
+    timeout: Duration,
+    token: Option<&tonic::metadata::AsciiMetadataValue>,
+) -> Result<Answer, tonic::Status> {
     match op {
         Op::Health => {
             let mut request = tonic::Request::new(HealthCheckRequest {
@@ -466,12 +477,14 @@ async fn call(op: Op, channel: Channel, timeout: Duration) -> Result<Answer, ton
         Op::Decide(req) => {
             let mut request = tonic::Request::new(*req);
             request.set_timeout(timeout);
+            authorize(&mut request, token);
             let response = DecisionServiceClient::new(channel).decide(request).await?;
             Ok(Answer::Decide(response.into_inner().fallback_tier()))
         }
         Op::Track { request: req, .. } => {
             let mut request = tonic::Request::new(req);
             request.set_timeout(timeout);
+            authorize(&mut request, token);
             let response = DecisionServiceClient::new(channel)
                 .track(request)
                 .await?
@@ -502,7 +515,11 @@ async fn execute(shared: &Shared, op: Op, channel: Channel, tick: Tick) {
     if tick.measured {
         stats.record_sent(tick.scheduled, sent);
     }
-    let result = tokio::time::timeout(shared.timeout, call(op, channel, shared.timeout)).await;
+    let result = tokio::time::timeout(
+        shared.timeout,
+        call(op, channel, shared.timeout, shared.token.as_ref()),
+    )
+    .await;
     let done = Instant::now();
     let outcome = match result {
         Err(_elapsed) => Err("DEADLINE_EXCEEDED"),

@@ -47,6 +47,8 @@ impl Subscribers {
                 kinds: Vec::new(),
                 resume_after: None,
             };
+            let mut request = tonic::Request::new(request);
+            target.authorize(&mut request);
             let opened = tokio::time::timeout(CONNECT_TIMEOUT, client.subscribe(request))
                 .await
                 .unwrap_or_else(|_| {

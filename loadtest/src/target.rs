@@ -22,17 +22,36 @@ pub fn normalize_url(target: &str) -> String {
     }
 }
 
-/// Connected channels to one target, used round-robin.
+/// Connected channels to one target, used round-robin, and the bearer token every request carries.
 #[derive(Debug, Clone)]
 pub struct Target {
     url: String,
     channels: Vec<Channel>,
+    token: Option<tonic::metadata::AsciiMetadataValue>,
+}
+
+/// How to reach a secured node: the CA of its certificate (`https://` targets) and a bearer token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// PEM CA certificate that signs the node's certificate (default: the system's roots).
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// Bearer token sent with every request.
+    pub token: Option<String>,
 }
 
 impl Target {
     /// Opens `connections` separate connections to `target` (a URL, or `host:port`); fails when the target is
     /// not a URL or cannot be reached.
     pub async fn connect(target: &str, connections: usize) -> Result<Self, Error> {
+        Self::connect_with(target, connections, &Credentials::default()).await
+    }
+
+    /// [`Target::connect`] with TLS (for `https://` targets) and a bearer token.
+    pub async fn connect_with(
+        target: &str,
+        connections: usize,
+        credentials: &Credentials,
+    ) -> Result<Self, Error> {
         if connections == 0 {
             return Err(Error::InvalidArgument(
                 "--connections must be at least 1".into(),
@@ -46,6 +65,31 @@ impl Target {
             })?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
+        let endpoint = if url.starts_with("https://") {
+            let mut tls = tonic::transport::ClientTlsConfig::new();
+            tls = match &credentials.ca_cert {
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|e| {
+                        Error::InvalidArgument(format!("--ca-cert {}: {e}", path.display()))
+                    })?;
+                    tls.ca_certificate(tonic::transport::Certificate::from_pem(pem))
+                }
+                None => tls.with_enabled_roots(),
+            };
+            endpoint.tls_config(tls).map_err(|e| Error::Unreachable {
+                target: url.clone(),
+                detail: chain(&e),
+            })?
+        } else {
+            endpoint
+        };
+        let token =
+            match &credentials.token {
+                Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+                    Error::InvalidArgument("--token: not a valid header value".into())
+                })?),
+                None => None,
+            };
         let mut channels = Vec::with_capacity(connections);
         for _ in 0..connections {
             // Each `connect` makes its own TCP connection and HTTP/2 session.
@@ -55,7 +99,11 @@ impl Target {
             })?;
             channels.push(channel);
         }
-        Ok(Self { url, channels })
+        Ok(Self {
+            url,
+            channels,
+            token,
+        })
     }
 
     /// Checks every connection with one `grpc.health.v1.Health/Check` (which also warms it up). Fails when a
@@ -112,6 +160,16 @@ impl Target {
     }
 
     /// The channel for request `index` (round-robin).
+    /// The `authorization` value requests carry, if any.
+    pub fn token(&self) -> Option<tonic::metadata::AsciiMetadataValue> {
+        self.token.clone()
+    }
+
+    /// Adds the bearer token to a request.
+    pub fn authorize<T>(&self, request: &mut tonic::Request<T>) {
+        authorize(request, self.token.as_ref());
+    }
+
     pub fn channel(&self, index: u64) -> Channel {
         self.channels[(index % self.channels.len() as u64) as usize].clone()
     }
@@ -125,5 +183,15 @@ mod tests {
     fn bare_addresses_get_a_scheme() {
         assert_eq!(normalize_url("127.0.0.1:50051"), "http://127.0.0.1:50051");
         assert_eq!(normalize_url("https://aisle:443"), "https://aisle:443");
+    }
+}
+
+/// Adds `token` (an `authorization` value) to a request.
+pub fn authorize<T>(
+    request: &mut tonic::Request<T>,
+    token: Option<&tonic::metadata::AsciiMetadataValue>,
+) {
+    if let Some(t) = token {
+        request.metadata_mut().insert("authorization", t.clone());
     }
 }

@@ -633,7 +633,10 @@ mod tests {
 
     #[test]
     fn invalid_files_name_the_entry_and_the_problem() {
-        let bad_scope = FILE.replace("\"subscribe\"]", "\"subscrib\"]");
+        let valid = FILE
+            .replace("SHA_WEB", &token_sha256_hex("web-secret"))
+            .replace("SHA_HH", &token_sha256_hex("hh-secret"));
+        let bad_scope = valid.replace("\"subscribe\"]", "\"subscrib\"]");
         let e = format!("{:#}", Table::parse(&bad_scope).unwrap_err());
         assert!(e.contains("handheld") && e.contains("subscrib"), "{e}");
         let e = format!("{:#}", Table::parse(FILE).unwrap_err());

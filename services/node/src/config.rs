@@ -361,7 +361,7 @@ impl Config {
         }
         if self
             .admin_addr
-            .is_some_and(|a| a == self.grpc_addr || a == self.http_addr)
+            .is_some_and(|a| a.port() != 0 && (a == self.grpc_addr || a == self.http_addr))
         {
             return bad("admin_addr: must differ from grpc_addr and http_addr");
         }

@@ -24,6 +24,38 @@ async fn every_node_forwards_a_shopper_to_its_one_owner() {
     for i in 0..3 {
         c.wait_ready(i, 200, Duration::from_secs(10)).await;
     }
+    // Malformed member records in etcd — an address that is no address, a record claiming another node's id —
+    // are skipped by every node: nothing panics and forwarding keeps working below.
+    let bogus = |id: &str, addr: &str| {
+        format!(r#"{{"node_id":"{id}","addr":"{addr}","incarnation":"x","leaving":false}}"#)
+    };
+    c.put_member_record("bogus", &bogus("bogus", "::not an address::"))
+        .await;
+    c.put_member_record("impostor", &bogus("node-0", "127.0.0.1:1"))
+        .await;
+    c.put_member_record("garbage", "{not json").await;
+    for i in 0..3 {
+        let http = c.nodes[i].http();
+        common::eventually(
+            "the invalid records are seen and skipped",
+            Duration::from_secs(10),
+            || {
+                let http = http.clone();
+                async move {
+                    let (_, m) = http_get(&http, "/metrics").await;
+                    m.lines().any(|l| {
+                        l.starts_with("aisle_member_records_invalid_total")
+                            && l.split_whitespace()
+                                .last()
+                                .and_then(|v| v.parse::<f64>().ok())
+                                >= Some(3.0)
+                    })
+                }
+            },
+        )
+        .await;
+    }
+    c.wait_for_members(3, Duration::from_secs(10)).await;
     let mut clients = [c.client(0).await, c.client(1).await, c.client(2).await];
     let mut owners = HashMap::new();
     for shopper in shoppers(30, "fwd") {

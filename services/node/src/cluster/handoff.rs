@@ -131,46 +131,49 @@ pub async fn hand_off(holdings: &Holdings, cluster: &Cluster, view: &SharedView)
     moved
 }
 
-/// How long sessions a peer refused (its view differed) wait for this node's view to change before they are
-/// routed again.
-const REROUTE_WAIT: Duration = Duration::from_secs(5);
+/// How long sessions a peer refused (their views differed) keep being routed again before they count as lost.
+const REROUTE_FOR: Duration = Duration::from_secs(10);
+/// How long each round waits for this node's view to change before sending again under the same view (the peer
+/// may have been the one behind).
+const REROUTE_ROUND: Duration = Duration::from_millis(500);
 
-/// Routes again, under this node's next view, sessions that their new owner refused because its view differed:
-/// those this node now owns are installed here, the others are sent once more. Sessions that still find no
-/// owner are counted as lost.
+/// Routes again sessions that their owner refused because its view differed from this node's. Each round waits
+/// briefly for this node's next view, then sends every session to its owner under the view it then holds (the
+/// same one, when the refusing peer was behind): those this node now owns are installed here. Sessions still
+/// refused after [`REROUTE_FOR`] are counted as lost.
 async fn reroute(
     holdings: &Holdings,
     cluster: &Cluster,
-    old: &SharedView,
-    records: Vec<pb::SessionRecord>,
+    first: &SharedView,
+    mut records: Vec<pb::SessionRecord>,
 ) {
+    let until = Instant::now() + REROUTE_FOR;
     let mut views = cluster.views();
-    let next = tokio::time::timeout(
-        REROUTE_WAIT,
-        views.wait_for(|v| v.as_ref().is_some_and(|v| v.fingerprint != old.fingerprint)),
-    )
-    .await
-    .ok()
-    .and_then(|r| r.ok().and_then(|v| v.clone()));
-    let Some(view) = next else {
+    let mut last = first.fingerprint;
+    while !records.is_empty() && Instant::now() < until {
+        let _ = tokio::time::timeout(
+            REROUTE_ROUND,
+            views.wait_for(|v| v.as_ref().is_some_and(|v| v.fingerprint != last)),
+        )
+        .await;
+        let Some(view) = cluster.current() else {
+            continue;
+        };
+        last = view.fingerprint;
+        let (mine, elsewhere) = split_by_owner(cluster, &view, std::mem::take(&mut records));
+        install(holdings, mine).await;
+        for (addr, batch) in elsewhere {
+            if let Err(back) = send(cluster, &addr, &view, batch, false).await {
+                records.extend(back);
+            }
+        }
+    }
+    if !records.is_empty() {
         metrics::counter!("aisle_handoff_sessions_lost_total").increment(records.len() as u64);
         tracing::error!(
             sessions = records.len(),
-            "sessions lost: their owner refused them and this node's view did not change"
+            "sessions lost: their owners kept refusing them (views did not converge)"
         );
-        return;
-    };
-    let (mine, elsewhere) = split_by_owner(cluster, &view, records);
-    install(holdings, mine).await;
-    for (addr, records) in elsewhere {
-        if let Err(back) = send(cluster, &addr, &view, records, false).await {
-            metrics::counter!("aisle_handoff_sessions_lost_total").increment(back.len() as u64);
-            tracing::error!(
-                peer = addr,
-                sessions = back.len(),
-                "sessions lost: refused twice"
-            );
-        }
     }
 }
 
@@ -300,8 +303,9 @@ pub enum Refused {
     },
 }
 
-/// Checks a hand-off message against this node's current view: it must be made under the same view, by one
-/// of its members, for sessions that member no longer owns. Nothing is installed from a refused message.
+/// Checks a hand-off message carrying sessions against this node's current view: it must be made under the same
+/// view, by one of its members, for sessions that member no longer owns. Nothing is installed from a refused
+/// message.
 ///
 /// # Errors
 /// Why the message is refused.
@@ -339,6 +343,14 @@ pub async fn receive(
     cluster: &Cluster,
     request: pb::HandOffRequest,
 ) -> Result<(usize, usize), Refused> {
+    if request.sessions.is_empty() {
+        // A bare "done": recorded for the view it names, which may be one this node has not seen yet. The barrier
+        // counts it only for a member of that view, and only for that view.
+        if request.done {
+            cluster.done_from(&request.from_node, request.view_fingerprint);
+        }
+        return Ok((0, 0));
+    }
     let view = cluster.current();
     admit(view.as_ref(), &request)?;
     let view = view.expect("admitted under a view");

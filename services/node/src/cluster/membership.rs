@@ -96,6 +96,17 @@ impl Fence {
                 .as_micros() as u64)
                 < d
     }
+
+    /// Resolves once the fence no longer holds (checked every 100 ms).
+    async fn lapsed(&self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            if !self.holds() {
+                return;
+            }
+        }
+    }
 }
 
 /// The running membership of this node.
@@ -126,6 +137,10 @@ enum Lost {
     Lease,
     #[error("fence deadline passed without a keep-alive")]
     Fenced,
+    #[error(
+        "joining took longer than twice the lease TTL (etcd unreachable or the connection stalled)"
+    )]
+    Stalled,
 }
 
 /// A joined membership session: the etcd client, the lease and its keep-alive, the watched members.
@@ -283,7 +298,20 @@ impl Membership {
     /// One membership session: join, then keep alive and watch until the lease is lost or the fence deadline
     /// passes.
     async fn session(&self) -> Result<(), Lost> {
-        let mut held = self.join().await?;
+        // Every etcd call has its own deadline, but a connection whose TLS handshake stalls (packets dropped on the
+        // path) can hold a call before any deadline applies: the join has an overall deadline, and the fence is
+        // watched beside the session, so no stalled call keeps this node from fencing itself and rejoining.
+        let held = tokio::time::timeout(self.config.lease_ttl * 2, self.join())
+            .await
+            .map_err(|_| Lost::Stalled)??;
+        tokio::select! {
+            outcome = self.hold(held) => outcome,
+            () = self.fence.lapsed() => Err(Lost::Fenced),
+        }
+    }
+
+    /// Keeps a joined session: keep-alives, the watch, repairs and re-checks, until the lease is lost.
+    async fn hold(&self, mut held: Held) -> Result<(), Lost> {
         // Transient failures (etcd restarting, a broken stream) are ridden out: the streams are re-established
         // while the lease is provably alive. Only a lost lease or a passed fence deadline ends the session.
         let mut keepalive = tokio::time::interval(self.config.lease_ttl / 4);
@@ -291,18 +319,12 @@ impl Membership {
         let mut repair = tokio::time::interval(Duration::from_millis(500));
         let mut recheck = tokio::time::interval(Duration::from_secs(30));
         recheck.tick().await;
-        let mut fence_check = tokio::time::interval(Duration::from_millis(100));
         let mut leaving = self.leaving.subscribe();
         loop {
             tokio::select! {
                 _ = keepalive.tick() => held.send_keep_alive().await,
                 ack = async { match held.keeper.as_mut() { Some((_, acks)) => acks.message().await, None => std::future::pending().await } } => {
                     self.on_ack(&mut held, ack)?;
-                }
-                _ = fence_check.tick() => {
-                    if !self.fence.holds() {
-                        return Err(Lost::Fenced);
-                    }
                 }
                 _ = repair.tick(), if held.keeper.is_none() || held.watch.is_none() => self.repair(&mut held).await,
                 event = async { match held.watch.as_mut() { Some(w) => w.message().await, None => std::future::pending().await } } => {
@@ -514,6 +536,16 @@ impl Membership {
 
     fn publish(&self, members: &BTreeMap<String, (Member, u64)>, revision: u64) {
         let view = View::new(revision, members.values().map(|(m, _)| m.clone()).collect());
+        if self
+            .view_tx
+            .borrow()
+            .as_ref()
+            .is_some_and(|v| v.fingerprint == view.fingerprint)
+        {
+            // The same members (a write under the prefix that changed nobody, such as an invalid record that
+            // was skipped): ownership and its epoch stay as they are.
+            return;
+        }
         metrics::gauge!("aisle_cluster_members").set(view.members.len() as f64);
         metrics::gauge!("aisle_cluster_epoch").set(revision as f64);
         self.view_tx.send_replace(Some(Arc::new(view)));

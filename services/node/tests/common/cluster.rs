@@ -176,14 +176,21 @@ impl Etcd {
     /// only. From then on a client is its certificate's CN.
     pub async fn enable_auth(&self) {
         use etcd_client::Permission;
-        let mut c = self.client(&pki::pki().etcd_root).await.expect("etcd as root");
-        c.user_add("root", "root-password-unused", None).await.unwrap();
+        let mut c = self
+            .client(&pki::pki().etcd_root)
+            .await
+            .expect("etcd as root");
+        c.user_add("root", "root-password-unused", None)
+            .await
+            .unwrap();
         c.user_grant_role("root", "root").await.unwrap();
         c.role_add("aisle").await.unwrap();
         c.role_grant_permission("aisle", Permission::read_write("/aisle/").with_prefix())
             .await
             .unwrap();
-        c.user_add("aisle", "aisle-password-unused", None).await.unwrap();
+        c.user_add("aisle", "aisle-password-unused", None)
+            .await
+            .unwrap();
         c.user_grant_role("aisle", "aisle").await.unwrap();
         c.auth_enable().await.unwrap();
     }
@@ -483,6 +490,22 @@ impl TestCluster {
         n.paused = false;
     }
 
+    /// Writes a raw member record (as anyone with write access to etcd could) under this cluster's prefix.
+    pub async fn put_member_record(&self, key_id: &str, value: &str) {
+        let mut c = self
+            .etcd
+            .client(&pki::pki().etcd_root)
+            .await
+            .expect("etcd as root");
+        c.put(
+            format!("/aisle/{}/members/{key_id}", self.name),
+            value,
+            None,
+        )
+        .await
+        .expect("put");
+    }
+
     /// A decision client to node `i`.
     pub async fn client(&self, i: usize) -> DecisionServiceClient<Channel> {
         DecisionServiceClient::new(connect(&self.nodes[i].addr()).await.expect("connects"))
@@ -747,6 +770,8 @@ impl Driver {
                     let mut v = Vec::new();
                     for a in &addrs {
                         let ch = Channel::from_shared(a.clone())
+                            .unwrap()
+                            .tls_config(pki::client_tls(Some(&pki::pki().operator)))
                             .unwrap()
                             .connect_timeout(Duration::from_millis(300))
                             .connect_lazy();

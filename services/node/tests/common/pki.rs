@@ -134,7 +134,12 @@ pub fn pki() -> &'static Pki {
             server: leaf(&client_ca, "aisle-node", &loopback, &[ServerAuth]),
             operator: leaf(&client_ca, "test-operator", &[], &[ClientAuth]),
             unknown_caller: leaf(&client_ca, "somebody-else", &[], &[ClientAuth]),
-            peer: leaf(&cluster_ca, "aisle-peer", &loopback, &[ServerAuth, ClientAuth]),
+            peer: leaf(
+                &cluster_ca,
+                "aisle-peer",
+                &loopback,
+                &[ServerAuth, ClientAuth],
+            ),
             etcd_server: leaf(&etcd_ca, "etcd", &loopback, &[ServerAuth, ClientAuth]),
             etcd_root: leaf(&etcd_ca, "root", &[], &[ClientAuth]),
             etcd_aisle: leaf(&etcd_ca, "aisle", &[], &[ClientAuth]),

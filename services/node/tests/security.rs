@@ -1,0 +1,583 @@
+//! Security over real sockets: a node secured as in production (TLS on the client and admin ports, the token
+//! file, a mutual-TLS peer port, membership in a real etcd with TLS and client-certificate auth), and callers
+//! with and without the right credentials.
+
+mod common;
+
+use std::time::Duration;
+
+use aisle_node::Config;
+use aisle_node::config::ClusterMode;
+use aisle_proto::v1 as pb;
+use aisle_proto::v1::admin_service_client::AdminServiceClient;
+use aisle_proto::v1::associate_service_client::AssociateServiceClient;
+use aisle_proto::v1::decision_service_client::DecisionServiceClient;
+use aisle_proto::v1::peer_service_client::PeerServiceClient;
+use common::cluster::{Etcd, TempDir};
+use common::pki::{self, Files, Pem};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::{Code, Request};
+
+/// A secured node, in process, with its etcd.
+struct Secured {
+    node: aisle_node::RunningNode,
+    _etcd: Etcd,
+    _dir: TempDir,
+    decision_log: std::path::PathBuf,
+}
+
+fn secured_config(files: &Files, etcd: &Etcd, dir: &TempDir) -> Config {
+    Config {
+        cluster: ClusterMode::Etcd,
+        etcd_endpoints: vec![etcd.url()],
+        cluster_name: format!("sec-{}", std::process::id()),
+        peer_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: Some("127.0.0.1:0".parse().unwrap()),
+        tls_cert: Some(files.server_cert.clone()),
+        tls_key: Some(files.server_key.clone()),
+        tls_client_ca: Some(files.client_ca.clone()),
+        auth_tokens: Some(files.tokens.clone()),
+        peer_tls_cert: Some(files.peer_cert.clone()),
+        peer_tls_key: Some(files.peer_key.clone()),
+        peer_tls_ca: Some(files.cluster_ca.clone()),
+        etcd_ca: Some(files.etcd_ca.clone()),
+        etcd_cert: Some(files.etcd_aisle_cert.clone()),
+        etcd_key: Some(files.etcd_aisle_key.clone()),
+        decision_log: Some(dir.0.join("decisions.jsonl")),
+        ..common::config("secured-node")
+    }
+}
+
+impl Secured {
+    async fn start() -> Self {
+        let dir = TempDir::new("secured");
+        let files = pki::pki().write(&dir.0.join("pki"));
+        let etcd = Etcd::start(&dir.0, files.clone());
+        etcd.wait_healthy(Duration::from_secs(30)).await;
+        etcd.enable_auth().await;
+        let config = secured_config(&files, &etcd, &dir);
+        let decision_log = config.decision_log.clone().unwrap();
+        let mut prepared = common::demo();
+        // A candidate, so that promote and rollback can succeed.
+        prepared.candidate = Some((prepared.model.0.clone(), "candidate".into()));
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = aisle_node::start(config, prepared, grpc, http)
+            .await
+            .expect("secured node starts");
+        let s = Self {
+            node,
+            _etcd: etcd,
+            _dir: dir,
+            decision_log,
+        };
+        let cluster = s.node.node.cluster().clone();
+        common::eventually(
+            "the node joins through TLS etcd with auth",
+            Duration::from_secs(20),
+            || {
+                let joined = cluster.current().is_some();
+                async move { joined }
+            },
+        )
+        .await;
+        s
+    }
+
+    async fn channel(&self, addr: std::net::SocketAddr, identity: Option<&Pem>) -> Channel {
+        Channel::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(pki::client_tls(identity))
+            .unwrap()
+            .connect()
+            .await
+            .expect("TLS connects")
+    }
+
+    async fn client_port(&self) -> Channel {
+        self.channel(self.node.grpc_addr, None).await
+    }
+
+    async fn admin_port(&self) -> Channel {
+        self.channel(self.node.admin_addr.expect("admin port"), None)
+            .await
+    }
+
+    fn peer_endpoint(&self, tls: Option<ClientTlsConfig>) -> tonic::transport::Endpoint {
+        let addr = self.node.peer_addr.expect("peer port");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut e = Channel::from_shared(format!("{scheme}://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5));
+        if let Some(tls) = tls {
+            e = e.tls_config(tls).unwrap();
+        }
+        e
+    }
+
+    /// A peer client presenting `identity` (a certificate of the cluster CA for a real peer).
+    async fn peer(&self, identity: Option<&Pem>) -> Option<PeerServiceClient<Channel>> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&pki::pki().cluster_ca.cert))
+            .domain_name("localhost");
+        if let Some(id) = identity {
+            tls = tls.identity(Identity::from_pem(&id.cert, &id.key));
+        }
+        self.peer_endpoint(Some(tls))
+            .connect()
+            .await
+            .ok()
+            .map(PeerServiceClient::new)
+    }
+}
+
+fn req<T>(message: T, token: Option<&str>) -> Request<T> {
+    let mut r = Request::new(message);
+    if let Some(t) = token {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    r
+}
+
+fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
+    match r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rpc {
+    Decide,
+    Track,
+    Subscribe,
+    DescribeShopper,
+    BundleStatus,
+    ClusterStatus,
+    ForgetShopper,
+    SetFault,
+    PromoteModel,
+    RollbackModel,
+}
+
+impl Rpc {
+    const ALL: [Rpc; 10] = [
+        Rpc::Decide,
+        Rpc::Track,
+        Rpc::Subscribe,
+        Rpc::DescribeShopper,
+        Rpc::BundleStatus,
+        Rpc::ClusterStatus,
+        Rpc::ForgetShopper,
+        Rpc::SetFault,
+        Rpc::PromoteModel,
+        Rpc::RollbackModel,
+    ];
+
+    /// The token holding exactly this RPC's scope, and one that lacks it.
+    fn tokens(self) -> (&'static str, &'static str) {
+        use pki::*;
+        match self {
+            Rpc::Decide => (TOKEN_DECIDE, TOKEN_TRACK),
+            Rpc::Track => (TOKEN_TRACK, TOKEN_DECIDE),
+            Rpc::Subscribe => (TOKEN_SUBSCRIBE_STORE_1, TOKEN_DECIDE),
+            Rpc::DescribeShopper | Rpc::BundleStatus | Rpc::ClusterStatus => {
+                (TOKEN_ADMIN_READ, TOKEN_ADMIN_WRITE)
+            }
+            Rpc::ForgetShopper | Rpc::SetFault | Rpc::PromoteModel | Rpc::RollbackModel => {
+                (TOKEN_ADMIN_WRITE, TOKEN_ADMIN_READ)
+            }
+        }
+    }
+
+    fn is_admin(self) -> bool {
+        !matches!(self, Rpc::Decide | Rpc::Track | Rpc::Subscribe)
+    }
+
+    async fn call(self, ch: Channel, token: Option<&str>) -> Code {
+        let item = common::catalog().items[0].id.to_string();
+        let mut d = DecisionServiceClient::new(ch.clone());
+        let mut a = AdminServiceClient::new(ch.clone());
+        match self {
+            Rpc::Decide => code(
+                d.decide(req(common::decide_req("m-1", pb::Surface::Home), token))
+                    .await,
+            ),
+            Rpc::Track => code(
+                d.track(req(
+                    pb::TrackRequest {
+                        events: vec![common::event("m-1", pb::EventType::View, &item)],
+                        request_id: String::new(),
+                    },
+                    token,
+                ))
+                .await,
+            ),
+            Rpc::Subscribe => code(
+                AssociateServiceClient::new(ch)
+                    .subscribe(req(
+                        pb::SubscribeRequest {
+                            store_id: "store-1".into(),
+                            ..Default::default()
+                        },
+                        token,
+                    ))
+                    .await,
+            ),
+            Rpc::DescribeShopper => code(
+                a.describe_shopper(req(
+                    pb::DescribeShopperRequest {
+                        shopper_id: "m-1".into(),
+                    },
+                    token,
+                ))
+                .await,
+            ),
+            Rpc::BundleStatus => code(
+                a.bundle_status(req(pb::BundleStatusRequest {}, token))
+                    .await,
+            ),
+            Rpc::ClusterStatus => code(
+                a.cluster_status(req(pb::ClusterStatusRequest::default(), token))
+                    .await,
+            ),
+            Rpc::ForgetShopper => code(
+                a.forget_shopper(req(
+                    pb::ForgetShopperRequest {
+                        shopper_id: "m-2".into(),
+                    },
+                    token,
+                ))
+                .await,
+            ),
+            Rpc::SetFault => code(
+                a.set_fault(req(
+                    pb::SetFaultRequest {
+                        stage: pb::FaultStage::Cache as i32,
+                        mode: pb::FaultMode::None as i32,
+                    },
+                    token,
+                ))
+                .await,
+            ),
+            Rpc::PromoteModel => code(
+                a.promote_model(req(pb::PromoteModelRequest {}, token))
+                    .await,
+            ),
+            Rpc::RollbackModel => code(
+                a.rollback_model(req(pb::RollbackModelRequest {}, token))
+                    .await,
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_needs_a_credential_with_its_scope() {
+    let s = Secured::start().await;
+    let client = s.client_port().await;
+    let admin = s.admin_port().await;
+    let mut table = Vec::new();
+    for rpc in Rpc::ALL {
+        let ch = if rpc.is_admin() { &admin } else { &client };
+        let (right, wrong) = rpc.tokens();
+        let got = (
+            rpc.call(ch.clone(), None).await,
+            rpc.call(ch.clone(), Some(wrong)).await,
+            rpc.call(ch.clone(), Some(right)).await,
+        );
+        table.push((rpc, got));
+    }
+    for (rpc, got) in &table {
+        assert_eq!(
+            *got,
+            (Code::Unauthenticated, Code::PermissionDenied, Code::Ok),
+            "{rpc:?}: (no credential, wrong scope, right scope); whole table: {table:?}"
+        );
+    }
+    // An unknown token is UNAUTHENTICATED like a missing one; a subscribe token limited to store-1 may not
+    // watch store-2.
+    assert_eq!(
+        Rpc::Decide.call(client.clone(), Some("guessed")).await,
+        Code::Unauthenticated
+    );
+    let denied = AssociateServiceClient::new(client.clone())
+        .subscribe(req(
+            pb::SubscribeRequest {
+                store_id: "store-2".into(),
+                ..Default::default()
+            },
+            Some(pki::TOKEN_SUBSCRIBE_STORE_1),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("store-2"), "{denied:?}");
+    // Admin calls are not served on the client port at all once the admin port exists; peer calls neither.
+    assert_eq!(
+        Rpc::BundleStatus
+            .call(client.clone(), Some(pki::TOKEN_ALL))
+            .await,
+        Code::Unimplemented
+    );
+    let peer_on_client_port = PeerServiceClient::new(client.clone())
+        .fetch_assist(req(pb::FetchAssistRequest::default(), Some(pki::TOKEN_ALL)))
+        .await
+        .unwrap_err();
+    assert_eq!(peer_on_client_port.code(), Code::Unimplemented);
+    // A client certificate whose CN is in the token file is an identity with its scopes; an unknown CN is not.
+    let operator = s
+        .channel(s.node.admin_addr.unwrap(), Some(&pki::pki().operator))
+        .await;
+    assert_eq!(Rpc::ClusterStatus.call(operator, None).await, Code::Ok);
+    let stranger = s
+        .channel(s.node.admin_addr.unwrap(), Some(&pki::pki().unknown_caller))
+        .await;
+    assert_eq!(
+        Rpc::ClusterStatus.call(stranger, None).await,
+        Code::Unauthenticated
+    );
+    // Health needs no credential (probes); plaintext is not served on a TLS port.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(client.clone());
+    assert!(
+        health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .is_ok()
+    );
+    let plain = Channel::from_shared(format!("http://{}", s.node.grpc_addr))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(plain) = plain {
+        assert_ne!(
+            Rpc::Decide.call(plain, Some(pki::TOKEN_DECIDE)).await,
+            Code::Ok
+        );
+    }
+    // Refusals are counted by service and reason, before any handler runs.
+    let (_, metrics) = common::http_get(&format!("http://{}", s.node.http_addr), "/metrics").await;
+    assert!(
+        metrics.contains(
+            "aisle_auth_refused_total{service=\"DecisionService\",reason=\"missing_credential\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "aisle_auth_refused_total{service=\"AdminService\",reason=\"missing_scope\"}"
+        ),
+        "{metrics}"
+    );
+    // The decision record names the client that asked; no log line carries a token.
+    let log = s.decision_log.clone();
+    common::eventually(
+        "decision records name the caller",
+        Duration::from_secs(5),
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            async move { text.contains("\"client\":\"token:decide\"") }
+        },
+    )
+    .await;
+    let text = std::fs::read_to_string(&s.decision_log).unwrap();
+    assert!(!text.contains(pki::TOKEN_DECIDE), "a token reached a log");
+    s.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_need_a_cluster_certificate_and_forged_peer_calls_change_nothing() {
+    let s = Secured::start().await;
+    let item = common::catalog().items[0].id.to_string();
+    let mut decisions = DecisionServiceClient::new(s.client_port().await);
+    let mut admin = AdminServiceClient::new(s.admin_port().await);
+    decisions
+        .track(req(
+            pb::TrackRequest {
+                events: vec![
+                    common::event("victim", pb::EventType::View, &item),
+                    common::event("victim", pb::EventType::AddToCart, &item),
+                ],
+                request_id: String::new(),
+            },
+            Some(pki::TOKEN_TRACK),
+        ))
+        .await
+        .unwrap();
+    let describe = |admin: &mut AdminServiceClient<Channel>| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .describe_shopper(req(
+                    pb::DescribeShopperRequest {
+                        shopper_id: "victim".into(),
+                    },
+                    Some(pki::TOKEN_ADMIN_READ),
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let before = describe(&mut admin).await;
+    assert_eq!(before.events_applied, 2);
+
+    // No client certificate, a certificate of another CA, or plaintext: no peer call gets through.
+    let fetch = pb::FetchAssistRequest {
+        store_id: "store-1".into(),
+        after: 0,
+    };
+    for identity in [None, Some(&pki::pki().operator)] {
+        let refused = match s.peer(identity).await {
+            None => true,
+            Some(mut c) => c.fetch_assist(fetch.clone()).await.is_err(),
+        };
+        assert!(refused, "peer call accepted without a cluster certificate");
+    }
+    if let Ok(ch) = s.peer_endpoint(None).connect().await {
+        assert!(
+            PeerServiceClient::new(ch)
+                .fetch_assist(fetch.clone())
+                .await
+                .is_err()
+        );
+    }
+    let mut peer = s
+        .peer(Some(&pki::pki().peer))
+        .await
+        .expect("a cluster certificate connects");
+    assert!(peer.fetch_assist(fetch).await.is_ok());
+
+    // Forged hand-offs, even over a cluster certificate: from a stranger, under another view, or from the owner
+    // itself — refused, the session untouched.
+    let view = s.node.node.cluster().current().unwrap();
+    let forged_session =
+        serde_json::to_vec(&aisle_session::SessionContext::new().to_portable(&common::catalog()))
+            .unwrap();
+    let handoff = |from: &str, fingerprint: u64, done: bool| pb::HandOffRequest {
+        epoch: view.epoch,
+        from_node: from.into(),
+        sessions: vec![pb::SessionRecord {
+            shopper_id: "victim".into(),
+            context: forged_session.clone(),
+        }],
+        done,
+        view_fingerprint: fingerprint,
+    };
+    for forged in [
+        handoff("intruder", view.fingerprint, true),
+        handoff("secured-node", view.fingerprint ^ 1, true),
+        handoff("secured-node", view.fingerprint, true),
+    ] {
+        let e = peer.hand_off(forged.clone()).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{forged:?}: {e:?}");
+    }
+    let after = describe(&mut admin).await;
+    assert_eq!(after.events_applied, before.events_applied);
+    assert_eq!(after.cart_item_ids, before.cart_item_ids);
+
+    // A forged assist event cannot take a sequence number: from a stranger it is refused, and from a member
+    // that is not the store's orderer it is dropped.
+    let hub = s.node.node.hub().clone();
+    let forged_event = pb::AssistEvent {
+        sequence: 1,
+        store_id: "store-9".into(),
+        message: "injected".into(),
+        ..Default::default()
+    };
+    let e = peer
+        .replicate_assist(pb::ReplicateAssistRequest {
+            events: vec![forged_event.clone()],
+            from_node: "intruder".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(hub.last_sequence("store-9"), 0);
+    assert!(hub.since("store-9", 0).is_empty());
+    s.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_reachable_from_other_hosts_refuses_to_start_open() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aisle"))
+        .args([
+            "serve",
+            "--grpc-addr",
+            "0.0.0.0:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .env_remove("AISLE_CONFIG")
+        .output()
+        .expect("aisle runs");
+    assert!(!out.status.success(), "an open node on 0.0.0.0 started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for named in ["grpc_addr 0.0.0.0:0", "TLS", "auth", "--insecure"] {
+        assert!(err.contains(named), "{named:?} not named in: {err}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aisle"))
+        .args([
+            "serve",
+            "--cluster",
+            "etcd",
+            "--etcd-endpoints",
+            "http://127.0.0.1:1",
+        ])
+        .env_remove("AISLE_CONFIG")
+        .output()
+        .expect("aisle runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for named in ["cluster = etcd", "peer mutual TLS", "etcd TLS"] {
+        assert!(err.contains(named), "{named:?} not named in: {err}");
+    }
+}
+
+#[tokio::test]
+async fn an_insecure_node_says_so_on_every_start() {
+    let dir = TempDir::new("insecure");
+    let (grpc, http) = (common::cluster::free_port(), common::cluster::free_port());
+    let log = dir.0.join("node.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aisle"))
+        .args(["serve", "--insecure", "--ranking-shards", "1"])
+        .args(["--grpc-addr", &format!("0.0.0.0:{grpc}")])
+        .args(["--http-addr", &format!("127.0.0.1:{http}")])
+        .env_remove("AISLE_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("aisle runs");
+    let base = format!("http://127.0.0.1:{http}");
+    let ready = async {
+        let end = tokio::time::Instant::now() + Duration::from_secs(120);
+        while tokio::time::Instant::now() < end {
+            if common::cluster::http_get(&format!("127.0.0.1:{http}"), "/readyz")
+                .await
+                .0
+                == 200
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+    .await;
+    let (_, metrics) = if ready {
+        common::http_get(&base, "/metrics").await
+    } else {
+        (0, String::new())
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(ready, "the insecure node did not become ready: {text}");
+    assert!(metrics.contains("aisle_insecure 1"), "{metrics}");
+    assert!(
+        text.contains("WARN") && text.contains("--insecure") && text.contains("TLS"),
+        "{text}"
+    );
+}

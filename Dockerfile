@@ -45,8 +45,8 @@ COPY --from=builder /out/ /usr/local/bin/
 ENV AISLE_GRPC_ADDR=0.0.0.0:50051 \
     AISLE_HTTP_ADDR=0.0.0.0:9090 \
     AISLE_LOG_FORMAT=json
-# gRPC (clients and peers), HTTP (/metrics, /healthz, /readyz).
-EXPOSE 50051 9090
+# gRPC: clients 50051, peers 50052 (mutual TLS), admin 50053; HTTP (/metrics, /healthz, /readyz) 9090.
+EXPOSE 50051 50052 50053 9090
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd (65532: distroless "nonroot").
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/aisle"]

@@ -11,6 +11,8 @@
 #                         (aisle-proto) are compiled in Rust by protox and need neither.
 #   tests (`make test`):
 #     etcd                cluster tests and `make cluster-up` start their own etcd -> etcd-server
+#     etcdctl, openssl    the chart check's TLS run: certificates, and the chart's etcd auth bootstrap
+#                         -> etcd-client openssl
 #     ip, nft             network-partition tests -> iproute2 nftables
 #     curl                scripts that wait on HTTP endpoints -> curl
 #     python3 venv        Kubernetes manifest validation builds a venv with pip -> python3-venv
@@ -55,6 +57,8 @@ cc_works || need+=(gcc libc6-dev)
 protoc_works || need+=(protobuf-compiler libprotobuf-dev)
 if ! $build_only; then
   command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+  command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
   command -v nft >/dev/null 2>&1 || need+=(nftables)
   command -v curl >/dev/null 2>&1 || need+=(curl)

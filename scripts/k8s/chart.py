@@ -476,6 +476,19 @@ def fn_fail(msg):
     raise ChartFail(msg)
 
 
+def fn_required(msg, value=None):
+    """Helm's `required`: fails with the message on a missing value or an empty string (not on other empty values)."""
+    if value is None or (isinstance(value, str) and value == ""):
+        raise ChartFail(msg)
+    return value
+
+
+def fn_has_prefix(prefix, s):
+    if not isinstance(prefix, str) or not isinstance(s, str):
+        raise RenderError("hasPrefix takes two strings")
+    return s.startswith(prefix)
+
+
 FUNCS = {
     "default": lambda d, v=None: v if truthy(v) else d,
     "trunc": lambda n, s: s[:n] if n >= 0 else s[n:],
@@ -508,6 +521,8 @@ FUNCS = {
     "indent": lambda n, s: "\n".join((" " * n + line) for line in s.split("\n")),
     "sha256sum": lambda s: hashlib.sha256(s.encode()).hexdigest(),
     "fail": fn_fail,
+    "required": fn_required,
+    "hasPrefix": fn_has_prefix,
 }
 
 

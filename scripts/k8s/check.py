@@ -4,8 +4,9 @@ binary started with exactly the arguments and environment the chart gives it. Ru
 `make test`); `make k8s-generate` rewrites k8s/ from the chart.
 
 What each check proves is printed as it passes; the last line counts them: "k8s-check: N passed, N failed, N skipped".
-Tools that may be missing (kubectl, helm, etcd) make their checks skip with a message, never pass silently — except
-the binary readiness test, which needs etcd and installs it (scripts/deps.sh) rather than skipping.
+Tools that may be missing (kubectl, helm) make their checks skip with a message, never pass silently — except the
+binary tests, which need etcd, etcdctl and openssl and install them (scripts/deps.sh) rather than skipping. The binary
+run with TLS and tokens skips (with its reason) only while the binary does not know `serve --tls-cert` yet.
 
 It runs in a venv under .aisle/ with pinned packages (scripts/k8s/requirements.txt), created on first use.
 """
@@ -39,16 +40,38 @@ K8S = os.path.join(ROOT, "k8s")
 K8S_BASE = os.path.join(K8S, "base")
 # The Kubernetes version whose JSON schemas every manifest is validated against (kubernetes-validate's own).
 KUBERNETES_VERSION = "1.31.0"
-# What k8s/ is rendered as: the chart's defaults, release "aisle" in namespace "aisle".
+# What k8s/ is rendered as: the chart's defaults with the Secret names of ci/base-values.yaml (the defaults alone
+# refuse to render: no TLS, no tokens), release "aisle" in namespace "aisle".
 RELEASE, NAMESPACE = "aisle", "aisle"
+BASE_VALUES = "base"
 GENERATED_HEADER = (
-    "# Generated from helm/aisle (its defaults: release \"aisle\", namespace \"aisle\") by `make k8s-generate`:\n"
-    "# do not edit — change the chart and regenerate; `make k8s-check` fails when the two differ. The reasons behind\n"
-    "# each value are in helm/aisle/values.yaml.\n"
+    "# Generated from helm/aisle (its defaults with the Secret names of ci/base-values.yaml: release \"aisle\",\n"
+    "# namespace \"aisle\") by `make k8s-generate`: do not edit — change the chart and regenerate; `make k8s-check`\n"
+    "# fails when the two differ. The reasons behind each value are in helm/aisle/values.yaml.\n"
 )
 # The files of k8s/base generated from the chart's templates (k8s/base/<name> from templates/<name>).
-GENERATED = ["configmap.yaml", "etcd.yaml", "hpa.yaml", "pdb.yaml", "serviceaccount.yaml", "services.yaml",
-             "statefulset.yaml"]
+GENERATED = ["configmap.yaml", "etcd.yaml", "hpa.yaml", "networkpolicy.yaml", "pdb.yaml", "serviceaccount.yaml",
+             "services.yaml", "statefulset.yaml"]
+
+# The node's environment the chart may set: the names `aisle serve` reads (docs/operations.md and the security
+# contract of issue 11). A name outside this list is a typo the node would silently ignore.
+NODE_ENV = {
+    "AISLE_NODE_ID", "AISLE_GRPC_ADDR", "AISLE_ADMIN_ADDR", "AISLE_PEER_ADDR", "AISLE_HTTP_ADDR", "AISLE_CONFIG",
+    "AISLE_DATA_DIR", "AISLE_LOG_FORMAT", "AISLE_LOG", "AISLE_MAX_INFLIGHT_REQUESTS", "AISLE_DECISION_LOG",
+    "AISLE_EVENT_LOG", "AISLE_CLUSTER", "AISLE_CLUSTER_NAME", "AISLE_ETCD_ENDPOINTS", "AISLE_ADVERTISE_ADDR",
+    "AISLE_LEASE_TTL_SECS", "AISLE_INSECURE", "AISLE_TLS_CERT", "AISLE_TLS_KEY", "AISLE_TLS_CLIENT_CA",
+    "AISLE_AUTH_TOKENS", "AISLE_PEER_TLS_CERT", "AISLE_PEER_TLS_KEY", "AISLE_PEER_TLS_CA", "AISLE_ETCD_CA",
+    "AISLE_ETCD_CERT", "AISLE_ETCD_KEY", "AISLE_ETCD_USER", "AISLE_ETCD_PASSWORD_FILE",
+}
+# Environment variables naming a file the node re-reads (credentials): each must be a key of a Secret volume mounted
+# read-only without subPath (a subPath mount never sees an updated Secret), under the file name given here.
+SECRET_FILE_ENV = {
+    "AISLE_TLS_CERT": "tls.crt", "AISLE_TLS_KEY": "tls.key", "AISLE_TLS_CLIENT_CA": "ca.crt",
+    "AISLE_AUTH_TOKENS": None,  # the key is auth.key
+    "AISLE_PEER_TLS_CERT": "tls.crt", "AISLE_PEER_TLS_KEY": "tls.key", "AISLE_PEER_TLS_CA": "ca.crt",
+    "AISLE_ETCD_CA": "ca.crt", "AISLE_ETCD_CERT": "tls.crt", "AISLE_ETCD_KEY": "tls.key",
+    "AISLE_ETCD_PASSWORD_FILE": None,
+}
 
 
 def ensure_venv() -> None:
@@ -116,8 +139,9 @@ def load_yaml(path: str):
 
 
 def value_sets() -> dict[str, dict]:
-    """Name -> override values: the defaults and every file in helm/aisle/ci (as chart-testing uses them)."""
-    sets = {"defaults": {}}
+    """Name -> override values: every file in helm/aisle/ci (as chart-testing uses them), and the defaults with
+    insecure: true (the defaults alone refuse to render)."""
+    sets = {"insecure": {"insecure": True}}
     cidir = os.path.join(CHART, "ci")
     for name in sorted(os.listdir(cidir)):
         if name.endswith("-values.yaml"):
@@ -209,6 +233,22 @@ NEGATIVE_VALUES = [
     ({"bundles": {"inline": {"model.bin": "x"}}}, "a binary bundle inline"),
     ({"etcd": {"externalEndpoints": "http://etcd:2379"}}, "endpoints as a string, not a list"),
     ({"autoscaling": {"enabled": "yes"}}, "a boolean as a string"),
+    ({"ports": {"admin": "50053"}}, "the admin port as a string"),
+    ({"ports": {"peer": 0}}, "a peer port out of range"),
+    ({"insecure": "true"}, "insecure as a string"),
+    ({"tls": {"client": {"secretName": "Aisle_TLS"}}}, "a Secret name that is not a DNS name"),
+    ({"tls": {"client": {"existingSecret": "aisle-tls"}}}, "an unknown TLS key"),
+    ({"auth": {"secretName": 3}}, "a token Secret name as a number"),
+    ({"certManager": {"issuerRef": {"kind": "Vault"}}}, "an unknown issuer kind"),
+    ({"certManager": {"duration": "90 days"}}, "a malformed certificate duration"),
+    ({"etcd": {"client": {"user": "a:b"}}}, "an etcd user with a ':'"),
+    ({"etcd": {"bundled": {"tls": {"server": "x"}}}}, "an unknown etcd TLS key"),
+    ({"networkPolicy": {"grpcFrom": []}}, "the old networkPolicy.grpcFrom (now clientFrom)"),
+    ({"networkPolicy": {"adminNamespace": "Ops"}}, "an admin namespace that is not a namespace name"),
+    ({"config": {"tls_cert": "/x"}}, "a TLS key in config (the chart sets it)"),
+    ({"config": {"auth_tokens": "/x"}}, "the token file in config (the chart sets it)"),
+    ({"config": {"insecure": True}}, "insecure in config (the chart's insecure value sets it)"),
+    ({"config": {"credential_reload_secs": 0}}, "a credential reload period of 0"),
 ]
 
 
@@ -247,6 +287,10 @@ RENDERER_CASES = [
     ("{{ lookup \"v1\" \"Secret\" \"\" \"\" }}", {}, None),
     ("{{ eq .Values.n 1 }}", {"n": 1}, None),  # float64 against int: an error in Go
     ("{{ template \"x\" . }}", {}, None),
+    ("{{ required \"need s\" .Values.s }}", {"s": "x"}, "x"),
+    ("{{ required \"need s\" .Values.s }}", {"s": ""}, None),
+    ("{{ hasPrefix \"https://\" .Values.u }} {{ hasPrefix \"https://\" .Values.v }}",
+     {"u": "https://e:2379", "v": "http://e:2379"}, "true false"),
 ]
 
 
@@ -308,8 +352,9 @@ def validate_objects(docs: list[dict], where: str) -> list[str]:
     errors = []
     for d in docs:
         name = f"{where}: {d.get('kind')}/{(d.get('metadata') or {}).get('name')}"
-        if d.get("kind") == "ServiceMonitor":
-            errs = list(jsonschema.Draft7Validator(SERVICE_MONITOR_SCHEMA).iter_errors(d))
+        if d.get("kind") in ("ServiceMonitor", "Certificate"):
+            schema = SERVICE_MONITOR_SCHEMA if d["kind"] == "ServiceMonitor" else CERTIFICATE_SCHEMA
+            errs = list(jsonschema.Draft7Validator(schema).iter_errors(d))
             errors += [f"{name}: {e.message}" for e in errs]
             continue
         try:
@@ -324,33 +369,66 @@ def validate_objects(docs: list[dict], where: str) -> list[str]:
 def check_chart_renders_and_validates() -> str:
     counts = []
     for name, over in value_sets().items():
-        _, docs = render(over)
+        # Another namespace than k8s/'s, so names that must follow the release namespace are seen to.
+        ns = "shop" if name == "full" else NAMESPACE
+        _, docs = render(over, namespace=ns)
         errs = validate_objects(docs, name)
         check(not errs, "; ".join(errs))
-        check_consistency(docs, name)
+        check_consistency(docs, name, ns, frozenset(e["name"] for e in over.get("extraEnv", [])))
         counts.append(f"{name} ({len(docs)})")
     return (f"every manifest of {', '.join(counts)} is valid against the Kubernetes {KUBERNETES_VERSION} schemas "
-            "(strict: unknown fields fail) and consistent (names, ports, selectors, probes, security)")
+            "(strict: unknown fields fail; cert-manager Certificates and ServiceMonitors against the fields the chart "
+            "uses) and consistent: the client, admin, peer and HTTP ports and their Services, the environment the "
+            "node reads, credentials from Secret volumes without subPath, TLS and tokens unless insecure, the "
+            "NetworkPolicies port by port, etcd's TLS and auth bootstrap, the Certificates' names and usages")
 
 
 def check_chart_refuses_contradictions() -> str:
     from chart import ChartFail
 
+    from chart import merge
+
+    base = value_sets()[BASE_VALUES]
+    ext = {"etcd": {"bundled": {"enabled": False}, "externalEndpoints": ["https://etcd:2379"]}}
     bad = [
-        ({"bundles": {"inline": {"rules.json": "{}"}, "existingClaim": "models"}}, "two bundle sources"),
-        ({"cluster": {"mode": "static"}}, "static mode with 3 nodes and autoscaling"),
-        ({"etcd": {"bundled": {"enabled": False}}}, "etcd mode without any etcd"),
-        ({"autoscaling": {"minReplicas": 5, "maxReplicas": 3}}, "minReplicas above maxReplicas"),
+        ({}, "the defaults: no TLS and no token Secret (secure by default)"),
+        ({"tls": {"client": {"secretName": "t"}}}, "TLS without the token Secret"),
+        ({"auth": {"secretName": "a"}}, "tokens without TLS"),
+        (merge(base, {"tls": {"peer": {"secretName": ""}}}), "etcd mode without the peer TLS Secret"),
+        (merge(base, {"etcd": {"bundled": {"tls": {"serverSecretName": ""}}}}), "the bundled etcd without TLS"),
+        (merge(base, {"etcd": {"bundled": {"tls": {"rootSecretName": ""}}}}), "etcd TLS without the root Secret"),
+        (merge(base, {"etcd": {"client": {"secretName": ""}}}), "etcd TLS without the nodes' etcd credentials"),
+        (merge(base, merge(ext, {"etcd": {"externalEndpoints": ["http://etcd:2379"]}})), "a plaintext external etcd"),
+        (merge(base, {"etcd": {"client": {"user": "u", "passwordSecret": {"name": "p"}}}}),
+         "a password for the bundled etcd (it maps the certificate's CN)"),
+        (merge(base, merge(ext, {"etcd": {"client": {"user": "u"}}})), "an etcd user without a password Secret"),
+        ({"insecure": True, "service": {"type": "LoadBalancer"}}, "a plaintext LoadBalancer (insecure)"),
+        ({"insecure": True, "etcd": {"client": {"secretName": "c"}}}, "etcd client TLS against a plaintext etcd"),
+        ({"insecure": True, "tls": {"client": {"clientCA": {"enabled": True}}}}, "client CA without TLS"),
+        ({"certManager": {"enabled": True}, "auth": {"secretName": "a"}}, "cert-manager without an issuer"),
+        (merge(base, {"ports": {"admin": 50051}}), "the admin port equal to the client port"),
+        ({"insecure": True, "bundles": {"inline": {"rules.json": "{}"}, "existingClaim": "models"}},
+         "two bundle sources"),
+        ({"insecure": True, "cluster": {"mode": "static"}}, "static mode with 3 nodes and autoscaling"),
+        ({"insecure": True, "etcd": {"bundled": {"enabled": False}}}, "etcd mode without any etcd"),
+        ({"insecure": True, "autoscaling": {"minReplicas": 5, "maxReplicas": 3}}, "minReplicas above maxReplicas"),
     ]
-    rendered = []
+    rendered, messages = [], []
     for over, why in bad:
         try:
             render(over)
             rendered.append(why)
-        except ChartFail:
-            pass
-    check(not rendered, f"the chart renders contradictory values: {rendered}")
-    return f"{len(bad)} contradictory value sets refused with a message"
+        except ChartFail as e:
+            messages.append(str(e))
+    check(not rendered, f"the chart renders contradictory or insecure values: {rendered}")
+    # The refusal of the defaults says what to set.
+    try:
+        render({})
+    except ChartFail as e:
+        check("tls.client.secretName" in str(e) and "insecure: true" in str(e),
+              f"the refusal of the defaults does not name the values to set: {e}")
+    return (f"{len(bad)} contradictory or insecure value sets refused with a message (the defaults alone: "
+            f"{messages[0].split(': ', 1)[1][:90]}...)")
 
 
 def by_kind(docs: list[dict], kind: str) -> list[dict]:
@@ -384,7 +462,8 @@ def selects(selector: dict, labels: dict) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-def check_consistency(docs: list[dict], where: str) -> None:
+def check_consistency(docs: list[dict], where: str, namespace: str = NAMESPACE,
+                      extra_env: frozenset[str] = frozenset()) -> None:
     """Cross-object facts a schema cannot see, on one rendering."""
     sts = node_statefulset(docs)
     spec = sts["spec"]
@@ -394,6 +473,7 @@ def check_consistency(docs: list[dict], where: str) -> None:
     env = env_of(c)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     w = f"{where}: "
+    etcd_mode = env["AISLE_CLUSTER"]["value"] == "etcd"
     check(selects(spec["selector"]["matchLabels"], labels), w + "StatefulSet selector does not select its pods")
     check(spec["podManagementPolicy"] == "Parallel", w + "podManagementPolicy must be Parallel")
     check("command" not in c, w + "the container must run the image's entrypoint (aisle)")
@@ -401,8 +481,20 @@ def check_consistency(docs: list[dict], where: str) -> None:
     # Node id = pod name.
     check(env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", w + "POD_NAME from the pod name")
     check(env["AISLE_NODE_ID"]["value"] == "$(POD_NAME)", w + "the node id is the pod name")
+    # Every AISLE_* variable is one the node reads (a typo would be ignored silently), unless the user added it.
+    unknown = sorted(k for k in env if k.startswith("AISLE_") and k not in NODE_ENV and k not in extra_env)
+    check(not unknown, w + f"environment variables the node does not read: {unknown}")
+    # The four listeners: client, admin, HTTP on every pod; the peer port in etcd mode only. All different.
+    want_ports = {"grpc", "admin", "http"} | ({"peer"} if etcd_mode else set())
+    check(set(ports) == want_ports, w + f"container ports {sorted(ports)}, expected {sorted(want_ports)}")
+    check(len(set(ports.values())) == len(ports), w + f"container ports collide: {ports}")
     check(env["AISLE_GRPC_ADDR"]["value"] == f"0.0.0.0:{ports['grpc']}", w + "gRPC listens on the grpc containerPort")
+    check(env["AISLE_ADMIN_ADDR"]["value"] == f"0.0.0.0:{ports['admin']}", w + "admin listens on the admin port")
     check(env["AISLE_HTTP_ADDR"]["value"] == f"0.0.0.0:{ports['http']}", w + "HTTP listens on the http containerPort")
+    if etcd_mode:
+        check(env["AISLE_PEER_ADDR"]["value"] == f"0.0.0.0:{ports['peer']}", w + "peers listen on the peer port")
+    else:
+        check("AISLE_PEER_ADDR" not in env, w + "AISLE_PEER_ADDR in static mode (no peers)")
     # Probes on the HTTP port.
     for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         check(c[probe]["httpGet"] == {"path": path, "port": "http"}, w + f"{probe} must GET {path} on http")
@@ -419,48 +511,66 @@ def check_consistency(docs: list[dict], where: str) -> None:
     check(sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", w + "seccomp RuntimeDefault")
     check(pod.get("automountServiceAccountToken") is False, w + "no service account token")
     # Config file and bundles come from the mounted volumes.
-    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     cfg_dir = os.path.dirname(env["AISLE_CONFIG"]["value"])
     check(cfg_dir in mounts, w + "AISLE_CONFIG is not on a mounted volume")
-    cfg_cm = volumes[mounts[cfg_dir]]["configMap"]["name"]
+    cfg_cm = volumes[mounts[cfg_dir]["name"]]["configMap"]["name"]
     cm = one(docs, "ConfigMap", cfg_cm)
     check(os.path.basename(env["AISLE_CONFIG"]["value"]) in cm["data"], w + "the config ConfigMap lacks the file")
     check(env["AISLE_DATA_DIR"]["value"] in mounts, w + "AISLE_DATA_DIR is not a mounted volume")
-    # Services select the pods and target named container ports.
-    for svc in by_kind(docs, "Service"):
-        sel = svc["spec"].get("selector", {})
-        if sel.get("app.kubernetes.io/component") != "node":
-            continue
-        check(selects(sel, labels), w + f"Service {svc['metadata']['name']} does not select the nodes")
-        for p in svc["spec"]["ports"]:
+    secret_files = check_secret_mounts(c, pod, env, w)
+    check_security_env(env, etcd_mode, w)
+    # Services: each selects the nodes and carries one kind of traffic, on its own named port.
+    node_svcs = [s for s in by_kind(docs, "Service") if s["spec"].get("selector", {}).get(
+        "app.kubernetes.io/component") == "node"]
+    for svc in node_svcs:
+        check(selects(svc["spec"]["selector"], labels), w + f"Service {svc['metadata']['name']} does not select the nodes")
+        for p in svc["spec"].get("ports", []):
             check(p["targetPort"] in ports, w + f"Service {svc['metadata']['name']} targets unknown port")
-    grpc_svcs = [s for s in by_kind(docs, "Service") if s["metadata"]["name"] == sts["metadata"]["name"]]
-    check(len(grpc_svcs) == 1 and grpc_svcs[0]["spec"]["ports"][0].get("appProtocol") == "grpc",
-          w + "client Service with appProtocol grpc")
-    # The headless Service of the peers is the StatefulSet's, publishes not-ready pods, and carries gRPC.
+    name = sts["metadata"]["name"]
+    svc_ports = {s["metadata"]["name"]: [p["targetPort"] for p in s["spec"].get("ports", [])] for s in node_svcs}
+    client = one(docs, "Service", name)
+    check(svc_ports[name] == ["grpc"] and client["spec"]["ports"][0].get("appProtocol") == "grpc",
+          w + f"client Service {name} must carry the client port only, appProtocol grpc: {svc_ports[name]}")
+    admin = one(docs, "Service", f"{name}-admin")
+    check(admin["spec"].get("type", "ClusterIP") == "ClusterIP" and admin["spec"].get("clusterIP") != "None",
+          w + "the admin Service must be ClusterIP")
+    check(svc_ports[f"{name}-admin"] == ["admin"], w + "the admin Service must carry the admin port only")
+    check(svc_ports[f"{name}-http"] == ["http"], w + "the http Service must carry the HTTP port only")
+    # The headless Service of the peers is the StatefulSet's, publishes not-ready pods, and carries the peer port.
     peers = one(docs, "Service", spec["serviceName"])
     check(peers["spec"].get("clusterIP") == "None", w + "peers Service must be headless")
     check(peers["spec"].get("publishNotReadyAddresses") is True, w + "peers Service must publish not-ready pods")
-    check(any(p["targetPort"] == "grpc" for p in peers["spec"]["ports"]), w + "peers Service must carry gRPC")
+    check(svc_ports[spec["serviceName"]] == (["peer"] if etcd_mode else []),
+          w + f"peers Service must carry the peer port only (etcd mode), not {svc_ports[spec['serviceName']]}")
+    for s, tps in svc_ports.items():
+        if s != spec["serviceName"]:
+            check("peer" not in tps, w + f"Service {s} exposes the peer port")
+        if s != f"{name}-admin":
+            check("admin" not in tps, w + f"Service {s} exposes the admin port")
     domain = None
-    if env["AISLE_CLUSTER"]["value"] == "etcd":
+    if etcd_mode:
         adv = env["AISLE_ADVERTISE_ADDR"]["value"]
         m = re.fullmatch(r"\$\(POD_NAME\)\.([^.]+)\.\$\(POD_NAMESPACE\)\.svc\.(.+):(\d+)", adv)
         check(m is not None, w + f"advertise address {adv} is not <pod>.<peers>.<ns>.svc.<domain>:<port>")
         check(m.group(1) == spec["serviceName"], w + "advertise address is not through the peers Service")
-        check(int(m.group(3)) == ports["grpc"], w + "advertise address is not the grpc port")
+        check(int(m.group(3)) == ports["peer"], w + "advertise address is not the peer port")
         domain = m.group(2)
         check(int(env["AISLE_LEASE_TTL_SECS"]["value"]) >= 1, w + "lease TTL")
         check(env["AISLE_CLUSTER_NAME"]["value"], w + "cluster name")
         endpoints = env["AISLE_ETCD_ENDPOINTS"]["value"].split(",")
+        tls_etcd = "AISLE_ETCD_CA" in env
+        check(all(u.startswith("https://" if tls_etcd else "http://") for u in endpoints),
+              w + f"etcd endpoints {endpoints} must be https:// exactly when AISLE_ETCD_CA is set")
         etcd_sts = [d for d in by_kind(docs, "StatefulSet") if d is not sts]
         if etcd_sts:
             e = etcd_sts[0]
-            ec = e["spec"]["template"]["spec"]["containers"][0]
-            client = [p["containerPort"] for p in ec["ports"] if p["name"] == "client"][0]
-            want = [f"http://{e['metadata']['name']}-{i}.{e['spec']['serviceName']}.$(POD_NAMESPACE).svc.{domain}:{client}"
-                    for i in range(e["spec"]["replicas"])]
+            ec = container(e, "etcd")
+            client_port = [p["containerPort"] for p in ec["ports"] if p["name"] == "client"][0]
+            scheme = "https" if tls_etcd else "http"
+            want = [f"{scheme}://{e['metadata']['name']}-{i}.{e['spec']['serviceName']}.$(POD_NAMESPACE).svc.{domain}:"
+                    f"{client_port}" for i in range(e["spec"]["replicas"])]
             check(endpoints == want, w + f"etcd endpoints {endpoints} are not the bundled members {want}")
             esvc = one(docs, "Service", e["spec"]["serviceName"])
             check(esvc["spec"].get("clusterIP") == "None", w + "etcd Service must be headless")
@@ -472,10 +582,11 @@ def check_consistency(docs: list[dict], where: str) -> None:
             check(any(p["metadata"]["name"] == e["metadata"]["name"] for p in by_kind(docs, "PodDisruptionBudget")),
                   w + "the bundled etcd needs its PodDisruptionBudget")
             check(e["spec"].get("volumeClaimTemplates"), w + "the bundled etcd needs persistent volumes")
+            check_etcd_tls(docs, e, tls_etcd, env, secret_files, w)
         else:
             check(all(u.startswith(("http://", "https://")) for u in endpoints), w + "external etcd endpoints")
     else:
-        for k in ("AISLE_ETCD_ENDPOINTS", "AISLE_ADVERTISE_ADDR"):
+        for k in ("AISLE_ETCD_ENDPOINTS", "AISLE_ADVERTISE_ADDR", "AISLE_PEER_TLS_CERT", "AISLE_ETCD_CA"):
             check(k not in env, w + f"{k} in static mode")
         check(spec.get("replicas") == 1, w + "static mode runs one node")
     for hpa in by_kind(docs, "HorizontalPodAutoscaler"):
@@ -486,6 +597,313 @@ def check_consistency(docs: list[dict], where: str) -> None:
         sel = pdb["spec"]["selector"]["matchLabels"]
         check(any(selects(sel, s["spec"]["template"]["metadata"]["labels"]) for s in by_kind(docs, "StatefulSet")),
               w + f"PDB {pdb['metadata']['name']} selects no pods")
+    check_network_policies(docs, sts, ports, etcd_mode, namespace, w)
+    check_certificates(docs, sts, secret_files, etcd_mode, namespace, domain, w)
+    check_helm_test(docs, sts, w)
+
+
+def check_secret_mounts(c: dict, pod: dict, env: dict, w: str) -> dict[str, tuple[str, str]]:
+    """Every credential file the node re-reads is a key of a Secret volume mounted whole (no subPath), read-only.
+    Returns {env name: (Secret name, key)}."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    out = {}
+    for m in c["volumeMounts"]:
+        v = volumes.get(m["name"], {})
+        if "secret" in v:
+            check("subPath" not in m and "subPathExpr" not in m,
+                  w + f"Secret volume {m['name']} is mounted with subPath: rotation would never reach the file")
+            check(m.get("readOnly") is True, w + f"Secret volume {m['name']} must be mounted readOnly")
+            check(v["secret"].get("defaultMode", 0o644) & 0o007 == 0, w + f"Secret volume {m['name']} is world-readable")
+    for k, key in SECRET_FILE_ENV.items():
+        if k not in env:
+            continue
+        path = env[k]["value"]
+        found = [m for m in c["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+        check(found, w + f"{k}={path} is on no mounted volume")
+        m = max(found, key=lambda x: len(x["mountPath"]))
+        v = volumes[m["name"]]
+        check("secret" in v, w + f"{k}={path} must come from a Secret volume, not {sorted(set(v) - {'name'})}")
+        rel = path[len(m["mountPath"].rstrip("/")) + 1:]
+        check("/" not in rel, w + f"{k}={path}: the file must be a key at the top of its Secret volume")
+        if key is not None:
+            check(rel == key, w + f"{k} must name the Secret key {key}, not {rel}")
+        items = v["secret"].get("items")
+        if items:
+            check(any(i["path"] == rel for i in items), w + f"{k}: {rel} is not among the projected items")
+            rel = next(i["key"] for i in items if i["path"] == rel)
+        out[k] = (v["secret"]["secretName"], rel)
+    return out
+
+
+def check_security_env(env: dict, etcd_mode: bool, w: str) -> None:
+    """Secure unless insecure: TLS and tokens on the client/admin ports, mutual TLS on the peer port, in pairs."""
+    insecure = env.get("AISLE_INSECURE", {}).get("value")
+    check(insecure in (None, "true"), w + f"AISLE_INSECURE={insecure!r}: set it to \"true\" or leave it out")
+    check(("AISLE_TLS_CERT" in env) == ("AISLE_TLS_KEY" in env), w + "AISLE_TLS_CERT and AISLE_TLS_KEY go together")
+    check("AISLE_TLS_CLIENT_CA" not in env or "AISLE_TLS_CERT" in env, w + "AISLE_TLS_CLIENT_CA without TLS")
+    peer = [k in env for k in ("AISLE_PEER_TLS_CERT", "AISLE_PEER_TLS_KEY", "AISLE_PEER_TLS_CA")]
+    check(all(peer) or not any(peer), w + "the peer TLS certificate, key and CA go together")
+    check(("AISLE_ETCD_CERT" in env) == ("AISLE_ETCD_KEY" in env), w + "AISLE_ETCD_CERT and AISLE_ETCD_KEY go together")
+    check("AISLE_ETCD_CERT" not in env or "AISLE_ETCD_CA" in env, w + "an etcd client certificate without AISLE_ETCD_CA")
+    check(("AISLE_ETCD_USER" in env) == ("AISLE_ETCD_PASSWORD_FILE" in env), w + "etcd user and password go together")
+    if insecure is None:
+        check("AISLE_TLS_CERT" in env, w + "not insecure, yet no TLS on the client and admin ports")
+        check("AISLE_AUTH_TOKENS" in env, w + "not insecure, yet no token file")
+        if etcd_mode:
+            check(all(peer), w + "not insecure, yet no mutual TLS on the peer port")
+            check("AISLE_ETCD_CA" in env, w + "not insecure, yet etcd without TLS")
+
+
+def check_etcd_tls(docs: list[dict], e: dict, tls: bool, node_env: dict, node_secrets: dict, w: str) -> None:
+    """The bundled etcd: TLS for clients and peers with client certificates required, and the auth bootstrap."""
+    pod = e["spec"]["template"]["spec"]
+    ec = container(e, "etcd")
+    eenv = {k: v.get("value") for k, v in env_of(ec).items()}
+    urls = ["ETCD_INITIAL_ADVERTISE_PEER_URLS", "ETCD_ADVERTISE_CLIENT_URLS", "ETCD_LISTEN_PEER_URLS",
+            "ETCD_LISTEN_CLIENT_URLS"]
+    flags = {"ETCD_CERT_FILE": "tls.crt", "ETCD_KEY_FILE": "tls.key", "ETCD_TRUSTED_CA_FILE": "ca.crt",
+             "ETCD_PEER_CERT_FILE": "tls.crt", "ETCD_PEER_KEY_FILE": "tls.key", "ETCD_PEER_TRUSTED_CA_FILE": "ca.crt"}
+    names = [c["name"] for c in pod["containers"]]
+    if not tls:
+        check(all(eenv[u].startswith("http://") for u in urls), w + "plaintext etcd with https URLs")
+        check(not any(k in eenv for k in flags), w + "etcd TLS files without https URLs")
+        check(names == ["etcd"], w + "the auth bootstrap needs etcd's TLS")
+        return
+    for u in urls:
+        check(eenv[u].startswith("https://"), w + f"etcd {u}={eenv[u]} is not https")
+    check(all(m.split("=", 1)[1].startswith("https://") for m in eenv["ETCD_INITIAL_CLUSTER"].split(",")),
+          w + "ETCD_INITIAL_CLUSTER must use https peer URLs")
+    check(eenv.get("ETCD_CLIENT_CERT_AUTH") == "true" and eenv.get("ETCD_PEER_CLIENT_CERT_AUTH") == "true",
+          w + "etcd must require client certificates from clients and peers (--client-cert-auth, --peer-client-cert-auth)")
+    mounts = {m["mountPath"]: m for m in ec["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    server_secret = None
+    for k, key in flags.items():
+        path = eenv.get(k)
+        check(path is not None, w + f"etcd needs {k}")
+        d, f = os.path.split(path)
+        check(d in mounts and f == key, w + f"etcd {k}={path} is not the key {key} of a mounted Secret")
+        m = mounts[d]
+        check("subPath" not in m and m.get("readOnly") is True, w + f"etcd mounts {m['name']} with subPath or writable")
+        v = volumes[m["name"]]
+        check("secret" in v, w + f"etcd {k} is not from a Secret")
+        check(server_secret in (None, v["secret"]["secretName"]), w + "etcd's client and peer TLS use two Secrets")
+        server_secret = v["secret"]["secretName"]
+    check(eenv["ETCD_LISTEN_METRICS_URLS"].startswith("http://"), w + "etcd's probes need the plaintext metrics URL")
+    # The auth bootstrap: the script from its ConfigMap, run in every member as root, against its own member.
+    check("auth" in names, w + "the bundled etcd with TLS needs its auth container")
+    ac = container(e, "auth")
+    aenv = {k: v.get("value") for k, v in env_of(ac).items()}
+    client_port = [p["containerPort"] for p in ec["ports"] if p["name"] == "client"][0]
+    check(aenv["ETCDCTL_ENDPOINTS"] == f"https://127.0.0.1:{client_port}",
+          w + "the auth bootstrap must reach its own member over loopback (not subject to the NetworkPolicy)")
+    check(aenv["AUTH_USER"] == "aisle" and aenv["AUTH_PREFIX"] == "/aisle/",
+          w + "the auth bootstrap must create the user aisle with the prefix /aisle/ (the nodes' keys)")
+    amounts = {m["mountPath"]: m for m in ac["volumeMounts"]}
+    script = ac["command"][-1]
+    sdir = os.path.dirname(script)
+    check(sdir in amounts, w + "the auth script is not on a mounted volume")
+    scm = one(docs, "ConfigMap", volumes[amounts[sdir]["name"]]["configMap"]["name"])
+    body = scm["data"][os.path.basename(script)]
+    for needle in ("--no-password", "user grant-role root root", "role grant-permission", "readwrite",
+                   "--prefix=true", "user grant-role", "auth enable"):
+        check(needle in body, w + f"the auth script lacks `{needle}`")
+    for k in ("ETCDCTL_CERT", "ETCDCTL_KEY", "ETCDCTL_CACERT"):
+        d = os.path.dirname(aenv[k])
+        check(d in amounts and "secret" in volumes[amounts[d]["name"]] and "subPath" not in amounts[d],
+              w + f"the auth container's {k} is not from a Secret volume mounted whole")
+    shell = ac["command"][0]
+    check(os.path.dirname(shell) in amounts, w + "the auth container's shell is not on a mounted volume")
+    check(aenv["PATH"].split(":")[0] == os.path.dirname(shell), w + "the shell's tools must come first on PATH")
+    tools = amounts[os.path.dirname(shell)]["name"]
+    check(any(tools in [m["name"] for m in ic.get("volumeMounts", [])] for ic in pod.get("initContainers", [])),
+          w + "no init container installs the shell of the auth container")
+    # The nodes reach it with a client certificate and its CA (common name aisle: the user the bootstrap creates).
+    check({"AISLE_ETCD_CA", "AISLE_ETCD_CERT", "AISLE_ETCD_KEY"} <= set(node_secrets),
+          w + "the nodes need AISLE_ETCD_CA, AISLE_ETCD_CERT and AISLE_ETCD_KEY for the bundled etcd")
+    check("AISLE_ETCD_USER" not in node_env, w + "the bundled etcd maps the certificate's CN; no etcd user")
+
+
+def rule_peers(rule: dict) -> list[dict] | None:
+    return rule.get("from")
+
+
+def check_network_policies(docs: list[dict], sts: dict, ports: dict, etcd_mode: bool, namespace: str, w: str) -> None:
+    """Ingress of the nodes by port: peer from the nodes only, admin from one namespace, client and metrics as set;
+    the bundled etcd's client port from the nodes only, its peer port from its members only. No port is left open by
+    a rule without ports, and no container port is without a rule."""
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    node_sel = sts["spec"]["selector"]["matchLabels"]
+    pols = by_kind(docs, "NetworkPolicy")
+    node_pols = [p for p in pols if selects(p["spec"]["podSelector"].get("matchLabels", {}), labels)]
+    if not pols:
+        return
+    check(len(node_pols) == 1, w + f"expected one NetworkPolicy of the nodes, found {len(node_pols)}")
+    np_ = node_pols[0]["spec"]
+    check("Ingress" in np_["policyTypes"], w + "the nodes' NetworkPolicy must restrict ingress")
+    by_port: dict[str, list] = {}
+    for rule in np_.get("ingress", []):
+        check(rule.get("ports"), w + "a NetworkPolicy rule without ports opens every port")
+        for p in rule["ports"]:
+            check(p["port"] in ports, w + f"NetworkPolicy rule for unknown port {p['port']}")
+            check(p["port"] not in by_port, w + f"two NetworkPolicy rules for port {p['port']}")
+            by_port[p["port"]] = rule_peers(rule)
+    check(set(by_port) == set(ports), w + f"NetworkPolicy covers {sorted(by_port)}, the pods open {sorted(ports)}")
+    if etcd_mode:
+        check(by_port["peer"] == [{"podSelector": {"matchLabels": node_sel}}],
+              w + f"the peer port must admit the StatefulSet's own pods only, not {by_port['peer']}")
+    admin = by_port["admin"]
+    check(admin, w + "the admin port must not admit everyone")
+    for peer in admin:
+        ns = peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+        check(ns and "ipBlock" not in peer, w + f"the admin port must admit one namespace, by name: {peer}")
+    etcd_pols = [p for p in pols if p is not node_pols[0]]
+    etcd_sts = [d for d in by_kind(docs, "StatefulSet") if d is not sts]
+    if etcd_sts:
+        e = etcd_sts[0]
+        elabels = e["spec"]["template"]["metadata"]["labels"]
+        ep = [p for p in etcd_pols if selects(p["spec"]["podSelector"].get("matchLabels", {}), elabels)]
+        check(len(ep) == 1, w + "the bundled etcd needs its NetworkPolicy")
+        rules = {}
+        for rule in ep[0]["spec"]["ingress"]:
+            check(rule.get("ports"), w + "an etcd NetworkPolicy rule without ports")
+            for p in rule["ports"]:
+                rules[p["port"]] = rule_peers(rule)
+        eports = {p["name"] for p in container(e, "etcd")["ports"]}
+        check(set(rules) == eports, w + f"etcd NetworkPolicy covers {sorted(rules)}, etcd opens {sorted(eports)}")
+        check(rules["client"] == [{"podSelector": {"matchLabels": node_sel}}],
+              w + f"etcd's client port must admit the nodes only, not {rules['client']}")
+        check(rules["peer"] == [{"podSelector": {"matchLabels": e["spec"]["selector"]["matchLabels"]}}],
+              w + "etcd's peer port must admit its members only")
+
+
+# cert-manager's Certificate is a CRD: the fields the chart uses, strictly.
+CERTIFICATE_SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "cert-manager.io/v1"}, "kind": {"const": "Certificate"},
+        "metadata": {"type": "object", "additionalProperties": False, "required": ["name"],
+                     "properties": {"name": {"type": "string"}, "namespace": {"type": "string"},
+                                    "labels": {"type": "object", "additionalProperties": {"type": "string"}}}},
+        "spec": {"type": "object", "additionalProperties": False, "required": ["secretName", "issuerRef"],
+                 "anyOf": [{"required": ["dnsNames"]}, {"required": ["commonName"]}],
+                 "properties": {
+                     "secretName": {"type": "string", "minLength": 1},
+                     "issuerRef": {"type": "object", "additionalProperties": False, "required": ["name"], "properties": {
+                         "name": {"type": "string", "minLength": 1}, "kind": {"enum": ["Issuer", "ClusterIssuer"]},
+                         "group": {"type": "string"}}},
+                     "duration": {"type": "string", "pattern": "^([0-9]+(\\.[0-9]+)?(h|m|s))+$"},
+                     "renewBefore": {"type": "string", "pattern": "^([0-9]+(\\.[0-9]+)?(h|m|s))+$"},
+                     "commonName": {"type": "string", "maxLength": 64},
+                     "dnsNames": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                     "ipAddresses": {"type": "array", "items": {"type": "string"}},
+                     "usages": {"type": "array", "items": {"enum": [
+                         "digital signature", "key encipherment", "server auth", "client auth"]}},
+                     "privateKey": {"type": "object", "additionalProperties": False, "properties": {
+                         "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]}, "size": {"type": "integer"},
+                         "encoding": {"enum": ["PKCS1", "PKCS8"]}, "rotationPolicy": {"enum": ["Never", "Always"]}}},
+                 }},
+    },
+}
+
+
+def check_certificates(docs: list[dict], sts: dict, secret_files: dict, etcd_mode: bool, namespace: str,
+                       domain: str | None, w: str) -> None:
+    """With cert-manager: a Certificate for each TLS Secret the pods mount, with the names they are reached by."""
+    certs = {c["spec"]["secretName"]: c for c in by_kind(docs, "Certificate")}
+    if not certs:
+        return
+    domain = domain or "cluster.local"
+    name = sts["metadata"]["name"]
+
+    def cert_for(env_name: str) -> dict:
+        secret = secret_files[env_name][0]
+        check(secret in certs, w + f"no Certificate writes Secret {secret} ({env_name})")
+        return certs[secret]["spec"]
+
+    def svc_names(svc: str) -> list[str]:
+        return [svc, f"{svc}.{namespace}", f"{svc}.{namespace}.svc", f"{svc}.{namespace}.svc.{domain}"]
+
+    client = cert_for("AISLE_TLS_CERT")
+    missing = [n for n in svc_names(name) + svc_names(f"{name}-admin") if n not in client["dnsNames"]]
+    check(not missing, w + f"the client certificate lacks the Service names {missing}")
+    check("server auth" in client["usages"], w + "the client certificate needs the server auth usage")
+    if etcd_mode:
+        peer = cert_for("AISLE_PEER_TLS_CERT")
+        want = f"*.{sts['spec']['serviceName']}.{namespace}.svc.{domain}"
+        check(peer["dnsNames"] == [want], w + f"the peer certificate must name {want}, not {peer['dnsNames']}")
+        check({"server auth", "client auth"} <= set(peer["usages"]), w + "the peer certificate needs server and client auth")
+    etcd_sts = [d for d in by_kind(docs, "StatefulSet") if d is not sts]
+    if etcd_sts and "AISLE_ETCD_CERT" in secret_files:
+        e = etcd_sts[0]
+        etcd_name = e["metadata"]["name"]
+        vols = {v["name"]: v for v in e["spec"]["template"]["spec"].get("volumes", [])}
+        mounts = {m["mountPath"]: m["name"] for m in container(e, "etcd")["volumeMounts"]}
+        server_secret = vols[mounts[os.path.dirname(env_of(container(e, "etcd"))["ETCD_CERT_FILE"]["value"])]]
+        server = certs.get(server_secret["secret"]["secretName"])
+        check(server is not None, w + "no Certificate for the etcd members")
+        server = server["spec"]
+        for n in (f"*.{etcd_name}.{namespace}.svc.{domain}", "localhost"):
+            check(n in server["dnsNames"], w + f"the etcd certificate lacks {n}")
+        check("127.0.0.1" in server.get("ipAddresses", []), w + "the etcd certificate lacks 127.0.0.1 (the bootstrap)")
+        check({"server auth", "client auth"} <= set(server["usages"]), w + "etcd members need server and client auth")
+        node = cert_for("AISLE_ETCD_CERT")
+        check(node.get("commonName") == "aisle" and "client auth" in node["usages"],
+              w + "the nodes' etcd certificate needs common name aisle (their etcd user) and client auth")
+        amounts = {m["mountPath"]: m["name"] for m in container(e, "auth")["volumeMounts"]}
+        root_secret = vols[amounts[os.path.dirname(env_of(container(e, "auth"))["ETCDCTL_CERT"]["value"])]]
+        root = certs.get(root_secret["secret"]["secretName"])
+        check(root is not None and root["spec"].get("commonName") == "root", w + "the etcd root certificate needs CN root")
+    issuers = {json.dumps(c["spec"]["issuerRef"], sort_keys=True) for c in certs.values()}
+    check(len(issuers) == 1, w + "the Certificates must share one (CA) issuer: peers and etcd verify against its CA")
+
+
+def check_helm_test(docs: list[dict], sts: dict, w: str) -> None:
+    """`helm test` calls the client Service the way the nodes serve it (https and a token, unless insecure)."""
+    tests = [d for d in by_kind(docs, "Pod") if "helm.sh/hook" in (d["metadata"].get("annotations") or {})]
+    env = env_of(container(sts, "aisle"))
+    for t in tests:
+        c = t["spec"]["containers"][0]
+        addr = c["args"][c["args"].index("--addr") + 1]
+        if "AISLE_TLS_CERT" in env:
+            check(addr.startswith("https://") and "--ca-cert" in c["args"], w + "the helm test must use TLS")
+        if "AISLE_AUTH_TOKENS" in env:
+            check("AISLE_TOKEN" in env_of(c), w + "the helm test needs a token")
+        for v in t["spec"].get("volumes", []):
+            if "secret" in v:
+                check([i["key"] for i in v["secret"].get("items", [])] == ["ca.crt"],
+                      w + "the helm test must mount only ca.crt of the TLS Secret (not its key)")
+
+
+def check_secure_defaults() -> str:
+    """The chart's defaults (with the Secret names, as in k8s/): TLS, tokens, mutual TLS between peers, etcd with
+    TLS and auth, NetworkPolicies on, no Service reachable from outside the cluster, no AISLE_INSECURE."""
+    from chart import load
+
+    vals = load(CHART).values
+    check(vals["insecure"] is False and vals["networkPolicy"]["enabled"] is True and vals["service"]["type"] == "ClusterIP",
+          "the defaults must be insecure: false, networkPolicy.enabled: true, service.type: ClusterIP")
+    _, docs = render(value_sets()[BASE_VALUES])
+    facts = check_secure_rendering(docs, "defaults")
+    return facts
+
+
+def check_secure_rendering(docs: list[dict], where: str) -> str:
+    outside = [f"{s['metadata']['name']} ({s['spec'].get('type')})" for s in by_kind(docs, "Service")
+               if s["spec"].get("type", "ClusterIP") != "ClusterIP"]
+    check(not outside, f"{where}: Services reachable from outside the cluster: {outside}")
+    sts = node_statefulset(docs)
+    env = env_of(container(sts, "aisle"))
+    check("AISLE_INSECURE" not in env, f"{where}: AISLE_INSECURE is set")
+    for k in ("AISLE_TLS_CERT", "AISLE_AUTH_TOKENS", "AISLE_PEER_TLS_CA", "AISLE_ETCD_CA", "AISLE_ETCD_CERT"):
+        check(k in env, f"{where}: {k} is not set")
+    check(all(u.startswith("https://") for u in env["AISLE_ETCD_ENDPOINTS"]["value"].split(",")),
+          f"{where}: etcd endpoints are not https")
+    pols = by_kind(docs, "NetworkPolicy")
+    check(len(pols) == 2, f"{where}: expected the nodes' and etcd's NetworkPolicies, found {len(pols)}")
+    check(not re.search(r"LoadBalancer", json.dumps(docs)), f"{where}: a LoadBalancer is mentioned")
+    return (f"{where}: every Service ClusterIP/headless, TLS + tokens on client and admin ports, mutual TLS on the "
+            "peer port, etcd over https with a client certificate, NetworkPolicies for nodes and etcd, no --insecure")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -502,7 +920,7 @@ def plain(text: str) -> str:
 
 
 def generated_files() -> dict[str, str]:
-    rendered, _ = render({})
+    rendered, _ = render(value_sets()[BASE_VALUES])
     files = {}
     for name in GENERATED:
         text = rendered[name]
@@ -525,7 +943,10 @@ def check_k8s_generated() -> str:
         if not os.path.exists(path) or open(path).read() != text:
             stale.append(name)
     check(not stale, f"k8s/base differs from the chart's defaults in {stale}: run `make k8s-generate`")
-    return f"k8s/base holds exactly the chart's default rendering ({len(GENERATED)} files)"
+    listed = load_yaml(os.path.join(K8S_BASE, "kustomization.yaml"))["resources"]
+    check(set(GENERATED) <= set(listed), f"k8s/base/kustomization.yaml does not list {sorted(set(GENERATED) - set(listed))}")
+    return (f"k8s/base holds exactly the chart's default rendering with ci/{BASE_VALUES}-values.yaml "
+            f"({len(GENERATED)} files, all listed in its kustomization)")
 
 
 def normalise(docs: list[dict], namespace: str | None) -> dict:
@@ -601,9 +1022,12 @@ def check_kustomize(overlay: str, values_name: str) -> str:
     chart_docs = chart_docs + [d for d in docs if d["kind"] == "Namespace"]
     diffs = diff_objects(normalise(docs, None), normalise(chart_docs, ns))
     check(not diffs, f"k8s/{overlay} differs from the chart with {values_name} values:\n" + "\n".join(diffs))
-    check_consistency(docs, f"kustomize {overlay or 'base'}")
+    check_consistency(docs, f"kustomize {overlay or 'base'}", ns)
+    if not overlay:
+        check_secure_rendering(docs, "kustomize base")
     return (f"`kubectl kustomize k8s/{overlay}` renders {len(docs)} objects, valid (strict) and equal to the chart "
-            f"with its {values_name} values")
+            f"with its {values_name} values" + ("; secure (TLS, tokens, NetworkPolicies, no LoadBalancer)"
+                                                 if not overlay else ""))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -699,8 +1123,13 @@ def check_helm() -> str:
     if not helm:
         raise Skip("no helm binary: `helm lint` and `helm template` not run (the chart was rendered by "
                    "scripts/k8s/chart.py instead); they run wherever helm is installed")
-    p = subprocess.run([helm, "lint", "--strict", CHART], capture_output=True, text=True)
+    base = os.path.join(CHART, "ci", f"{BASE_VALUES}-values.yaml")
+    p = subprocess.run([helm, "lint", "--strict", CHART, "-f", base], capture_output=True, text=True)
     check(p.returncode == 0, f"helm lint: {p.stdout}{p.stderr}")
+    # The defaults alone are refused, with the message of the chart's `fail`.
+    p = subprocess.run([helm, "template", RELEASE, CHART, "-n", NAMESPACE], capture_output=True, text=True)
+    check(p.returncode != 0 and "tls.client.secretName" in p.stderr,
+          f"helm template must refuse the defaults (no TLS, no tokens): {p.stderr or p.stdout[:300]}")
     for name, over in value_sets().items():
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(over, f)
@@ -714,7 +1143,8 @@ def check_helm() -> str:
         _, ours = render(over)
         diffs = diff_objects(normalise(ours, None), normalise(helm_docs, None))
         check(not diffs, f"helm and scripts/k8s/chart.py render {name} differently:\n" + "\n".join(diffs))
-    return "helm lint --strict passes; helm template equals scripts/k8s/chart.py for every value set"
+    return ("helm lint --strict passes; helm template refuses the defaults and equals scripts/k8s/chart.py for "
+            "every value set")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -788,12 +1218,29 @@ class Processes:
                 p.wait(timeout=10)
 
 
-def start_etcd(procs: Processes, tmp: str) -> str:
-    etcd = shutil.which("etcd")
-    if not etcd:
+def need_tools(*tools: str) -> None:
+    """Installs what the binary tests run (Debian's etcd-server, etcd-client, openssl) through scripts/deps.sh."""
+    if not all(shutil.which(t) for t in tools):
         subprocess.run([os.path.join(ROOT, "scripts", "deps.sh")], check=True)
-        etcd = shutil.which("etcd")
-    check(etcd is not None, "etcd is needed (scripts/deps.sh installs Debian's etcd-server)")
+    missing = [t for t in tools if not shutil.which(t)]
+    check(not missing, f"{missing} needed (scripts/deps.sh installs etcd-server, etcd-client and openssl)")
+
+
+def wait_http(url: str, what: str, log_path: str, seconds: float = 30) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if http_get(url)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not become healthy within {seconds:.0f} s: " + open(log_path).read()[-2000:])
+
+
+def start_etcd(procs: Processes, tmp: str) -> str:
+    need_tools("etcd")
+    etcd = shutil.which("etcd")
     client, peer = free_port(), free_port()
     url = f"http://127.0.0.1:{client}"
     log = open(os.path.join(tmp, "etcd.log"), "w")
@@ -803,59 +1250,104 @@ def start_etcd(procs: Processes, tmp: str) -> str:
                  "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
                  "--initial-cluster", f"k8s-check=http://127.0.0.1:{peer}"],
                 stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if http_get(f"{url}/health")[0] == 200:
-                return url
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("etcd did not become healthy within 30 s: " + open(os.path.join(tmp, "etcd.log")).read()[-2000:])
+    wait_http(f"{url}/health", "etcd", os.path.join(tmp, "etcd.log"))
+    return url
 
 
-def pod_process(docs: list[dict], pod_name: str, namespace: str, root: str, etcd_url: str | None):
-    """The command line and environment the kubelet gives the node container, with the pod's volumes as directories
-    under `root` (ConfigMaps written out) and the downward API answered with `pod_name` and `namespace`."""
-    sts = node_statefulset(docs)
-    pod = sts["spec"]["template"]["spec"]
-    c = container(sts, "aisle")
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    mounts = {}
-    for m in c["volumeMounts"]:
+def write_secret_dir(d: str, files: dict[str, str]) -> None:
+    """A Secret volume as the kubelet lays it out and updates it (its atomic writer): the files in a new timestamped
+    directory, `..data` a symlink to it swapped in one rename, each key a symlink through `..data`. A file mounted
+    with subPath would keep the old inode; a whole-volume mount sees the swap."""
+    os.makedirs(d, exist_ok=True)
+    data = os.path.join(d, "..data")
+    prev = os.readlink(data) if os.path.islink(data) else None
+    ts = f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.time_ns()}"
+    os.mkdir(os.path.join(d, ts))
+    for k, v in files.items():
+        path = os.path.join(d, ts, k)
+        with open(path, "w") as f:
+            f.write(v)
+        os.chmod(path, 0o440)
+    tmp_link = os.path.join(d, "..data_tmp")
+    os.symlink(ts, tmp_link)
+    os.replace(tmp_link, data)
+    for k in files:
+        if not os.path.lexists(os.path.join(d, k)):
+            os.symlink(os.path.join("..data", k), os.path.join(d, k))
+    for name in os.listdir(d):
+        if not name.startswith("..") and name not in files:
+            os.unlink(os.path.join(d, name))
+    if prev:
+        shutil.rmtree(os.path.join(d, prev), ignore_errors=True)
+
+
+def container_process(docs: list[dict], podspec: dict, c: dict, pod_name: str, namespace: str, root: str,
+                      secrets: dict[str, dict[str, str]], base_env: dict[str, str], claims: tuple[str, ...] = ()):
+    """The environment the kubelet gives a container, with the pod's volumes as directories under `root` (ConfigMaps
+    written out, Secrets from `secrets` in the kubelet's layout, the StatefulSet's `claims` empty directories) and the
+    downward API answered with `pod_name` and `namespace`; paths in the environment and the arguments are moved under
+    the volumes' directories. Returns (args, command, env, {Secret name: [(directory, items)]})."""
+    volumes = {v["name"]: v for v in podspec.get("volumes", [])}
+    volumes.update({name: {"name": name, "emptyDir": {}} for name in claims})
+    mounts, secret_dirs = {}, {}
+    for m in c.get("volumeMounts", []):
         d = os.path.join(root, m["name"])
-        os.makedirs(d, exist_ok=True)
         v = volumes[m["name"]]
-        if "configMap" in v:
-            cm = one(docs, "ConfigMap", v["configMap"]["name"])
-            for k, text in (cm.get("data") or {}).items():
-                with open(os.path.join(d, k), "w") as f:
-                    f.write(text)
-        else:
-            check("emptyDir" in v, f"the test maps ConfigMap and emptyDir volumes only, not {v}")
+        if not os.path.exists(d):
+            os.makedirs(d)
+            if "configMap" in v:
+                cm = one(docs, "ConfigMap", v["configMap"]["name"])
+                for k, text in (cm.get("data") or {}).items():
+                    with open(os.path.join(d, k), "w") as f:
+                        f.write(text)
+            elif "secret" in v:
+                name = v["secret"]["secretName"]
+                check(name in secrets, f"the test has no content for Secret {name}")
+                files = secrets[name]
+                items = v["secret"].get("items")
+                if items:
+                    files = {i["path"]: files[i["key"]] for i in items}
+                write_secret_dir(d, files)
+                secret_dirs.setdefault(name, []).append((d, items))
+            else:
+                check("emptyDir" in v, f"the test maps ConfigMap, Secret and emptyDir volumes only, not {v}")
         mounts[m["mountPath"]] = d
-    env = dict(dockerfile_image_env())
+    env = dict(base_env)
     env["HOSTNAME"] = pod_name  # as the kubelet sets it
     env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
     defined: dict[str, str] = {}
-    for e in c["env"]:
+    for e in c.get("env", []):
         if "valueFrom" in e:
             path = e["valueFrom"]["fieldRef"]["fieldPath"]
             value = {"metadata.name": pod_name, "metadata.namespace": namespace}[path]
         else:
             value = expand(e.get("value", ""), defined)
         defined[e["name"]] = value
-    for k, v in defined.items():
+
+    def moved(v: str) -> str:
         # A path in the pod becomes the same path under its volume's directory (the deepest mount wins, once).
         for mount_path in sorted(mounts, key=len, reverse=True):
             if v == mount_path or v.startswith(mount_path + "/"):
-                v = mounts[mount_path] + v[len(mount_path):]
-                break
-        env[k] = v
+                return mounts[mount_path] + v[len(mount_path):]
+        return v
+
+    for k, v in defined.items():
+        env[k] = moved(v)
+    args = [moved(expand(a, defined)) for a in c.get("args", [])]
+    command = [moved(expand(a, defined)) for a in c.get("command", [])]
+    return args, command, env, secret_dirs
+
+
+def pod_process(docs: list[dict], pod_name: str, namespace: str, root: str, etcd_url: str | None,
+                secrets: dict[str, dict[str, str]] | None = None):
+    """The command line and environment the kubelet gives the node container (see container_process)."""
+    sts = node_statefulset(docs)
+    c = container(sts, "aisle")
+    args, _, env, secret_dirs = container_process(docs, sts["spec"]["template"]["spec"], c, pod_name, namespace,
+                                                  root, secrets or {}, dockerfile_image_env())
     if etcd_url is not None:
         env["AISLE_ETCD_ENDPOINTS"] = etcd_url
-    args = [expand(a, defined) for a in c["args"]]
-    return args, env, c
+    return args, env, c, secret_dirs
 
 
 def check_binary_ready(values_name: str, cluster: bool) -> str:
@@ -863,17 +1355,18 @@ def check_binary_ready(values_name: str, cluster: bool) -> str:
     binary = aisle_binary()
     grpc, http = free_port(), free_port()
     over = copy.deepcopy(value_sets()[values_name])
-    over.setdefault("ports", {}).update({"grpc": grpc, "http": http})
+    over.setdefault("ports", {}).update({"grpc": grpc, "http": http, "admin": free_port(), "peer": free_port()})
     namespace, pod_name = "k8s-check", f"{RELEASE}-0"
     _, docs = render(over, namespace=namespace)
     procs = Processes()
     tmp = tempfile.mkdtemp(prefix="aisle-k8s-check-")
     try:
         etcd_url = start_etcd(procs, tmp) if cluster else None
-        args, env, c = pod_process(docs, pod_name, namespace, os.path.join(tmp, "pod"), etcd_url)
+        args, env, c, _ = pod_process(docs, pod_name, namespace, os.path.join(tmp, "pod"), etcd_url)
         shown = {k: v for k, v in env.items() if k.startswith("AISLE_")}
         if cluster:
             check(env["AISLE_CLUSTER"] == "etcd", "the defaults run in etcd mode")
+        check(env.get("AISLE_INSECURE") == "true", f"{values_name} is expected to run insecure (plaintext)")
         log_path = os.path.join(tmp, "aisle.log")
         log = open(log_path, "w")
         started = time.time()
@@ -882,19 +1375,7 @@ def check_binary_ready(values_name: str, cluster: bool) -> str:
         def tail() -> str:
             return f"\nnode ran as: aisle {' '.join(args)} with {shown}\nlog:\n" + open(log_path).read()[-3000:]
 
-        status, body = 0, ""
-        grace = c["lifecycle"]["preStop"]["sleep"]["seconds"]
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            check(node.poll() is None, f"the node exited with {node.returncode}" + tail())
-            try:
-                status, body = http_get(f"http://127.0.0.1:{http}/readyz")
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
-        check(status == 200, f"/readyz is {status} {body.strip()!r} after 90 s" + tail())
+        wait_ready(node, http, tail)
         ready_after = time.time() - started
         status, health = http_get(f"http://127.0.0.1:{http}/healthz")
         check(status == 200, f"/healthz is {status}")
@@ -910,7 +1391,7 @@ def check_binary_ready(values_name: str, cluster: bool) -> str:
         facts.append(f"Decide served_by {served_by}")
         if cluster:
             advertise = env["AISLE_ADVERTISE_ADDR"]
-            check(advertise == f"{pod_name}.{RELEASE}-peers.{namespace}.svc.cluster.local:{grpc}",
+            check(advertise == f"{pod_name}.{RELEASE}-peers.{namespace}.svc.cluster.local:{over['ports']['peer']}",
                   f"advertise address {advertise}")
             keys = etcd_keys(etcd_url)
             member = [k for k, v in keys.items() if pod_name in k and advertise in v]
@@ -919,15 +1400,7 @@ def check_binary_ready(values_name: str, cluster: bool) -> str:
             check(m is not None and float(m.group(1)) == 1.0,
                   f"aisle_cluster_members should be 1, /metrics has {m.group(0) if m else 'none'}")
             facts.append(f"joined etcd as {pod_name} ({member[0]} -> {advertise}), aisle_cluster_members 1")
-        # Termination as the kubelet does it: (preStop sleep), SIGTERM, exit 0 within the grace period.
-        node.send_signal(signal.SIGTERM)
-        limit = node_statefulset(docs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-        try:
-            code = node.wait(timeout=limit - grace)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"the node did not exit within {limit - grace} s of SIGTERM" + tail()) from None
-        check(code == 0, f"the node exited with {code} on SIGTERM" + tail())
-        facts.append("SIGTERM: exit 0")
+        facts.append(terminate(node, docs, c, tail))
         if "AISLE_DECISION_LOG" in env:
             with open(env["AISLE_DECISION_LOG"]) as f:
                 records = [json.loads(line) for line in f if line.strip()]
@@ -941,6 +1414,378 @@ def check_binary_ready(values_name: str, cluster: bool) -> str:
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def wait_ready(node: subprocess.Popen, http: int, tail, seconds: float = 90) -> None:
+    status, body = 0, ""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        check(node.poll() is None, f"the node exited with {node.returncode}" + tail())
+        try:
+            status, body = http_get(f"http://127.0.0.1:{http}/readyz")
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"/readyz is {status} {body.strip()!r} after {seconds:.0f} s" + tail())
+
+
+def terminate(node: subprocess.Popen, docs: list[dict], c: dict, tail) -> str:
+    """Termination as the kubelet does it: (preStop sleep), SIGTERM, exit 0 within the grace period."""
+    grace = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    node.send_signal(signal.SIGTERM)
+    limit = node_statefulset(docs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    try:
+        code = node.wait(timeout=limit - grace)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the node did not exit within {limit - grace} s of SIGTERM" + tail()) from None
+    check(code == 0, f"the node exited with {code} on SIGTERM" + tail())
+    return "SIGTERM: exit 0"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The real binary with TLS and tokens, as the chart configures it, against a local etcd with TLS and auth.
+
+class PKI:
+    """A throwaway CA, and certificates made with openssl the way cert-manager's CA issuer makes them from the chart's
+    Certificates: ECDSA P-256 keys in PKCS#8, the common name, DNS names, IP addresses and usages asked for, and the
+    CA as ca.crt beside tls.crt and tls.key."""
+
+    def __init__(self, d: str) -> None:
+        self.dir, self.n = d, 0
+        os.makedirs(d, exist_ok=True)
+        self.openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                     "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=aisle k8s-check CA",
+                     "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        self.ca = self.read("ca.crt")
+        self.ca_file = os.path.join(d, "ca.crt")
+
+    def openssl(self, *args: str) -> None:
+        p = subprocess.run(["openssl", *args], cwd=self.dir, capture_output=True, text=True)
+        check(p.returncode == 0, f"openssl {' '.join(args[:2])}: {p.stderr[-1500:]}")
+
+    def read(self, name: str) -> str:
+        return open(os.path.join(self.dir, name)).read()
+
+    def issue(self, common_name: str | None = None, dns: list[str] = (), ips: list[str] = (),
+              usages: list[str] = ("digital signature", "server auth")) -> dict[str, str]:
+        self.n += 1
+        base = f"cert{self.n}"
+        subject = f"/CN={common_name}" if common_name else "/O=aisle k8s-check"
+        self.openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                     "-keyout", f"{base}.key", "-out", f"{base}.csr", "-subj", subject)
+        ku = [{"digital signature": "digitalSignature", "key encipherment": "keyEncipherment"}[u]
+              for u in usages if u in ("digital signature", "key encipherment")]
+        eku = [{"server auth": "serverAuth", "client auth": "clientAuth"}[u]
+               for u in usages if u in ("server auth", "client auth")]
+        ext = ["basicConstraints=critical,CA:FALSE"]
+        if ku:
+            ext.append("keyUsage=critical," + ",".join(ku))
+        if eku:
+            ext.append("extendedKeyUsage=" + ",".join(eku))
+        sans = [f"DNS:{d}" for d in dns] + [f"IP:{i}" for i in ips]
+        if sans:
+            ext.append("subjectAltName=" + ",".join(sans))
+        with open(os.path.join(self.dir, f"{base}.ext"), "w") as f:
+            f.write("\n".join(ext) + "\n")
+        self.openssl("x509", "-req", "-in", f"{base}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                     "-days", "2", "-out", f"{base}.crt", "-extfile", f"{base}.ext")
+        return {"tls.crt": self.read(f"{base}.crt"), "tls.key": self.read(f"{base}.key"), "ca.crt": self.ca}
+
+    def from_certificate(self, spec: dict) -> dict[str, str]:
+        return self.issue(spec.get("commonName"), spec.get("dnsNames", []), spec.get("ipAddresses", []),
+                          spec.get("usages", ["digital signature", "key encipherment"]))
+
+    def files(self, name: str, pem: dict[str, str]) -> tuple[str, str]:
+        """Writes a certificate and key to files for a client (CLI, etcdctl): (cert path, key path)."""
+        cert, key = os.path.join(self.dir, f"{name}.pem"), os.path.join(self.dir, f"{name}-key.pem")
+        with open(cert, "w") as f:
+            f.write(pem["tls.crt"])
+        with open(key, "w") as f:
+            f.write(pem["tls.key"])
+        return cert, key
+
+
+def sha256_hex(token: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(token.encode()).hexdigest()  # = `printf %s TOKEN | sha256sum`
+
+
+def token_file(tokens: dict[str, tuple[str, list[str]]], certificates: list[dict]) -> str:
+    """The token file of the security contract: [[token]] name, sha256, scopes; [[certificate]] for client certs."""
+    out = []
+    for name, (token, scopes) in tokens.items():
+        out += ["[[token]]", f"name = {json.dumps(name)}", f"sha256 = {json.dumps(sha256_hex(token))}",
+                f"scopes = {json.dumps(scopes)}", ""]
+    for c in certificates:
+        out += ["[[certificate]]"] + [f"{k} = {json.dumps(v)}" for k, v in c.items()] + [""]
+    return "\n".join(out)
+
+
+def peer_handshake(port: int, ca_file: str, server_name: str, cert: tuple[str, str] | None) -> bytes:
+    """TLS to a port as a peer would (server name = the advertised host, ALPN h2), then the HTTP/2 preface: the
+    server's first frame comes back (SETTINGS) if it accepted us; an alert or a closed connection if not."""
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=ca_file)
+    ctx.set_alpn_protocols(["h2"])
+    if cert:
+        ctx.load_cert_chain(*cert)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        with ctx.wrap_socket(s, server_hostname=server_name) as ss:
+            ss.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            return ss.recv(9)
+
+
+def served_certificate(port: int, ca_file: str, server_name: str) -> bytes:
+    """The leaf certificate a TLS port serves (DER), verified against the CA and the server name."""
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=ca_file)
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        with ctx.wrap_socket(s, server_hostname=server_name) as ss:
+            return ss.getpeercert(binary_form=True)
+
+
+def binary_supports_tls(binary: str) -> bool:
+    p = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True, timeout=30)
+    return "--tls-cert" in p.stdout
+
+
+def check_binary_tls() -> str:
+    """Runs the real `aisle` exactly as the chart configures it with TLS and tokens (ci/secure-values.yaml), against
+    a local etcd started with the chart's etcd TLS settings and bootstrapped by the chart's auth script."""
+    import ssl
+
+    binary = aisle_binary()
+    if not binary_supports_tls(binary):
+        raise Skip(f"{binary} does not know `serve --tls-cert` yet (built before the TLS and token support of the "
+                   "node): the chart's TLS run waits for a binary that does (AISLE_BIN=... or a fresh cargo build)")
+    need_tools("etcd", "etcdctl", "openssl")
+    helptext = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True, timeout=30).stdout
+    ports = {k: free_port() for k in ("grpc", "peer", "admin", "http")}
+    etcd_client, etcd_peer, etcd_metrics = free_port(), free_port(), free_port()
+    over = copy.deepcopy(value_sets()["secure"])
+    over.setdefault("ports", {}).update(ports)
+    over.setdefault("etcd", {}).setdefault("bundled", {}).update({"clientPort": etcd_client, "peerPort": etcd_peer})
+    namespace, pod_name = "k8s-check", f"{RELEASE}-0"
+    _, docs = render(over, namespace=namespace)
+    sts = node_statefulset(docs)
+    c = container(sts, "aisle")
+    chart_env = {e["name"] for e in c["env"]}
+    # Every variable the chart gives the node is one `aisle serve` reads (AISLE_LOG is the log filter, read apart).
+    unknown = sorted(k for k in chart_env if k.startswith("AISLE_") and k != "AISLE_LOG"
+                     and f"[env: {k}=" not in helptext)
+    check(not unknown, f"the chart sets {unknown}, which `aisle serve --help` does not list")
+    facts = [f"every AISLE_* variable of the chart ({len(chart_env) - 2}) is one `aisle serve` reads"]
+    procs = Processes()
+    tmp = tempfile.mkdtemp(prefix="aisle-k8s-check-tls-")
+    try:
+        # Certificates from the chart's Certificates, a token file, the Secrets the pods mount.
+        pki = PKI(os.path.join(tmp, "pki"))
+        certs = {d["spec"]["secretName"]: d["spec"] for d in by_kind(docs, "Certificate")}
+        secrets = {name: pki.from_certificate(spec) for name, spec in certs.items()}
+        tok = {n: f"k8s-check-{n}-{os.urandom(12).hex()}" for n in ("storefront", "ops", "rotated")}
+        tokens = {"storefront": (tok["storefront"], ["decide", "track"]), "ops": (tok["ops"], ["admin:read"])}
+        pos = {"name": "pos-fleet", "common_name": "pos.store-1.example", "scopes": ["decide", "track", "subscribe"],
+               "stores": ["store-1"]}
+        auth_key = over["auth"].get("key", "tokens.toml")
+        secrets[over["auth"]["secretName"]] = {auth_key: token_file(tokens, [pos])}
+        facts.append(f"{len(certs)} certificates issued from the chart's Certificates")
+
+        # etcd as the chart runs it: its TLS settings, on loopback ports.
+        e = [d for d in by_kind(docs, "StatefulSet") if d is not sts][0]
+        epod = e["spec"]["template"]["spec"]
+        epod_name = f"{e['metadata']['name']}-0"
+        claims = tuple(t["metadata"]["name"] for t in e["spec"].get("volumeClaimTemplates", []))
+        _, ecmd, eenv, _ = container_process(docs, epod, container(e, "etcd"), epod_name, namespace,
+                                             os.path.join(tmp, "etcd-pod"), secrets, {}, claims)
+        for k in ("ETCD_LISTEN_CLIENT_URLS", "ETCD_LISTEN_PEER_URLS", "ETCD_ADVERTISE_CLIENT_URLS",
+                  "ETCD_INITIAL_ADVERTISE_PEER_URLS"):
+            check(eenv[k].startswith("https://"), f"the chart's etcd has {k}={eenv[k]}")
+        check(eenv["ETCD_LISTEN_CLIENT_URLS"] == f"https://0.0.0.0:{etcd_client}", "etcd's client URL")
+        eenv.update({
+            "ETCD_DATA_DIR": os.path.join(tmp, "etcd-data"),
+            "ETCD_LISTEN_CLIENT_URLS": f"https://127.0.0.1:{etcd_client}",
+            "ETCD_ADVERTISE_CLIENT_URLS": f"https://127.0.0.1:{etcd_client}",
+            "ETCD_LISTEN_PEER_URLS": f"https://127.0.0.1:{etcd_peer}",
+            "ETCD_INITIAL_ADVERTISE_PEER_URLS": f"https://127.0.0.1:{etcd_peer}",
+            "ETCD_INITIAL_CLUSTER": f"{epod_name}=https://127.0.0.1:{etcd_peer}",
+            "ETCD_LISTEN_METRICS_URLS": f"http://127.0.0.1:{etcd_metrics}",
+        })
+        etcd_log = os.path.join(tmp, "etcd.log")
+        check(os.path.basename(ecmd[0]) == "etcd", f"the etcd container runs {ecmd}")
+        procs.start([shutil.which("etcd"), *ecmd[1:]], env=eenv, stdout=open(etcd_log, "w"), stderr=subprocess.STDOUT)
+        wait_http(f"http://127.0.0.1:{etcd_metrics}/health", "etcd (TLS)", etcd_log)
+        facts.append("etcd up with the chart's TLS settings (client and peer certificates required)")
+
+        # The chart's auth bootstrap, run twice (idempotent), as its container runs it (RECHECK_SECONDS 0: once).
+        _, acmd, aenv, _ = container_process(docs, epod, container(e, "auth"), epod_name, namespace,
+                                             os.path.join(tmp, "etcd-pod"), secrets, {})
+        check(aenv["ETCDCTL_ENDPOINTS"] == f"https://127.0.0.1:{etcd_client}", "the bootstrap's endpoint")
+        aenv["RECHECK_SECONDS"] = "0"
+        # A PATH as bare as the pod's: its shell and sleep (busybox, installed into /tools by the init container)
+        # and etcdctl (etcd's image) — this machine's here; the script may use nothing else.
+        tools = os.path.join(tmp, "tools")
+        os.makedirs(tools)
+        for tool in ("sh", "sleep", "etcdctl"):
+            os.symlink(shutil.which(tool), os.path.join(tools, tool))
+        aenv["PATH"] = tools
+        for run in (1, 2):
+            p = subprocess.run([os.path.join(tools, "sh"), acmd[-1]], env=aenv, capture_output=True, text=True,
+                               timeout=120)
+            check(p.returncode == 0, f"the etcd auth bootstrap (run {run}) failed: {p.stdout}{p.stderr}\n"
+                                     + open(etcd_log).read()[-1500:])
+        root_env = {k: v for k, v in aenv.items() if k.startswith("ETCDCTL_")}
+        root_env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
+
+        def etcdctl(*args: str, cert: tuple[str, str] | None = None, as_root: bool = False):
+            env = dict(root_env)
+            if not as_root:
+                env.pop("ETCDCTL_CERT")
+                env.pop("ETCDCTL_KEY")
+                if cert:
+                    env["ETCDCTL_CERT"], env["ETCDCTL_KEY"] = cert
+            return subprocess.run(["etcdctl", "--command-timeout=5s", *args], env=env, capture_output=True,
+                                  text=True, timeout=30)
+
+        p = etcdctl("user", "list", as_root=True)
+        check(p.returncode == 0 and {"root", "aisle"} <= set(p.stdout.split()), f"etcd users: {p.stdout}{p.stderr}")
+        p = etcdctl("role", "get", "aisle", as_root=True)
+        check(p.returncode == 0 and p.stdout.count("prefix /aisle/") == 2,
+              f"role aisle must read and write the prefix /aisle/: {p.stdout}{p.stderr}")
+        node_etcd = pki.files("node-etcd", secrets[one(docs, "Certificate", f"{e['metadata']['name']}-client")[
+            "spec"]["secretName"]])
+        p = etcdctl("put", "/aisle/k8s-check-probe", "x", cert=node_etcd)
+        check(p.returncode == 0, f"the nodes' certificate (CN aisle) cannot write /aisle/: {p.stderr}")
+        etcdctl("del", "/aisle/k8s-check-probe", cert=node_etcd)
+        p = etcdctl("put", "/outside-aisle", "x", cert=node_etcd)
+        check(p.returncode != 0 and "permission denied" in p.stderr,
+              f"auth is not enabled: CN aisle may write outside /aisle/: {p.stdout}{p.stderr}")
+        intruder = pki.files("intruder", pki.issue("intruder", usages=["digital signature", "client auth"]))
+        p = etcdctl("get", "--prefix", "/aisle/", cert=intruder)
+        check(p.returncode != 0, "a certificate of an unknown user reads /aisle/")
+        p = etcdctl("get", "--prefix", "/aisle/")
+        check(p.returncode != 0, "etcd answers a client without a certificate (--client-cert-auth)")
+        check(http_get(f"http://127.0.0.1:{etcd_metrics}/health")[0] == 200, "etcd's /health (the probes) with auth on")
+        facts.append("the chart's etcd auth bootstrap ran twice (idempotent): users root and aisle, role aisle "
+                     "readwrite on /aisle/ only, auth enabled; unknown and missing client certificates refused")
+
+        # The node, as the chart's StatefulSet runs it.
+        root = os.path.join(tmp, "pod")
+        args, env, c, secret_dirs = pod_process(docs, pod_name, namespace, root, f"https://127.0.0.1:{etcd_client}",
+                                                secrets)
+        check("AISLE_INSECURE" not in env, "the secure rendering sets AISLE_INSECURE")
+        shown = {k: v for k, v in env.items() if k.startswith("AISLE_")}
+        log_path = os.path.join(tmp, "aisle.log")
+        node = procs.start([binary, *args], env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+
+        def tail() -> str:
+            return f"\nnode ran as: aisle {' '.join(args)} with {shown}\nlog:\n" + open(log_path).read()[-3000:]
+
+        started = time.time()
+        wait_ready(node, ports["http"], tail)
+        facts.append(f"ready in {time.time() - started:.1f} s over etcd with TLS as user aisle")
+        ca = pki.ca_file
+        client_addr = f"https://localhost:{ports['grpc']}"
+        admin_addr = f"https://localhost:{ports['admin']}"
+
+        def cli(*args: str, token: str | None = None, ca_cert: str | None = ca):
+            cmd = [binary, *args]
+            if ca_cert:
+                cmd += ["--ca-cert", ca_cert]
+            if token:
+                cmd += ["--token", token]
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30,
+                                  env={"PATH": env["PATH"], "HOME": tmp})
+
+        def decide(token: str | None, addr: str = client_addr, *extra: str):
+            return cli("decide", "--addr", addr, "--shopper", "k8s-check-shopper", "--json", *extra, token=token)
+
+        p = decide(tok["storefront"])
+        check(p.returncode == 0, f"aisle decide over TLS with a decide token failed: {p.stderr}" + tail())
+        served_by = json.loads(p.stdout).get("served_by")
+        check(served_by == pod_name, f"served_by is {served_by!r}, not the pod name {pod_name!r}")
+        check(decide(None).returncode != 0, "the client port answers Decide without a token")
+        check(decide(tok["ops"]).returncode != 0, "the client port answers Decide with a token lacking decide")
+        check(decide(tok["storefront"], f"http://localhost:{ports['grpc']}").returncode != 0,
+              "the client port answers plaintext gRPC")
+        facts.append(f"Decide over TLS with a token: served_by {served_by}; refused without a token, with a token "
+                     "lacking the scope, and in plaintext")
+        p = cli("bundles", "--addr", admin_addr, "--json", token=tok["ops"])
+        check(p.returncode == 0, f"aisle bundles on the admin port with an admin:read token failed: {p.stderr}" + tail())
+        check(cli("bundles", "--addr", admin_addr, token=tok["storefront"]).returncode != 0,
+              "the admin port answers bundles with a token lacking admin:read")
+        check(cli("bundles", "--addr", client_addr, token=tok["ops"]).returncode != 0,
+              "the client port serves AdminService although the chart gives the node an admin port")
+        facts.append("bundles on the admin port with an admin:read token; refused with a decide token, and not "
+                     "served on the client port")
+        pos_cert = pki.files("pos", pki.issue(pos["common_name"], usages=["digital signature", "client auth"]))
+        p = decide(None, client_addr, "--client-cert", pos_cert[0], "--client-key", pos_cert[1])
+        check(p.returncode == 0, f"Decide with a client certificate ([[certificate]] {pos['common_name']}) failed: "
+                                 f"{p.stderr}" + tail())
+        facts.append("Decide with a client certificate mapped by [[certificate]] (tls.client.clientCA)")
+        # The peer port: mutual TLS, the server certificate valid for the advertised name.
+        advertise = env["AISLE_ADVERTISE_ADDR"]
+        host, _, aport = advertise.rpartition(":")
+        check(int(aport) == ports["peer"] and host == f"{pod_name}.{RELEASE}-peers.{namespace}.svc.cluster.local",
+              f"advertise address {advertise}")
+        peer_pem = secrets[secret_dirs_name(secret_dirs, root, "tls-peer")]
+        peer_cert = pki.files("peer", peer_pem)
+        frame = peer_handshake(ports["peer"], ca, host, peer_cert)
+        check(len(frame) == 9 and frame[3] == 0x04, f"the peer port did not answer HTTP/2 over mutual TLS: {frame!r}")
+        try:
+            refused = peer_handshake(ports["peer"], ca, host, None) == b""
+        except (ssl.SSLError, ConnectionError, OSError):
+            refused = True
+        check(refused, "the peer port accepts a client without a certificate")
+        facts.append(f"peer port: mutual TLS verified as {host}; a client without a certificate is refused")
+        keys = etcdctl("get", "--prefix", "/aisle/", as_root=True).stdout
+        check(pod_name in keys and advertise in keys, f"no membership key advertising {advertise} in etcd: {keys}")
+        facts.append(f"member key in etcd advertises {advertise}")
+
+        # Rotation in place, as cert-manager or `kubectl apply` of a Secret does it (the kubelet swaps ..data).
+        reload = int(over.get("config", {}).get("credential_reload_secs", 5))
+        tokens2 = {"ops": tokens["ops"], "rotated": (tok["rotated"], ["decide"])}
+        for d, _ in secret_dirs[over["auth"]["secretName"]]:
+            write_secret_dir(d, {auth_key: token_file(tokens2, [pos])})
+        client_secret = secret_dirs_name(secret_dirs, root, "tls-client")
+        new_client = pki.from_certificate(certs[client_secret])
+        for d, items in secret_dirs[client_secret]:
+            write_secret_dir(d, new_client if not items else {i["path"]: new_client[i["key"]] for i in items})
+        want = ssl.PEM_cert_to_DER_cert(new_client["tls.crt"])
+        deadline = time.time() + 3 * reload + 10
+        while True:
+            rotated_ok = decide(tok["rotated"]).returncode == 0
+            revoked = decide(tok["storefront"]).returncode != 0
+            new_served = served_certificate(ports["grpc"], ca, "localhost") == want
+            if rotated_ok and revoked and new_served:
+                break
+            check(time.time() < deadline,
+                  f"{3 * reload + 10} s after the Secrets were updated in place: new token accepted {rotated_ok}, "
+                  f"removed token refused {revoked}, new certificate served {new_served}" + tail())
+            time.sleep(1)
+        facts.append("Secrets updated in place: the new token works, the removed one is refused, the new certificate "
+                     "is served, without a restart")
+        facts.append(terminate(node, docs, c, tail))
+        left = etcdctl("get", "--prefix", "--keys-only", "/aisle/", as_root=True).stdout
+        check(pod_name not in left, f"the node's membership key outlived it (lease not revoked): {left}")
+        facts.append("lease revoked")
+        return "; ".join(facts)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def secret_dirs_name(secret_dirs: dict, root: str, volume: str) -> str:
+    """The Secret behind the node's volume `volume` (its directory is root/volume)."""
+    for name, dirs in secret_dirs.items():
+        if any(d == os.path.join(root, volume) for d, _ in dirs):
+            return name
+    raise AssertionError(f"no Secret volume {volume}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -959,18 +1804,21 @@ def main(argv: list[str]) -> int:
     r.run("chart renders, every manifest validates", check_chart_renders_and_validates)
     r.run("chart refuses contradictory values", check_chart_refuses_contradictions)
     r.run("k8s/ is the chart's default rendering", check_k8s_generated)
-    r.run("kustomize base (k8s/)", check_kustomize, "", "defaults")
+    r.run("the defaults are secure (as k8s/ deploys them)", check_secure_defaults)
+    r.run("kustomize base (k8s/)", check_kustomize, "", BASE_VALUES)
     r.run("kustomize dev overlay (k8s/overlays/dev)", check_kustomize, "overlays/dev", "dev")
     r.run("Dockerfile essentials", check_dockerfile)
     r.run("helm lint and helm template", check_helm)
     if quick:
-        r.skipped += 2
-        print("skip: the binary readiness tests (--no-binary)")
+        r.skipped += 3
+        print("skip: the binary tests (--no-binary)")
     else:
-        r.run("aisle runs as the chart's StatefulSet runs it (etcd mode, defaults) and becomes ready",
-              check_binary_ready, "defaults", True)
-        r.run("aisle runs as the chart runs it with every config key set (static mode) and becomes ready",
+        r.run("aisle runs as the chart's StatefulSet runs it (etcd mode, defaults with insecure: true) and becomes "
+              "ready", check_binary_ready, "insecure", True)
+        r.run("aisle runs as the chart runs it with every config key set (static mode, insecure) and becomes ready",
               check_binary_ready, "config", False)
+        r.run("aisle runs as the chart runs it with TLS and tokens (ci/secure-values.yaml) against etcd with TLS "
+              "and the chart's auth bootstrap", check_binary_tls)
     print(f"k8s-check: {r.passed} passed, {r.failed} failed, {r.skipped} skipped")
     return 1 if r.failed else 0
 

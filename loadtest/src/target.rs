@@ -175,6 +175,16 @@ impl Target {
     }
 }
 
+/// Adds `token` (an `authorization` value) to a request.
+pub fn authorize<T>(
+    request: &mut tonic::Request<T>,
+    token: Option<&tonic::metadata::AsciiMetadataValue>,
+) {
+    if let Some(t) = token {
+        request.metadata_mut().insert("authorization", t.clone());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,15 +193,5 @@ mod tests {
     fn bare_addresses_get_a_scheme() {
         assert_eq!(normalize_url("127.0.0.1:50051"), "http://127.0.0.1:50051");
         assert_eq!(normalize_url("https://aisle:443"), "https://aisle:443");
-    }
-}
-
-/// Adds `token` (an `authorization` value) to a request.
-pub fn authorize<T>(
-    request: &mut tonic::Request<T>,
-    token: Option<&tonic::metadata::AsciiMetadataValue>,
-) {
-    if let Some(t) = token {
-        request.metadata_mut().insert("authorization", t.clone());
     }
 }

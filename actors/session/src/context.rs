@@ -260,7 +260,7 @@ impl SessionContext {
     }
 
     /// The session's version: the owner's clock (ms) at its last write, strictly increasing per session. A
-    /// session imported in a hand-off never replaces a local copy with a higher version (written later).
+    /// session imported in a hand-off never replaces a local copy with the same or a higher version.
     pub fn version(&self) -> u64 {
         self.version
     }

@@ -565,4 +565,68 @@ mod tests {
         a.stop().await;
         b.stop().await;
     }
+
+    #[tokio::test]
+    async fn an_import_never_replaces_a_session_written_later() {
+        let s = Sessions::start(2, SessionSettings::default())
+            .await
+            .unwrap();
+        s.apply("x", vec![view_event(1, 1)], catalog(), T)
+            .await
+            .unwrap();
+        let older = s.export(Arc::new(|_: &str| true), T).await.unwrap();
+        assert_eq!(older.len(), 1);
+        // Written here after the copy was taken: the stale copy must not win.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        s.apply("x", vec![view_event(2, 2), view_event(3, 3)], catalog(), T)
+            .await
+            .unwrap();
+        let newer = s.describe("x", T).await.unwrap().unwrap();
+        assert!(newer.version() > older[0].context.version());
+        assert_eq!(s.import(older, T).await.unwrap(), 0);
+        assert_eq!(
+            s.describe("x", T).await.unwrap().unwrap().events_applied(),
+            2
+        );
+        // A newer copy does replace an older local one.
+        let mut newest = s.export(Arc::new(|_: &str| true), T).await.unwrap();
+        s.apply("x", vec![view_event(4, 4)], catalog(), T)
+            .await
+            .unwrap();
+        newest[0].context.stamp_version(u64::MAX / 2);
+        assert_eq!(s.import(newest, T).await.unwrap(), 1);
+        assert_eq!(
+            s.describe("x", T).await.unwrap().unwrap().events_applied(),
+            2
+        );
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_shard_holds_at_most_its_cap_passivating_the_least_recently_active() {
+        let settings = SessionSettings {
+            max_sessions_per_shard: 80,
+            ..SessionSettings::default()
+        };
+        let s = Sessions::start(1, settings).await.unwrap();
+        s.apply("first", vec![view_event(1, 1)], catalog(), T)
+            .await
+            .unwrap();
+        for k in 0..1_000 {
+            s.apply(&format!("s{k}"), vec![view_event(1, 1)], catalog(), T)
+                .await
+                .unwrap();
+            // The first shopper stays active: never the least recently active.
+            if k % 20 == 0 {
+                s.apply("first", vec![view_event(2, 2)], catalog(), T)
+                    .await
+                    .unwrap();
+            }
+        }
+        wait_until(async || s.active_sessions() <= 80).await;
+        assert!(s.view("first", T).await.unwrap().is_some());
+        assert!(s.view("s0", T).await.unwrap().is_none(), "the oldest went");
+        assert!(s.view("s999", T).await.unwrap().is_some());
+        s.stop().await;
+    }
 }

@@ -253,13 +253,13 @@ impl ShardState {
         metrics::counter!("aisle_sessions_evicted_total").increment(dropped as u64);
     }
 
-    /// Installs a handed-off session unless the local copy was written later. Returns whether it was installed.
+    /// Installs a handed-off session unless the local copy was written at the same time or later. Returns whether it was installed.
     fn import(&mut self, shopper_id: Box<str>, context: SessionContext) -> bool {
         let newer_here = self
             .table
             .read()
             .get(&shopper_id)
-            .is_some_and(|e| e.context.version() > context.version());
+            .is_some_and(|e| e.context.version() >= context.version());
         if newer_here {
             metrics::counter!("aisle_handoff_sessions_stale_total").increment(1);
             return false;

@@ -449,10 +449,24 @@ async fn peers_need_a_cluster_certificate_and_forged_peer_calls_change_nothing()
         .await
         .expect("a cluster certificate connects");
     assert!(peer.fetch_assist(fetch).await.is_ok());
+    // A forwarded decision may not ask for more than max_budget_ms.
+    let view = s.node.node.cluster().current().unwrap();
+    let greedy = peer
+        .forward_decide(pb::ForwardDecideRequest {
+            request: Some(common::decide_req("victim", pb::Surface::Home)),
+            epoch: view.epoch,
+            from_node: "secured-node".into(),
+            budget_us: 3_600_000_000,
+            view_fingerprint: view.fingerprint,
+            client: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(greedy.code(), Code::ResourceExhausted);
+    assert!(greedy.message().contains("max_budget_ms"), "{greedy:?}");
 
     // Forged hand-offs, even over a cluster certificate: from a stranger, under another view, or from the owner
     // itself — refused, the session untouched.
-    let view = s.node.node.cluster().current().unwrap();
     let forged_session =
         serde_json::to_vec(&aisle_session::SessionContext::new().to_portable(&common::catalog()))
             .unwrap();

@@ -236,3 +236,31 @@ impl AssociateService for AssociateApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_caps_are_per_identity_and_in_total_and_freed_when_streams_end() {
+        let slots = Arc::new(StreamSlots::new(3, 2));
+        let (a, b): (Arc<str>, Arc<str>) = ("token:a".into(), "token:b".into());
+        let a1 = slots.take(&a).unwrap();
+        let _a2 = slots.take(&a).unwrap();
+        let e = slots.take(&a).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            e.to_string()
+                .contains("max_subscribe_streams_per_caller (2)"),
+            "{e}"
+        );
+        let _b1 = slots.take(&b).unwrap();
+        let e = slots.take(&b).unwrap_err();
+        assert!(e.to_string().contains("max_subscribe_streams (3)"), "{e}");
+        drop(a1);
+        assert!(
+            slots.take(&b).is_ok(),
+            "a place is freed when a stream ends"
+        );
+    }
+}

@@ -100,8 +100,8 @@ pub struct PushHub {
     retention: usize,
     /// Store logs kept; beyond it the least recently used logs without subscribers are dropped.
     max_stores: usize,
-    /// Above every sequence of a dropped log: a log made again starts after it, so a handheld resuming from an
-    /// old sequence sees a gap, never a sequence used twice.
+    /// Above every sequence of a dropped log: a log made again sequences its first event after it, so a handheld
+    /// resuming from an old sequence sees a gap, never a sequence used twice.
     dropped_floor: AtomicU64,
     started: std::time::Instant,
     /// Store → epoch at which this node, as the store's orderer, caught up from the previous orderer. Entries go
@@ -181,10 +181,9 @@ impl PushHub {
         if !stores.contains_key(store_id) && stores.len() >= self.max_stores {
             self.evict(&mut stores);
         }
-        let first = self.dropped_floor.load(Ordering::Relaxed) + 1;
         let log = stores
             .entry(store_id.into())
-            .or_insert_with(|| Arc::new(StoreLog::new(self.retention, first)))
+            .or_insert_with(|| Arc::new(StoreLog::new(self.retention, 1)))
             .clone();
         drop(stores);
         self.touch(&log);
@@ -223,6 +222,10 @@ impl PushHub {
     pub fn publish(&self, mut event: AssistEvent) -> Arc<AssistEvent> {
         let log = self.store(&event.store_id);
         let mut inner = log.inner.lock().expect("store log lock");
+        if inner.next_sequence == 1 {
+            // The first event this node orders for the store: after every sequence of a dropped log.
+            inner.next_sequence = self.dropped_floor.load(Ordering::Relaxed) + 1;
+        }
         event.sequence = inner.next_sequence;
         let event = Arc::new(event);
         Self::append(&log, &mut inner, event.clone());
@@ -256,6 +259,24 @@ impl PushHub {
         }
         Self::append(&log, &mut inner, Arc::new(event));
         Inserted::Appended
+    }
+
+    /// Appends a sequenced event past a gap that could not be filled (the orderer no longer holds the missing
+    /// events): subscribers get it, and the jump in the sequence numbers shows what is missing.
+    pub fn insert_past_gap(&self, event: AssistEvent) -> Inserted {
+        match self.insert_sequenced(event.clone()) {
+            Inserted::Gap { .. } => {
+                let log = self.store(&event.store_id);
+                let mut inner = log.inner.lock().expect("store log lock");
+                if event.sequence < inner.next_sequence {
+                    return Inserted::Duplicate;
+                }
+                metrics::counter!("aisle_assist_replication_gaps_total").increment(1);
+                Self::append(&log, &mut inner, Arc::new(event));
+                Inserted::Appended
+            }
+            other => other,
+        }
     }
 
     /// Retained events of a store after a sequence, oldest first (none for a store the hub does not hold).
@@ -409,6 +430,29 @@ mod tests {
         let again = hub.publish(event("random-0", "again"));
         assert!(again.sequence > 1, "{}", again.sequence);
         assert!(hub.subscribe("random-0", Some(0)).gap);
+        // A replica's new log takes the orderer's sequence as it comes; past a gap nobody can fill, it goes on.
+        let replica = PushHub::new(1_000);
+        let mut e = event("r", "1");
+        e.sequence = 1;
+        assert_eq!(replica.insert_sequenced(e.clone()), Inserted::Appended);
+        e.sequence = 40;
+        assert_eq!(
+            replica.insert_sequenced(e.clone()),
+            Inserted::Gap { last: 1 }
+        );
+        assert_eq!(replica.insert_past_gap(e.clone()), Inserted::Appended);
+        assert_eq!(replica.insert_past_gap(e), Inserted::Duplicate);
+        assert_eq!(replica.last_sequence("r"), 40);
+        // A handheld resuming after 1 gets 40 next: the jump in the numbers shows what is missing.
+        let resumed = replica.subscribe("r", Some(1));
+        assert_eq!(
+            resumed
+                .replay
+                .iter()
+                .map(|e| e.sequence)
+                .collect::<Vec<_>>(),
+            [40]
+        );
         // Reads do not make stores.
         let before = hub.stores();
         assert!(hub.since("never-seen", 0).is_empty());

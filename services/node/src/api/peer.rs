@@ -234,7 +234,8 @@ impl PeerService for PeerApi {
                 if let Some(addr) = &from {
                     catch_up(hub, cluster, addr, &event.store_id).await;
                 }
-                hub.insert_sequenced(event);
+                // What the orderer still holds is now here; what it no longer holds stays a gap.
+                hub.insert_past_gap(event);
             }
         }
         Ok(Response::new(pb::ReplicateAssistResponse {}))

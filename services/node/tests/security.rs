@@ -595,3 +595,57 @@ async fn an_insecure_node_says_so_on_every_start() {
         "{text}"
     );
 }
+
+/// Lists the services through reflection v1: the service names, or the error code.
+async fn reflect(channel: Channel, token: Option<&str>) -> Result<Vec<String>, Code> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut client = ServerReflectionClient::new(channel);
+    let mut stream = client
+        .server_reflection_info(req(tokio_stream::iter([ask]), token))
+        .await
+        .map_err(|s| s.code())?
+        .into_inner();
+    match stream.message().await.map_err(|s| s.code())? {
+        Some(r) => match r.message_response {
+            Some(MessageResponse::ListServicesResponse(l)) => {
+                Ok(l.service.into_iter().map(|s| s.name).collect())
+            }
+            other => panic!("unexpected reflection answer {other:?}"),
+        },
+        None => Err(Code::Unknown),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_needs_a_credential_and_can_be_turned_off() {
+    let s = Secured::start().await;
+    let client = s.client_port().await;
+    assert_eq!(
+        reflect(client.clone(), None).await,
+        Err(Code::Unauthenticated)
+    );
+    let services = reflect(client, Some(pki::TOKEN_DECIDE)).await.unwrap();
+    assert!(
+        services.iter().any(|n| n == "aisle.v1.DecisionService"),
+        "{services:?}"
+    );
+    s.node.shutdown().await;
+
+    let config = Config {
+        reflection: false,
+        ..common::config("no-reflection")
+    };
+    let t = common::TestNode::start_with(config, common::demo()).await;
+    assert_eq!(
+        reflect(t.channel.clone(), None).await,
+        Err(Code::Unimplemented)
+    );
+    t.stop().await;
+}

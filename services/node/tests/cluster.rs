@@ -142,6 +142,26 @@ async fn every_node_forwards_a_shopper_to_its_one_owner() {
         .unwrap()
         .into_inner();
     assert!(!d.has_session);
+
+    // Model switches asked of one node reach every member over the peer port.
+    let promoted = c
+        .admin(1)
+        .await
+        .promote_model(pb::PromoteModelRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut switched: Vec<String> = promoted.members.iter().map(|m| m.node_id.clone()).collect();
+    switched.sort();
+    assert_eq!(switched, ["node-0", "node-1", "node-2"], "{promoted:?}");
+    let rolled = c
+        .admin(2)
+        .await
+        .rollback_model(pb::RollbackModelRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rolled.members.len(), 3, "{rolled:?}");
 }
 
 /// Warms up sessions: one view each, through node 0.

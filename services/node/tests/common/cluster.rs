@@ -471,6 +471,8 @@ impl TestCluster {
             .arg(&catalog)
             .arg("--model")
             .arg(&model)
+            .arg("--candidate-model")
+            .arg(&model)
             .args([
                 "--log-format",
                 "json",

@@ -248,6 +248,9 @@ impl Catalog {
             let category = *category_index.get(it.category.as_str()).ok_or_else(|| {
                 invalid(format!("items[{i}].category: unknown {:?}", it.category))
             })?;
+            if brands.len() > BrandIdx::MAX as usize && !brand_index.contains_key(&it.brand) {
+                return Err(invalid(format!("items[{i}].brand: too many brands")));
+            }
             let next_brand = brands.len() as BrandIdx;
             let brand = *brand_index.entry(it.brand.clone()).or_insert_with(|| {
                 brands.push(it.brand.as_str().into());
@@ -372,6 +375,12 @@ impl Catalog {
                 brands.len() - 1
             });
             brand_map.push(idx as BrandIdx);
+        }
+        if brands.len() > BrandIdx::MAX as usize + 1 {
+            return Err(BundleError::invalid(
+                BundleKind::Catalog,
+                "brands: too many",
+            ));
         }
         // Items: base indices kept (delisted unless present again), new items appended.
         let mut items: Vec<Item> = base
@@ -601,6 +610,45 @@ mod tests {
         assert_eq!(c.offers[0].item, 2);
         assert_eq!(c.items_in_category(c.item(0).category), &[] as &[u32]);
         assert_eq!(c.to_file().items.len(), 2);
+    }
+
+    /// Brand indices are 16 bits: a 65,537th brand used to wrap to index 0 and take the first brand's name (found
+    /// while writing the `catalog` fuzz target). It is refused, like a 65,537th category.
+    #[test]
+    fn refuses_more_brands_than_an_index_holds() {
+        let file = |brands: usize| {
+            serde_json::json!({
+                "format_version": 1,
+                "version": "many",
+                "categories": [{"name": "c"}],
+                "items": (0..brands)
+                    .map(|k| serde_json::json!({"id": format!("i{k}"), "name": "n", "category": "c", "brand": format!("b{k}")}))
+                    .collect::<Vec<_>>(),
+            })
+            .to_string()
+        };
+        let most = BrandIdx::MAX as usize + 1;
+        let c = Catalog::from_json(file(most).as_bytes(), "t").unwrap();
+        assert_eq!(c.brands.len(), most);
+        assert_eq!(
+            &*c.brands[c.item(most as ItemIdx - 1).brand as usize],
+            "b65535"
+        );
+        let err = Catalog::from_json(file(most + 1).as_bytes(), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("items[65536].brand: too many brands"), "{err}");
+        // Rebasing cannot exceed it either: the union of both versions' brands.
+        let fresh = Catalog::from_json(
+            file(2)
+                .replace("\"b0\"", "\"new-0\"")
+                .replace("\"b1\"", "\"new-1\"")
+                .as_bytes(),
+            "t",
+        )
+        .unwrap();
+        let err = fresh.rebased(&c).unwrap_err().to_string();
+        assert!(err.contains("brands: too many"), "{err}");
     }
 
     #[test]

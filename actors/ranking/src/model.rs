@@ -20,6 +20,10 @@ pub const MODEL_FORMAT_VERSION: u32 = 2;
 
 const HOUR_MS: i64 = 3600 * 1000;
 
+/// The most candidates a model may ask retrieval for ([`GeneratorParams::max_candidates`]): serving sizes buffers by
+/// it for every decision, so an unbounded value in a bundle would be an unbounded allocation.
+pub const MAX_MODEL_CANDIDATES: usize = 100_000;
+
 /// Settings of the candidate generators, stored with the model so serving retrieves exactly as training did.
 /// The defaults are session-rec's rsc15 settings and the candidate union of the ranking recipe.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -143,9 +147,25 @@ impl ModelData {
         self.item_sessions
             .validate(self.sessions.rows())
             .map_err(|e| format!("item_sessions: {e}"))?;
+        // One row per item: binding to a catalog re-keys the rows by item.
+        for (name, csr) in [
+            ("ar", &self.ar),
+            ("sr", &self.sr),
+            ("item_sessions", &self.item_sessions),
+        ] {
+            if csr.rows() != n {
+                return Err(format!("{name}: {} rows for {n} items", csr.rows()));
+            }
+        }
         let p = &self.params;
         if p.max_candidates == 0 || p.sknn_k == 0 || p.sknn_sample == 0 {
             return Err("params: max_candidates, sknn_k and sknn_sample must be positive".into());
+        }
+        if p.max_candidates > MAX_MODEL_CANDIDATES {
+            return Err(format!(
+                "params: max_candidates {} is above {MAX_MODEL_CANDIDATES}",
+                p.max_candidates
+            ));
         }
         let r = &self.ranker;
         let k = r.feature_names.len();

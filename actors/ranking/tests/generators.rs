@@ -8,9 +8,10 @@ use aisle_domain::event::{EventKind, LoggedEvent, LoggedSession};
 use aisle_domain::request::{AgeBand, Channel, ShopperAttributes};
 use aisle_domain::session::SessionView;
 use aisle_policy::{ExclusionCounts, Guard, PolicyContext, Rules};
+use aisle_ranking::csr::Csr;
 use aisle_ranking::features::{FEATURE_NAMES, Raw, index_of};
 use aisle_ranking::fit::{FitConfig, generators_only, replay};
-use aisle_ranking::model::GeneratorParams;
+use aisle_ranking::model::{GeneratorParams, MAX_MODEL_CANDIDATES};
 use aisle_ranking::score::{merge, score_partition};
 use aisle_ranking::{Model, Query, ServedModel, rank_local, retrieve};
 use aisle_session::SessionLimits;
@@ -376,6 +377,59 @@ fn model_bundles_round_trip_and_refuse_what_they_cannot_serve() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("format version 99"), "{err}");
+}
+
+/// Found by fuzzing (`fuzz/`, target `model`): a model whose `max_candidates` was about 10^9 passed validation and
+/// then aborted the process on a 4 GB allocation at its first decision; one with an index row per item too many
+/// passed validation and then panicked in `ServedModel::bind`. Both are refused when the bundle is read.
+#[test]
+fn model_bundles_refuse_what_would_break_serving() {
+    let (sessions, _, _) = tiny();
+    let model = generators_only(&sessions, &FitConfig::default());
+    let n = model.data.items.len();
+
+    let mut greedy = model.clone();
+    greedy.data.params.max_candidates = 1_040_200_754;
+    let err = Model::from_bytes(&greedy.to_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("params: max_candidates"), "{err}");
+
+    let one_row_too_many = || Csr::from_rows((0..=n).map(|_| Vec::<(u32, f32)>::new()));
+    for part in ["ar", "sr", "item_sessions"] {
+        let mut bad = model.clone();
+        match part {
+            "ar" => bad.data.ar = one_row_too_many(),
+            "sr" => bad.data.sr = one_row_too_many(),
+            _ => bad.data.item_sessions = one_row_too_many(),
+        }
+        let err = Model::from_bytes(&bad.to_bytes()).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{part}: {} rows for {n} items", n + 1)),
+            "{err}"
+        );
+    }
+
+    // The largest accepted value is served.
+    let mut widest = model.clone();
+    widest.data.params.max_candidates = MAX_MODEL_CANDIDATES;
+    let (catalog, served) = serve(&Model::from_bytes(&widest.to_bytes()).unwrap());
+    let rules = Rules::embedded();
+    let ctx = PolicyContext {
+        attributes: ShopperAttributes::default(),
+        channel: Channel::Web,
+        purchased: &[],
+        now_ms: 0,
+        max_items_per_category: 0,
+    };
+    let view = SessionView::default();
+    let query = Query {
+        view: &view,
+        context: &[],
+        candidates: None,
+    };
+    let ranked = rank_local(&served, &query, &Guard::new(&rules, &catalog, ctx), 3);
+    assert_eq!(ranked.items.len(), 3);
 }
 
 #[test]

@@ -129,7 +129,7 @@ struct Affinities<K> {
 
 impl<K: Copy + PartialEq> Affinities<K> {
     fn decay(score: f32, from: TimestampMs, to: TimestampMs, half_life_ms: i64) -> f32 {
-        let dt = (to - from).max(0) as f32;
+        let dt = to.saturating_sub(from).max(0) as f32;
         score * (-(dt / half_life_ms as f32) * std::f32::consts::LN_2).exp()
     }
 
@@ -202,7 +202,7 @@ impl LogPrice {
             return;
         }
         let x = (price_cents as f32).ln();
-        self.n += 1;
+        self.n = self.n.saturating_add(1);
         let delta = x - self.mean;
         self.mean += delta / self.n as f32;
         self.m2 += delta * (x - self.mean);
@@ -266,9 +266,9 @@ impl SessionContext {
     }
 
     /// Marks a write at `now_ms` (the owner's clock): the version becomes `now_ms`, or one more than before if
-    /// the clock has not moved past it.
+    /// the clock has not moved past it (a version already at `u64::MAX`, which only a hand-off can bring, stays).
     pub fn stamp_version(&mut self, now_ms: u64) {
-        self.version = now_ms.max(self.version + 1);
+        self.version = now_ms.max(self.version.saturating_add(1));
     }
 
     /// The consent the shopper's events stated, if any.
@@ -289,7 +289,7 @@ impl SessionContext {
         limits: &SessionLimits,
         assist: &AssistRules,
     ) -> Vec<AssistSignal> {
-        self.events_applied += 1;
+        self.events_applied = self.events_applied.saturating_add(1);
         self.last_event_ms = self.last_event_ms.max(event.ts_ms);
         if let Some(consent) = event.consent {
             self.consent = Some(consent);
@@ -431,12 +431,12 @@ impl SessionContext {
         }
     }
 
-    /// Value of the cart in cents.
+    /// Value of the cart in cents (saturating: quantities and prices are bounded per event, not per session).
     pub fn cart_value_cents(&self) -> i64 {
         self.cart
             .iter()
             .map(|l| l.unit_price_cents.saturating_mul(l.quantity as i64))
-            .sum()
+            .fold(0, i64::saturating_add)
     }
 
     fn check_cart(
@@ -471,8 +471,10 @@ impl SessionContext {
     ) {
         let category = catalog.item(item).category;
         let run = match self.assist.linger {
-            Some((c, n, start)) if c == category && ts - start <= assist.linger_window_ms => {
-                (c, n + 1, start)
+            Some((c, n, start))
+                if c == category && ts.saturating_sub(start) <= assist.linger_window_ms =>
+            {
+                (c, n.saturating_add(1), start)
             }
             _ => (category, 1, ts),
         };
@@ -481,7 +483,7 @@ impl SessionContext {
             return;
         }
         let cooled = match self.assist.last_linger_alert {
-            Some((c, at)) => c != category || ts - at >= assist.linger_cooldown_ms,
+            Some((c, at)) => c != category || ts.saturating_sub(at) >= assist.linger_cooldown_ms,
             None => true,
         };
         if cooled {
@@ -998,6 +1000,107 @@ mod tests {
         let limits = SessionLimits::default();
         assert_eq!(ids(&moved.view(&limits), &other), ids(&s.view(&limits), c));
         assert_eq!(moved.cart_value_cents(), s.cart_value_cents());
+    }
+
+    /// Found by fuzzing (`fuzz/`, target `session_import`): a handed-off session holds whatever a peer sent, and
+    /// counters, versions, prices and times at the ends of their ranges overflowed when the imported session was
+    /// viewed or given more events (a panic with overflow checks, a wrapped value without). The first input found
+    /// (14 bytes) imported one cart line of 1,546,661,936 × 211,261,862,005 cents, worth `i64::MAX` after the
+    /// saturating product, and the cart's value overflowed at the next add-to-cart. The arithmetic saturates now.
+    #[test]
+    fn handed_off_sessions_at_the_ends_of_every_range_keep_working() {
+        let c = catalog();
+        let limits = SessionLimits::default();
+        let t0 = 1_700_000_000_000;
+        let (a, b) = (c.items_in_category(3)[0], c.items_in_category(3)[1]);
+        let in_store = |kind, item, ts| ShopperEvent {
+            store_id: Some("store-1".into()),
+            consent: Some(true),
+            ..ev(kind, item, ts)
+        };
+        let mut base = SessionContext::new();
+        for e in [
+            in_store(EventKind::StoreEnter, None, t0),
+            in_store(EventKind::View, Some(a), t0 + 1),
+            in_store(EventKind::AddToCart, Some(b), t0 + 2),
+        ] {
+            apply(&mut base, e);
+        }
+        let portable = base.to_portable(c);
+        let category = c.category_of(a).name.clone();
+        let brand = c.brands[c.item(a).brand as usize].to_string();
+        let (id_a, id_b) = (c.item(a).id.to_string(), c.item(b).id.to_string());
+        type Edit<'a> = Box<dyn Fn(&mut PortableSession) + 'a>;
+        let cases: Vec<(&str, Edit<'_>)> = vec![
+            ("events_applied", Box::new(|p| p.events_applied = u64::MAX)),
+            ("version", Box::new(|p| p.version = u64::MAX)),
+            ("log_price.n", Box::new(|p| p.log_price.0 = u32::MAX)),
+            (
+                "categories",
+                Box::new(|p| p.categories = vec![(category.clone(), 1.0, i64::MIN)]),
+            ),
+            (
+                "brands",
+                Box::new(|p| p.brands = vec![(brand.clone(), 1.0, i64::MIN)]),
+            ),
+            (
+                "last_event_ms min",
+                Box::new(|p| p.last_event_ms = i64::MIN),
+            ),
+            (
+                "last_event_ms max",
+                Box::new(|p| p.last_event_ms = i64::MAX),
+            ),
+            (
+                "linger count",
+                Box::new(|p| p.linger = Some((category.clone(), u32::MAX, t0))),
+            ),
+            (
+                "linger start",
+                Box::new(|p| p.linger = Some((category.clone(), 1, i64::MIN))),
+            ),
+            (
+                "linger alert",
+                Box::new(|p| {
+                    p.linger = Some((category.clone(), 100, t0));
+                    p.last_linger_alert = Some((category.clone(), i64::MIN));
+                }),
+            ),
+            (
+                "cart",
+                Box::new(|p| {
+                    p.cart = vec![
+                        (id_a.clone(), u32::MAX, i64::MAX),
+                        (id_b.clone(), u32::MAX, i64::MAX),
+                    ];
+                }),
+            ),
+        ];
+        for (name, edit) in cases {
+            let mut p = portable.clone();
+            edit(&mut p);
+            let mut s = SessionContext::from_portable(p, c);
+            let _ = s.view(&limits);
+            for e in [
+                in_store(EventKind::View, Some(a), t0 + 10),
+                in_store(EventKind::AddToCart, Some(a), t0 + 11),
+                in_store(EventKind::View, Some(b), t0 + 12),
+            ] {
+                apply(&mut s, e);
+            }
+            s.stamp_version(t0 as u64);
+            let v = s.view(&limits);
+            assert!(
+                v.category_affinity.iter().all(|x| x.1.is_finite()),
+                "{name}"
+            );
+            match name {
+                "events_applied" => assert_eq!(s.events_applied(), u64::MAX),
+                "version" => assert_eq!(s.version(), u64::MAX),
+                "cart" => assert_eq!(s.cart_value_cents(), i64::MAX),
+                _ => assert!(s.version() >= t0 as u64, "{name}"),
+            }
+        }
     }
 
     #[test]

@@ -185,9 +185,9 @@ impl Cluster {
 
     /// Starts the barrier of a new view (called by the view-change task before it hands sessions off).
     pub fn begin_epoch(&self, view: &SharedView) {
-        if self.barrier().begin(view, Instant::now()) {
-            self.barrier_done.notify_waiters();
-        }
+        self.barrier().begin(view, Instant::now());
+        // Callers waiting for this view's barrier to begin, or for it to open, look again.
+        self.barrier_done.notify_waiters();
     }
 
     /// This node stopped being a member (fenced): it holds no sessions any more, so after rejoining every
@@ -213,6 +213,15 @@ impl Cluster {
             let notified = self.barrier_done.notified();
             let until = match self.barrier().gate(shopper_id, view, Instant::now()) {
                 Gate::Open => return true,
+                // The view is current but its barrier has not begun yet (the view-change task is still busy
+                // with the previous view): wait for it to begin rather than refuse.
+                Gate::Changed
+                    if self
+                        .current()
+                        .is_some_and(|c| c.fingerprint == view.fingerprint) =>
+                {
+                    deadline.min(Instant::now() + Duration::from_millis(100))
+                }
                 Gate::Changed => return false,
                 Gate::WaitUntil(until) => until.min(deadline),
             };

@@ -38,7 +38,7 @@ use crate::config::{ClusterMode, Config};
 use crate::decider::{Decider, DeciderParts};
 use crate::node::Node;
 use crate::readiness::Readiness;
-use crate::tls::{ClientCerts, ClientTlsFiles, ServerTls, TlsFiles, incoming};
+use crate::tls::{ClientCerts, ClientTlsFiles, ServerTls, TlsFiles, incoming, stamp};
 use crate::world::{Initial, ModelRole, Worlds};
 
 /// The services whose health `grpc.health.v1` reports ("" is the server as a whole).
@@ -750,11 +750,6 @@ enum WatchedKind {
     Model(ModelRole),
     Rules,
     Experiments,
-}
-
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
 }
 
 /// Polls the bundle files and loads new versions through their owners (invalid ones are refused and logged; the

@@ -136,7 +136,7 @@ fn server_config(files: &TlsFiles) -> anyhow::Result<rustls::ServerConfig> {
     Ok(config)
 }
 
-/// A file's modification time and length, to notice replacements.
+/// A file's modification time and length, to notice replacements (bundle, certificate and token files).
 pub(crate) fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))

@@ -2,10 +2,13 @@
 # make_local_pki DIR: a CA (ca.pem, ca.key) and, signed by it, EC P-256 certificates for 127.0.0.1 and localhost:
 # server.pem/.key (client ports), peer.pem/.key (peers, server and client), etcd.pem/.key (etcd's server) and
 # etcd-client.pem/.key (CN aisle); a random bearer token (token) and the token file holding its digest with every
-# scope (tokens.toml). Does nothing when DIR/ca.pem exists.
+# scope (tokens.toml); a pseudonym key (pseudonym.key). Does nothing when DIR/ca.pem exists.
 make_local_pki() {
   local pki=$1 san="subjectAltName=IP:127.0.0.1,DNS:localhost"
-  [ -f "$pki/ca.pem" ] && return 0
+  if [ -f "$pki/ca.pem" ]; then
+    [ -f "$pki/pseudonym.key" ] || openssl rand -hex 32 >"$pki/pseudonym.key"
+    return 0
+  fi
   mkdir -p "$pki" && chmod 700 "$pki"
   openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -keyout "$pki/ca.key" \
     -subj "/CN=aisle local CA" -days 30 -out "$pki/ca.pem" 2>/dev/null
@@ -16,6 +19,7 @@ extendedKeyUsage=serverAuth,clientAuth"
   _pki_cert "$pki" etcd etcd "$san
 extendedKeyUsage=serverAuth,clientAuth"
   _pki_cert "$pki" etcd-client aisle "extendedKeyUsage=clientAuth"
+  openssl rand -hex 32 >"$pki/pseudonym.key"
   head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$pki/token"
   cat >"$pki/tokens.toml" <<TOML
 [[token]]

@@ -119,7 +119,6 @@ fn main() {
         ..Default::default()
     };
     let assist = AssistRules {
-        default_consent: true,
         linger_events: 2,
         cart_value_threshold_cents: 100,
         ..Default::default()

@@ -9,7 +9,7 @@ use aisle_domain::MAX_ID_BYTES;
 use aisle_fuzz::{NOW_MS, catalog, check_answer, rules, served};
 use aisle_node::api::validate::{self, MAX_CANDIDATES, MAX_CONTEXT, MAX_EVENTS, MAX_LIMIT};
 use aisle_node::error::ApiError;
-use aisle_policy::{Guard, PolicyContext};
+use aisle_policy::{ConsentDefaults, Guard, PolicyContext};
 use aisle_proto::v1 as pb;
 use aisle_ranking::{Query, rank_local};
 use aisle_session::{AssistRules, SessionContext, SessionLimits};
@@ -72,7 +72,13 @@ fn decide(req: &pb::DecideRequest) {
 
 fn track(req: &pb::TrackRequest) {
     let catalog = catalog();
-    let batch = match validate::track(req, catalog, NOW_MS, NOW_MS * 1_000, MAX_FUTURE) {
+    let consent = ConsentDefaults {
+        fallback: false,
+        regions: [("EU".to_string(), false), ("US".to_string(), true)]
+            .into_iter()
+            .collect(),
+    };
+    let batch = match validate::track(req, catalog, NOW_MS, NOW_MS * 1_000, MAX_FUTURE, &consent) {
         Ok(batch) => batch,
         Err(e) => return invalid_argument(&e),
     };

@@ -234,6 +234,7 @@ pub fn event(kind: EventKind, item: Option<&str>, k: i64) -> ShopperEvent {
         ts_ms: NOW_MS + 1_000 * k,
         received_at_us: 0,
         consent: None,
+        default_consent: false,
     }
 }
 

@@ -125,8 +125,13 @@ pub struct ShopperEvent {
     pub ts_ms: TimestampMs,
     /// When the node received it, microseconds since the Unix epoch (for push latency).
     pub received_at_us: i64,
-    /// A consent statement carried by the event, if any.
+    /// A consent statement carried by the event, if any: `Some(false)` revokes (the session drops what it holds
+    /// about the shopper and ignores their events until a grant), `Some(true)` grants.
     pub consent: Option<bool>,
+    /// Consent assumed for the shopper while no statement is recorded: the node's default for the event's region,
+    /// resolved when the event is validated so the session actor needs no configuration. It decides whether the
+    /// event may be logged and whether assist suggestions about the shopper may be raised.
+    pub default_consent: bool,
 }
 
 /// One event of a logged session, as the trainer reads it (external item ids, no catalog needed).

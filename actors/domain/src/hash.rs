@@ -24,12 +24,6 @@ pub fn unit_interval(parts: &[&str]) -> f64 {
     (stable_hash(parts) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// A short pseudonymous handle for a shopper (8 hex digits), for places like associate handhelds that must not
-/// see shopper ids.
-pub fn shopper_ref(shopper_id: &str) -> String {
-    format!("{:08x}", stable_hash(&["shopper-ref", shopper_id]) >> 32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,13 +47,5 @@ mod tests {
             }
         }
         assert!((4_800..5_200).contains(&below_half), "{below_half}");
-    }
-
-    #[test]
-    fn shopper_ref_hides_the_id() {
-        let r = shopper_ref("alice@example.com");
-        assert_eq!(r.len(), 8);
-        assert!(!r.contains("alice"));
-        assert_eq!(r, shopper_ref("alice@example.com"));
     }
 }

@@ -34,6 +34,9 @@ pub struct SessionView {
     pub log_price: Option<(f32, f32)>,
     /// Time of the latest event.
     pub last_event_ms: TimestampMs,
+    /// The latest consent statement the shopper's events recorded, if any. A decision reads it with the session:
+    /// a recorded refusal makes every later decision anonymous, whatever its request says, until a new grant.
+    pub consent: Option<bool>,
 }
 
 impl SessionView {

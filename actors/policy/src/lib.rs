@@ -6,7 +6,8 @@
 //! - [`PolicyActor`]: the actor that owns the rules and swaps in validated new versions; decisions read the
 //!   current rules from a lock-free snapshot, so the actor is never on the hot path.
 //!
-//! Consent is a guardrail too: [`may_personalise`] decides whether a decision may use the shopper's session.
+//! Consent is a guardrail too: [`may_personalise`] decides whether a decision may use the shopper's session, from
+//! the request's statement, the shopper's recorded one and the region's default ([`ConsentDefaults`]).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -22,10 +23,52 @@ pub type PolicyActor = aisle_kit::snapshot::KeeperActor<aisle_kit::snapshot::Sna
 /// The typed handle to the [`PolicyActor`]: lock-free reads of the current rules, validated loads.
 pub type Policy = aisle_kit::snapshot::Snapshot<Rules>;
 
-/// Whether behavioural data (the session) may be used: only with consent. A request that does not say uses the
-/// node's configured default, which is `false` unless an operator sets it.
-pub fn may_personalise(consent: Option<bool>, default_consent: bool) -> bool {
-    consent.unwrap_or(default_consent)
+/// Whether behavioural data (the session) may be used: only with consent, and the most restrictive statement
+/// wins. `requested` is the request's statement, `recorded` the latest one the shopper's events recorded (`None`
+/// when there is none, or the session was not read), `default_consent` the node's default for the request's region.
+///
+/// A refusal, requested or recorded, always wins: a revocation sent with a Track binds every later decision until
+/// a new grant is tracked, even one whose request says `true`. Otherwise the request's statement, else the
+/// recorded one, else the default.
+pub fn may_personalise(
+    requested: Option<bool>,
+    recorded: Option<bool>,
+    default_consent: bool,
+) -> bool {
+    if requested == Some(false) || recorded == Some(false) {
+        return false;
+    }
+    requested.or(recorded).unwrap_or(default_consent)
+}
+
+/// Longest region name, in bytes (a region key of `consent_defaults`, a Track event's `region`).
+pub const MAX_REGION_BYTES: usize = 64;
+
+/// Consent assumed for shoppers who stated none, per region: privacy law differs between markets (opt-in in one,
+/// opt-out in another), so the operator sets a default per region and one for every other region.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsentDefaults {
+    /// Default for a region neither named nor under a named one.
+    pub fallback: bool,
+    /// Region → default; keys are region names (`EU`, `US`, `US-CA`, …).
+    pub regions: std::collections::BTreeMap<String, bool>,
+}
+
+impl ConsentDefaults {
+    /// The default for `region`: the region's own entry, else the entry of the part before its first `-` (`US-CA`
+    /// falls back to `US`), else [`ConsentDefaults::fallback`]. An empty region gets the fallback.
+    pub fn for_region(&self, region: &str) -> bool {
+        if region.is_empty() {
+            return self.fallback;
+        }
+        if let Some(&c) = self.regions.get(region) {
+            return c;
+        }
+        region
+            .split_once('-')
+            .and_then(|(parent, _)| self.regions.get(parent).copied())
+            .unwrap_or(self.fallback)
+    }
 }
 
 #[cfg(test)]
@@ -217,9 +260,53 @@ mod tests {
 
     #[test]
     fn consent_defaults_closed() {
-        assert!(!may_personalise(None, false));
-        assert!(!may_personalise(Some(false), true));
-        assert!(may_personalise(Some(true), false));
+        assert!(!may_personalise(None, None, false));
+        assert!(!may_personalise(Some(false), None, true));
+        assert!(may_personalise(Some(true), None, false));
+        assert!(may_personalise(None, None, true));
+    }
+
+    #[test]
+    fn the_most_restrictive_statement_wins() {
+        // A recorded revocation binds even a request that says yes, and whatever the default.
+        for default in [false, true] {
+            assert!(!may_personalise(Some(true), Some(false), default));
+            assert!(!may_personalise(None, Some(false), default));
+            assert!(!may_personalise(Some(false), Some(true), default));
+        }
+        // A request that says nothing takes the recorded grant over a closed default.
+        assert!(may_personalise(None, Some(true), false));
+        assert!(may_personalise(Some(true), Some(true), false));
+    }
+
+    #[test]
+    fn region_defaults_look_up_the_region_then_its_parent_then_the_fallback() {
+        let d = ConsentDefaults {
+            fallback: false,
+            regions: [("EU", false), ("US", true), ("US-CA", false), ("CA", true)]
+                .into_iter()
+                .map(|(r, c)| (r.to_string(), c))
+                .collect(),
+        };
+        assert!(d.for_region("US"));
+        assert!(d.for_region("US-NY"), "the part before the first '-'");
+        assert!(!d.for_region("US-CA"), "the exact region first");
+        assert!(
+            d.for_region("US-CA-SF"),
+            "the part before the first '-', not US-CA"
+        );
+        assert!(!d.for_region("EU"));
+        assert!(!d.for_region("BR"), "unknown: the fallback");
+        assert!(!d.for_region(""), "none: the fallback");
+        assert!(!d.for_region("us"), "names are exact");
+        assert!(d.for_region("CA-QC"));
+        let open = ConsentDefaults {
+            fallback: true,
+            ..d
+        };
+        assert!(open.for_region("BR"));
+        assert!(open.for_region(""));
+        assert!(!open.for_region("EU-FR"));
     }
 
     #[test]

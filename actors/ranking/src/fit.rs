@@ -116,6 +116,7 @@ pub fn to_shopper_event(catalog: &Catalog, e: &LoggedEvent) -> ShopperEvent {
         ts_ms: e.ts_ms,
         received_at_us: 0,
         consent: None,
+        default_consent: false,
     }
 }
 

@@ -21,6 +21,7 @@ fn event(item: u32, ts: i64) -> ShopperEvent {
         ts_ms: ts,
         received_at_us: 0,
         consent: None,
+        default_consent: false,
     }
 }
 

@@ -56,8 +56,6 @@ pub struct AssistRules {
     pub linger_cooldown_ms: i64,
     /// An item added to a cart with this stock or less needs replenishing.
     pub low_stock_threshold: u32,
-    /// Consent assumed for shoppers whose events never stated it (suggestions about a shopper need consent).
-    pub default_consent: bool,
 }
 
 impl Default for AssistRules {
@@ -68,7 +66,6 @@ impl Default for AssistRules {
             linger_window_ms: 10 * 60 * 1000,
             linger_cooldown_ms: 15 * 60 * 1000,
             low_stock_threshold: 3,
-            default_consent: false,
         }
     }
 }
@@ -231,6 +228,11 @@ struct AssistState {
 }
 
 /// Everything held about one shopper. Every collection is bounded by [`SessionLimits`].
+///
+/// Consent binds at once: an event stating `consent: false` drops everything behavioural the session holds
+/// (history, affinities, cart, purchases, searches, location, price statistics, assist state), and until an event
+/// states `consent: true` again, events are counted but change nothing else and raise no assist signal. Only the
+/// consent statement itself, the event count and the version (which orders hand-offs) survive a revocation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SessionContext {
     history: VecDeque<Interaction>,
@@ -271,9 +273,26 @@ impl SessionContext {
         self.version = now_ms.max(self.version.saturating_add(1));
     }
 
-    /// The consent the shopper's events stated, if any.
+    /// The consent the shopper's events stated, if any (the latest statement).
     pub fn consent(&self) -> Option<bool> {
         self.consent
+    }
+
+    /// Whether the shopper consents now: the recorded statement, else `default_consent` (the default of the
+    /// shopper's region). Events applied without it are not written to the event log.
+    pub fn consents(&self, default_consent: bool) -> bool {
+        self.consent.unwrap_or(default_consent)
+    }
+
+    /// Drops everything behavioural: only the consent statement, the event count and the version are kept.
+    /// Built from the default rather than cleared field by field, so a field added later is dropped too.
+    fn drop_behaviour(&mut self) {
+        *self = Self {
+            consent: self.consent,
+            events_applied: self.events_applied,
+            version: self.version,
+            ..Self::default()
+        };
     }
 
     /// The store the shopper is in, if known.
@@ -282,6 +301,10 @@ impl SessionContext {
     }
 
     /// Applies one event and returns what associates should hear about because of it.
+    ///
+    /// An event stating `consent: false`, and every event after it until one states `consent: true`, is counted
+    /// and changes nothing else: the session drops what it held and raises no signal (not even a replenishing
+    /// one). An event stating `consent: true` applies normally.
     pub fn apply(
         &mut self,
         event: &ShopperEvent,
@@ -290,10 +313,15 @@ impl SessionContext {
         assist: &AssistRules,
     ) -> Vec<AssistSignal> {
         self.events_applied = self.events_applied.saturating_add(1);
-        self.last_event_ms = self.last_event_ms.max(event.ts_ms);
         if let Some(consent) = event.consent {
             self.consent = Some(consent);
         }
+        if self.consent == Some(false) {
+            // Cheap when already dropped; also empties a revoked session an older node handed over with data.
+            self.drop_behaviour();
+            return Vec::new();
+        }
+        self.last_event_ms = self.last_event_ms.max(event.ts_ms);
         if let Some(store) = &event.store_id
             && event.kind != EventKind::StoreExit
             && self.location.store_id.as_deref() != Some(store)
@@ -386,8 +414,7 @@ impl SessionContext {
             }
             EventKind::View => {}
         }
-        let consented = self.consent.unwrap_or(assist.default_consent);
-        if consented && self.location.store_id.is_some() {
+        if self.consents(event.default_consent) && self.location.store_id.is_some() {
             self.check_cart(catalog, assist, &mut signals);
             if matches!(event.kind, EventKind::View | EventKind::AisleScan)
                 && let Some(idx) = known
@@ -527,6 +554,7 @@ impl SessionContext {
             searches: self.searches.iter().cloned().collect(),
             log_price: self.log_price.summary(),
             last_event_ms: self.last_event_ms,
+            consent: self.consent,
         }
     }
 
@@ -658,7 +686,8 @@ impl SessionContext {
 
     /// Rebuilds a session from its portable form against this node's catalog: items the catalog does not know
     /// stay in the history as unknown items and leave the cart and purchases; unknown categories and brands are
-    /// dropped.
+    /// dropped. A session whose shopper revoked consent arrives empty of behavioural data (an older node may have
+    /// sent some).
     pub fn from_portable(p: PortableSession, catalog: &Catalog) -> Self {
         let category = |name: &str| {
             catalog
@@ -674,7 +703,7 @@ impl SessionContext {
                 .position(|b| &**b == name)
                 .map(|b| b as BrandIdx)
         };
-        Self {
+        let mut session = Self {
             history: p
                 .history
                 .into_iter()
@@ -739,7 +768,11 @@ impl SessionContext {
                     .last_linger_alert
                     .and_then(|(n, t)| category(&n).map(|c| (c, t))),
             },
+        };
+        if session.consent == Some(false) {
+            session.drop_behaviour();
         }
+        session
     }
 }
 
@@ -766,6 +799,7 @@ mod tests {
             ts_ms: ts,
             received_at_us: 0,
             consent: None,
+            default_consent: false,
         }
     }
 
@@ -964,13 +998,185 @@ mod tests {
             .unwrap();
         let mut s = SessionContext::new();
         let mut e = in_store(EventKind::AddToCart, Some(low), 1);
-        // Replenishing is about the item, not the shopper: no consent needed.
-        e.consent = Some(false);
-        let signals = apply(&mut s, e);
+        // Replenishing is about the item, not the shopper: no consent needed (none stated, a closed default)...
+        e.consent = None;
+        let signals = apply(&mut s, e.clone());
         assert!(
             matches!(&signals[..], [AssistSignal::Replenish { item, .. }] if *item == low),
             "{signals:?}"
         );
+        // ...but a shopper who revoked consent raises nothing at all: their cart is not kept.
+        let mut revoked = SessionContext::new();
+        e.consent = Some(false);
+        assert!(apply(&mut revoked, e).is_empty());
+    }
+
+    /// A session holding something of every kind: in a store, in an aisle, views, a search, a cart, a purchase,
+    /// an assist alert raised.
+    fn rich_session() -> SessionContext {
+        let c = catalog();
+        let expensive = (0..c.len() as u32)
+            .find(|&i| c.item(i).price_cents >= 20_000 && c.item(i).stock > 10)
+            .unwrap();
+        let mut s = SessionContext::new();
+        apply(&mut s, in_store(EventKind::StoreEnter, None, 1));
+        let mut scan = in_store(EventKind::AisleScan, Some(c.items_in_category(5)[0]), 2);
+        scan.aisle = Some("G06".into());
+        apply(&mut s, scan);
+        for (k, &item) in c.items_in_category(5).iter().take(3).enumerate() {
+            apply(&mut s, in_store(EventKind::View, Some(item), 3 + k as i64));
+        }
+        let mut q = in_store(EventKind::Search, None, 10);
+        q.query = Some("running shoes".into());
+        apply(&mut s, q);
+        let alert = apply(&mut s, in_store(EventKind::AddToCart, Some(expensive), 11));
+        assert!(!alert.is_empty(), "the cart alert is raised");
+        apply(
+            &mut s,
+            in_store(EventKind::Purchase, Some(c.items_in_category(7)[0]), 12),
+        );
+        s.stamp_version(1_000);
+        s
+    }
+
+    #[test]
+    fn a_revocation_drops_everything_behavioural_at_once() {
+        let limits = SessionLimits::default();
+        let mut s = rich_session();
+        let held = s.view(&limits);
+        assert!(!held.items.is_empty() && !held.cart.is_empty() && !held.purchased.is_empty());
+        assert!(!held.searches.is_empty() && held.log_price.is_some() && s.store_id().is_some());
+        let (events, version) = (s.events_applied(), s.version());
+        // The revoking event is an in-store view: it shapes nothing either.
+        let mut revoke = in_store(EventKind::View, Some(catalog().items_in_category(5)[1]), 20);
+        revoke.consent = Some(false);
+        assert!(apply(&mut s, revoke).is_empty());
+        // Nothing is left but the statement, the event count and the version.
+        assert_eq!(
+            s,
+            SessionContext {
+                consent: Some(false),
+                events_applied: events + 1,
+                version,
+                ..SessionContext::default()
+            }
+        );
+        assert_eq!(
+            s.view(&limits),
+            SessionView {
+                consent: Some(false),
+                ..SessionView::default()
+            }
+        );
+        assert_eq!(s.heap_bytes(), 0);
+        assert_eq!(s.cart_value_cents(), 0);
+        assert_eq!(s.store_id(), None);
+        assert!(!s.consents(true), "a recorded refusal beats any default");
+        // The version still advances, so hand-offs keep their order.
+        s.stamp_version(1_000);
+        assert!(s.version() > version);
+    }
+
+    #[test]
+    fn while_revoked_events_are_counted_and_inert_until_a_grant() {
+        let c = catalog();
+        let limits = SessionLimits::default();
+        let mut s = rich_session();
+        let mut revoke = ev(EventKind::View, None, 20);
+        revoke.item = Some(ItemRef::Known(c.items_in_category(1)[0]));
+        revoke.consent = Some(false);
+        apply(&mut s, revoke);
+        let revoked = s.clone();
+        let low = (0..c.len() as u32)
+            .find(|&i| (1..=3).contains(&c.item(i).stock))
+            .unwrap();
+        // Events that state nothing, even with an open regional default: no history, no cart, no location, no
+        // signal of any kind (lingering, cart value, replenishing).
+        let mut quiet = Vec::new();
+        for (k, &item) in c.items_in_category(5).iter().take(6).enumerate() {
+            let mut e = in_store(EventKind::AisleScan, Some(item), 30 + k as i64);
+            e.consent = None;
+            e.default_consent = true;
+            e.aisle = Some("G06".into());
+            quiet.push(e);
+        }
+        for kind in [EventKind::AddToCart, EventKind::Purchase] {
+            let mut e = in_store(kind, Some(low), 40);
+            e.consent = None;
+            e.default_consent = true;
+            e.quantity = 100;
+            quiet.push(e);
+        }
+        let mut search = ev(EventKind::Search, None, 41);
+        search.query = Some("tea".into());
+        quiet.push(search);
+        let n = quiet.len() as u64;
+        for e in quiet {
+            assert!(apply(&mut s, e).is_empty(), "no signal while revoked");
+        }
+        assert_eq!(s.events_applied(), revoked.events_applied() + n, "counted");
+        assert_eq!(
+            SessionContext {
+                events_applied: revoked.events_applied(),
+                ..s.clone()
+            },
+            revoked,
+            "nothing else changed"
+        );
+        // A grant applies its own event and everything after it.
+        let item = c.items_in_category(2)[0];
+        let mut grant = ev(EventKind::View, Some(item), 50);
+        grant.consent = Some(true);
+        apply(&mut s, grant);
+        apply(&mut s, ev(EventKind::View, Some(item + 1), 51));
+        let v = s.view(&limits);
+        assert_eq!(v.known_items().collect::<Vec<_>>(), vec![item, item + 1]);
+        assert_eq!(v.consent, Some(true));
+        assert_eq!(v.last_event_ms, 51);
+        // And signals about the shopper come back with the grant.
+        let expensive = (0..c.len() as u32)
+            .find(|&i| c.item(i).price_cents >= 20_000 && c.item(i).stock > 10)
+            .unwrap();
+        apply(&mut s, in_store(EventKind::StoreEnter, None, 52));
+        let signals = apply(&mut s, in_store(EventKind::AddToCart, Some(expensive), 53));
+        assert!(
+            matches!(&signals[..], [AssistSignal::HighIntentCart { .. }]),
+            "{signals:?}"
+        );
+    }
+
+    #[test]
+    fn the_regional_default_decides_shopper_signals_when_nothing_is_stated() {
+        let c = catalog();
+        let expensive = (0..c.len() as u32)
+            .find(|&i| c.item(i).price_cents >= 20_000 && c.item(i).stock > 10)
+            .unwrap();
+        for (default_consent, fires) in [(false, false), (true, true)] {
+            let mut s = SessionContext::new();
+            let unstated = |kind, item, ts| ShopperEvent {
+                consent: None,
+                default_consent,
+                ..in_store(kind, item, ts)
+            };
+            apply(&mut s, unstated(EventKind::StoreEnter, None, 1));
+            let signals = apply(&mut s, unstated(EventKind::AddToCart, Some(expensive), 2));
+            assert_eq!(!signals.is_empty(), fires, "{default_consent}: {signals:?}");
+            assert_eq!(s.consents(default_consent), default_consent);
+            // Unstated consent never drops the session: the decision reads the default itself.
+            assert_eq!(s.view(&SessionLimits::default()).cart, vec![expensive]);
+        }
+    }
+
+    #[test]
+    fn a_revoked_session_handed_over_with_data_arrives_empty() {
+        let c = catalog();
+        let mut p = rich_session().to_portable(c);
+        p.consent = Some(false);
+        let s = SessionContext::from_portable(p, c);
+        assert!(s.view(&SessionLimits::default()).is_anonymous());
+        assert_eq!(s.store_id(), None);
+        assert_eq!(s.consent(), Some(false));
+        assert_eq!(s.version(), rich_session().version());
     }
 
     #[test]

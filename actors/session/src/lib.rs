@@ -183,6 +183,22 @@ impl Sessions {
             .map(|e| e.context.view(&self.limits)))
     }
 
+    /// The consent statement a shopper's events recorded, read now like [`Sessions::view_now`] but without
+    /// building a view; `Ok(None)` when the shopper has no session or stated nothing.
+    ///
+    /// # Errors
+    /// [`SessionError::NotOwner`] when this node does not own the shopper.
+    pub fn consent_now(&self, shopper_id: &str) -> Result<Option<bool>, SessionError> {
+        if !(self.gate)(shopper_id) {
+            return Err(SessionError::NotOwner);
+        }
+        let table = &self.tables[self.shard_of(shopper_id)];
+        Ok(table
+            .read()
+            .get(shopper_id)
+            .and_then(|e| e.context.consent()))
+    }
+
     /// A copy of a shopper's whole session; `Ok(None)` when the shopper has none.
     ///
     /// # Errors
@@ -350,6 +366,7 @@ mod tests {
             ts_ms: ts,
             received_at_us: 0,
             consent: None,
+            default_consent: false,
         }
     }
 
@@ -409,6 +426,13 @@ mod tests {
         s.apply("busy", vec![view_event(1, 1)], catalog(), T)
             .await
             .unwrap();
+        let refusal = ShopperEvent {
+            consent: Some(false),
+            ..view_event(1, 1)
+        };
+        s.apply("refused", vec![refusal], catalog(), T)
+            .await
+            .unwrap();
         for minute in 0..4 {
             tokio::time::sleep(Duration::from_secs(20)).await;
             s.apply("busy", vec![view_event(2, minute)], catalog(), T)
@@ -418,7 +442,14 @@ mod tests {
         // 80 s without activity for "idle": passivated by a periodic check; "busy" stays.
         wait_until(async || s.view("idle", T).await.unwrap().is_none()).await;
         assert!(s.view("busy", T).await.unwrap().is_some());
-        assert_eq!(s.active_sessions(), 1);
+        // A refusal of consent is not passivated: it binds the shopper's next decision, however late.
+        let refused = s
+            .view("refused", T)
+            .await
+            .unwrap()
+            .expect("the refusal is kept");
+        assert_eq!(refused.consent, Some(false));
+        assert_eq!(s.active_sessions(), 2);
         s.stop().await;
     }
 
@@ -627,6 +658,62 @@ mod tests {
         assert!(s.view("first", T).await.unwrap().is_some());
         assert!(s.view("s0", T).await.unwrap().is_none(), "the oldest went");
         assert!(s.view("s999", T).await.unwrap().is_some());
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn each_event_is_loggable_only_with_consent_after_applying_it() {
+        let s = Sessions::start(2, SessionSettings::default())
+            .await
+            .unwrap();
+        let stating = |item, ts, consent: Option<bool>, default_consent| ShopperEvent {
+            consent,
+            default_consent,
+            ..view_event(item, ts)
+        };
+        // (event, loggable): no statement takes the event's regional default; a statement binds what follows.
+        let steps = [
+            (stating(1, 1, None, false), false),
+            (stating(2, 2, None, true), true),
+            (stating(3, 3, Some(true), false), true),
+            (stating(4, 4, None, false), true),
+            (stating(5, 5, Some(false), true), false),
+            (stating(6, 6, None, true), false),
+            (stating(7, 7, Some(true), false), true),
+        ];
+        let (events, expected): (Vec<_>, Vec<_>) = steps.into_iter().unzip();
+        let applied = s.apply("mixed", events, catalog(), T).await.unwrap();
+        assert_eq!(applied.loggable, expected);
+        assert_eq!(s.consent_now("mixed").unwrap(), Some(true));
+        // After the revocation only the grant's event shapes the session.
+        let v = s.view_now("mixed").unwrap().unwrap();
+        assert_eq!(v.known_items().collect::<Vec<_>>(), vec![7]);
+        assert_eq!(v.consent, Some(true));
+        assert_eq!(s.consent_now("nobody").unwrap(), None);
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_revocation_still_advances_the_version_for_hand_offs() {
+        let s = Sessions::start(1, SessionSettings::default())
+            .await
+            .unwrap();
+        s.apply("r", vec![view_event(1, 1)], catalog(), T)
+            .await
+            .unwrap();
+        let before = s.describe("r", T).await.unwrap().unwrap().version();
+        let revoke = ShopperEvent {
+            consent: Some(false),
+            ..view_event(2, 2)
+        };
+        let applied = s.apply("r", vec![revoke], catalog(), T).await.unwrap();
+        assert_eq!(applied.loggable, vec![false]);
+        let after = s.describe("r", T).await.unwrap().unwrap();
+        assert!(after.version() > before);
+        assert_eq!(after.events_applied(), 2);
+        let v = s.view("r", T).await.unwrap().unwrap();
+        assert!(v.is_anonymous());
+        assert_eq!(v.consent, Some(false));
         s.stop().await;
     }
 }

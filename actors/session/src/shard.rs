@@ -89,6 +89,9 @@ pub struct Applied {
     pub created: bool,
     /// What associates should hear about.
     pub signals: Vec<AssistSignal>,
+    /// Per event, in order: whether it may be written to the event log — the shopper consents after applying it
+    /// (the recorded statement, else the event's regional default).
+    pub loggable: Vec<bool>,
 }
 
 /// A session being moved to another node: the shopper and their context.
@@ -291,11 +294,13 @@ impl ShardState {
         let context = &mut entry.context;
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let mut signals = Vec::new();
+            let mut loggable = Vec::with_capacity(events.len());
             for event in events {
                 signals.extend(context.apply(event, catalog, &settings.limits, &settings.assist));
+                loggable.push(context.consents(event.default_consent));
             }
             context.stamp_version(aisle_domain::now_ms().max(0) as u64);
-            signals
+            (signals, loggable)
         }));
         if created {
             Self::bound(&mut sessions, settings.max_sessions_per_shard);
@@ -304,7 +309,11 @@ impl ShardState {
         drop(sessions);
         self.publish_count(len);
         match outcome {
-            Ok(signals) => Ok(Applied { created, signals }),
+            Ok((signals, loggable)) => Ok(Applied {
+                created,
+                signals,
+                loggable,
+            }),
             Err(_) => {
                 self.reset_after_panic(&shopper_id);
                 Err(SessionError::Reset)
@@ -430,7 +439,12 @@ impl Actor for SessionShard {
                 let now = Instant::now();
                 let mut sessions = state.table.write();
                 let before = sessions.len();
-                sessions.retain(|_, e| now.duration_since(e.last_active) < ttl);
+                // A refusal of consent outlives idleness: it must bind the shopper's next decision however late
+                // it comes. What it keeps is the refusal and two counters; only the `max_sessions` cap (or
+                // erasure) removes it.
+                sessions.retain(|_, e| {
+                    e.context.consent() == Some(false) || now.duration_since(e.last_active) < ttl
+                });
                 let after = sessions.len();
                 drop(sessions);
                 let passivated = before - after;

@@ -84,6 +84,7 @@ fn bench(c: &mut Criterion) {
                     ts_ms: 1_700_000_000_000 + k as i64 * 30_000,
                     received_at_us: 0,
                     consent: None,
+                    default_consent: false,
                 })
                 .collect();
             let records: Vec<EventRecord> = Vec::new();

@@ -33,6 +33,7 @@ fn event(kind: EventKind, item: u32, ts: i64) -> ShopperEvent {
         ts_ms: ts,
         received_at_us: 0,
         consent: None,
+        default_consent: false,
     }
 }
 

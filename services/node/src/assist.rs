@@ -2,7 +2,6 @@
 //! guardrails (in stock; nothing age-restricted, since the handheld cannot know the shopper's verified age).
 
 use aisle_domain::catalog::{Catalog, ItemIdx};
-use aisle_domain::hash::shopper_ref;
 use aisle_domain::request::{Channel, ShopperAttributes};
 use aisle_policy::{ExclusionCounts, Guard, PolicyContext, Rules};
 use aisle_proto::v1::{AssistEvent, AssistKind, SuggestedItem};
@@ -38,7 +37,7 @@ fn names(s: &[SuggestedItem]) -> String {
 /// Builds the assist event for a signal (its sequence is assigned when published).
 pub fn assist_event(
     signal: &AssistSignal,
-    shopper_id: &str,
+    shopper_ref: &str,
     world: &World,
     rules: &Rules,
     node_id: &str,
@@ -84,7 +83,7 @@ pub fn assist_event(
                 names(&items)
             );
             let at = Place {
-                shopper_id,
+                shopper_ref,
                 store_id,
                 aisle: aisle.as_deref(),
             };
@@ -110,7 +109,7 @@ pub fn assist_event(
                 names(&items)
             );
             let at = Place {
-                shopper_id,
+                shopper_ref,
                 store_id,
                 aisle: aisle.as_deref(),
             };
@@ -148,7 +147,8 @@ fn replenish_event(
 
 /// Where an in-store shopper is.
 struct Place<'a> {
-    shopper_id: &'a str,
+    /// The shopper's pseudonym.
+    shopper_ref: &'a str,
     store_id: &'a str,
     aisle: Option<&'a str>,
 }
@@ -184,7 +184,9 @@ fn shopper_event(
     what: &str,
     items: Vec<SuggestedItem>,
 ) -> AssistEvent {
-    let who = shopper_ref(at.shopper_id);
+    // Handhelds show the first 8 hex digits; the event carries the whole pseudonym (erasure finds events by it).
+    let who = at.shopper_ref;
+    let short = who.get(..8).unwrap_or(who);
     let where_ = at
         .aisle
         .map(|a| format!(" in aisle {a}"))
@@ -193,8 +195,8 @@ fn shopper_event(
         kind: kind as i32,
         store_id: at.store_id.to_string(),
         aisle: at.aisle.unwrap_or_default().to_string(),
-        message: format!("assist shopper {who}{where_}: {what}"),
-        shopper_ref: who,
+        message: format!("assist shopper {short}{where_}: {what}"),
+        shopper_ref: who.to_string(),
         suggested_items: items,
         ..event
     }

@@ -1,19 +1,22 @@
-//! Logs written off the request path: decision records (one JSON line per decision: what was shown, why, under
-//! which versions and variants; with a pseudonymous shopper reference, not the shopper id) and the event log
-//! (every applied shopper event, in the JSON-lines format `aisle-train` reads). Both are written by a background
-//! task from a bounded queue, so a request never waits on disk; when a queue is full the record is dropped and
-//! counted, never the request.
+//! What the node's logs record: decision records and admin actions in the decision trail (hash-chained; the
+//! shopper's pseudonym is the record's subject, which erasure redacts), and applied shopper events in the event log
+//! (the JSON lines `aisle-train` reads, the shopper named by pseudonym). Both are [`Journal`]s: written by a
+//! background task, so a request never waits on disk (an admin action does: its record is durable before the RPC
+//! returns).
 
-use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
 
+use crate::config::Config;
 use crate::decision::{DecideInput, Decision};
+use crate::journal::{Entry, Journal, JournalConfig};
+use crate::readiness::Readiness;
 
-/// Records waiting to be written before new ones are dropped.
-const QUEUE: usize = 16_384;
+/// The decision trail (chained).
+pub type AuditLog = Journal;
+/// The event log: every applied, consented shopper event, in the format the trainer reads.
+pub type EventLog = Journal;
 
 /// One decision, for audit and experiment analysis.
 #[derive(Debug, Serialize)]
@@ -23,7 +26,6 @@ pub struct DecisionRecord {
     node: String,
     request_id: String,
     client: String,
-    shopper_ref: String,
     surface: &'static str,
     channel: &'static str,
     store_id: String,
@@ -56,7 +58,6 @@ impl DecisionRecord {
             node: node.to_string(),
             request_id: input.request_id.clone(),
             client: input.client.clone(),
-            shopper_ref: aisle_domain::hash::shopper_ref(&input.shopper_id),
             surface: input.surface.as_str(),
             channel: input.channel.as_str(),
             store_id: input.store_id.clone(),
@@ -88,69 +89,91 @@ impl DecisionRecord {
     }
 }
 
-/// A JSON-lines log written by a background task from a bounded queue: the request path never waits on disk.
-/// When the queue is full a record is dropped and counted in `aisle_log_records_dropped_total{log}`.
-pub struct JsonLog<T> {
-    tx: mpsc::Sender<T>,
-    name: &'static str,
+/// An admin action, for the trail: what was done, by whom, on which node, with what outcome.
+#[derive(Debug, Serialize)]
+pub struct AdminRecord {
+    /// What: `forget`, `promote_model`, `rollback_model`, `set_fault`, `bundle_loaded`, `bundle_refused`.
+    pub action: &'static str,
+    /// Who asked (`token:<name>`, `cert:<name>`, `anonymous`; `node` for the node's own actions).
+    pub caller: String,
+    /// The node that did it.
+    pub node: String,
+    /// Details of the action (never a shopper id: shoppers appear by pseudonym).
+    pub details: serde_json::Value,
 }
 
-impl<T> Clone for JsonLog<T> {
-    fn clone(&self) -> Self {
-        Self {
-            tx: self.tx.clone(),
-            name: self.name,
-        }
-    }
+/// The decision record of a decision, as a trail entry whose subject is the shopper's pseudonym.
+pub fn decision_entry(node: &str, shopper_ref: String, input: &DecideInput, d: &Decision) -> Entry {
+    Entry::new(
+        "decision",
+        Some(shopper_ref),
+        DecisionRecord::new(node, input, d),
+    )
 }
 
-impl<T> std::fmt::Debug for JsonLog<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JsonLog").field("name", &self.name).finish()
-    }
+/// Opens the decision trail and the event log the configuration names.
+///
+/// # Errors
+/// When a log cannot be opened (named).
+pub async fn open_logs(config: &Config) -> anyhow::Result<(Option<Journal>, Option<Journal>)> {
+    use anyhow::Context;
+    let tune = |mut c: JournalConfig| {
+        c.segment_bytes = config.log_segment_bytes;
+        c.segment_age = std::time::Duration::from_secs(config.log_segment_secs);
+        c.retention = std::time::Duration::from_secs(config.log_retention_hours * 3_600);
+        c.sync_every = std::time::Duration::from_millis(config.log_sync_ms);
+        c.max_bytes = config.log_max_bytes;
+        c
+    };
+    let trail = match &config.decision_log {
+        Some(p) => Some(
+            Journal::open(tune(JournalConfig::decisions(p)))
+                .await
+                .with_context(|| format!("decision log {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let events = match &config.event_log {
+        Some(p) => Some(
+            Journal::open(tune(JournalConfig::events(p)))
+                .await
+                .with_context(|| format!("event log {}", p.display()))?,
+        ),
+        None => None,
+    };
+    Ok((trail, events))
 }
 
-impl<T: serde::Serialize + Send + 'static> JsonLog<T> {
-    /// Opens (appends to) the log file and starts the writer task.
-    ///
-    /// # Errors
-    /// When the file cannot be opened.
-    pub async fn open(path: &Path, name: &'static str) -> std::io::Result<Self> {
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await?;
-        let (tx, mut rx) = mpsc::channel::<T>(QUEUE);
-        tokio::spawn(async move {
-            let mut out = tokio::io::BufWriter::new(file);
-            while let Some(record) = rx.recv().await {
-                let mut line = serde_json::to_vec(&record).expect("records serialise");
-                line.push(b'\n');
-                if out.write_all(&line).await.is_err() {
-                    break;
+/// Keeps `/readyz` telling whether each log can be written (checked every second): a log that cannot is loud —
+/// `degraded` in `/readyz`, a warning in the node's log — while the node keeps serving.
+pub async fn watch_health(logs: Vec<Journal>, readiness: Arc<Readiness>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut was_failing = vec![false; logs.len()];
+    loop {
+        tick.tick().await;
+        for (log, was) in logs.iter().zip(was_failing.iter_mut()) {
+            let what = match log.name() {
+                "decisions" => "decision trail",
+                _ => "event log",
+            };
+            let health = log.health();
+            match &health.failing {
+                Some(f) => {
+                    if !*was {
+                        tracing::error!(log = log.name(), error = %f.error,
+                            "cannot write the log; keeping records in memory and retrying (see /readyz)");
+                    }
+                    readiness.degrade(what, format!("write failing: {}", f.error));
+                    *was = true;
                 }
-                if rx.is_empty() && out.flush().await.is_err() {
-                    break;
+                None => {
+                    if *was {
+                        tracing::info!(log = log.name(), "the log is written again");
+                    }
+                    readiness.restore(what);
+                    *was = false;
                 }
             }
-            let _ = out.flush().await;
-        });
-        Ok(Self { tx, name })
-    }
-
-    /// Queues a record; drops and counts it when the writer lags.
-    pub fn record(&self, record: T) {
-        if self.tx.try_send(record).is_err() {
-            metrics::counter!("aisle_log_records_dropped_total", "log" => self.name).increment(1);
         }
     }
 }
-
-/// The decision log.
-pub type AuditLog = JsonLog<DecisionRecord>;
-/// The event log: every applied shopper event, in the format the trainer reads.
-pub type EventLog = JsonLog<aisle_domain::event::EventRecord>;

@@ -38,12 +38,31 @@ pub enum Command {
     Cluster(crate::client::ClusterArgs),
     /// Switch models on every member: promote the candidate to default, or roll back.
     Model(crate::client::ModelArgs),
+    /// Check a decision trail offline (no node needed).
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Write the demo world's bundles (catalog.json, model.bin) to a directory, for nodes started with
     /// --data-dir (a cluster's nodes then serve identical data).
     ExportDemo {
         /// Output directory (created if missing).
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+/// `aisle audit` commands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify hash-chained decision trails: exit 0 when every chain is intact, 1 naming the first bad record
+    /// otherwise. Each PATH is a live trail file (its sealed segments and head file beside it are included), a
+    /// sealed segment, or a directory.
+    Verify {
+        /// Trail files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -96,6 +115,16 @@ pub struct ServeArgs {
     /// Consent assumed when a request does not say [default: false].
     #[arg(long, env = "AISLE_DEFAULT_CONSENT")]
     pub default_consent: Option<bool>,
+    /// Consent assumed in a region when neither a request nor the shopper's events say, REGION=BOOL (e.g.
+    /// EU=false); repeatable, or comma-separated. Each overrides the file's entry for its region.
+    #[arg(
+        long = "consent-default",
+        env = "AISLE_CONSENT_DEFAULTS",
+        value_name = "REGION=BOOL",
+        value_delimiter = ',',
+        value_parser = region_consent
+    )]
+    pub consent_defaults: Vec<(String, bool)>,
     /// Requests in flight beyond this get RESOURCE_EXHAUSTED (0: no limit) [default: 1024].
     #[arg(long, env = "AISLE_MAX_INFLIGHT_REQUESTS")]
     pub max_inflight_requests: Option<usize>,
@@ -105,12 +134,30 @@ pub struct ServeArgs {
     /// Allow AdminService/SetFault (drills and tests).
     #[arg(long, env = "AISLE_FAULT_INJECTION")]
     pub fault_injection: bool,
-    /// Write a JSON line per decision to this file.
+    /// The decision trail (hash-chained JSON lines: decisions and admin actions); sealed segments beside it.
     #[arg(long, env = "AISLE_DECISION_LOG")]
     pub decision_log: Option<PathBuf>,
-    /// Write every applied shopper event to this file (JSON lines, for `aisle-train`).
+    /// Write every applied, consented shopper event to this file (JSON lines, for `aisle-train`).
     #[arg(long, env = "AISLE_EVENT_LOG")]
     pub event_log: Option<PathBuf>,
+    /// Seal a log segment at this size, bytes [default: 67108864].
+    #[arg(long, env = "AISLE_LOG_SEGMENT_BYTES")]
+    pub log_segment_bytes: Option<u64>,
+    /// Seal a log segment at this age, seconds [default: 3600].
+    #[arg(long, env = "AISLE_LOG_SEGMENT_SECS")]
+    pub log_segment_secs: Option<u64>,
+    /// Delete sealed segments this long after their last record, hours [default: 720].
+    #[arg(long, env = "AISLE_LOG_RETENTION_HOURS")]
+    pub log_retention_hours: Option<u64>,
+    /// Delete the oldest sealed segments beyond this total per log, bytes (0: no limit) [default: 8 GiB].
+    #[arg(long, env = "AISLE_LOG_MAX_BYTES")]
+    pub log_max_bytes: Option<u64>,
+    /// Make written records durable at least this often, ms [default: 200].
+    #[arg(long, env = "AISLE_LOG_SYNC_MS")]
+    pub log_sync_ms: Option<u64>,
+    /// Keep a forgotten shopper's tombstone this long, seconds [default: 3600].
+    #[arg(long, env = "AISLE_TOMBSTONE_TTL_SECS")]
+    pub tombstone_ttl_secs: Option<u64>,
     /// Log format.
     #[arg(long, env = "AISLE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -174,6 +221,10 @@ pub struct ServeArgs {
     /// File holding the etcd user's password.
     #[arg(long, env = "AISLE_ETCD_PASSWORD_FILE")]
     pub etcd_password_file: Option<PathBuf>,
+    /// Pseudonym key file: hex keys, one per line, current first [default: a key generated for this run,
+    /// loopback only].
+    #[arg(long, env = "AISLE_PSEUDONYM_KEY")]
+    pub pseudonym_key: Option<PathBuf>,
     /// Serve gRPC server reflection [default: true].
     #[arg(long, env = "AISLE_REFLECTION")]
     pub reflection: Option<bool>,
@@ -211,7 +262,13 @@ impl ServeArgs {
             cluster_name,
             lease_ttl_secs,
             peer_addr,
-            reflection
+            reflection,
+            log_segment_bytes,
+            log_segment_secs,
+            log_retention_hours,
+            log_max_bytes,
+            log_sync_ms,
+            tombstone_ttl_secs
         );
         macro_rules! set_opt {
             ($($field:ident),*) => {
@@ -240,7 +297,8 @@ impl ServeArgs {
             etcd_cert,
             etcd_key,
             etcd_user,
-            etcd_password_file
+            etcd_password_file,
+            pseudonym_key
         );
         if self.fault_injection {
             c.fault_injection = true;
@@ -248,9 +306,23 @@ impl ServeArgs {
         if self.insecure {
             c.insecure = true;
         }
+        for (region, consent) in &self.consent_defaults {
+            c.consent_defaults.insert(region.clone(), *consent);
+        }
         c.validate()?;
         Ok(c)
     }
+}
+
+/// Parses `REGION=BOOL` (a `--consent-default`).
+fn region_consent(s: &str) -> Result<(String, bool), String> {
+    let (region, consent) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected REGION=BOOL (e.g. EU=false), got {s:?}"))?;
+    let consent = consent
+        .parse()
+        .map_err(|_| format!("{region}: expected true or false, got {consent:?}"))?;
+    Ok((region.to_string(), consent))
 }
 
 #[cfg(test)]
@@ -280,6 +352,52 @@ mod tests {
         assert_eq!(c.node_id, "from-flag");
         assert_eq!(c.decide_budget_ms, 40);
         assert!(c.fault_injection);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn consent_defaults_from_flags_override_the_files_regions() {
+        let dir = std::env::temp_dir().join(format!("aisle-cli-consent-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "[consent_defaults]\nEU = false\nUS = false\n").unwrap();
+        let parse = |extra: &[&str]| -> Result<Box<ServeArgs>, clap::Error> {
+            let mut args = vec!["aisle", "serve", "--config", file.to_str().unwrap()];
+            args.extend(extra);
+            match Cli::try_parse_from(args)?.command {
+                Command::Serve(a) => Ok(a),
+                _ => panic!("serve"),
+            }
+        };
+        let args = parse(&[
+            "--consent-default",
+            "US=true",
+            "--consent-default",
+            "CA=true,MX=false",
+        ])
+        .unwrap();
+        let c = args.to_config().unwrap();
+        let expected: Vec<(&str, bool)> =
+            vec![("CA", true), ("EU", false), ("MX", false), ("US", true)];
+        let got: Vec<(&str, bool)> = c
+            .consent_defaults
+            .iter()
+            .map(|(r, &b)| (r.as_str(), b))
+            .collect();
+        assert_eq!(got, expected);
+        for bad in ["US", "US=yes"] {
+            let err = parse(&["--consent-default", bad]).unwrap_err().to_string();
+            assert!(
+                err.contains("REGION=BOOL") || err.contains("true or false"),
+                "{err}"
+            );
+        }
+        let err = parse(&["--consent-default", "=true"])
+            .unwrap()
+            .to_config()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("consent_defaults: region"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -77,9 +77,13 @@ pub struct DecideArgs {
     /// Store id.
     #[arg(long, default_value = "")]
     store: String,
-    /// Decide without consent to behavioural data (as for an anonymous shopper).
+    /// The shopper's consent to behavioural data, `true` or `false` (false: ranked as an anonymous shopper).
+    /// Absent: no statement is sent, and the shopper's recorded statement, else the region's default, applies.
     #[arg(long)]
-    no_consent: bool,
+    consent: Option<bool>,
+    /// The shopper's region (e.g. EU, US-CA): picks the consent default when nothing is stated.
+    #[arg(long, default_value = "")]
+    region: String,
     /// The shopper's age is verified, in this band: under_18, 18_to_20, 21_plus.
     #[arg(long)]
     verified_age: Option<String>,
@@ -120,9 +124,13 @@ pub struct TrackArgs {
     /// Aisle.
     #[arg(long, default_value = "")]
     aisle: String,
-    /// The shopper's consent statement, if the event carries one.
+    /// The shopper's consent statement, `true` or `false`, if the event carries one (false revokes: the shopper's
+    /// session is emptied and their events are ignored until a `true`).
     #[arg(long)]
     consent: Option<bool>,
+    /// The shopper's region (e.g. EU, US-CA): picks the consent default while the shopper has stated none.
+    #[arg(long, default_value = "")]
+    region: String,
 }
 
 /// `aisle subscribe`.
@@ -283,7 +291,8 @@ pub async fn decide(a: DecideArgs) -> anyhow::Result<()> {
         candidate_item_ids: a.candidates.clone(),
         context_item_ids: a.context.clone(),
         store_id: a.store.clone(),
-        consent: Some(!a.no_consent),
+        region: a.region.clone(),
+        consent: a.consent,
         attributes: Some(attributes),
         ..Default::default()
     });
@@ -362,6 +371,7 @@ pub async fn track(a: TrackArgs) -> anyhow::Result<()> {
                     aisle: a.aisle.clone(),
                     timestamp: None,
                     consent: a.consent,
+                    region: a.region.clone(),
                 }],
                 request_id: String::new(),
             },
@@ -458,21 +468,50 @@ pub async fn forget(a: ForgetArgs) -> anyhow::Result<()> {
         .await
         .map_err(status)?
         .into_inner();
+    let receipts: Vec<serde_json::Value> = r
+        .receipts
+        .iter()
+        .map(|m| {
+            json!({
+                "node": m.node,
+                "session_erased": m.session_erased,
+                "cached_decisions_erased": m.cached_decisions_erased,
+                "assist_events_redacted": m.assist_events_redacted,
+                "event_log_records_removed": m.event_log_records_removed,
+                "decision_records_redacted": m.decision_records_redacted,
+                "tombstone_until_ms": m.tombstone_until_ms,
+            })
+        })
+        .collect();
     print(
         a.addr.json,
-        &json!({"session_erased": r.session_erased, "cached_decisions_erased": r.cached_decisions_erased, "served_by": r.served_by}),
+        &json!({"session_erased": r.session_erased, "cached_decisions_erased": r.cached_decisions_erased,
+            "served_by": r.served_by, "shopper_ref": r.shopper_ref, "receipts": receipts}),
         || {
-            format!(
-                "forgot {}: session {}, {} cached decision(s) erased on {}",
+            let mut out = format!(
+                "forgot {} (pseudonym {}): session {}, owner {}",
                 a.shopper,
+                r.shopper_ref,
                 if r.session_erased {
                     "erased"
                 } else {
                     "not held"
                 },
-                r.cached_decisions_erased,
                 r.served_by
-            )
+            );
+            for m in &r.receipts {
+                out.push_str(&format!(
+                    "\n  {}: session {}, {} cached decision(s), {} assist event(s) redacted, {} event-log line(s) \
+                     removed, {} decision record(s) redacted",
+                    m.node,
+                    if m.session_erased { "erased" } else { "not held" },
+                    m.cached_decisions_erased,
+                    m.assist_events_redacted,
+                    m.event_log_records_removed,
+                    m.decision_records_redacted
+                ));
+            }
+            out
         },
     );
     Ok(())
@@ -708,5 +747,70 @@ pub async fn model(a: ModelArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join("\n")
     });
+    Ok(())
+}
+
+/// `aisle audit verify`: checks decision trails offline.
+///
+/// # Errors
+/// The first bad record (file, line, seq and what is wrong), or an unreadable path.
+pub fn audit_verify(paths: &[std::path::PathBuf], as_json: bool) -> anyhow::Result<()> {
+    let report = crate::journal::verify(paths).map_err(|e| anyhow::anyhow!("chain broken: {e}"))?;
+    for c in &report.chains {
+        let text = format!(
+            "{}: intact, {} record(s) in {} segment(s), seq {}..={}{}{}{}",
+            c.log.display(),
+            c.records,
+            c.segments,
+            c.first_seq.unwrap_or(0),
+            c.last_seq.unwrap_or(0),
+            c.starts_at
+                .map(|s| format!("; starts at seq {s} (earlier segments expired or removed)"))
+                .unwrap_or_default(),
+            if c.gaps > 0 {
+                format!(
+                    "; {} record(s) shed under load, stated in gap records",
+                    c.gaps
+                )
+            } else {
+                String::new()
+            },
+            if c.redacted > 0 {
+                format!("; {} subject(s) erased", c.redacted)
+            } else {
+                String::new()
+            },
+        );
+        let value = json!({
+            "log": c.log.display().to_string(),
+            "intact": true,
+            "records": c.records,
+            "segments": c.segments,
+            "first_seq": c.first_seq,
+            "last_seq": c.last_seq,
+            "starts_at": c.starts_at,
+            "gaps": c.gaps,
+            "redacted": c.redacted,
+            "head": c.head,
+            "incidents": c.incidents.iter().map(|i| json!({
+                "seq": i.seq, "file": i.file.display().to_string(), "reason": i.reason, "detail": i.detail,
+            })).collect::<Vec<_>>(),
+        });
+        if as_json {
+            println!("{value}");
+        } else {
+            println!("{text}");
+            for i in &c.incidents {
+                println!("  incident at seq {}: {} ({})", i.seq, i.reason, i.detail);
+            }
+        }
+    }
+    for s in &report.skipped {
+        eprintln!("{}: not a chained log; skipped", s.display());
+    }
+    anyhow::ensure!(
+        !report.chains.is_empty(),
+        "no decision trail found in {paths:?}"
+    );
     Ok(())
 }

@@ -1,10 +1,12 @@
 //! The node's configuration: typed, with documented defaults, from a TOML file, environment variables and flags
 //! (flags win over the environment, which wins over the file). Unknown keys in the file are an error.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use aisle_policy::{ConsentDefaults, MAX_REGION_BYTES};
 use aisle_session::{AssistRules, SessionLimits, SessionSettings};
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +78,11 @@ pub struct Config {
     pub cache_ttl_secs: u64,
     /// Consent assumed when a request does not say (default false: no behavioural data).
     pub default_consent: bool,
+    /// Consent assumed per region (`[consent_defaults]`, e.g. `EU = false`, `US = true`) for shoppers who stated
+    /// none, in place of `default_consent`: markets differ (opt-in here, opt-out there). A region is looked up by
+    /// its name, then by the part before its first `-` (`US-CA` → `US`); others get `default_consent`. Default:
+    /// empty.
+    pub consent_defaults: BTreeMap<String, bool>,
     /// Events timestamped further than this in the future are refused (default 300 s).
     pub max_future_skew_secs: u64,
     /// Assist events retained per store for resuming handhelds (default 4,096; at least 1,000).
@@ -89,10 +96,23 @@ pub struct Config {
     pub max_inflight_requests: usize,
     /// Allow `AdminService/SetFault` (for drills and tests; default false).
     pub fault_injection: bool,
-    /// Write a JSON line per decision here (audit and experiment exposure). None: no log.
+    /// The decision trail: a hash-chained JSON line per decision and per admin action (docs/privacy.md). None:
+    /// no trail.
     pub decision_log: Option<PathBuf>,
-    /// Write every applied shopper event here as a JSON line (the format `aisle-train` reads). None: no log.
+    /// Write every applied, consented shopper event here as a JSON line (the format `aisle-train` reads), the
+    /// shopper named by pseudonym. None: no log.
     pub event_log: Option<PathBuf>,
+    /// A log segment is sealed and a new one begun at this size (default 64 MiB).
+    pub log_segment_bytes: u64,
+    /// ... or at this age (default 3,600 s).
+    pub log_segment_secs: u64,
+    /// Sealed segments are deleted this long after their last record (default 720 h: 30 days).
+    pub log_retention_hours: u64,
+    /// Sealed segments beyond this total size, per log, are deleted oldest first (default 8 GiB; 0: no limit).
+    pub log_max_bytes: u64,
+    /// Written records are made durable (fsync) at least this often (default 200 ms); admin actions are durable
+    /// before their RPC returns.
+    pub log_sync_ms: u64,
     /// Log format.
     pub log_format: LogFormat,
     /// Membership mode.
@@ -159,6 +179,12 @@ pub struct Config {
     pub keepalive_secs: u64,
     /// Largest message between nodes, bytes (default 64 MiB: hand-off batches).
     pub max_peer_message_bytes: usize,
+    /// The pseudonym key file (hex keys, one per line, current first; docs/privacy.md). None: a key generated for
+    /// this run (loopback only, unless `insecure`).
+    pub pseudonym_key: Option<PathBuf>,
+    /// How long a forgotten shopper's tombstone stops an older copy of their session from coming back (default
+    /// 3,600 s; at least the session idle TTL plus two leases, after which no copy can be left).
+    pub tombstone_ttl_secs: u64,
     /// Stores with assist logs on this node when the catalog names no stores; beyond it the least recently used
     /// store without subscribers is dropped (default 10,000).
     pub max_stores: usize,
@@ -205,6 +231,7 @@ impl Default for Config {
             cache_capacity: 200_000,
             cache_ttl_secs: 600,
             default_consent: false,
+            consent_defaults: BTreeMap::new(),
             max_future_skew_secs: 300,
             push_retention: 4_096,
             max_inflight_decisions: 64,
@@ -212,6 +239,11 @@ impl Default for Config {
             fault_injection: false,
             decision_log: None,
             event_log: None,
+            log_segment_bytes: 64 * 1024 * 1024,
+            log_segment_secs: 3_600,
+            log_retention_hours: 720,
+            log_max_bytes: 8 * 1024 * 1024 * 1024,
+            log_sync_ms: 200,
             log_format: LogFormat::Text,
             cluster: ClusterMode::Static,
             etcd_endpoints: Vec::new(),
@@ -243,6 +275,8 @@ impl Default for Config {
             keepalive_secs: 30,
             max_peer_message_bytes: 64 * 1024 * 1024,
             max_stores: 10_000,
+            pseudonym_key: None,
+            tombstone_ttl_secs: 3_600,
         }
     }
 }
@@ -322,6 +356,15 @@ impl Config {
         if self.push_retention < 1_000 {
             return bad("push_retention: must be at least 1000");
         }
+        if let Some(region) = self
+            .consent_defaults
+            .keys()
+            .find(|r| r.is_empty() || r.len() > MAX_REGION_BYTES)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "consent_defaults: region {region:?} must be 1 to {MAX_REGION_BYTES} bytes"
+            )));
+        }
         if self.session_limits.history == 0 || self.session_limits.affinity_half_life_ms <= 0 {
             return bad("session_limits: history and affinity_half_life_ms must be positive");
         }
@@ -342,6 +385,20 @@ impl Config {
         }
         if self.etcd_user.is_some() != self.etcd_password_file.is_some() {
             return bad("etcd_user, etcd_password_file: give both or neither");
+        }
+        if self.tombstone_ttl_secs < self.session_idle_ttl_secs + 2 * self.lease_ttl_secs {
+            return bad(
+                "tombstone_ttl_secs: must be at least session_idle_ttl_secs plus two lease_ttl_secs (an old \
+                 owner's copy of a session lives that long)",
+            );
+        }
+        if self.log_segment_bytes < 4096 || self.log_segment_secs == 0 || self.log_sync_ms == 0 {
+            return bad(
+                "log_segment_bytes (at least 4096), log_segment_secs, log_sync_ms: out of range",
+            );
+        }
+        if self.log_retention_hours == 0 {
+            return bad("log_retention_hours: must be positive");
         }
         if self.credential_reload_secs == 0 {
             return bad("credential_reload_secs: must be positive");
@@ -410,6 +467,9 @@ impl Config {
         if self.auth_tokens.is_none() {
             gaps.push("an auth file (auth_tokens / --auth-tokens)");
         }
+        if self.pseudonym_key.is_none() {
+            gaps.push("a pseudonym key file (pseudonym_key / --pseudonym-key)");
+        }
         if self.cluster == ClusterMode::Etcd {
             if self.peer_tls_cert.is_none() {
                 gaps.push("peer mutual TLS (peer_tls_cert, peer_tls_key, peer_tls_ca)");
@@ -429,11 +489,19 @@ impl Config {
         Duration::from_millis(self.safety_margin_ms).max(budget / 10)
     }
 
+    /// The consent defaults: per region, else `default_consent`.
+    pub fn consent(&self) -> ConsentDefaults {
+        ConsentDefaults {
+            fallback: self.default_consent,
+            regions: self.consent_defaults.clone(),
+        }
+    }
+
     /// What the decider needs of the configuration.
     pub fn decider_settings(&self) -> crate::decider::DeciderSettings {
         crate::decider::DeciderSettings {
             node_id: self.node_id.clone(),
-            default_consent: self.default_consent,
+            consent: self.consent(),
             max_inflight_decisions: self.max_inflight_decisions,
             safety_margin: Duration::from_millis(self.safety_margin_ms),
             inline_scoring_max: INLINE_SCORING_MAX,
@@ -445,10 +513,8 @@ impl Config {
         let ttl = Duration::from_secs(self.session_idle_ttl_secs.max(1));
         SessionSettings {
             limits: self.session_limits,
-            assist: AssistRules {
-                default_consent: self.default_consent,
-                ..self.assist
-            },
+            // The consent default travels with each event (resolved for its region when validated).
+            assist: self.assist,
             idle_ttl: ttl,
             passivation_interval: (ttl / 4)
                 .clamp(Duration::from_millis(100), Duration::from_secs(60)),
@@ -522,6 +588,35 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("push_retention")
+        );
+        for region in [String::new(), "R".repeat(65)] {
+            let c = Config {
+                consent_defaults: [(region, true)].into_iter().collect(),
+                ..Config::default()
+            };
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("consent_defaults: region"), "{err}");
+        }
+    }
+
+    #[test]
+    fn consent_defaults_are_a_table_of_regions() {
+        let c: Config = toml::from_str(
+            "default_consent = false\n[consent_defaults]\nEU = false\nUS = true\n\"US-CA\" = false\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let consent = c.consent();
+        assert!(consent.for_region("US-NY"));
+        assert!(!consent.for_region("US-CA"));
+        assert!(!consent.for_region("EU"));
+        assert!(!consent.for_region("JP"));
+        let err = toml::from_str::<Config>("[consent_defaults]\nEU = \"no\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("EU = \"no\"") && err.contains("boolean"),
+            "{err}"
         );
     }
 }

@@ -6,7 +6,9 @@
 //! One decision, within its budget:
 //! 1. read the snapshots (catalog + models, rules, experiments) and assign experiments (pure, no I/O);
 //! 2. read the shopper's session from its session shard's table (no message; the shard actor is its only writer) —
-//!    only with consent; without it the shopper is ranked as an anonymous one;
+//!    unless the request refuses consent. The most restrictive statement wins: a refusal in the request or
+//!    recorded by the shopper's events, or neither a grant (request, else recorded) nor an open default for the
+//!    request's region, and the shopper is ranked as an anonymous one (empty view, no CACHED rung, nothing kept);
 //! 3. FRESH: retrieve candidates and score them under the guardrails — in the request's own task (no thread
 //!    hand-off) unless the storefront gave a long candidate list, which is scattered to the ranking shards;
 //! 4. else CACHED: the shopper's last FRESH decision for the surface, re-checked by the guardrails;
@@ -26,7 +28,9 @@ use aisle_domain::event::{EventRecord, ItemRef, ShopperEvent};
 use aisle_domain::request::Surface;
 use aisle_domain::session::SessionView;
 use aisle_experiment::{Assignment, Experiments, ExperimentsHandle};
-use aisle_policy::{Exclusion, ExclusionCounts, Guard, Policy, Rules, may_personalise};
+use aisle_policy::{
+    ConsentDefaults, Exclusion, ExclusionCounts, Guard, Policy, Rules, may_personalise,
+};
 use aisle_ranking::score::merge;
 use aisle_ranking::{
     PolicyInputs, Query, RankError, RankedItem, Ranking, ScoreJob, ServedModel, rank_local,
@@ -36,12 +40,14 @@ use aisle_session::{AssistSignal, SessionContext, SessionError, Sessions};
 use metrics::{Counter, Histogram};
 use tokio::time::Instant;
 
-use crate::audit::{AuditLog, DecisionRecord, EventLog};
+use crate::audit::{AdminRecord, AuditLog, EventLog, decision_entry};
 use crate::cache::{CachedDecision, CachedItem, DecisionCache};
 use crate::decision::{
     DecideInput, DecidedItem, Decision, Fallback, Reason, Serve, Stage, Tier, TrackOutcome,
 };
 use crate::faults::{self, Faults, Mode};
+use crate::journal::{Entry, Journal};
+use crate::privacy::{Pseudonyms, Tombstones};
 use crate::world::{World, Worlds};
 
 /// How long a Track, a describe or an erasure may wait for a session actor.
@@ -52,8 +58,8 @@ const SESSION_CALL: Duration = Duration::from_secs(2);
 pub struct DeciderSettings {
     /// This node's id (prefix of decision ids).
     pub node_id: String,
-    /// Consent assumed when neither the request nor the shopper's events state it.
-    pub default_consent: bool,
+    /// Consent assumed when neither the request nor the shopper's events state it, per region.
+    pub consent: ConsentDefaults,
     /// Decisions in flight above which new ones answer GENERIC at once (0: no limit).
     pub max_inflight_decisions: usize,
     /// Fixed part of the safety margin kept at the end of a budget.
@@ -87,6 +93,19 @@ pub struct DeciderParts {
     pub audit: Option<AuditLog>,
     /// Applied shopper events, for training.
     pub event_log: Option<EventLog>,
+    /// What names shoppers outside this node's memory.
+    pub pseudonyms: Arc<Pseudonyms>,
+    /// Forgotten shoppers whose old session copies must not come back.
+    pub tombstones: Arc<Tombstones>,
+}
+
+/// What erasing a shopper from this node's logs did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ErasedFromLogs {
+    /// Event-log lines removed.
+    pub event_records: u64,
+    /// Decision-trail records whose shopper reference was redacted.
+    pub decision_records: u64,
 }
 
 /// What applying one shopper's events did.
@@ -111,6 +130,8 @@ pub struct Decider {
     cache: Arc<DecisionCache>,
     audit: Option<AuditLog>,
     event_log: Option<EventLog>,
+    pseudonyms: Arc<Pseudonyms>,
+    tombstones: Arc<Tombstones>,
     faults: Faults,
     metrics: DecisionMetrics,
     /// `<node>-<boot time>-`: decision ids are this and a sequence number, unique across restarts of a node id.
@@ -157,7 +178,8 @@ struct Inputs {
     rules: Arc<Rules>,
     experiments: Arc<Experiments>,
     assignment: Assignment,
-    personalise: bool,
+    /// Consent assumed for the request's region when neither the request nor the shopper's events state it.
+    default_consent: bool,
     cap: usize,
 }
 
@@ -179,7 +201,19 @@ impl Decider {
             cache: parts.cache,
             audit: parts.audit,
             event_log: parts.event_log,
+            pseudonyms: parts.pseudonyms,
+            tombstones: parts.tombstones,
         }
+    }
+
+    /// The shopper pseudonyms.
+    pub fn pseudonyms(&self) -> &Arc<Pseudonyms> {
+        &self.pseudonyms
+    }
+
+    /// The tombstones of forgotten shoppers.
+    pub fn tombstones(&self) -> &Arc<Tombstones> {
+        &self.tombstones
     }
 
     /// The catalog and models.
@@ -260,7 +294,7 @@ impl Decider {
             rules,
             experiments,
             assignment,
-            personalise: may_personalise(input.consent, self.settings.default_consent),
+            default_consent: self.settings.consent.for_region(&input.region),
             cap,
         }
     }
@@ -291,7 +325,7 @@ impl Decider {
         let epoch = serve.epoch();
         let owner = matches!(serve, Serve::Owner { .. });
 
-        let (view, fallback) = self
+        let (view, fallback, personalise) = self
             .read_session(serve, overloaded, &inputs, &input, work_deadline)
             .await;
         let policy = PolicyInputs {
@@ -312,12 +346,20 @@ impl Decider {
             policy: &policy,
             guard: &guard,
             deadline: work_deadline,
-            may_cache: inputs.personalise && !overloaded && owner,
+            may_cache: personalise && !overloaded && owner,
             overloaded,
         };
         let (tier, items, fallback) = self.ladder(&attempt, fallback, &mut exclusions).await;
-        if tier == Tier::Fresh && inputs.personalise {
+        if tier == Tier::Fresh && personalise {
             self.remember(&input, &inputs, &items);
+            // A revocation tracked while this decision was ranking has invalidated the cache before the answer
+            // was kept, or is visible now: then the answer, made from the revoked session, goes too.
+            if matches!(
+                self.sessions.consent_now(&input.shopper_id),
+                Ok(Some(false))
+            ) {
+                self.cache.invalidate(&input.shopper_id);
+            }
         }
         let decision = Decision {
             decision_id: self.next_decision_id(),
@@ -336,9 +378,13 @@ impl Decider {
         decision
     }
 
-    /// The shopper's session as this decision may use it: `None` (with why) when it is not read — this node is
-    /// not the owner, it is overloaded, or the session actor did not answer in time; an empty view without
-    /// consent (the shopper is ranked as an anonymous one).
+    /// The shopper's session as this decision may use it, and whether the decision may use behavioural data at
+    /// all (the CACHED rung, keeping a FRESH answer for it). The view is `None` (with why) when it is not read —
+    /// this node is not the owner, it is overloaded, or the session could not be read in time; it is an empty
+    /// view without consent (the shopper is ranked as an anonymous one, exactly as for a request saying `false`).
+    ///
+    /// A request that refuses consent is answered without reading the session. Otherwise the session is read,
+    /// and [`may_personalise`] weighs the request's statement, the recorded one and the region's default.
     async fn read_session(
         &self,
         serve: Serve,
@@ -346,20 +392,35 @@ impl Decider {
         inputs: &Inputs,
         input: &DecideInput,
         deadline: Instant,
-    ) -> (Option<SessionView>, Option<Fallback>) {
+    ) -> (Option<SessionView>, Option<Fallback>, bool) {
         match serve {
-            Serve::Fallback { why, .. } => (None, Some(why)),
+            Serve::Fallback { why, .. } => (None, Some(why), false),
             Serve::Owner { .. } if overloaded => (
                 None,
                 Some(Fallback::new(Stage::Admission, Reason::Overload)),
+                false,
             ),
-            Serve::Owner { .. } if inputs.personalise => {
-                match self.session_view(&input.shopper_id, deadline).await {
-                    Ok(v) => (Some(v.unwrap_or_default()), None),
-                    Err(why) => (None, Some(why)),
-                }
+            Serve::Owner { .. } if input.consent == Some(false) => {
+                (Some(SessionView::default()), None, false)
             }
-            Serve::Owner { .. } => (Some(SessionView::default()), None),
+            Serve::Owner { .. } => match self.session_view(&input.shopper_id, deadline).await {
+                Ok(view) => {
+                    let recorded = view.as_ref().and_then(|v| v.consent);
+                    if may_personalise(input.consent, recorded, inputs.default_consent) {
+                        (Some(view.unwrap_or_default()), None, true)
+                    } else {
+                        (Some(SessionView::default()), None, false)
+                    }
+                }
+                // The recorded statement is unknown. The CACHED rung may still answer on the request's statement
+                // (else the default): a cached decision exists only if it was made after the shopper's last Track
+                // (every Track invalidates them) from a session that was not revoked.
+                Err(why) => (
+                    None,
+                    Some(why),
+                    may_personalise(input.consent, None, inputs.default_consent),
+                ),
+            },
         }
     }
 
@@ -612,11 +673,18 @@ impl Decider {
     fn observe(&self, input: &DecideInput, d: &Decision, exclusions: &ExclusionCounts) {
         self.metrics.record(input.surface, d, exclusions);
         if let Some(audit) = &self.audit {
-            audit.record(DecisionRecord::new(&self.settings.node_id, input, d));
+            let shopper_ref = self.pseudonyms.of(&input.shopper_id);
+            audit.record(decision_entry(
+                &self.settings.node_id,
+                shopper_ref,
+                input,
+                d,
+            ));
         }
     }
 
-    /// Applies one shopper's validated events, in order; invalidates their cached decisions and logs them.
+    /// Applies one shopper's validated events, in order; invalidates their cached decisions and logs those the
+    /// shopper consented to (`records` are the events' event-log records, in the same order).
     /// Returns the counts and the signals raised for store associates (the caller publishes them).
     ///
     /// # Errors
@@ -646,9 +714,23 @@ impl Decider {
         for kind in kinds {
             metrics::counter!("aisle_track_events_total", "type" => kind).increment(1);
         }
+        // Only events applied with the shopper's consent (recorded, else their region's default) are logged; the
+        // others are only counted, in aggregate.
+        let withheld = applied.loggable.iter().filter(|&&l| !l).count();
+        if withheld > 0 && self.event_log.is_some() {
+            metrics::counter!("aisle_track_events_unlogged_total", "reason" => "no_consent")
+                .increment(withheld as u64);
+        }
+        let records: Vec<EventRecord> = records
+            .into_iter()
+            .zip(&applied.loggable)
+            .filter_map(|(r, &loggable)| loggable.then_some(r))
+            .collect();
         if let Some(log) = &self.event_log {
-            for r in records {
-                log.record(r);
+            let shopper_ref = self.pseudonyms.of(shopper_id);
+            for mut r in records {
+                r.shopper_id.clone_from(&shopper_ref);
+                log.record(Entry::new("event", Some(shopper_ref.clone()), r));
             }
         }
         Ok(Applied {
@@ -666,15 +748,85 @@ impl Decider {
         self.sessions.describe(shopper_id, SESSION_CALL).await
     }
 
-    /// Erases what this node holds about a shopper: session and cached decisions. Returns whether a session was
-    /// held and how many cached decisions were.
+    /// Erases the session and cached decisions this node holds for a shopper, whether it owns them or keeps an
+    /// old owner's copy. Returns whether a session was held and how many cached decisions were.
     ///
     /// # Errors
     /// The session actor's error (nothing is known to be erased then).
-    pub async fn forget(&self, shopper_id: &str) -> Result<(bool, usize), SessionError> {
+    pub async fn forget_session(&self, shopper_id: &str) -> Result<(bool, usize), SessionError> {
+        // The shard's forget is not gated by ownership: it also erases a copy kept from an earlier view.
         let erased = self.sessions.forget(shopper_id, SESSION_CALL).await?;
         let cached = self.cache.invalidate(shopper_id);
         Ok((erased, cached))
+    }
+
+    /// Removes the shopper's lines (under any of their pseudonyms `refs`) from every segment of the event log and
+    /// redacts their reference in every segment of the decision trail; then records the erasure, by `caller`, in
+    /// the trail, durably.
+    ///
+    /// # Errors
+    /// When a log could not be rewritten or the record made durable (erasure is idempotent: retry).
+    pub async fn erase_logs(
+        &self,
+        refs: &[String],
+        caller: &str,
+    ) -> std::io::Result<ErasedFromLogs> {
+        let mut out = ErasedFromLogs::default();
+        if let Some(log) = &self.event_log {
+            out.event_records = log.erase(refs.to_vec()).await?.records();
+        }
+        if let Some(trail) = &self.audit {
+            out.decision_records = trail.erase(refs.to_vec()).await?.records();
+        }
+        self.audit_action(
+            "forget",
+            caller,
+            serde_json::json!({
+                // The erasure record names the shopper by pseudonym in its body, not as its subject: asking again
+                // must not redact the record of the first erasure.
+                "shopper_ref": refs[0],
+                "event_log_records_removed": out.event_records,
+                "decision_records_redacted": out.decision_records,
+            }),
+        )
+        .await?;
+        Ok(out)
+    }
+
+    /// Records an admin action in the decision trail, durably (nothing when there is no trail).
+    ///
+    /// # Errors
+    /// When the record could not be made durable within the trail's sync timeout.
+    pub async fn audit_action(
+        &self,
+        action: &'static str,
+        caller: &str,
+        details: serde_json::Value,
+    ) -> std::io::Result<()> {
+        let Some(trail) = &self.audit else {
+            return Ok(());
+        };
+        trail
+            .record_synced(Entry::new(
+                "admin",
+                None,
+                AdminRecord {
+                    action,
+                    caller: caller.to_string(),
+                    node: self.settings.node_id.clone(),
+                    details,
+                },
+            ))
+            .await
+    }
+
+    /// The logs (decision trail, event log) this node writes.
+    pub fn logs(&self) -> Vec<Journal> {
+        self.audit
+            .iter()
+            .chain(self.event_log.iter())
+            .cloned()
+            .collect()
     }
 }
 

@@ -52,7 +52,11 @@ async fn healthz(State(p): State<Plane>) -> (StatusCode, &'static str) {
 
 async fn readyz(State(p): State<Plane>) -> (StatusCode, String) {
     match p.readiness.not_ready_reason() {
-        None => (StatusCode::OK, "ready\n".into()),
+        None => match p.readiness.degraded_reason() {
+            None => (StatusCode::OK, "ready\n".into()),
+            // Still serving: a degraded node takes traffic, and says what is wrong.
+            Some(what) => (StatusCode::OK, format!("ready; degraded: {what}\n")),
+        },
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}\n"),

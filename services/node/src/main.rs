@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use aisle_node::cli::{Cli, Command};
+use aisle_node::cli::{AuditCommand, Cli, Command};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -34,6 +34,9 @@ fn main() -> ExitCode {
             Command::Cluster(a) => aisle_node::client::cluster(a).await,
             Command::Model(a) => aisle_node::client::model(a).await,
             Command::ExportDemo { out } => aisle_node::world::export_demo(&out).await,
+            Command::Audit(AuditCommand::Verify { paths, json }) => {
+                aisle_node::client::audit_verify(&paths, json)
+            }
         }
     });
     match result {

@@ -13,6 +13,7 @@
 //! | `aisle_active_sessions` | gauge | | sessions held |
 //! | `aisle_track_events_total` | counter | type | events applied |
 //! | `aisle_track_rejected_total` | counter | | Track batches refused as invalid |
+//! | `aisle_track_events_unlogged_total` | counter | reason | events kept out of the event log (`no_consent`) |
 //! | `aisle_subscribers` | gauge | | open Subscribe streams |
 //! | `aisle_assist_events_total` | counter | kind | assist events published |
 //! | `aisle_bundle_loads_total`, `aisle_bundle_refused_total` | counter | kind | bundle swaps and refusals |
@@ -95,6 +96,10 @@ pub fn describe() {
     describe_counter!(
         "aisle_track_rejected_total",
         "Track batches refused as invalid"
+    );
+    describe_counter!(
+        "aisle_track_events_unlogged_total",
+        "shopper events kept out of the event log, by reason (no_consent: applied without the shopper's consent)"
     );
     describe_gauge!("aisle_subscribers", "open Subscribe streams");
     describe_counter!(

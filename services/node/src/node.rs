@@ -91,6 +91,7 @@ impl Node {
         }
         let world = self.decider.worlds().current();
         let rules = self.decider.policy().current();
+        let shopper_ref = self.decider.pseudonyms().of(shopper_id);
         for signal in &applied.signals {
             if let AssistSignal::Replenish { store_id, item, .. } = signal
                 && !self.replenish_due(store_id, *item)
@@ -99,7 +100,7 @@ impl Node {
             }
             self.publisher.publish(assist_event(
                 signal,
-                shopper_id,
+                &shopper_ref,
                 &world,
                 &rules,
                 self.id(),

@@ -57,6 +57,20 @@ impl StoreLog {
             .is_some_and(|l| l.receiver_count() > 0)
     }
 
+    /// Replaces the retained events about the shoppers named `refs` by redacted ones (same sequence, store and
+    /// kind; no shopper, aisle, items or message). Returns how many were redacted.
+    fn redact(&self, refs: &[String]) -> usize {
+        let mut inner = self.inner.lock().expect("store log lock");
+        let mut n = 0;
+        for e in &mut inner.retained {
+            if !e.shopper_ref.is_empty() && refs.contains(&e.shopper_ref) {
+                *e = Arc::new(redacted(e));
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Retained events with a sequence above `after`, oldest first, and whether `after + 1` is no longer retained
     /// (a gap).
     pub fn since(&self, after: u64) -> (Vec<Arc<AssistEvent>>, bool) {
@@ -79,6 +93,19 @@ impl StoreLog {
             events,
             after + 1 < first_retained && after + 1 < inner.next_sequence,
         )
+    }
+}
+
+/// What is left of an assist event about an erased shopper: its place in the store's sequence.
+fn redacted(e: &AssistEvent) -> AssistEvent {
+    AssistEvent {
+        sequence: e.sequence,
+        store_id: e.store_id.clone(),
+        kind: e.kind,
+        created_at: e.created_at,
+        produced_by: e.produced_by.clone(),
+        message: "redacted: the shopper asked to be forgotten".into(),
+        ..AssistEvent::default()
     }
 }
 
@@ -277,6 +304,19 @@ impl PushHub {
             }
             other => other,
         }
+    }
+
+    /// Redacts, in every store's retained events, those about the shoppers named `refs` (their pseudonyms under
+    /// every key held). Returns how many were redacted.
+    pub fn redact(&self, refs: &[String]) -> usize {
+        let logs: Vec<Arc<StoreLog>> = self
+            .stores
+            .read()
+            .expect("stores lock")
+            .values()
+            .cloned()
+            .collect();
+        logs.iter().map(|l| l.redact(refs)).sum()
     }
 
     /// Retained events of a store after a sequence, oldest first (none for a store the hub does not hold).

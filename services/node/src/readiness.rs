@@ -9,6 +9,9 @@ pub struct Readiness {
     alive: AtomicBool,
     /// Conditions not yet met (or no longer met), by name, with a reason.
     pending: Mutex<Vec<(&'static str, String)>>,
+    /// What is wrong without stopping the node from serving (a log that cannot be written), by name, with a
+    /// reason: shown by `/readyz`, which still answers 200.
+    degraded: Mutex<Vec<(&'static str, String)>>,
 }
 
 impl Readiness {
@@ -22,6 +25,7 @@ impl Readiness {
                     .map(|c| (*c, "starting".to_string()))
                     .collect(),
             ),
+            degraded: Mutex::new(Vec::new()),
         }
     }
 
@@ -38,6 +42,33 @@ impl Readiness {
         let mut pending = self.pending.lock().expect("readiness lock");
         pending.retain(|(c, _)| *c != condition);
         pending.push((condition, reason.into()));
+    }
+
+    /// Marks the node degraded in `what` (it keeps serving), with why.
+    pub fn degrade(&self, what: &'static str, reason: impl Into<String>) {
+        let mut degraded = self.degraded.lock().expect("readiness lock");
+        degraded.retain(|(c, _)| *c != what);
+        degraded.push((what, reason.into()));
+    }
+
+    /// `what` works again.
+    pub fn restore(&self, what: &'static str) {
+        self.degraded
+            .lock()
+            .expect("readiness lock")
+            .retain(|(c, _)| *c != what);
+    }
+
+    /// What is degraded, or `None`.
+    pub fn degraded_reason(&self) -> Option<String> {
+        let degraded = self.degraded.lock().expect("readiness lock");
+        (!degraded.is_empty()).then(|| {
+            degraded
+                .iter()
+                .map(|(c, r)| format!("{c} ({r})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
     }
 
     /// Why the node is not ready, or `None` when it is.
@@ -83,5 +114,18 @@ mod tests {
         assert!(r.is_ready());
         r.stopping();
         assert!(!r.is_ready() && !r.alive());
+    }
+
+    #[test]
+    fn degraded_keeps_the_node_ready_and_says_why() {
+        let r = Readiness::new(&[]);
+        r.degrade("decision trail", "write failing: No space left on device");
+        assert!(r.is_ready());
+        assert_eq!(
+            r.degraded_reason().unwrap(),
+            "decision trail (write failing: No space left on device)"
+        );
+        r.restore("decision trail");
+        assert!(r.degraded_reason().is_none());
     }
 }

@@ -28,7 +28,6 @@ use crate::api::admin::AdminApi;
 use crate::api::associate::AssociateApi;
 use crate::api::decision::DecisionApi;
 use crate::api::peer::PeerApi;
-use crate::audit::JsonLog;
 use crate::auth::{AuthLayer, Credentials};
 use crate::cache::DecisionCache;
 use crate::cluster::handoff::{self, Holdings};
@@ -37,6 +36,7 @@ use crate::cluster::{Cluster, MembershipConfig};
 use crate::config::{ClusterMode, Config};
 use crate::decider::{Decider, DeciderParts};
 use crate::node::Node;
+use crate::privacy::{Pseudonyms, Tombstones};
 use crate::readiness::Readiness;
 use crate::tls::{ClientCerts, ClientTlsFiles, ServerTls, TlsFiles, incoming, stamp};
 use crate::world::{Initial, ModelRole, Worlds};
@@ -221,6 +221,11 @@ impl RunningNode {
             tracing::warn!("in-flight calls did not finish within the drain time");
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.http).await;
+        for log in self.node.decider().logs() {
+            if let Err(e) = log.close().await {
+                tracing::warn!(log = log.name(), error = %e, "could not close the log cleanly");
+            }
+        }
         self.node.decider().stop().await;
         tracing::info!(node = %self.node.id(), "stopped");
     }
@@ -269,27 +274,14 @@ fn cluster(config: &Config, advertise: &str) -> anyhow::Result<Arc<Cluster>> {
     })
 }
 
-/// Opens a JSON-lines log when its path is configured.
-async fn open_log<T: serde::Serialize + Send + 'static>(
-    path: Option<&Path>,
-    name: &'static str,
-) -> anyhow::Result<Option<JsonLog<T>>> {
-    match path {
-        Some(p) => Ok(Some(
-            JsonLog::open(p, name)
-                .await
-                .with_context(|| format!("{name} log {}", p.display()))?,
-        )),
-        None => Ok(None),
-    }
-}
-
 /// Spawns the actors and assembles the decider.
 async fn decider(
     config: &Config,
     prepared: Prepared,
     cluster: &Arc<Cluster>,
+    pseudonyms: Arc<Pseudonyms>,
 ) -> anyhow::Result<Decider> {
+    let (trail, events) = crate::audit::open_logs(config).await?;
     let worlds = Worlds::start(Initial {
         catalog: prepared.catalog,
         model: prepared.model,
@@ -313,15 +305,19 @@ async fn decider(
             config.cache_capacity,
             Duration::from_secs(config.cache_ttl_secs),
         )),
-        audit: open_log(config.decision_log.as_deref(), "decisions").await?,
-        event_log: open_log(config.event_log.as_deref(), "events").await?,
+        audit: trail,
+        event_log: events,
+        pseudonyms,
+        tombstones: Arc::new(Tombstones::new(Duration::from_secs(
+            config.tombstone_ttl_secs,
+        ))),
     };
     Ok(Decider::new(config.decider_settings(), parts))
 }
 
 /// The node's credentials: TLS of the client (and admin) port and of the peer port, and the token file. Each is
 /// re-read when its files change.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Security {
     /// TLS of the client and admin ports.
     pub client_tls: Option<Arc<ServerTls>>,
@@ -329,6 +325,8 @@ pub struct Security {
     pub peer_tls: Option<Arc<ServerTls>>,
     /// Bearer tokens and client-certificate identities.
     pub credentials: Option<Arc<Credentials>>,
+    /// The pseudonym keys (from `pseudonym_key`, else generated for this run).
+    pub pseudonyms: Arc<Pseudonyms>,
 }
 
 impl Security {
@@ -367,10 +365,15 @@ impl Security {
             Some(p) => Some(Credentials::load(p)?),
             None => None,
         };
+        let pseudonyms = Arc::new(match &config.pseudonym_key {
+            Some(p) => Pseudonyms::from_file(p)?,
+            None => Pseudonyms::generated().context("generating a pseudonym key")?,
+        });
         Ok(Self {
             client_tls,
             peer_tls,
             credentials,
+            pseudonyms,
         })
     }
 
@@ -382,6 +385,7 @@ impl Security {
         if let Some(c) = &self.credentials {
             c.reload_if_changed();
         }
+        self.pseudonyms.reload_if_changed();
         peers.reload_if_changed();
     }
 }
@@ -586,11 +590,14 @@ pub async fn start(
         &config,
         &advertise_addr(&config, peer_addr.unwrap_or(grpc_addr)),
     )?;
-    let decider = Arc::new(decider(&config, prepared, &cluster).await?);
+    let decider =
+        Arc::new(decider(&config, prepared, &cluster, security.pseudonyms.clone()).await?);
     let holdings = Holdings {
         sessions: decider.sessions().clone(),
         worlds: decider.worlds().clone(),
         cache: decider.cache().clone(),
+        pseudonyms: decider.pseudonyms().clone(),
+        tombstones: decider.tombstones().clone(),
     };
     let node = Arc::new(Node::new(config.clone(), decider.clone(), cluster.clone()));
     readiness.met("bundles");
@@ -627,6 +634,13 @@ pub async fn start(
             security.reload(&peers);
         }
     }));
+    let logs = decider.logs();
+    if !logs.is_empty() {
+        background.push(tokio::spawn(crate::audit::watch_health(
+            logs,
+            readiness.clone(),
+        )));
+    }
     if config.bundle_poll_secs > 0 {
         background.push(tokio::spawn(watch_bundles(config.clone(), decider)));
     }
@@ -678,6 +692,12 @@ fn announce_security(config: &Config, security: &Security) {
         etcd_tls = config.etcd_ca.is_some(),
         "security"
     );
+    if security.pseudonyms.is_generated() {
+        tracing::info!(
+            "no pseudonym_key: generated a pseudonym key for this run; shopper pseudonyms in logs and push events \
+             change at every start (docs/privacy.md)"
+        );
+    }
 }
 
 /// The address peers use to reach this node: the configured one, else the peer port's address (with the host
@@ -773,8 +793,18 @@ async fn watch_bundles(config: Arc<Config>, decider: Arc<Decider>) {
                 continue;
             };
             let source = w.path.display().to_string();
-            if let Err(error) = load(&decider, w.kind, bytes, &source).await {
-                tracing::warn!(file = %source, %error, "new bundle version refused");
+            let (action, details) = match load(&decider, w.kind, bytes, &source).await {
+                Ok(()) => ("bundle_loaded", serde_json::json!({"file": source})),
+                Err(error) => {
+                    tracing::warn!(file = %source, %error, "new bundle version refused");
+                    (
+                        "bundle_refused",
+                        serde_json::json!({"file": source, "error": error.to_string()}),
+                    )
+                }
+            };
+            if let Err(e) = decider.audit_action(action, "node", details).await {
+                tracing::warn!(error = %e, action, "the decision trail could not record a bundle change");
             }
         }
     }

@@ -610,8 +610,12 @@ async fn event_and_decision_logs_are_written_as_json_lines() {
     config.event_log = Some(dir.join("events.jsonl"));
     config.decision_log = Some(dir.join("decisions.jsonl"));
     let mut t = TestNode::start_with(config, common::demo()).await;
+    // With consent: events without it are not logged (tests/consent.rs).
     t.track(vec![
-        event("logged", pb::EventType::View, "sku-000001"),
+        pb::TrackEvent {
+            consent: Some(true),
+            ..event("logged", pb::EventType::View, "sku-000001")
+        },
         event("logged", pb::EventType::View, "not-in-catalog"),
         pb::TrackEvent {
             query: "green tea".into(),
@@ -623,7 +627,8 @@ async fn event_and_decision_logs_are_written_as_json_lines() {
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
     common::eventually("both logs written", Duration::from_secs(10), || {
         let (e, d) = (read("events.jsonl"), read("decisions.jsonl"));
-        async move { e.lines().count() == 3 && d.lines().count() == 1 }
+        // The trail opens with an `open` record, then the decision.
+        async move { e.lines().count() == 3 && d.lines().any(|l| l.contains("\"decision\"")) }
     })
     .await;
     let events: Vec<aisle_domain::event::EventRecord> = read("events.jsonl")
@@ -639,10 +644,25 @@ async fn event_and_decision_logs_are_written_as_json_lines() {
     assert!(
         events
             .iter()
-            .all(|e| e.shopper_id == "logged" && e.ts_ms > 0)
+            .all(|e| aisle_node::privacy::is_pseudonym(&e.shopper_id) && e.ts_ms > 0),
+        "the event log names shoppers by pseudonym"
     );
-    let decision: serde_json::Value =
-        serde_json::from_str(read("decisions.jsonl").lines().next().unwrap()).unwrap();
+    assert!(
+        !read("events.jsonl").contains("\"logged\""),
+        "the event log carries no shopper id"
+    );
+    let record: serde_json::Value = serde_json::from_str(
+        read("decisions.jsonl")
+            .lines()
+            .find(|l| l.contains("\"decision\""))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["kind"], "decision");
+    assert!(aisle_node::privacy::is_pseudonym(
+        record["subject"]["ref"].as_str().unwrap()
+    ));
+    let decision = &record["body"];
     assert_eq!(decision["decision_id"], r.decision_id);
     assert_eq!(decision["tier"], "fresh");
     assert_eq!(decision["items"].as_array().unwrap().len(), r.items.len());

@@ -138,6 +138,8 @@ fn a_new_user_serves_the_demo_and_talks_to_it() {
         "s1",
         "--surface",
         "home",
+        "--consent",
+        "true",
         "--json",
     ]);
     let categories: Vec<&str> = after["items"]
@@ -147,6 +149,26 @@ fn a_new_user_serves_the_demo_and_talks_to_it() {
         .map(|i| i["category"].as_str().unwrap())
         .collect();
     assert!(categories.contains(&"Tea"), "{categories:?}");
+    // Without --consent no statement is sent: the node's closed default keeps the shopper anonymous.
+    let unstated = json(&[
+        "decide",
+        "--addr",
+        &addr,
+        "--shopper",
+        "s1",
+        "--surface",
+        "home",
+        "--json",
+    ]);
+    let item_ids = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["item_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(item_ids(&unstated), item_ids(&d));
 
     // A handheld subscribed to a store gets the assist event an in-store shopper causes.
     let mut handheld = Proc(

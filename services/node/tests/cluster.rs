@@ -709,3 +709,102 @@ async fn a_graceful_leave_hands_off_ten_thousand_sessions_quickly() {
     assert!(started.elapsed() < Duration::from_secs(30));
     assert_single_fresh_owner(&records);
 }
+
+/// Erasure against a fenced owner: the owner is paused (its lease lapses, the others take its shoppers over), the
+/// shopper is forgotten through the others, then the owner resumes and rejoins — owning the shopper again, and
+/// holding the copy it kept while away. The tombstone in the others' hand-off `done` messages erases that copy
+/// before it serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_shopper_does_not_come_back_from_a_fenced_owner() {
+    let mut c = TestCluster::builder().nodes(3).start().await;
+    c.wait_for_members(3, Duration::from_secs(60)).await;
+    for i in 0..3 {
+        c.wait_ready(i, 200, Duration::from_secs(10)).await;
+    }
+    let mut admin = c.admin(0).await;
+    let mut shopper = String::new();
+    for k in 0.. {
+        let candidate = format!("fenced-{k}");
+        let status = admin
+            .cluster_status(pb::ClusterStatusRequest {
+                shopper_id: candidate.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if status.shopper_owner == c.nodes[2].id {
+            shopper = candidate;
+            break;
+        }
+    }
+    let mut client = c.client(0).await;
+    let views: Vec<pb::TrackEvent> = ["sku-000010", "sku-000011", "sku-000012"]
+        .iter()
+        .map(|item| pb::TrackEvent {
+            consent: Some(true),
+            ..event(&shopper, pb::EventType::View, item)
+        })
+        .collect();
+    client
+        .track(pb::TrackRequest {
+            events: views,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let describe = |shopper: String| pb::DescribeShopperRequest {
+        shopper_id: shopper,
+    };
+    let before = admin
+        .describe_shopper(describe(shopper.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        before.has_session && before.served_by == c.nodes[2].id,
+        "{before:?}"
+    );
+
+    c.pause(2);
+    c.wait_for_view(&[0, 1], 2, Duration::from_secs(30)).await;
+    let forgotten = admin
+        .forget_shopper(pb::ForgetShopperRequest {
+            shopper_id: shopper.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut erased_on: Vec<&str> = forgotten.receipts.iter().map(|r| r.node.as_str()).collect();
+    erased_on.sort_unstable();
+    assert_eq!(erased_on, ["node-0", "node-1"], "{forgotten:?}");
+
+    c.resume(2);
+    c.wait_for_view(&[0, 1, 2], 3, Duration::from_secs(30))
+        .await;
+    let mut after = None;
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if let Ok(r) = admin.describe_shopper(describe(shopper.clone())).await {
+            let r = r.into_inner();
+            if r.served_by == c.nodes[2].id {
+                after = Some(r);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = after.expect("the resumed node owns the shopper again");
+    assert!(
+        !after.has_session && after.recent_item_ids.is_empty(),
+        "the fenced owner's copy came back: {after:?}"
+    );
+    let (_, metrics) = http_get(&c.nodes[2].http(), "/metrics").await;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("aisle_sessions_erased_by_tombstone_total")
+                && l.split_whitespace().last() == Some("1")
+        ),
+        "the copy was not erased by the tombstone: {}",
+        c.nodes[2].log_tail(40)
+    );
+}

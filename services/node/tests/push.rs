@@ -123,8 +123,10 @@ async fn lingering_and_low_stock_produce_their_own_events() {
 
     let low =
         item_where(|it, age| (1..=3).contains(&it.stock) && it.price_cents < 3_000 && age == 0);
+    // Replenishing is about the item: it needs no consent (none stated here, and the default is closed). A
+    // shopper who revoked consent would raise nothing at all (their cart is not kept).
     let mut add = in_store("someone", pb::EventType::AddToCart, &low, "store-3");
-    add.consent = Some(false);
+    add.consent = None;
     t.track(vec![add]).await;
     let e = next(&mut handheld).await;
     assert_eq!(e.kind, pb::AssistKind::Replenish as i32);

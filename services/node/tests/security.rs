@@ -37,6 +37,7 @@ fn secured_config(files: &Files, etcd: &Etcd, dir: &TempDir) -> Config {
         tls_key: Some(files.server_key.clone()),
         tls_client_ca: Some(files.client_ca.clone()),
         auth_tokens: Some(files.tokens.clone()),
+        pseudonym_key: Some(files.pseudonym_key.clone()),
         peer_tls_cert: Some(files.peer_cert.clone()),
         peer_tls_key: Some(files.peer_key.clone()),
         peer_tls_ca: Some(files.cluster_ca.clone()),
@@ -479,6 +480,7 @@ async fn peers_need_a_cluster_certificate_and_forged_peer_calls_change_nothing()
         }],
         done,
         view_fingerprint: fingerprint,
+        tombstones: Vec::new(),
     };
     for forged in [
         handoff("intruder", view.fingerprint, true),
@@ -529,7 +531,13 @@ async fn a_node_reachable_from_other_hosts_refuses_to_start_open() {
         .expect("aisle runs");
     assert!(!out.status.success(), "an open node on 0.0.0.0 started");
     let err = String::from_utf8_lossy(&out.stderr);
-    for named in ["grpc_addr 0.0.0.0:0", "TLS", "auth", "--insecure"] {
+    for named in [
+        "grpc_addr 0.0.0.0:0",
+        "TLS",
+        "auth",
+        "pseudonym key",
+        "--insecure",
+    ] {
         assert!(err.contains(named), "{named:?} not named in: {err}");
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_aisle"))

@@ -1,5 +1,6 @@
 //! `aisle.v1.AdminService`: erasure, shopper descriptions, bundle status, cluster status, model promotion and
-//! fault injection. DescribeShopper and ForgetShopper run at the shopper's owner through the [`Router`].
+//! fault injection. DescribeShopper runs at the shopper's owner through the [`Router`]; ForgetShopper on every
+//! member (`erasure`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +66,7 @@ pub fn bundle_status(decider: &Decider) -> Vec<pb::BundleInfo> {
 }
 
 /// A shopper id given to an admin call.
-fn shopper_id(value: &str) -> Result<&str, ApiError> {
+pub(crate) fn shopper_id(value: &str) -> Result<&str, ApiError> {
     if value.is_empty() {
         return Err(ApiError::required("shopper_id"));
     }
@@ -76,9 +77,14 @@ fn shopper_id(value: &str) -> Result<&str, ApiError> {
 }
 
 /// What an owner tells of a shopper's session.
-fn describe_response(node: &Node, session: Option<SessionContext>) -> pb::DescribeShopperResponse {
+fn describe_response(
+    node: &Node,
+    shopper_id: &str,
+    session: Option<SessionContext>,
+) -> pb::DescribeShopperResponse {
     let mut out = pb::DescribeShopperResponse {
         served_by: node.id().to_string(),
+        shopper_ref: node.decider().pseudonyms().of(shopper_id),
         ..Default::default()
     };
     let Some(context) = session else {
@@ -125,7 +131,7 @@ impl AtOwner for DescribeCall<'_> {
 
     async fn local(&self, _view: &SharedView) -> Result<Self::Output, LocalError> {
         let session = self.node.decider().session(self.shopper_id).await?;
-        Ok(describe_response(self.node, session))
+        Ok(describe_response(self.node, self.shopper_id, session))
     }
 
     async fn remote(
@@ -146,56 +152,6 @@ impl AtOwner for DescribeCall<'_> {
             .forward_describe(call)
             .await
             .map(Response::into_inner)
-    }
-}
-
-/// A ForgetShopper at the shopper's owner.
-pub struct ForgetCall<'a> {
-    /// The node.
-    pub node: &'a Node,
-    /// The shopper.
-    pub shopper_id: &'a str,
-}
-
-impl AtOwner for ForgetCall<'_> {
-    type Output = pb::ForgetShopperResponse;
-    const RPC: &'static str = "forget";
-
-    fn shopper(&self) -> &str {
-        self.shopper_id
-    }
-
-    async fn local(&self, _view: &SharedView) -> Result<Self::Output, LocalError> {
-        let (session_erased, cached) = self.node.decider().forget(self.shopper_id).await?;
-        Ok(pb::ForgetShopperResponse {
-            session_erased,
-            cached_decisions_erased: cached as u32,
-            served_by: self.node.id().to_string(),
-        })
-    }
-
-    async fn remote(
-        &self,
-        view: &SharedView,
-        owner: &Member,
-        deadline: Instant,
-    ) -> Result<Self::Output, Status> {
-        let mut call = Request::new(pb::ForwardForgetRequest {
-            shopper_id: self.shopper_id.to_string(),
-            epoch: view.epoch,
-            from_node: self.node.id().to_string(),
-            view_fingerprint: view.fingerprint,
-        });
-        call.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        let mut client = self.node.cluster().peers.client(&owner.addr)?;
-        let r = client.forward_forget(call).await?.into_inner();
-        // Whatever this node may still cache from when it owned the shopper goes too.
-        self.node.decider().cache().invalidate(self.shopper_id);
-        Ok(pb::ForgetShopperResponse {
-            session_erased: r.session_erased,
-            cached_decisions_erased: r.cached_decisions_erased,
-            served_by: r.served_by,
-        })
     }
 }
 
@@ -224,13 +180,10 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ForgetShopperResponse>, Status> {
         let caller = Identity::of(&request).name;
         let req = request.into_inner();
-        let call = ForgetCall {
-            node: &self.node,
-            shopper_id: shopper_id(&req.shopper_id)?,
-        };
-        let r = at_owner(&self.node, &call).await?;
-        tracing::info!(target: "aisle::admin", %caller, shopper_ref = %aisle_domain::hash::shopper_ref(&req.shopper_id),
-            session_erased = r.session_erased, cached = r.cached_decisions_erased, owner = %r.served_by,
+        let shopper = shopper_id(&req.shopper_id)?;
+        let r = crate::erasure::forget_everywhere(&self.node, shopper, &caller).await?;
+        tracing::info!(target: "aisle::admin", %caller, shopper_ref = %r.shopper_ref,
+            session_erased = r.session_erased, members = r.receipts.len(), owner = %r.served_by,
             "shopper forgotten");
         Ok(Response::new(r))
     }
@@ -283,6 +236,13 @@ impl AdminService for AdminApi {
                 .into());
             }
         };
+        audited(
+            &self.node,
+            "set_fault",
+            &caller,
+            serde_json::json!({"stage": format!("{stage:?}"), "mode": format!("{mode:?}")}),
+        )
+        .await?;
         tracing::warn!(target: "aisle::admin", %caller, ?stage, ?mode, "fault injected");
         self.node.decider().faults().set(stage, mode);
         Ok(Response::new(pb::SetFaultResponse {}))
@@ -300,7 +260,7 @@ impl AdminService for AdminApi {
         };
         let r = at_owner(&self.node, &call).await?;
         tracing::info!(target: "aisle::admin", %caller,
-            shopper_ref = %aisle_domain::hash::shopper_ref(&req.shopper_id), "shopper described");
+            shopper_ref = %self.node.decider().pseudonyms().of(&req.shopper_id), "shopper described");
         Ok(Response::new(r))
     }
 
@@ -349,6 +309,7 @@ impl AdminService for AdminApi {
         request: Request<pb::PromoteModelRequest>,
     ) -> Result<Response<pb::ModelSwitchResponse>, Status> {
         let caller = Identity::of(&request).name;
+        audited(&self.node, "promote_model", &caller, serde_json::json!({})).await?;
         let r = switch_everywhere(&self.node, true).await?;
         tracing::info!(target: "aisle::admin", %caller, default_model = %r.default_model,
             members = r.members.len(), "candidate model promoted");
@@ -360,11 +321,33 @@ impl AdminService for AdminApi {
         request: Request<pb::RollbackModelRequest>,
     ) -> Result<Response<pb::ModelSwitchResponse>, Status> {
         let caller = Identity::of(&request).name;
+        audited(&self.node, "rollback_model", &caller, serde_json::json!({})).await?;
         let r = switch_everywhere(&self.node, false).await?;
         tracing::info!(target: "aisle::admin", %caller, default_model = %r.default_model,
             members = r.members.len(), "model rolled back");
         Ok(Response::new(r))
     }
+}
+
+/// Records an admin action in this node's decision trail before it is carried out: an action the trail cannot
+/// record durably is refused (UNAVAILABLE, naming the trail's error), so no admin action goes unaudited.
+///
+/// # Errors
+/// UNAVAILABLE when the record could not be made durable.
+pub async fn audited(
+    node: &Node,
+    action: &'static str,
+    caller: &str,
+    details: serde_json::Value,
+) -> Result<(), ApiError> {
+    node.decider()
+        .audit_action(action, caller, details)
+        .await
+        .map_err(|e| {
+            ApiError::Unavailable(format!(
+                "refused: the decision trail cannot record this {action} ({e}); retry when it can"
+            ))
+        })
 }
 
 /// Promotes the candidate model (or rolls back) on this node.

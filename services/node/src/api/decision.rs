@@ -295,6 +295,7 @@ impl<'a> TrackBatchCall<'a> {
             aisle_domain::now_ms(),
             received_at_us,
             Duration::from_secs(node.config().max_future_skew_secs),
+            &node.decider().settings().consent,
         )
         .inspect_err(|_| metrics::counter!("aisle_track_rejected_total").increment(1))?;
         Ok(Self {

@@ -8,7 +8,7 @@ use aisle_proto::v1::peer_service_server::PeerService;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use super::admin::{DescribeCall, ForgetCall};
+use super::admin::DescribeCall;
 use super::decision::{DecideCall, TrackBatchCall};
 use crate::cluster::handoff::{self, Holdings};
 use crate::error::ApiError;
@@ -124,23 +124,16 @@ impl PeerService for PeerApi {
         }))
     }
 
-    async fn forward_forget(
+    async fn erase_shopper(
         &self,
-        request: Request<pb::ForwardForgetRequest>,
-    ) -> Result<Response<pb::ForwardForgetResponse>, Status> {
+        request: Request<pb::EraseShopperRequest>,
+    ) -> Result<Response<pb::ErasureReceipt>, Status> {
         let req = request.into_inner();
-        let call = ForgetCall {
-            node: &self.node,
-            shopper_id: &req.shopper_id,
-        };
-        let r = self
-            .run_here(&call, req.epoch, req.view_fingerprint)
-            .await?;
-        Ok(Response::new(pb::ForwardForgetResponse {
-            session_erased: r.session_erased,
-            cached_decisions_erased: r.cached_decisions_erased,
-            served_by: r.served_by,
-        }))
+        let shopper = super::admin::shopper_id(&req.shopper_id)?;
+        let caller = format!("{} via {}", req.caller, req.from_node);
+        Ok(Response::new(
+            crate::erasure::erase_here(&self.node, shopper, req.forgotten_at_ms, &caller).await?,
+        ))
     }
 
     async fn forward_describe(
@@ -246,6 +239,18 @@ impl PeerService for PeerApi {
         request: Request<pb::SwitchModelRequest>,
     ) -> Result<Response<pb::ModelSwitchResponse>, Status> {
         let req = request.into_inner();
+        let action = if req.promote {
+            "promote_model"
+        } else {
+            "rollback_model"
+        };
+        super::admin::audited(
+            &self.node,
+            action,
+            &format!("member {}", req.from_node),
+            serde_json::json!({}),
+        )
+        .await?;
         let default_model = super::admin::switch_here(&self.node, req.promote).await?;
         tracing::info!(target: "aisle::admin", from = %req.from_node, promote = req.promote, %default_model,
             "model switched at a member's request");

@@ -9,6 +9,7 @@ use aisle_domain::MAX_ID_BYTES;
 use aisle_domain::catalog::{Catalog, ItemIdx};
 use aisle_domain::event::{EventKind, EventRecord, ItemRef, ShopperEvent};
 use aisle_domain::request::{AgeBand, Channel, LoyaltyTier, ShopperAttributes, Surface};
+use aisle_policy::{ConsentDefaults, MAX_REGION_BYTES};
 use aisle_proto::v1 as pb;
 
 use crate::decision::DecideInput;
@@ -230,7 +231,8 @@ pub struct TrackBatch {
     pub records: Vec<Vec<EventRecord>>,
 }
 
-/// Validates a whole Track batch against the catalog; nothing is applied unless every event is valid.
+/// Validates a whole Track batch against the catalog; nothing is applied unless every event is valid. Each event
+/// carries the consent default of its region, from `consent`.
 ///
 /// # Errors
 /// The first invalid field, e.g. `events[3].item_id: required`.
@@ -240,6 +242,7 @@ pub fn track(
     now_ms: i64,
     received_at_us: i64,
     max_future: Duration,
+    consent: &ConsentDefaults,
 ) -> Result<TrackBatch, ApiError> {
     if req.events.is_empty() {
         return Err(ApiError::invalid(
@@ -262,7 +265,7 @@ pub fn track(
     let mut groups: Vec<(String, Vec<ShopperEvent>)> = Vec::new();
     let mut records: Vec<Vec<EventRecord>> = Vec::new();
     for (i, e) in req.events.iter().enumerate() {
-        let (event, record) = track_event(i, e, catalog, &clock)?;
+        let (event, record) = track_event(i, e, catalog, &clock, consent)?;
         match groups.iter().position(|g| g.0 == e.shopper_id) {
             Some(k) => {
                 groups[k].1.push(event);
@@ -290,6 +293,7 @@ fn track_event(
     e: &pb::TrackEvent,
     catalog: &Catalog,
     clock: &Clock,
+    consent: &ConsentDefaults,
 ) -> Result<(ShopperEvent, EventRecord), ApiError> {
     let f = |name: &str| format!("events[{i}].{name}");
     id(|| f("shopper_id"), &e.shopper_id, true)?;
@@ -315,6 +319,15 @@ fn track_event(
         return Err(ApiError::invalid(f("aisle"), "required for AISLE_SCAN"));
     }
     id(|| f("aisle"), &e.aisle, false)?;
+    if e.region.len() > MAX_REGION_BYTES {
+        return Err(ApiError::invalid(
+            f("region"),
+            format!(
+                "longer than {MAX_REGION_BYTES} bytes ({} bytes)",
+                e.region.len()
+            ),
+        ));
+    }
     if e.quantity > MAX_QUANTITY {
         return Err(ApiError::invalid(
             f("quantity"),
@@ -342,6 +355,7 @@ fn track_event(
         ts_ms,
         received_at_us: clock.received_at_us,
         consent: e.consent,
+        default_consent: consent.for_region(&e.region),
     };
     let record = EventRecord {
         shopper_id: e.shopper_id.clone(),
@@ -412,6 +426,10 @@ mod tests {
             NOW,
             0,
             Duration::from_secs(300),
+            &ConsentDefaults {
+                fallback: false,
+                regions: [("US".to_string(), true)].into_iter().collect(),
+            },
         )
     }
 
@@ -427,6 +445,23 @@ mod tests {
         assert_eq!(b.groups[0].1.len(), 2);
         assert_eq!(b.groups[0].1[1].item, Some(ItemRef::Unknown));
         assert_eq!(b.groups[0].1[0].ts_ms, NOW);
+    }
+
+    #[test]
+    fn each_event_carries_its_regions_consent_default() {
+        let in_region = |region: &str| pb::TrackEvent {
+            region: region.into(),
+            ..event("s", pb::EventType::View, "a")
+        };
+        let b = check(vec![
+            in_region("US-CA"),
+            in_region("EU"),
+            in_region(""),
+            in_region(&"U".repeat(64)),
+        ])
+        .unwrap();
+        let defaults: Vec<bool> = b.groups[0].1.iter().map(|e| e.default_consent).collect();
+        assert_eq!(defaults, [true, false, false, false]);
     }
 
     #[test]
@@ -474,6 +509,13 @@ mod tests {
                 "events[1].store_id: required",
             ),
             (future, "events[1].timestamp: more than 300 s in the future"),
+            (
+                pb::TrackEvent {
+                    region: "R".repeat(65),
+                    ..event("s", pb::EventType::View, "a")
+                },
+                "events[1].region: longer than 64 bytes (65 bytes)",
+            ),
         ];
         for (bad, expected) in cases {
             let err = check(vec![event("ok", pb::EventType::View, "a"), bad]).unwrap_err();

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::{Cluster, SharedView};
 use crate::cache::DecisionCache;
+use crate::privacy::{Pseudonyms, Tombstones};
 use crate::world::Worlds;
 
 /// Sessions per hand-off message.
@@ -39,6 +40,10 @@ pub struct Holdings {
     pub worlds: Worlds,
     /// The CACHED rung.
     pub cache: Arc<DecisionCache>,
+    /// What names shoppers in tombstones.
+    pub pseudonyms: Arc<Pseudonyms>,
+    /// Forgotten shoppers: older copies of their sessions are dropped, not installed.
+    pub tombstones: Arc<Tombstones>,
 }
 
 /// Follows view changes for the life of the node: starts each epoch's barrier and hands sessions off.
@@ -116,8 +121,17 @@ pub async fn hand_off(holdings: &Holdings, cluster: &Cluster, view: &SharedView)
     if !refused.is_empty() {
         reroute(holdings, cluster, view, refused).await;
     }
+    let tombstones: Vec<pb::Tombstone> = holdings
+        .tombstones
+        .live()
+        .into_iter()
+        .map(|(shopper_ref, forgotten_at_ms)| pb::Tombstone {
+            shopper_ref,
+            forgotten_at_ms,
+        })
+        .collect();
     for m in view.members.iter().filter(|m| m.node_id != me) {
-        let _ = send(cluster, &m.addr, view, Vec::new(), true).await;
+        let _ = send_done(cluster, &m.addr, view, tombstones.clone()).await;
     }
     metrics::counter!("aisle_handoff_sessions_sent_total").increment(moved as u64);
     if moved > 0 {
@@ -203,6 +217,7 @@ fn split_by_owner(
 /// Returns how many were installed.
 async fn install(holdings: &Holdings, records: Vec<pb::SessionRecord>) -> usize {
     let catalog = holdings.worlds.current().catalog.clone();
+    let check_tombstones = !holdings.tombstones.is_empty();
     let sessions = records
         .into_iter()
         .filter_map(|record| {
@@ -211,9 +226,19 @@ async fn install(holdings: &Holdings, records: Vec<pb::SessionRecord>) -> usize 
                 tracing::warn!("undecodable session in hand-off; dropped");
                 return None;
             };
+            let context = SessionContext::from_portable(portable, &catalog);
+            if check_tombstones
+                && holdings.tombstones.blocks(
+                    &holdings.pseudonyms.of(&record.shopper_id),
+                    context.version(),
+                )
+            {
+                metrics::counter!("aisle_handoff_sessions_tombstoned_total").increment(1);
+                return None;
+            }
             Some(SessionTransfer {
                 shopper_id: record.shopper_id.into(),
-                context: SessionContext::from_portable(portable, &catalog),
+                context,
             })
         })
         .collect();
@@ -228,6 +253,24 @@ async fn install(holdings: &Holdings, records: Vec<pb::SessionRecord>) -> usize 
     installed
 }
 
+/// Sends this node's `done` for the view, with its live tombstones.
+async fn send_done(
+    cluster: &Cluster,
+    addr: &str,
+    view: &SharedView,
+    tombstones: Vec<pb::Tombstone>,
+) -> Result<(), Vec<pb::SessionRecord>> {
+    let request = pb::HandOffRequest {
+        epoch: view.epoch,
+        from_node: cluster.node_id.clone(),
+        sessions: Vec::new(),
+        done: true,
+        view_fingerprint: view.fingerprint,
+        tombstones,
+    };
+    deliver(cluster, addr, request).await
+}
+
 /// Sends one hand-off message, retrying briefly (a peer may be restarting). Gives the sessions back when the
 /// peer refused them because its view differs (they are then routed again under the next view); sessions that
 /// cannot be delivered otherwise are counted as lost.
@@ -238,14 +281,24 @@ async fn send(
     sessions: Vec<pb::SessionRecord>,
     done: bool,
 ) -> Result<(), Vec<pb::SessionRecord>> {
-    let n = sessions.len();
     let request = pb::HandOffRequest {
         epoch: view.epoch,
         from_node: cluster.node_id.clone(),
         sessions,
         done,
         view_fingerprint: view.fingerprint,
+        tombstones: Vec::new(),
     };
+    deliver(cluster, addr, request).await
+}
+
+/// Delivers one hand-off message (see [`send`]).
+async fn deliver(
+    cluster: &Cluster,
+    addr: &str,
+    request: pb::HandOffRequest,
+) -> Result<(), Vec<pb::SessionRecord>> {
+    let n = request.sessions.len();
     for attempt in 0..3 {
         let mut call = tonic::Request::new(request.clone());
         call.set_timeout(Duration::from_secs(5));
@@ -272,6 +325,64 @@ async fn send(
         );
     }
     Ok(())
+}
+
+/// Records tombstones a member sent, and erases the copies of sessions held here that they cover (those written
+/// before the erasure). Returns how many sessions were erased.
+pub async fn apply_tombstones(holdings: &Holdings, tombstones: &[pb::Tombstone]) -> usize {
+    let refs: std::collections::HashSet<String> = tombstones
+        .iter()
+        .filter(|t| {
+            holdings
+                .tombstones
+                .record(&t.shopper_ref, t.forgotten_at_ms)
+        })
+        .map(|t| t.shopper_ref.clone())
+        .collect();
+    if refs.is_empty() {
+        return 0;
+    }
+    let pseudonyms = holdings.pseudonyms.clone();
+    let covered = match holdings
+        .sessions
+        .export(
+            Arc::new(move |shopper: &str| refs.contains(&pseudonyms.of(shopper))),
+            EXPORT_TIMEOUT,
+        )
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "could not apply tombstones to the sessions held here");
+            return 0;
+        }
+    };
+    let mut keep = Vec::new();
+    let mut erased = 0;
+    for t in covered {
+        if holdings
+            .tombstones
+            .blocks(&holdings.pseudonyms.of(&t.shopper_id), t.context.version())
+        {
+            holdings.cache.invalidate(&t.shopper_id);
+            erased += 1;
+        } else {
+            keep.push(t);
+        }
+    }
+    if !keep.is_empty()
+        && let Err(e) = holdings.sessions.import(keep, EXPORT_TIMEOUT).await
+    {
+        tracing::error!(error = %e, "could not put back sessions written after their erasure");
+    }
+    if erased > 0 {
+        metrics::counter!("aisle_sessions_erased_by_tombstone_total").increment(erased as u64);
+        tracing::info!(
+            sessions = erased,
+            "erased copies of forgotten shoppers' sessions (tombstones from a member)"
+        );
+    }
+    erased
 }
 
 /// Why a hand-off message is refused.
@@ -345,8 +456,10 @@ pub async fn receive(
 ) -> Result<(usize, usize), Refused> {
     if request.sessions.is_empty() {
         // A bare "done": recorded for the view it names, which may be one this node has not seen yet. The barrier
-        // counts it only for a member of that view, and only for that view.
+        // counts it only for a member of that view, and only for that view. Its tombstones are applied first, so
+        // the barrier cannot complete before a copy of a forgotten shopper's session kept here is erased.
         if request.done {
+            apply_tombstones(holdings, &request.tombstones).await;
             cluster.done_from(&request.from_node, request.view_fingerprint);
         }
         return Ok((0, 0));

@@ -453,6 +453,8 @@ impl TestCluster {
             .arg(&f.client_ca)
             .arg("--auth-tokens")
             .arg(&f.tokens)
+            .arg("--pseudonym-key")
+            .arg(&f.pseudonym_key)
             .arg("--peer-tls-cert")
             .arg(&f.peer_cert)
             .arg("--peer-tls-key")

@@ -165,7 +165,12 @@ pub struct Files {
     pub etcd_aisle_cert: PathBuf,
     pub etcd_aisle_key: PathBuf,
     pub tokens: PathBuf,
+    /// The cluster's pseudonym key file (one fixed test key).
+    pub pseudonym_key: PathBuf,
 }
+
+/// The pseudonym key of test clusters (hex).
+pub const PSEUDONYM_KEY: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 
 fn put(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -190,6 +195,7 @@ impl Pki {
             etcd_aisle_cert: put(dir, "etcd-aisle.pem", &self.etcd_aisle.cert),
             etcd_aisle_key: put(dir, "etcd-aisle.key", &self.etcd_aisle.key),
             tokens: put(dir, "tokens.toml", &token_file()),
+            pseudonym_key: put(dir, "pseudonym.key", &format!("{PSEUDONYM_KEY}\n")),
         }
     }
 }

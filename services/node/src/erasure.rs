@@ -1,0 +1,122 @@
+//! Erasure of a shopper, cluster-wide (`ForgetShopper`).
+//!
+//! The node that receives the request fans it out to every member of its view, itself included; each member
+//! ([`erase_here`]):
+//! 1. records a tombstone (the shopper's pseudonym and the time of the request), so that a copy of the session
+//!    written before it — in a hand-off batch still in flight, or kept by an old owner that was fenced — is
+//!    dropped instead of installed (see `cluster::handoff`), for `tombstone_ttl_secs`;
+//! 2. erases the session it holds (as owner, or as an old owner's copy) and its cached decisions;
+//! 3. redacts retained assist events that name the shopper (their sequence numbers stay, for resuming handhelds);
+//! 4. removes the shopper's lines from its event log and redacts their reference in its decision trail (every
+//!    segment; see `journal`), then records the erasure, with the caller, in the trail.
+//!
+//! A member that was away (fenced) during the erasure learns its tombstone from the other members' hand-off
+//! `done` messages when it rejoins, and erases its copy before it serves again. Erasure is idempotent: asking
+//! again erases what is left (nothing) and answers the same way.
+
+use aisle_proto::v1 as pb;
+use std::time::Duration;
+use tonic::Request;
+
+use crate::error::ApiError;
+use crate::node::Node;
+
+/// How long each member may take to erase.
+const ERASE_CALL: Duration = Duration::from_secs(20);
+
+/// Erases what this node holds about the shopper; `at_ms` is when the erasure was asked for.
+///
+/// # Errors
+/// UNAVAILABLE when the session actors or a log could not be reached (erasure is idempotent: retry).
+pub async fn erase_here(
+    node: &Node,
+    shopper_id: &str,
+    at_ms: i64,
+    caller: &str,
+) -> Result<pb::ErasureReceipt, ApiError> {
+    let decider = node.decider();
+    let refs = decider.pseudonyms().all_of(shopper_id);
+    let tombstones = decider.tombstones();
+    tombstones.record(&refs[0], at_ms);
+    let (session_erased, cached) = decider.forget_session(shopper_id).await.map_err(|e| {
+        ApiError::Unavailable(format!(
+            "erasing the session: {e}; retry (erasure is idempotent)"
+        ))
+    })?;
+    let assist = node.hub().redact(&refs);
+    let logs = decider.erase_logs(&refs, caller).await.map_err(|e| {
+        ApiError::Unavailable(format!(
+            "erasing from the logs: {e}; retry (erasure is idempotent)"
+        ))
+    })?;
+    metrics::counter!("aisle_erasures_total").increment(1);
+    tracing::info!(target: "aisle::admin", %caller, shopper_ref = %refs[0], session_erased,
+        cached, assist_events = assist, event_log_records = logs.event_records,
+        decision_records = logs.decision_records, "shopper erased on this node");
+    Ok(pb::ErasureReceipt {
+        node: node.id().to_string(),
+        session_erased,
+        cached_decisions_erased: cached as u32,
+        assist_events_redacted: assist as u32,
+        event_log_records_removed: logs.event_records,
+        decision_records_redacted: logs.decision_records,
+        tombstone_until_ms: tombstones.until_ms(at_ms),
+    })
+}
+
+/// Erases the shopper on every member of this node's view (only here on a node alone).
+///
+/// # Errors
+/// UNAVAILABLE when this node is not a member, or when a member did not confirm (named; what the others erased
+/// stays erased, and asking again is safe).
+pub async fn forget_everywhere(
+    node: &Node,
+    shopper_id: &str,
+    caller: &str,
+) -> Result<pb::ForgetShopperResponse, ApiError> {
+    let cluster = node.cluster();
+    let view = cluster.current().ok_or_else(|| {
+        ApiError::Unavailable("this node is not a cluster member now; retry".into())
+    })?;
+    let at_ms = aisle_domain::now_ms();
+    let mut receipts = vec![erase_here(node, shopper_id, at_ms, caller).await?];
+    let mut failed = Vec::new();
+    for m in view.members.iter().filter(|m| m.node_id != node.id()) {
+        let mut call = Request::new(pb::EraseShopperRequest {
+            shopper_id: shopper_id.to_string(),
+            forgotten_at_ms: at_ms,
+            from_node: node.id().to_string(),
+            caller: caller.to_string(),
+        });
+        call.set_timeout(ERASE_CALL);
+        let answer = match cluster.peers.client(&m.addr) {
+            Ok(mut client) => client.erase_shopper(call).await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(r) => receipts.push(r.into_inner()),
+            Err(e) => {
+                tracing::warn!(member = %m.node_id, error = %e, "member did not confirm an erasure");
+                failed.push(format!("{} ({})", m.node_id, e.message()));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        return Err(ApiError::Unavailable(format!(
+            "erased on {} member(s), not confirmed by {}; retry (erasure is idempotent)",
+            receipts.len(),
+            failed.join(", ")
+        )));
+    }
+    let owner = view
+        .shopper_owner(shopper_id)
+        .map_or_else(|| node.id().to_string(), |m| m.node_id.clone());
+    let at_owner = receipts.iter().find(|r| r.node == owner);
+    Ok(pb::ForgetShopperResponse {
+        session_erased: receipts.iter().any(|r| r.session_erased),
+        cached_decisions_erased: at_owner.map_or(0, |r| r.cached_decisions_erased),
+        served_by: owner,
+        shopper_ref: node.decider().pseudonyms().of(shopper_id),
+        receipts,
+    })
+}

@@ -6,7 +6,9 @@ binary started with exactly the arguments and environment the chart gives it. Ru
 What each check proves is printed as it passes; the last line counts them: "k8s-check: N passed, N failed, N skipped".
 Tools that may be missing (kubectl, helm) make their checks skip with a message, never pass silently — except the
 binary tests, which need etcd, etcdctl and openssl and install them (scripts/deps.sh) rather than skipping. The binary
-run with TLS and tokens skips (with its reason) only while the binary does not know `serve --tls-cert` yet.
+run with TLS and tokens skips (with its reason) only while the binary does not know `serve --tls-cert` yet; the
+decision trail the binary runs write is checked with `aisle audit verify` where the binary has that command (the
+result line says when it did not).
 
 It runs in a venv under .aisle/ with pinned packages (scripts/k8s/requirements.txt), created on first use.
 """
@@ -61,8 +63,15 @@ NODE_ENV = {
     "AISLE_EVENT_LOG", "AISLE_CLUSTER", "AISLE_CLUSTER_NAME", "AISLE_ETCD_ENDPOINTS", "AISLE_ADVERTISE_ADDR",
     "AISLE_LEASE_TTL_SECS", "AISLE_INSECURE", "AISLE_TLS_CERT", "AISLE_TLS_KEY", "AISLE_TLS_CLIENT_CA",
     "AISLE_AUTH_TOKENS", "AISLE_PEER_TLS_CERT", "AISLE_PEER_TLS_KEY", "AISLE_PEER_TLS_CA", "AISLE_ETCD_CA",
-    "AISLE_ETCD_CERT", "AISLE_ETCD_KEY", "AISLE_ETCD_USER", "AISLE_ETCD_PASSWORD_FILE",
+    "AISLE_ETCD_CERT", "AISLE_ETCD_KEY", "AISLE_ETCD_USER", "AISLE_ETCD_PASSWORD_FILE", "AISLE_PSEUDONYM_KEY",
+    "AISLE_LOG_SEGMENT_BYTES", "AISLE_LOG_SEGMENT_SECS", "AISLE_LOG_RETENTION_HOURS", "AISLE_LOG_MAX_BYTES",
+    "AISLE_LOG_SYNC_MS", "AISLE_TOMBSTONE_TTL_SECS",
 }
+# The settings of the node's logs the chart gives with each log (auditTrail.*), and where the logs live: the node's
+# own volume claim, mounted here.
+LOG_SETTINGS_ENV = ["AISLE_LOG_SEGMENT_BYTES", "AISLE_LOG_SEGMENT_SECS", "AISLE_LOG_RETENTION_HOURS",
+                    "AISLE_LOG_MAX_BYTES", "AISLE_LOG_SYNC_MS"]
+LOG_DIR = "/var/lib/aisle/logs"
 # Environment variables naming a file the node re-reads (credentials): each must be a key of a Secret volume mounted
 # read-only without subPath (a subPath mount never sees an updated Secret), under the file name given here.
 SECRET_FILE_ENV = {
@@ -71,6 +80,7 @@ SECRET_FILE_ENV = {
     "AISLE_PEER_TLS_CERT": "tls.crt", "AISLE_PEER_TLS_KEY": "tls.key", "AISLE_PEER_TLS_CA": "ca.crt",
     "AISLE_ETCD_CA": "ca.crt", "AISLE_ETCD_CERT": "tls.crt", "AISLE_ETCD_KEY": "tls.key",
     "AISLE_ETCD_PASSWORD_FILE": None,
+    "AISLE_PSEUDONYM_KEY": None,  # the key is privacy.pseudonymKey.key
 }
 
 
@@ -249,6 +259,26 @@ NEGATIVE_VALUES = [
     ({"config": {"auth_tokens": "/x"}}, "the token file in config (the chart sets it)"),
     ({"config": {"insecure": True}}, "insecure in config (the chart's insecure value sets it)"),
     ({"config": {"credential_reload_secs": 0}}, "a credential reload period of 0"),
+    ({"privacy": {"pseudonymKey": {"secretName": "Aisle_Pseudonym"}}}, "a pseudonym Secret name that is not a DNS name"),
+    ({"privacy": {"pseudonymKey": {"secretName": "k", "file": "x"}}}, "an unknown pseudonym key setting"),
+    ({"privacy": {"pseudonymKey": {"key": "a/b"}}}, "a pseudonym Secret key with a '/'"),
+    ({"config": {"pseudonym_key": "/x"}}, "the pseudonym key file in config (the chart sets it)"),
+    ({"config": {"decision_log": "/x"}}, "the decision trail in config (the chart sets it)"),
+    ({"config": {"log_max_bytes": 1}}, "a log setting in config (auditTrail sets it)"),
+    ({"config": {"tombstone_ttl_secs": 0}}, "a tombstone TTL of 0"),
+    ({"logFiles": {"decisions": True}}, "the old logFiles (now auditTrail and eventLog)"),
+    ({"auditTrail": {"enabled": "true"}}, "auditTrail.enabled as a string"),
+    ({"auditTrail": {"size": "10 GB"}}, "a malformed log volume size"),
+    ({"auditTrail": {"maxBytes": "4Gi"}}, "the per-log cap as a quantity (it is bytes)"),
+    ({"auditTrail": {"maxBytes": -1}}, "a negative per-log cap"),
+    ({"auditTrail": {"segmentBytes": 1024}}, "a segment below 4096 bytes (the node refuses it)"),
+    ({"auditTrail": {"retentionHours": 0}}, "a retention of 0 hours (the node refuses it)"),
+    ({"auditTrail": {"syncMs": 0}}, "a sync period of 0 (the node refuses it)"),
+    ({"auditTrail": {"sizeLimit": "2Gi"}}, "an emptyDir-style sizeLimit on the log volume"),
+    ({"eventLog": {"enabled": 1}}, "eventLog.enabled as a number"),
+    ({"extraContainers": [{"name": "ship"}]}, "an extra container without an image"),
+    ({"extraContainers": [{"name": "ship", "image": "x", "volumeMount": []}]}, "an unknown container field"),
+    ({"extraContainers": {"name": "ship", "image": "x"}}, "extraContainers as an object, not a list"),
 ]
 
 
@@ -412,6 +442,9 @@ def check_chart_refuses_contradictions() -> str:
         ({"insecure": True, "cluster": {"mode": "static"}}, "static mode with 3 nodes and autoscaling"),
         ({"insecure": True, "etcd": {"bundled": {"enabled": False}}}, "etcd mode without any etcd"),
         ({"insecure": True, "autoscaling": {"minReplicas": 5, "maxReplicas": 3}}, "minReplicas above maxReplicas"),
+        (merge(base, {"privacy": {"pseudonymKey": {"secretName": ""}}}), "no pseudonym key Secret (secure)"),
+        ({"insecure": True, "auditTrail": {"enabled": False}, "eventLog": {"enabled": True}},
+         "the event log without the log volume (auditTrail.enabled false)"),
     ]
     rendered, messages = [], []
     for over, why in bad:
@@ -429,6 +462,43 @@ def check_chart_refuses_contradictions() -> str:
               f"the refusal of the defaults does not name the values to set: {e}")
     return (f"{len(bad)} contradictory or insecure value sets refused with a message (the defaults alone: "
             f"{messages[0].split(': ', 1)[1][:90]}...)")
+
+
+def pseudonym_refusal(key: str = "pseudonym.key") -> list[str]:
+    """What the chart's refusal without a pseudonym key must say: the value to set, and how to make the Secret."""
+    return ["privacy.pseudonymKey.secretName", "kubectl create secret generic NAME",
+            f"--from-literal={key}=$(openssl rand -hex 32)", "insecure: true"]
+
+
+def check_pseudonym_key_required() -> str:
+    """Every secured value set refuses to render without the pseudonym key Secret, and says how to create it; with
+    insecure: true it renders, and the node then gets no key file (it makes one up per run)."""
+    from chart import ChartFail, merge
+
+    secured = {n: v for n, v in value_sets().items() if not v.get("insecure")}
+    check(BASE_VALUES in secured, f"ci/{BASE_VALUES}-values.yaml is not secured")
+    messages = {}
+    for name, over in secured.items():
+        given = over.get("privacy", {}).get("pseudonymKey", {})
+        check(given.get("secretName"), f"ci/{name}-values.yaml runs secured without privacy.pseudonymKey.secretName")
+        try:
+            render(merge(over, {"privacy": {"pseudonymKey": {"secretName": ""}}}))
+        except ChartFail as e:
+            missing = [m for m in pseudonym_refusal(given.get("key", "pseudonym.key")) if m not in str(e)]
+            check(not missing, f"{name} without the pseudonym key: the refusal lacks {missing}: {e}")
+            messages[name] = str(e)
+        else:
+            raise AssertionError(f"{name} renders without privacy.pseudonymKey.secretName (not insecure)")
+    _, docs = render({"insecure": True})
+    env = env_of(container(node_statefulset(docs), "aisle"))
+    check("AISLE_PSEUDONYM_KEY" not in env, "insecure without a pseudonym Secret still sets AISLE_PSEUDONYM_KEY")
+    # The key file is the chart's, under the key asked for, whatever the Secret's key is called.
+    _, docs = render(merge(value_sets()[BASE_VALUES], {"privacy": {"pseudonymKey": {"key": "keys.hex"}}}))
+    env = env_of(container(node_statefulset(docs), "aisle"))
+    check(env["AISLE_PSEUDONYM_KEY"]["value"].endswith("/keys.hex"), "privacy.pseudonymKey.key is not the file")
+    return (f"{len(secured)} secured value sets ({', '.join(secured)}) refuse to render without "
+            f"privacy.pseudonymKey.secretName: \"{messages[BASE_VALUES].split(': ', 1)[-1][:150]}...\"; insecure renders "
+            "without it")
 
 
 def by_kind(docs: list[dict], kind: str) -> list[dict]:
@@ -519,6 +589,7 @@ def check_consistency(docs: list[dict], where: str, namespace: str = NAMESPACE,
     cm = one(docs, "ConfigMap", cfg_cm)
     check(os.path.basename(env["AISLE_CONFIG"]["value"]) in cm["data"], w + "the config ConfigMap lacks the file")
     check(env["AISLE_DATA_DIR"]["value"] in mounts, w + "AISLE_DATA_DIR is not a mounted volume")
+    check_log_volume(sts, c, env, w)
     secret_files = check_secret_mounts(c, pod, env, w)
     check_security_env(env, etcd_mode, w)
     # Services: each selects the nodes and carries one kind of traffic, on its own named port.
@@ -602,6 +673,62 @@ def check_consistency(docs: list[dict], where: str, namespace: str = NAMESPACE,
     check_helm_test(docs, sts, w)
 
 
+QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(k|Ki|M|Mi|G|Gi|T|Ti)?$")
+QUANTITY_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
+                  "Ti": 2**40}
+
+
+def quantity_bytes(q: str) -> int:
+    m = QUANTITY.match(str(q))
+    check(m is not None, f"{q!r} is not a quantity the chart's schema allows")
+    return int(float(m.group(1)) * QUANTITY_UNITS[m.group(2)])
+
+
+def check_log_volume(sts: dict, c: dict, env: dict, w: str) -> None:
+    """The decision trail and the event log: files in one directory on the node's own volume claim (a
+    volumeClaimTemplate: it outlives the pod, and a full claim is a write error the node reports, where an emptyDir
+    over its sizeLimit gets the pod evicted), writable by the node (fsGroup), kept on scale-in and deletion, with
+    every log setting given, and the per-log caps plus a live segment per log within the claim."""
+    spec = sts["spec"]
+    pod = spec["template"]["spec"]
+    claims = {t["metadata"]["name"]: t for t in spec.get("volumeClaimTemplates", [])}
+    logs = [k for k in ("AISLE_DECISION_LOG", "AISLE_EVENT_LOG") if k in env]
+    settings = [k for k in LOG_SETTINGS_ENV if k in env]
+    if not logs:
+        check(not settings, w + f"log settings {settings} without a log")
+        check(not claims, w + f"volume claims {sorted(claims)} without a log to write")
+        check(not [m for m in c["volumeMounts"] if m["mountPath"] == LOG_DIR], w + f"{LOG_DIR} mounted without a log")
+        return
+    check("AISLE_DECISION_LOG" in env, w + "the event log without the decision trail (eventLog needs auditTrail)")
+    check(settings == LOG_SETTINGS_ENV, w + f"the logs need every setting {LOG_SETTINGS_ENV}, the chart gives {settings}")
+    dirs = {os.path.dirname(env[k]["value"]) for k in logs}
+    check(dirs == {LOG_DIR}, w + f"the logs must be in {LOG_DIR}, not {sorted(dirs)}")
+    mounts = [m for m in c["volumeMounts"] if m["mountPath"] == LOG_DIR]
+    check(len(mounts) == 1, w + f"{LOG_DIR} is not mounted (once)")
+    m = mounts[0]
+    check(not m.get("readOnly") and "subPath" not in m, w + f"{LOG_DIR} must be writable, without subPath")
+    check(m["name"] in claims, w + f"the log volume {m['name']} must be a volumeClaimTemplate of the StatefulSet (an "
+                                   "emptyDir dies with the pod and is evicted when full)")
+    check(m["name"] not in {v["name"] for v in pod["volumes"]},
+          w + f"a pod volume {m['name']} shadows the claim of the logs")
+    claim = claims[m["name"]]["spec"]
+    check(claim["accessModes"] == ["ReadWriteOnce"], w + "the log claim must be ReadWriteOnce (one node per volume)")
+    check(pod["securityContext"].get("fsGroup") is not None, w + "fsGroup is needed for the node to write its logs")
+    policy = spec.get("persistentVolumeClaimRetentionPolicy", {})
+    check(policy.get("whenScaled", "Retain") == "Retain" and policy.get("whenDeleted", "Retain") == "Retain",
+          w + f"the log claims must be retained on scale-in and deletion (an audit trail), not {policy}")
+    size = quantity_bytes(claim["resources"]["requests"]["storage"])
+    cap = int(env["AISLE_LOG_MAX_BYTES"]["value"])
+    segment = int(env["AISLE_LOG_SEGMENT_BYTES"]["value"])
+    check(segment >= 4096 and int(env["AISLE_LOG_SYNC_MS"]["value"]) > 0
+          and int(env["AISLE_LOG_RETENTION_HOURS"]["value"]) > 0 and int(env["AISLE_LOG_SEGMENT_SECS"]["value"]) > 0,
+          w + "log settings out of the node's range")
+    if cap:
+        need = len(logs) * (cap + segment)
+        check(need <= 0.9 * size, w + f"{len(logs)} log(s) capped at {cap} bytes each (+ a {segment}-byte live "
+                                      f"segment) need {need} bytes: more than 90% of the {size}-byte log volume")
+
+
 def check_secret_mounts(c: dict, pod: dict, env: dict, w: str) -> dict[str, tuple[str, str]]:
     """Every credential file the node re-reads is a key of a Secret volume mounted whole (no subPath), read-only.
     Returns {env name: (Secret name, key)}."""
@@ -649,6 +776,7 @@ def check_security_env(env: dict, etcd_mode: bool, w: str) -> None:
     if insecure is None:
         check("AISLE_TLS_CERT" in env, w + "not insecure, yet no TLS on the client and admin ports")
         check("AISLE_AUTH_TOKENS" in env, w + "not insecure, yet no token file")
+        check("AISLE_PSEUDONYM_KEY" in env, w + "not insecure, yet no pseudonym key file")
         if etcd_mode:
             check(all(peer), w + "not insecure, yet no mutual TLS on the peer port")
             check("AISLE_ETCD_CA" in env, w + "not insecure, yet etcd without TLS")
@@ -895,15 +1023,18 @@ def check_secure_rendering(docs: list[dict], where: str) -> str:
     sts = node_statefulset(docs)
     env = env_of(container(sts, "aisle"))
     check("AISLE_INSECURE" not in env, f"{where}: AISLE_INSECURE is set")
-    for k in ("AISLE_TLS_CERT", "AISLE_AUTH_TOKENS", "AISLE_PEER_TLS_CA", "AISLE_ETCD_CA", "AISLE_ETCD_CERT"):
+    for k in ("AISLE_TLS_CERT", "AISLE_AUTH_TOKENS", "AISLE_PSEUDONYM_KEY", "AISLE_PEER_TLS_CA", "AISLE_ETCD_CA",
+              "AISLE_ETCD_CERT", "AISLE_DECISION_LOG"):
         check(k in env, f"{where}: {k} is not set")
     check(all(u.startswith("https://") for u in env["AISLE_ETCD_ENDPOINTS"]["value"].split(",")),
           f"{where}: etcd endpoints are not https")
     pols = by_kind(docs, "NetworkPolicy")
     check(len(pols) == 2, f"{where}: expected the nodes' and etcd's NetworkPolicies, found {len(pols)}")
     check(not re.search(r"LoadBalancer", json.dumps(docs)), f"{where}: a LoadBalancer is mentioned")
-    return (f"{where}: every Service ClusterIP/headless, TLS + tokens on client and admin ports, mutual TLS on the "
-            "peer port, etcd over https with a client certificate, NetworkPolicies for nodes and etcd, no --insecure")
+    check("AISLE_EVENT_LOG" not in env, f"{where}: the event log is on (training data is opt-in)")
+    return (f"{where}: every Service ClusterIP/headless, TLS + tokens on client and admin ports, a pseudonym key, "
+            "mutual TLS on the peer port, etcd over https with a client certificate, NetworkPolicies for nodes and "
+            "etcd, no --insecure; the decision trail on a volume claim, the event log off")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1130,6 +1261,11 @@ def check_helm() -> str:
     p = subprocess.run([helm, "template", RELEASE, CHART, "-n", NAMESPACE], capture_output=True, text=True)
     check(p.returncode != 0 and "tls.client.secretName" in p.stderr,
           f"helm template must refuse the defaults (no TLS, no tokens): {p.stderr or p.stdout[:300]}")
+    p = subprocess.run([helm, "template", RELEASE, CHART, "-n", NAMESPACE, "-f", base, "--set",
+                        "privacy.pseudonymKey.secretName="], capture_output=True, text=True)
+    missing = [m for m in pseudonym_refusal() if m not in p.stderr]
+    check(p.returncode != 0 and not missing,
+          f"helm template must refuse the base values without the pseudonym key, saying {missing}: {p.stderr[:400]}")
     for name, over in value_sets().items():
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(over, f)
@@ -1143,8 +1279,8 @@ def check_helm() -> str:
         _, ours = render(over)
         diffs = diff_objects(normalise(ours, None), normalise(helm_docs, None))
         check(not diffs, f"helm and scripts/k8s/chart.py render {name} differently:\n" + "\n".join(diffs))
-    return ("helm lint --strict passes; helm template refuses the defaults and equals scripts/k8s/chart.py for "
-            "every value set")
+    return ("helm lint --strict passes; helm template refuses the defaults and a missing pseudonym key, and equals "
+            "scripts/k8s/chart.py for every value set")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1343,8 +1479,9 @@ def pod_process(docs: list[dict], pod_name: str, namespace: str, root: str, etcd
     """The command line and environment the kubelet gives the node container (see container_process)."""
     sts = node_statefulset(docs)
     c = container(sts, "aisle")
+    claims = tuple(t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", []))
     args, _, env, secret_dirs = container_process(docs, sts["spec"]["template"]["spec"], c, pod_name, namespace,
-                                                  root, secrets or {}, dockerfile_image_env())
+                                                  root, secrets or {}, dockerfile_image_env(), claims)
     if etcd_url is not None:
         env["AISLE_ETCD_ENDPOINTS"] = etcd_url
     return args, env, c, secret_dirs
@@ -1386,9 +1523,12 @@ def check_binary_ready(values_name: str, cluster: bool) -> str:
         p = subprocess.run([binary, "decide", "--addr", f"http://127.0.0.1:{grpc}", "--shopper", "k8s-check-shopper",
                             "--json"], capture_output=True, text=True, timeout=30, env={"PATH": env["PATH"]})
         check(p.returncode == 0, f"aisle decide failed: {p.stderr}" + tail())
-        served_by = json.loads(p.stdout).get("served_by")
+        decided = json.loads(p.stdout)
+        served_by = decided.get("served_by")
         check(served_by == pod_name, f"served_by is {served_by!r}, not the pod name {pod_name!r}")
         facts.append(f"Decide served_by {served_by}")
+        if "AISLE_DECISION_LOG" in env:
+            facts.append(check_log_metrics(http, tail))
         if cluster:
             advertise = env["AISLE_ADVERTISE_ADDR"]
             check(advertise == f"{pod_name}.{RELEASE}-peers.{namespace}.svc.cluster.local:{over['ports']['peer']}",
@@ -1402,10 +1542,7 @@ def check_binary_ready(values_name: str, cluster: bool) -> str:
             facts.append(f"joined etcd as {pod_name} ({member[0]} -> {advertise}), aisle_cluster_members 1")
         facts.append(terminate(node, docs, c, tail))
         if "AISLE_DECISION_LOG" in env:
-            with open(env["AISLE_DECISION_LOG"]) as f:
-                records = [json.loads(line) for line in f if line.strip()]
-            check(records, "the decision log on the chart's log volume is empty after a Decide")
-            facts.append(f"decision log written ({len(records)} record)")
+            facts.append(check_trail(binary, env["AISLE_DECISION_LOG"], [decided["decision_id"]], tail))
         if cluster:
             left = [k for k in etcd_keys(etcd_url) if pod_name in k]
             check(not left, f"the node's membership key outlived it (lease not revoked): {left}")
@@ -1414,6 +1551,54 @@ def check_binary_ready(values_name: str, cluster: bool) -> str:
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def log_segments(path: str) -> list[str]:
+    """The files of a node's log: its sealed segments (<path>.<20 digits>) in order, then the live one at the path."""
+    d, base = os.path.split(path)
+    sealed = sorted(f for f in os.listdir(d) if re.fullmatch(re.escape(base) + r"\.[0-9]{20}", f))
+    return [os.path.join(d, f) for f in sealed] + ([path] if os.path.exists(path) else [])
+
+
+def has_audit_verify(binary: str) -> bool:
+    return subprocess.run([binary, "audit", "verify", "--help"], capture_output=True, timeout=30).returncode == 0
+
+
+def check_trail(binary: str, path: str, needles: list[str], tail) -> str:
+    """The decision trail the node wrote on the chart's log volume (read after it stopped): JSON lines, holding the
+    given strings (decision ids), and a valid chain by `aisle audit verify` with its .head beside it."""
+    files = log_segments(path)
+    check(files, f"no decision trail at {path}, nor sealed segments beside it" + tail())
+    records = 0
+    for f in files:
+        for i, line in enumerate(open(f), 1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except ValueError:
+                    raise AssertionError(f"{f}:{i} is not a JSON line: {line[:200]!r}") from None
+                records += 1
+    text = "".join(open(f).read() for f in files)
+    missing = [n for n in needles if n not in text]
+    check(not missing, f"the decision trail ({records} records) lacks the decisions {missing}" + tail())
+    fact = f"decision trail: {records} JSON records in {len(files)} segment(s), with the decision(s) made"
+    if not has_audit_verify(binary):
+        return fact + " (`aisle audit verify` is not in this binary yet: the chain was not checked)"
+    check(os.path.exists(path + ".head"), f"no {os.path.basename(path)}.head beside the trail" + tail())
+    p = subprocess.run([binary, "audit", "verify", path], capture_output=True, text=True, timeout=60)
+    check(p.returncode == 0, f"aisle audit verify {path} failed: {p.stdout}{p.stderr}" + tail())
+    return fact + "; `aisle audit verify` passes (.head present)"
+
+
+def check_log_metrics(http: int, tail) -> str:
+    """The node reports its decision trail healthy (aisle_log_healthy{log="decisions"} 1) after a Decide."""
+    _, metrics = http_get(f"http://127.0.0.1:{http}/metrics")
+    if "aisle_log_healthy" not in metrics:
+        return "(aisle_log_healthy is not exported by this binary yet)"
+    m = re.search(r'^aisle_log_healthy\{[^}]*log="decisions"[^}]*\} (\S+)$', metrics, re.M)
+    check(m is not None and float(m.group(1)) == 1.0,
+          f"the decision trail is not healthy on the chart's volume: {m.group(0) if m else 'no series'}" + tail())
+    return 'aisle_log_healthy{log="decisions"} 1'
 
 
 def wait_ready(node: subprocess.Popen, http: int, tail, seconds: float = 90) -> None:
@@ -1588,12 +1773,18 @@ def check_binary_tls() -> str:
         pki = PKI(os.path.join(tmp, "pki"))
         certs = {d["spec"]["secretName"]: d["spec"] for d in by_kind(docs, "Certificate")}
         secrets = {name: pki.from_certificate(spec) for name, spec in certs.items()}
-        tok = {n: f"k8s-check-{n}-{os.urandom(12).hex()}" for n in ("storefront", "ops", "rotated")}
-        tokens = {"storefront": (tok["storefront"], ["decide", "track"]), "ops": (tok["ops"], ["admin:read"])}
+        tok = {n: f"k8s-check-{n}-{os.urandom(12).hex()}" for n in ("storefront", "ops", "erasure", "rotated")}
+        tokens = {"storefront": (tok["storefront"], ["decide", "track"]), "ops": (tok["ops"], ["admin:read"]),
+                  "erasure": (tok["erasure"], ["admin:write"])}
         pos = {"name": "pos-fleet", "common_name": "pos.store-1.example", "scopes": ["decide", "track", "subscribe"],
                "stores": ["store-1"]}
         auth_key = over["auth"].get("key", "tokens.toml")
         secrets[over["auth"]["secretName"]] = {auth_key: token_file(tokens, [pos])}
+        # The pseudonym key file as `openssl rand -hex 32` makes it, one key.
+        pseudonym_secret = over["privacy"]["pseudonymKey"]["secretName"]
+        pseudonym_key = over["privacy"]["pseudonymKey"].get("key", "pseudonym.key")
+        first_key, second_key = os.urandom(32).hex(), os.urandom(32).hex()
+        secrets[pseudonym_secret] = {pseudonym_key: first_key + "\n"}
         facts.append(f"{len(certs)} certificates issued from the chart's Certificates")
 
         # etcd as the chart runs it: its TLS settings, on loopback ports.
@@ -1680,6 +1871,21 @@ def check_binary_tls() -> str:
                                                 secrets)
         check("AISLE_INSECURE" not in env, "the secure rendering sets AISLE_INSECURE")
         shown = {k: v for k, v in env.items() if k.startswith("AISLE_")}
+        # Without the pseudonym key file the chart gives it, the node refuses to start, and says what it lacks.
+        no_key = {k: v for k, v in env.items() if k != "AISLE_PSEUDONYM_KEY"}
+        check("AISLE_PSEUDONYM_KEY" in env, "the secure rendering gives the node no pseudonym key file")
+        refusal_log = os.path.join(tmp, "aisle-no-key.log")
+        refused_node = procs.start([binary, *args], env=no_key, stdout=open(refusal_log, "w"), stderr=subprocess.STDOUT)
+        try:
+            code = refused_node.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            refused_node.kill()
+            raise AssertionError("the node started without a pseudonym key file (secured, etcd mode): "
+                                 + open(refusal_log).read()[-1500:]) from None
+        said = open(refusal_log).read()
+        check(code != 0 and "a pseudonym key file (pseudonym_key / --pseudonym-key)" in said,
+              f"without AISLE_PSEUDONYM_KEY the node exited {code} without naming the pseudonym key file: {said[-1500:]}")
+        facts.append("without the chart's pseudonym key file the node refuses to start, naming it")
         log_path = os.path.join(tmp, "aisle.log")
         node = procs.start([binary, *args], env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
 
@@ -1707,6 +1913,7 @@ def check_binary_tls() -> str:
 
         p = decide(tok["storefront"])
         check(p.returncode == 0, f"aisle decide over TLS with a decide token failed: {p.stderr}" + tail())
+        decision_ids = [json.loads(p.stdout)["decision_id"]]
         served_by = json.loads(p.stdout).get("served_by")
         check(served_by == pod_name, f"served_by is {served_by!r}, not the pod name {pod_name!r}")
         check(decide(None).returncode != 0, "the client port answers Decide without a token")
@@ -1728,6 +1935,17 @@ def check_binary_tls() -> str:
         check(p.returncode == 0, f"Decide with a client certificate ([[certificate]] {pos['common_name']}) failed: "
                                  f"{p.stderr}" + tail())
         facts.append("Decide with a client certificate mapped by [[certificate]] (tls.client.clientCA)")
+
+        def erase() -> str:
+            """Forgets a shopper (no one the check decides for): the pseudonym the node names them by."""
+            p = cli("forget", "--addr", admin_addr, "--shopper", "k8s-check-erased", "--json", token=tok["erasure"])
+            check(p.returncode == 0, f"aisle forget with an admin:write token failed: {p.stderr}" + tail())
+            ref = json.loads(p.stdout).get("shopper_ref", "")
+            check(re.fullmatch(r"[0-9a-f]{32}", ref) is not None, f"forget names the shopper {ref!r}, not a pseudonym")
+            return ref
+
+        first_ref = erase()
+        facts.append(f"erasure by pseudonym under the mounted key ({first_ref[:8]}…)")
         # The peer port: mutual TLS, the server certificate valid for the advertised name.
         advertise = env["AISLE_ADVERTISE_ADDR"]
         host, _, aport = advertise.rpartition(":")
@@ -1749,9 +1967,12 @@ def check_binary_tls() -> str:
 
         # Rotation in place, as cert-manager or `kubectl apply` of a Secret does it (the kubelet swaps ..data).
         reload = int(over.get("config", {}).get("credential_reload_secs", 5))
-        tokens2 = {"ops": tokens["ops"], "rotated": (tok["rotated"], ["decide"])}
+        tokens2 = {"ops": tokens["ops"], "erasure": tokens["erasure"], "rotated": (tok["rotated"], ["decide"])}
         for d, _ in secret_dirs[over["auth"]["secretName"]]:
             write_secret_dir(d, {auth_key: token_file(tokens2, [pos])})
+        # The pseudonym key rotated as values.yaml says: a new key first, the old one kept below it.
+        for d, _ in secret_dirs[pseudonym_secret]:
+            write_secret_dir(d, {pseudonym_key: f"# rotated by k8s-check\n{second_key}\n{first_key}\n"})
         client_secret = secret_dirs_name(secret_dirs, root, "tls-client")
         new_client = pki.from_certificate(certs[client_secret])
         for d, items in secret_dirs[client_secret]:
@@ -1759,18 +1980,25 @@ def check_binary_tls() -> str:
         want = ssl.PEM_cert_to_DER_cert(new_client["tls.crt"])
         deadline = time.time() + 3 * reload + 10
         while True:
-            rotated_ok = decide(tok["rotated"]).returncode == 0
+            p = decide(tok["rotated"])
+            rotated_ok = p.returncode == 0
+            if rotated_ok:
+                decision_ids.append(json.loads(p.stdout)["decision_id"])
             revoked = decide(tok["storefront"]).returncode != 0
             new_served = served_certificate(ports["grpc"], ca, "localhost") == want
-            if rotated_ok and revoked and new_served:
+            new_key = erase() != first_ref
+            if rotated_ok and revoked and new_served and new_key:
                 break
             check(time.time() < deadline,
                   f"{3 * reload + 10} s after the Secrets were updated in place: new token accepted {rotated_ok}, "
-                  f"removed token refused {revoked}, new certificate served {new_served}" + tail())
+                  f"removed token refused {revoked}, new certificate served {new_served}, new pseudonym key in use "
+                  f"{new_key}" + tail())
             time.sleep(1)
         facts.append("Secrets updated in place: the new token works, the removed one is refused, the new certificate "
-                     "is served, without a restart")
+                     "is served, shoppers are named under the new pseudonym key, without a restart")
+        facts.append(check_log_metrics(ports["http"], tail))
         facts.append(terminate(node, docs, c, tail))
+        facts.append(check_trail(binary, env["AISLE_DECISION_LOG"], decision_ids, tail))
         left = etcdctl("get", "--prefix", "--keys-only", "/aisle/", as_root=True).stdout
         check(pod_name not in left, f"the node's membership key outlived it (lease not revoked): {left}")
         facts.append("lease revoked")
@@ -1803,6 +2031,7 @@ def main(argv: list[str]) -> int:
     r.run("values.schema.json refuses wrong values", check_schema_negative)
     r.run("chart renders, every manifest validates", check_chart_renders_and_validates)
     r.run("chart refuses contradictory values", check_chart_refuses_contradictions)
+    r.run("chart refuses to render without the pseudonym key Secret (unless insecure)", check_pseudonym_key_required)
     r.run("k8s/ is the chart's default rendering", check_k8s_generated)
     r.run("the defaults are secure (as k8s/ deploys them)", check_secure_defaults)
     r.run("kustomize base (k8s/)", check_kustomize, "", BASE_VALUES)

@@ -640,22 +640,62 @@ pub async fn describe(a: ForgetArgs) -> anyhow::Result<()> {
         "consent": r.consent,
         "store_id": r.store_id,
         "served_by": r.served_by,
+        "shopper_ref": r.shopper_ref,
+        // Log lines as the JSON they are, so an export is one document.
+        "held": r.held.iter().map(|h| {
+            let parsed = |lines: &[String]| lines
+                .iter()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|_| json!(l)))
+                .collect::<Vec<_>>();
+            json!({
+                "node": h.node,
+                "event_log_total": h.event_log_total,
+                "event_log_records": parsed(&h.event_log_records),
+                "decision_total": h.decision_total,
+                "decision_records": parsed(&h.decision_records),
+                "assist_events": h.assist_events.iter().map(|e| json!({
+                    "store_id": e.store_id, "sequence": e.sequence, "message": e.message,
+                })).collect::<Vec<_>>(),
+                "error": h.error,
+            })
+        }).collect::<Vec<_>>(),
     });
     print(a.addr.json, &value, || {
-        if !r.has_session {
-            return format!("{}: no session held (owner {})", a.shopper, r.served_by);
+        let mut out = if r.has_session {
+            format!(
+                "{} (pseudonym {}) on {}: {} events; recent {:?}; cart {:?}; purchased {:?}; categories {:?}; \
+                 consent {:?}",
+                a.shopper,
+                r.shopper_ref,
+                r.served_by,
+                r.events_applied,
+                r.recent_item_ids,
+                r.cart_item_ids,
+                r.purchased_item_ids,
+                r.top_categories,
+                r.consent
+            )
+        } else {
+            format!(
+                "{} (pseudonym {}): no session held (owner {})",
+                a.shopper, r.shopper_ref, r.served_by
+            )
+        };
+        for h in &r.held {
+            if h.error.is_empty() {
+                out.push_str(&format!(
+                    "\n  {}: {} event-log line(s), {} decision record(s), {} assist event(s)",
+                    h.node,
+                    h.event_log_total,
+                    h.decision_total,
+                    h.assist_events.len()
+                ));
+            } else {
+                out.push_str(&format!("\n  {}: not answered ({})", h.node, h.error));
+            }
         }
-        format!(
-            "{} on {}: {} events; recent {:?}; cart {:?}; purchased {:?}; categories {:?}; consent {:?}",
-            a.shopper,
-            r.served_by,
-            r.events_applied,
-            r.recent_item_ids,
-            r.cart_item_ids,
-            r.purchased_item_ids,
-            r.top_categories,
-            r.consent
-        )
+        out.push_str("\n  (--json for the records themselves)");
+        out
     });
     Ok(())
 }

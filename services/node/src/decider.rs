@@ -820,6 +820,16 @@ impl Decider {
             .await
     }
 
+    /// The decision trail, if written.
+    pub fn trail(&self) -> Option<&Journal> {
+        self.audit.as_ref()
+    }
+
+    /// The event log, if written.
+    pub fn event_log(&self) -> Option<&Journal> {
+        self.event_log.as_ref()
+    }
+
     /// The logs (decision trail, event log) this node writes.
     pub fn logs(&self) -> Vec<Journal> {
         self.audit

@@ -1,4 +1,5 @@
-//! Erasure of a shopper, cluster-wide (`ForgetShopper`).
+//! Erasure of a shopper, cluster-wide (`ForgetShopper`), and the other half of a data-subject request: what every
+//! member holds about them outside the session (`DescribeShopper`).
 //!
 //! The node that receives the request fans it out to every member of its view, itself included; each member
 //! ([`erase_here`]):
@@ -119,4 +120,75 @@ pub async fn forget_everywhere(
         shopper_ref: node.decider().pseudonyms().of(shopper_id),
         receipts,
     })
+}
+
+/// Lines returned per log and member in an access request (the totals count them all).
+pub const HELD_LINES: usize = 1_000;
+
+/// What this node holds about the shopper in its logs and push hub.
+///
+/// # Errors
+/// When a log cannot be read.
+pub async fn held_here(node: &Node, shopper_id: &str) -> Result<pb::HeldRecords, ApiError> {
+    let decider = node.decider();
+    let refs = decider.pseudonyms().all_of(shopper_id);
+    let unreadable = |e: std::io::Error| ApiError::Unavailable(format!("reading the logs: {e}"));
+    let (event_log_records, event_log_total) = match decider.event_log() {
+        Some(log) => log
+            .find(refs.clone(), HELD_LINES)
+            .await
+            .map_err(unreadable)?,
+        None => (Vec::new(), 0),
+    };
+    let (decision_records, decision_total) = match decider.trail() {
+        Some(log) => log
+            .find(refs.clone(), HELD_LINES)
+            .await
+            .map_err(unreadable)?,
+        None => (Vec::new(), 0),
+    };
+    Ok(pb::HeldRecords {
+        node: node.id().to_string(),
+        event_log_records,
+        event_log_total,
+        decision_records,
+        decision_total,
+        assist_events: node.hub().about(&refs),
+        error: String::new(),
+    })
+}
+
+/// What every member of this node's view holds about the shopper outside the session; a member that cannot answer
+/// is listed with its error.
+pub async fn held_everywhere(node: &Node, shopper_id: &str) -> Vec<pb::HeldRecords> {
+    let failed = |node_id: &str, why: String| pb::HeldRecords {
+        node: node_id.to_string(),
+        error: why,
+        ..Default::default()
+    };
+    let mut out = vec![
+        held_here(node, shopper_id)
+            .await
+            .unwrap_or_else(|e| failed(node.id(), tonic::Status::from(e).message().to_string())),
+    ];
+    let cluster = node.cluster();
+    let Some(view) = cluster.current() else {
+        return out;
+    };
+    for m in view.members.iter().filter(|m| m.node_id != node.id()) {
+        let mut call = Request::new(pb::DescribeHeldRequest {
+            shopper_id: shopper_id.to_string(),
+            from_node: node.id().to_string(),
+        });
+        call.set_timeout(ERASE_CALL);
+        let answer = match cluster.peers.client(&m.addr) {
+            Ok(mut client) => client.describe_held(call).await,
+            Err(e) => Err(e),
+        };
+        out.push(match answer {
+            Ok(r) => r.into_inner(),
+            Err(e) => failed(&m.node_id, e.message().to_string()),
+        });
+    }
+    out
 }

@@ -440,6 +440,10 @@ pub struct Journal {
     tx: mpsc::Sender<Msg>,
     shared: Arc<Shared>,
     sync_timeout: Duration,
+    /// The live segment, the layout and the subject field: what [`Journal::find`] reads.
+    path: PathBuf,
+    chained: bool,
+    subject_field: Option<&'static str>,
 }
 
 impl fmt::Debug for Journal {
@@ -463,6 +467,8 @@ impl Journal {
         let shared = Arc::new(Shared::new(config.name));
         let (tx, rx) = mpsc::channel(config.queue);
         let sync_timeout = config.sync_timeout;
+        let (path, chained, subject_field) =
+            (config.path.clone(), config.chained, config.subject_field);
         let for_store = shared.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(config, for_store))
             .await
@@ -473,7 +479,23 @@ impl Journal {
             tx,
             shared,
             sync_timeout,
+            path,
+            chained,
+            subject_field,
         })
+    }
+
+    /// The lines about the subjects named `refs` (a data-subject access request): for a chained log the records
+    /// whose `subject` is one of them, for an unchained one the lines whose subject field is. Reads every segment,
+    /// oldest first, without pausing the writer; returns at most `limit` lines and how many there are in all.
+    ///
+    /// # Errors
+    /// When the directory or a segment cannot be read.
+    pub async fn find(&self, refs: Vec<String>, limit: usize) -> io::Result<(Vec<String>, u64)> {
+        let (path, chained, field) = (self.path.clone(), self.chained, self.subject_field);
+        tokio::task::spawn_blocking(move || find_lines(&path, chained, field, &refs, limit))
+            .await
+            .map_err(io::Error::other)?
     }
 
     /// Queues an entry without waiting. When the queue is full (or the writer has stopped) the entry is dropped and
@@ -621,6 +643,10 @@ pub fn describe_metrics() {
     describe_gauge!(
         "aisle_log_segments",
         "a log's segments on disk, live included"
+    );
+    describe_counter!(
+        "aisle_log_segments_deleted_total",
+        "sealed segments deleted, by log and reason (retention: past log_retention_hours; size: over log_max_bytes)"
     );
 }
 
@@ -2117,6 +2143,53 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// The sealed segment `number` of the live segment `live`.
+/// See [`Journal::find`].
+fn find_lines(
+    live: &Path,
+    chained: bool,
+    field: Option<&str>,
+    refs: &[String],
+    limit: usize,
+) -> io::Result<(Vec<String>, u64)> {
+    let about = |line: &str| -> bool {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            return false;
+        };
+        let found = if chained {
+            v.get("subject").and_then(|s| s.get("ref"))
+        } else {
+            field.and_then(|f| v.get(f))
+        };
+        found
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|r| refs.iter().any(|x| x == r))
+    };
+    let mut files: Vec<PathBuf> = list_segments(live)?
+        .into_iter()
+        .map(|n| segment_path(live, n))
+        .collect();
+    files.push(live.to_path_buf());
+    let (mut lines, mut total) = (Vec::new(), 0u64);
+    for file in files {
+        let reader = match File::open(&file) {
+            Ok(f) => BufReader::new(f),
+            // Deleted by retention or renamed by a rotation since the listing: its records are elsewhere or gone.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for line in reader.lines() {
+            let line = line?;
+            if about(&line) {
+                total += 1;
+                if lines.len() < limit {
+                    lines.push(line);
+                }
+            }
+        }
+    }
+    Ok((lines, total))
+}
+
 fn segment_path(live: &Path, number: u64) -> PathBuf {
     with_suffix(live, &format!(".{number:020}"))
 }

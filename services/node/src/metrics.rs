@@ -19,7 +19,11 @@
 //! | `aisle_bundle_loads_total`, `aisle_bundle_refused_total` | counter | kind | bundle swaps and refusals |
 //! | `aisle_inflight_requests` | gauge | | gRPC requests being handled |
 //! | `aisle_shed_requests_total` | counter | | requests refused with RESOURCE_EXHAUSTED |
-//! | `aisle_log_records_dropped_total` | counter | log | decision or event records dropped because a log lagged |
+//! | `aisle_log_*` | | log | the logs' writers: records written, dropped, failed, write errors, syncs, health, bytes, segments, segments deleted (`journal::describe_metrics`) |
+//! | `aisle_erasures_total` | counter | | ForgetShopper erasures carried out on this node |
+//! | `aisle_tombstones` | gauge | | tombstones of forgotten shoppers held |
+//! | `aisle_handoff_sessions_tombstoned_total` | counter | | handed-off sessions dropped because their shopper was forgotten |
+//! | `aisle_sessions_erased_by_tombstone_total` | counter | | kept session copies erased by tombstones a member sent |
 //!
 //! After them come the standard process series every Prometheus exporter serves, read from the OS at each scrape
 //! ([`render`]): `process_cpu_seconds_total` (counter, user + system, fractional seconds), `process_resident_memory_bytes`,
@@ -111,9 +115,19 @@ pub fn describe() {
         "aisle_shed_requests_total",
         "requests refused with RESOURCE_EXHAUSTED under overload"
     );
+    crate::journal::describe_metrics();
     describe_counter!(
-        "aisle_log_records_dropped_total",
-        "decision or event records dropped because a log lagged"
+        "aisle_erasures_total",
+        "ForgetShopper erasures carried out on this node"
+    );
+    describe_gauge!("aisle_tombstones", "tombstones of forgotten shoppers held");
+    describe_counter!(
+        "aisle_handoff_sessions_tombstoned_total",
+        "handed-off sessions dropped because their shopper was forgotten"
+    );
+    describe_counter!(
+        "aisle_sessions_erased_by_tombstone_total",
+        "session copies erased by tombstones a member sent"
     );
 }
 

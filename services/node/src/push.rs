@@ -319,6 +319,29 @@ impl PushHub {
         logs.iter().map(|l| l.redact(refs)).sum()
     }
 
+    /// The retained events about the shoppers named `refs`, in every store (a data-subject access request).
+    pub fn about(&self, refs: &[String]) -> Vec<AssistEvent> {
+        let logs: Vec<Arc<StoreLog>> = self
+            .stores
+            .read()
+            .expect("stores lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for log in logs {
+            let inner = log.inner.lock().expect("store log lock");
+            out.extend(
+                inner
+                    .retained
+                    .iter()
+                    .filter(|e| !e.shopper_ref.is_empty() && refs.contains(&e.shopper_ref))
+                    .map(|e| (**e).clone()),
+            );
+        }
+        out
+    }
+
     /// Retained events of a store after a sequence, oldest first (none for a store the hub does not hold).
     pub fn since(&self, store_id: &str, after: u64) -> Vec<Arc<AssistEvent>> {
         self.existing(store_id)

@@ -246,6 +246,22 @@ async fn nothing_written_names_the_shopper_and_forget_reaches_every_copy() {
         },
     )
     .await;
+    // The access request's answer: the session, and what the node holds in its logs and push hub.
+    let export = admin
+        .describe_shopper(authed(pb::DescribeShopperRequest {
+            shopper_id: SHOPPER.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let held = &export.held[0];
+    assert_eq!(held.event_log_total, tracked as u64, "{held:?}");
+    assert_eq!(held.event_log_records.len(), tracked);
+    assert!(held.event_log_records[1].contains("gluten free pasta"));
+    assert!(
+        held.decision_total >= 2 && held.decision_records.len() == held.decision_total as usize
+    );
+    assert!(!held.assist_events.is_empty(), "{held:?}");
     let before = retained(channel.clone()).await;
     assert!(
         before.iter().any(|e| e.shopper_ref == pseudonym),
@@ -280,6 +296,11 @@ async fn nothing_written_names_the_shopper_and_forget_reaches_every_copy() {
         .unwrap()
         .into_inner();
     assert!(!after.has_session && after.recent_item_ids.is_empty() && after.searches.is_empty());
+    let held = &after.held[0];
+    assert!(
+        held.event_log_total == 0 && held.decision_total == 0 && held.assist_events.is_empty(),
+        "still held after the erasure: {held:?}"
+    );
     assert!(
         !read(&dir.0, "events.jsonl").contains(&pseudonym),
         "the event log still holds the shopper's lines"

@@ -258,7 +258,8 @@ impl AdminService for AdminApi {
             node: &self.node,
             shopper_id: shopper_id(&req.shopper_id)?,
         };
-        let r = at_owner(&self.node, &call).await?;
+        let mut r = at_owner(&self.node, &call).await?;
+        r.held = crate::erasure::held_everywhere(&self.node, &req.shopper_id).await;
         tracing::info!(target: "aisle::admin", %caller,
             shopper_ref = %self.node.decider().pseudonyms().of(&req.shopper_id), "shopper described");
         Ok(Response::new(r))

@@ -124,6 +124,17 @@ impl PeerService for PeerApi {
         }))
     }
 
+    async fn describe_held(
+        &self,
+        request: Request<pb::DescribeHeldRequest>,
+    ) -> Result<Response<pb::HeldRecords>, Status> {
+        let req = request.into_inner();
+        let shopper = super::admin::shopper_id(&req.shopper_id)?;
+        Ok(Response::new(
+            crate::erasure::held_here(&self.node, shopper).await?,
+        ))
+    }
+
     async fn erase_shopper(
         &self,
         request: Request<pb::EraseShopperRequest>,

@@ -306,30 +306,26 @@ impl PushHub {
         }
     }
 
-    /// Redacts, in every store's retained events, those about the shoppers named `refs` (their pseudonyms under
-    /// every key held). Returns how many were redacted.
-    pub fn redact(&self, refs: &[String]) -> usize {
-        let logs: Vec<Arc<StoreLog>> = self
-            .stores
+    /// Every store's log held now (taken out of the map's lock).
+    fn logs(&self) -> Vec<Arc<StoreLog>> {
+        self.stores
             .read()
             .expect("stores lock")
             .values()
             .cloned()
-            .collect();
-        logs.iter().map(|l| l.redact(refs)).sum()
+            .collect()
+    }
+
+    /// Redacts, in every store's retained events, those about the shoppers named `refs` (their pseudonyms under
+    /// every key held). Returns how many were redacted.
+    pub fn redact(&self, refs: &[String]) -> usize {
+        self.logs().iter().map(|l| l.redact(refs)).sum()
     }
 
     /// The retained events about the shoppers named `refs`, in every store (a data-subject access request).
     pub fn about(&self, refs: &[String]) -> Vec<AssistEvent> {
-        let logs: Vec<Arc<StoreLog>> = self
-            .stores
-            .read()
-            .expect("stores lock")
-            .values()
-            .cloned()
-            .collect();
         let mut out = Vec::new();
-        for log in logs {
+        for log in self.logs() {
             let inner = log.inner.lock().expect("store log lock");
             out.extend(
                 inner

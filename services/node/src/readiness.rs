@@ -61,26 +61,12 @@ impl Readiness {
 
     /// What is degraded, or `None`.
     pub fn degraded_reason(&self) -> Option<String> {
-        let degraded = self.degraded.lock().expect("readiness lock");
-        (!degraded.is_empty()).then(|| {
-            degraded
-                .iter()
-                .map(|(c, r)| format!("{c} ({r})"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
+        listed(&self.degraded.lock().expect("readiness lock"))
     }
 
     /// Why the node is not ready, or `None` when it is.
     pub fn not_ready_reason(&self) -> Option<String> {
-        let pending = self.pending.lock().expect("readiness lock");
-        (!pending.is_empty()).then(|| {
-            pending
-                .iter()
-                .map(|(c, r)| format!("{c} ({r})"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
+        listed(&self.pending.lock().expect("readiness lock"))
     }
 
     /// Whether the node is ready.
@@ -98,6 +84,17 @@ impl Readiness {
         self.unmet("serving", "shutting down");
         self.alive.store(false, Ordering::Relaxed);
     }
+}
+
+/// `name (reason), …`, or `None` for an empty list.
+fn listed(conditions: &[(&'static str, String)]) -> Option<String> {
+    (!conditions.is_empty()).then(|| {
+        conditions
+            .iter()
+            .map(|(c, r)| format!("{c} ({r})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
 }
 
 #[cfg(test)]

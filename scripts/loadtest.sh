@@ -24,6 +24,9 @@
 # `scripts/loadtest.sh --compare-tls BIN [--json]`: the same A/B with one binary, plaintext (OLD) against TLS and a
 # token file (NEW): the NEW node serves TLS with a throwaway CA (scripts/pki.sh) and checks a bearer token on every
 # call, and the load generator speaks TLS and sends the token. The ratio is the cost of security.
+#
+# With DECISION_LOG=1 every node of either comparison writes its decision log (`--decision-log`, a fresh file per
+# run in the work directory): `DECISION_LOG=1 scripts/loadtest.sh --compare OLD NEW` prices a change to the log.
 set -euo pipefail
 caller_dir=$PWD
 cd "$(dirname "$0")/.."
@@ -140,6 +143,9 @@ if [ "${1:-}" = "--compare" ] || [ "${1:-}" = "--compare-tls" ]; then
           --auth-tokens "$work/pki/tokens.toml")
         client_args=(--ca-cert "$work/pki/ca.pem" --token "$(cat "$work/pki/token")")
         target="https://127.0.0.1:$grpc_port"
+      fi
+      if [ -n "${DECISION_LOG:-}" ]; then
+        node_args+=(--decision-log "$work/decisions-$label$round.jsonl")
       fi
       start_node "$node_bin" "compare-$label$round" "$grpc_port" "$http_port" "$work/node-$label$round.log" 60 \
         "run $label$round: $node_bin " "${node_args[@]}"

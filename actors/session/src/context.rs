@@ -130,6 +130,23 @@ impl<K: Copy + PartialEq> Affinities<K> {
         score * (-(dt / half_life_ms as f32) * std::f32::consts::LN_2).exp()
     }
 
+    /// Keeps the `n` strongest entries, judged at the latest moment any of them was touched.
+    fn keep_strongest(&mut self, n: usize, half_life_ms: i64) {
+        if self.entries.len() <= n {
+            return;
+        }
+        let now = self.entries.iter().map(|e| e.2).max().unwrap_or(0);
+        self.entries.sort_by(|a, b| {
+            Self::decay(b.1, b.2, now, half_life_ms).total_cmp(&Self::decay(
+                a.1,
+                a.2,
+                now,
+                half_life_ms,
+            ))
+        });
+        self.entries.truncate(n);
+    }
+
     fn add(&mut self, key: K, weight: f32, ts: TimestampMs, limits: &SessionLimits) {
         let hl = limits.affinity_half_life_ms;
         if let Some(e) = self.entries.iter_mut().find(|e| e.0 == key) {
@@ -271,6 +288,23 @@ impl SessionContext {
     /// the clock has not moved past it (a version already at `u64::MAX`, which only a hand-off can bring, stays).
     pub fn stamp_version(&mut self, now_ms: u64) {
         self.version = now_ms.max(self.version.saturating_add(1));
+    }
+
+    /// Cuts the session to `limits`, as applying events keeps it: the newest interactions, searches and purchases,
+    /// the first cart lines, the strongest affinities. A session from elsewhere (a hand-off) may exceed the limits
+    /// of this node; one within them is unchanged.
+    pub fn bound(&mut self, limits: &SessionLimits) {
+        fn keep_newest<T>(q: &mut VecDeque<T>, n: usize) {
+            let excess = q.len().saturating_sub(n);
+            q.drain(..excess);
+        }
+        keep_newest(&mut self.history, limits.history);
+        keep_newest(&mut self.searches, limits.searches);
+        keep_newest(&mut self.purchased, limits.purchased);
+        self.cart.truncate(limits.cart_lines);
+        let half_life = limits.affinity_half_life_ms.max(1);
+        self.categories.keep_strongest(limits.affinities, half_life);
+        self.brands.keep_strongest(limits.affinities, half_life);
     }
 
     /// The consent the shopper's events stated, if any (the latest statement).
@@ -1213,6 +1247,57 @@ mod tests {
     /// viewed or given more events (a panic with overflow checks, a wrapped value without). The first input found
     /// (14 bytes) imported one cart line of 1,546,661,936 × 211,261,862,005 cents, worth `i64::MAX` after the
     /// saturating product, and the cart's value overflowed at the next add-to-cart. The arithmetic saturates now.
+    #[test]
+    fn an_oversized_session_is_cut_to_the_limits_keeping_the_newest_and_strongest() {
+        let c = catalog();
+        let limits = SessionLimits::default();
+        let t0 = 1_700_000_000_000;
+        let mut base = SessionContext::new();
+        for k in 0..5 {
+            apply(&mut base, ev(EventKind::View, Some(k), t0 + i64::from(k)));
+        }
+        let mut p = base.to_portable(c);
+        // What a faulty or hostile peer could send: every collection far over its limit.
+        let first = p.history[0].clone();
+        p.history = (0..70_000)
+            .map(|k| (first.0.clone(), first.1, t0 + k))
+            .collect();
+        p.searches = (0..1_000).map(|k| format!("q{k}")).collect();
+        p.purchased = vec![c.item(1).id.to_string(); 1_000];
+        p.cart = (0..1_000)
+            .map(|_| (c.item(2).id.to_string(), 1, 100))
+            .collect();
+        p.categories = c
+            .categories
+            .iter()
+            .enumerate()
+            .map(|(k, cat)| (cat.name.clone(), k as f32, t0))
+            .collect();
+        let mut s = SessionContext::from_portable(p, c);
+        s.bound(&limits);
+        assert_eq!(s.history.len(), limits.history);
+        assert_eq!(
+            s.history.back().unwrap().ts_ms,
+            t0 + 69_999,
+            "the newest are kept"
+        );
+        assert_eq!(s.searches.len(), limits.searches);
+        assert_eq!(&*s.searches[limits.searches - 1], "q999");
+        assert_eq!(s.purchased.len(), limits.purchased);
+        assert_eq!(s.cart.len(), limits.cart_lines);
+        let n = c.categories.len().min(limits.affinities);
+        assert_eq!(s.categories.entries.len(), n);
+        let strongest = c.categories.len() - 1;
+        assert_eq!(
+            s.categories.entries[0].0 as usize, strongest,
+            "the strongest are kept"
+        );
+        // And the session keeps working: viewed, and given more events.
+        let _ = s.view(&limits);
+        apply(&mut s, ev(EventKind::View, Some(3), t0 + 80_000));
+        assert_eq!(s.history.len(), limits.history);
+    }
+
     #[test]
     fn handed_off_sessions_at_the_ends_of_every_range_keep_working() {
         let c = catalog();

@@ -257,7 +257,9 @@ impl ShardState {
     }
 
     /// Installs a handed-off session unless the local copy was written at the same time or later. Returns whether it was installed.
-    fn import(&mut self, shopper_id: Box<str>, context: SessionContext) -> bool {
+    fn import(&mut self, shopper_id: Box<str>, mut context: SessionContext) -> bool {
+        // A session from elsewhere is held to this node's limits, like every session applied here.
+        context.bound(&self.settings.limits);
         let newer_here = self
             .table
             .read()

@@ -8,8 +8,9 @@
 //! - [`api`]: the gRPC services and request validation; [`error`]: the one error-to-status mapping.
 //! - [`world`]: the catalog and models as one snapshot, owned by the world keeper actor.
 //! - [`push`] and [`assist`]: per-store assist events for associates' handhelds.
-//! - [`cache`], [`audit`], [`faults`], [`admission`]: the CACHED rung, decision records, fault injection and
-//!   overload protection.
+//! - [`cache`], [`faults`], [`admission`]: the CACHED rung, fault injection and overload protection.
+//! - [`journal`] and [`audit`]: segmented logs (the event log; the hash-chained decision trail) and what they record.
+//! - [`privacy`] and [`erasure`]: keyed pseudonyms and tombstones; ForgetShopper and access requests on every member.
 //! - [`auth`] and [`tls`]: who may call what, and transport security (certificates re-read without a restart).
 //! - [`http`], [`metrics`], [`readiness`]: the HTTP plane.
 //! - [`cli`] and [`client`]: the `aisle` command line.

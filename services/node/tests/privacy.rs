@@ -173,11 +173,12 @@ async fn retained(channel: Channel) -> Vec<pb::AssistEvent> {
         .unwrap()
         .into_inner();
     let mut out = Vec::new();
-    // The replay comes at once; live events would follow later, and there are none.
-    while let Ok(Ok(Some(e))) =
-        tokio::time::timeout(Duration::from_millis(500), stream.message()).await
-    {
+    // The replay comes in one go once the stream opens (allow a busy machine 10 s for its first event); live events
+    // would follow later, and there are none.
+    let mut wait = Duration::from_secs(10);
+    while let Ok(Ok(Some(e))) = tokio::time::timeout(wait, stream.message()).await {
         out.push(e);
+        wait = Duration::from_secs(1);
     }
     out
 }

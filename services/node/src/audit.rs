@@ -116,32 +116,37 @@ pub fn decision_entry(node: &str, shopper_ref: String, input: &DecideInput, d: &
 /// # Errors
 /// When a log cannot be opened (named).
 pub async fn open_logs(config: &Config) -> anyhow::Result<(Option<Journal>, Option<Journal>)> {
+    let trail = config.decision_log.clone().map(JournalConfig::decisions);
+    let events = config.event_log.clone().map(JournalConfig::events);
+    Ok((
+        open_log(trail, "decision log", config).await?,
+        open_log(events, "event log", config).await?,
+    ))
+}
+
+/// Opens one log, if configured, with the configuration's segment, retention and sync settings.
+async fn open_log(
+    layout: Option<JournalConfig>,
+    what: &str,
+    config: &Config,
+) -> anyhow::Result<Option<Journal>> {
     use anyhow::Context;
-    let tune = |mut c: JournalConfig| {
-        c.segment_bytes = config.log_segment_bytes;
-        c.segment_age = std::time::Duration::from_secs(config.log_segment_secs);
-        c.retention = std::time::Duration::from_secs(config.log_retention_hours * 3_600);
-        c.sync_every = std::time::Duration::from_millis(config.log_sync_ms);
-        c.max_bytes = config.log_max_bytes;
-        c
+    let Some(c) = layout else {
+        return Ok(None);
     };
-    let trail = match &config.decision_log {
-        Some(p) => Some(
-            Journal::open(tune(JournalConfig::decisions(p)))
-                .await
-                .with_context(|| format!("decision log {}", p.display()))?,
-        ),
-        None => None,
+    let path = c.path.display().to_string();
+    let c = JournalConfig {
+        segment_bytes: config.log_segment_bytes,
+        segment_age: std::time::Duration::from_secs(config.log_segment_secs),
+        retention: std::time::Duration::from_secs(config.log_retention_hours * 3_600),
+        sync_every: std::time::Duration::from_millis(config.log_sync_ms),
+        max_bytes: config.log_max_bytes,
+        ..c
     };
-    let events = match &config.event_log {
-        Some(p) => Some(
-            Journal::open(tune(JournalConfig::events(p)))
-                .await
-                .with_context(|| format!("event log {}", p.display()))?,
-        ),
-        None => None,
-    };
-    Ok((trail, events))
+    Journal::open(c)
+        .await
+        .map(Some)
+        .with_context(|| format!("{what} {path}"))
 }
 
 /// Keeps `/readyz` telling whether each log can be written (checked every second): a log that cannot is loud —

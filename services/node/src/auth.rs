@@ -19,10 +19,9 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -284,9 +283,8 @@ impl Table {
 /// The token file, re-read when it changes; the last good version keeps serving when a new one is invalid.
 #[derive(Debug)]
 pub struct Credentials {
-    path: PathBuf,
+    file: crate::tls::WatchedFile,
     table: ArcSwap<Table>,
-    seen: Mutex<Option<(SystemTime, u64)>>,
 }
 
 impl Credentials {
@@ -297,9 +295,8 @@ impl Credentials {
     pub fn load(path: &Path) -> anyhow::Result<Arc<Self>> {
         let table = Self::read(path)?;
         Ok(Arc::new(Self {
-            path: path.to_path_buf(),
+            file: crate::tls::WatchedFile::new(path),
             table: ArcSwap::from_pointee(table),
-            seen: Mutex::new(crate::tls::stamp(path)),
         }))
     }
 
@@ -311,15 +308,10 @@ impl Credentials {
 
     /// Re-reads the file when it changed. Returns whether a new table is in use.
     pub fn reload_if_changed(&self) -> bool {
-        let now = crate::tls::stamp(&self.path);
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            if *seen == now {
-                return false;
-            }
-            *seen = now;
+        if !self.file.changed() {
+            return false;
         }
-        match Self::read(&self.path) {
+        match Self::read(self.file.path()) {
             Ok(table) => {
                 tracing::info!(identities = table.len(), "token file reloaded");
                 self.table.store(Arc::new(table));

@@ -726,7 +726,7 @@ impl Decider {
             .zip(&applied.loggable)
             .filter_map(|(r, &loggable)| loggable.then_some(r))
             .collect();
-        if let Some(log) = &self.event_log {
+        if let Some(log) = self.event_log.as_ref().filter(|_| !records.is_empty()) {
             let shopper_ref = self.pseudonyms.of(shopper_id);
             for mut r in records {
                 r.shopper_id.clone_from(&shopper_ref);

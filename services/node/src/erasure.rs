@@ -15,10 +15,15 @@
 //! `done` messages when it rejoins, and erases its copy before it serves again. Erasure is idempotent: asking
 //! again erases what is left (nothing) and answers the same way.
 
-use aisle_proto::v1 as pb;
+use std::future::Future;
 use std::time::Duration;
-use tonic::Request;
 
+use aisle_proto::v1 as pb;
+use aisle_proto::v1::peer_service_client::PeerServiceClient;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::cluster::View;
 use crate::error::ApiError;
 use crate::node::Node;
 
@@ -82,23 +87,23 @@ pub async fn forget_everywhere(
     let at_ms = aisle_domain::now_ms();
     let mut receipts = vec![erase_here(node, shopper_id, at_ms, caller).await?];
     let mut failed = Vec::new();
-    for m in view.members.iter().filter(|m| m.node_id != node.id()) {
-        let mut call = Request::new(pb::EraseShopperRequest {
-            shopper_id: shopper_id.to_string(),
-            forgotten_at_ms: at_ms,
-            from_node: node.id().to_string(),
-            caller: caller.to_string(),
-        });
-        call.set_timeout(ERASE_CALL);
-        let answer = match cluster.peers.client(&m.addr) {
-            Ok(mut client) => client.erase_shopper(call).await,
-            Err(e) => Err(e),
-        };
+    let request = pb::EraseShopperRequest {
+        shopper_id: shopper_id.to_string(),
+        forgotten_at_ms: at_ms,
+        from_node: node.id().to_string(),
+        caller: caller.to_string(),
+    };
+    let answers = ask_other_members(node, &view, |mut client| {
+        let call = timed(request.clone());
+        async move { client.erase_shopper(call).await }
+    })
+    .await;
+    for (member, answer) in answers {
         match answer {
-            Ok(r) => receipts.push(r.into_inner()),
+            Ok(r) => receipts.push(r),
             Err(e) => {
-                tracing::warn!(member = %m.node_id, error = %e, "member did not confirm an erasure");
-                failed.push(format!("{} ({})", m.node_id, e.message()));
+                tracing::warn!(%member, error = %e, "member did not confirm an erasure");
+                failed.push(format!("{member} ({})", e.message()));
             }
         }
     }
@@ -171,24 +176,49 @@ pub async fn held_everywhere(node: &Node, shopper_id: &str) -> Vec<pb::HeldRecor
             .await
             .unwrap_or_else(|e| failed(node.id(), tonic::Status::from(e).message().to_string())),
     ];
-    let cluster = node.cluster();
-    let Some(view) = cluster.current() else {
+    let Some(view) = node.cluster().current() else {
         return out;
     };
+    let request = pb::DescribeHeldRequest {
+        shopper_id: shopper_id.to_string(),
+        from_node: node.id().to_string(),
+    };
+    let answers = ask_other_members(node, &view, |mut client| {
+        let call = timed(request.clone());
+        async move { client.describe_held(call).await }
+    })
+    .await;
+    out.extend(answers.into_iter().map(|(member, answer)| {
+        answer.unwrap_or_else(|e| failed(&member, e.message().to_string()))
+    }));
+    out
+}
+
+/// A peer call limited to [`ERASE_CALL`].
+fn timed<T>(message: T) -> Request<T> {
+    let mut call = Request::new(message);
+    call.set_timeout(ERASE_CALL);
+    call
+}
+
+/// Calls every member of `view` but this node, one after the other, through `call` given its peer client; each
+/// member's id with its answer (or why there is none), in view order.
+async fn ask_other_members<T, F, Fut>(
+    node: &Node,
+    view: &View,
+    call: F,
+) -> Vec<(String, Result<T, Status>)>
+where
+    F: Fn(PeerServiceClient<Channel>) -> Fut,
+    Fut: Future<Output = Result<Response<T>, Status>>,
+{
+    let mut out = Vec::new();
     for m in view.members.iter().filter(|m| m.node_id != node.id()) {
-        let mut call = Request::new(pb::DescribeHeldRequest {
-            shopper_id: shopper_id.to_string(),
-            from_node: node.id().to_string(),
-        });
-        call.set_timeout(ERASE_CALL);
-        let answer = match cluster.peers.client(&m.addr) {
-            Ok(mut client) => client.describe_held(call).await,
+        let answer = match node.cluster().peers.client(&m.addr) {
+            Ok(client) => call(client).await.map(Response::into_inner),
             Err(e) => Err(e),
         };
-        out.push(match answer {
-            Ok(r) => r.into_inner(),
-            Err(e) => failed(&m.node_id, e.message().to_string()),
-        });
+        out.push((m.node_id.clone(), answer));
     }
     out
 }

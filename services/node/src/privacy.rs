@@ -15,7 +15,7 @@
 //! A loopback node with no key file generates a key for its lifetime and says so: the demo needs no set-up, and
 //! its pseudonyms change at every start.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -61,8 +61,7 @@ struct Keys {
 #[derive(Debug)]
 pub struct Pseudonyms {
     keys: ArcSwap<Keys>,
-    file: Option<PathBuf>,
-    stamp: std::sync::Mutex<Option<(std::time::SystemTime, u64)>>,
+    file: Option<crate::tls::WatchedFile>,
 }
 
 impl Pseudonyms {
@@ -77,8 +76,7 @@ impl Pseudonyms {
                 keys,
                 generated: false,
             }),
-            file: Some(file.to_path_buf()),
-            stamp: std::sync::Mutex::new(crate::tls::stamp(file)),
+            file: Some(crate::tls::WatchedFile::new(file)),
         })
     }
 
@@ -101,7 +99,6 @@ impl Pseudonyms {
                 generated,
             }),
             file: None,
-            stamp: std::sync::Mutex::new(None),
         }
     }
 
@@ -126,16 +123,12 @@ impl Pseudonyms {
     }
 
     /// Re-reads the key file when it changed. A file that became unusable keeps the keys in use (logged and
-    /// counted in `aisle_credential_reload_failures_total{file="pseudonym_key"}`).
+    /// counted in `aisle_pseudonym_key_reload_failures_total`).
     pub fn reload_if_changed(&self) {
-        let Some(file) = &self.file else { return };
-        let now = crate::tls::stamp(file);
-        let mut stamp = self.stamp.lock().expect("stamp lock");
-        if *stamp == now {
+        let Some(file) = self.file.as_ref().filter(|f| f.changed()) else {
             return;
-        }
-        *stamp = now;
-        match read_keys(file) {
+        };
+        match read_keys(file.path()) {
             Ok(keys) => {
                 tracing::info!(keys = keys.len(), "pseudonym keys reloaded");
                 self.keys.store(Arc::new(Keys {
@@ -145,8 +138,7 @@ impl Pseudonyms {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "pseudonym key file unusable; keeping the keys in use");
-                metrics::counter!("aisle_credential_reload_failures_total", "file" => "pseudonym_key")
-                    .increment(1);
+                metrics::counter!("aisle_pseudonym_key_reload_failures_total").increment(1);
             }
         }
     }

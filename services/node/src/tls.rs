@@ -142,6 +142,39 @@ pub(crate) fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
+/// One file watched for replacement by its [`stamp`] (the token file, the pseudonym key file).
+#[derive(Debug)]
+pub(crate) struct WatchedFile {
+    path: PathBuf,
+    seen: Mutex<Option<(SystemTime, u64)>>,
+}
+
+impl WatchedFile {
+    /// Watches `path`, as it is now.
+    pub(crate) fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            seen: Mutex::new(stamp(path)),
+        }
+    }
+
+    /// The file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file changed since it was last looked at (and remembers it as seen now).
+    pub(crate) fn changed(&self) -> bool {
+        let now = stamp(&self.path);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if *seen == now {
+            return false;
+        }
+        *seen = now;
+        true
+    }
+}
+
 /// The TLS configuration of one listener, rebuilt when its files change.
 pub struct ServerTls {
     listener: &'static str,

@@ -30,13 +30,33 @@ use super::pki;
 
 const AISLE: &str = env!("CARGO_BIN_EXE_aisle");
 
-/// A free loopback port (bound and released; the OS does not hand it out again at once).
+/// A free loopback port for a process that binds it later, and again after a restart.
+///
+/// A port from `bind(:0)` is taken from the kernel's ephemeral range, which is also where every outgoing
+/// connection on the machine gets its local port: between releasing it and the node binding it (or re-binding it
+/// after a kill), any client socket may take it. So ports come from the range just below the ephemeral one, which
+/// the kernel never hands out on its own; a process-wide counter (started at an offset drawn from the pid, so two
+/// test binaries do not walk the same ports) never hands the same one out twice, and a trial bind skips one that
+/// some other program holds.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let base = low.saturating_sub(SPAN).max(1_024);
+    let span = low - base;
+    let start = std::process::id() * 7_919 % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (base + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {base}..{low}");
 }
 
 /// A child process killed on drop.

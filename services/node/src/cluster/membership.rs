@@ -229,6 +229,27 @@ fn parse_member(key: &[u8], value: &[u8]) -> Option<Member> {
     }
 }
 
+/// A client of the cluster's etcd, as `config` says: leader required on every request, the lease TTL as the
+/// request deadline, TLS and user when configured. The TLS files are read at each call, so rotated client
+/// certificates are picked up at the next (re)connection.
+pub(crate) async fn connect(config: &MembershipConfig) -> Result<Client, etcd_client::Error> {
+    let mut options = ConnectOptions::new()
+        .with_require_leader(true)
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(config.lease_ttl)
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+    if let Some(tls) = &config.tls {
+        let tls = tls
+            .tonic_config(None)
+            .map_err(|e| etcd_client::Error::InvalidArgs(format!("etcd TLS: {e:#}")))?;
+        options = options.with_tls(tls);
+    }
+    if let Some((user, password)) = &config.user {
+        options = options.with_user(user.clone(), password.clone());
+    }
+    Client::connect(&config.endpoints, Some(options)).await
+}
+
 impl Membership {
     /// Starts membership: the task joins (and rejoins) in the background; watch the returned receiver.
     pub fn start(config: MembershipConfig) -> (Arc<Self>, watch::Receiver<Option<SharedView>>) {
@@ -251,22 +272,7 @@ impl Membership {
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let mut options = ConnectOptions::new()
-            .with_require_leader(true)
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(self.config.lease_ttl)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-        if let Some(tls) = &self.config.tls {
-            // The files are read at each (re)connection, so rotated client certificates are picked up then.
-            let config = tls
-                .tonic_config(None)
-                .map_err(|e| etcd_client::Error::InvalidArgs(format!("etcd TLS: {e:#}")))?;
-            options = options.with_tls(config);
-        }
-        if let Some((user, password)) = &self.config.user {
-            options = options.with_user(user.clone(), password.clone());
-        }
-        let c = Client::connect(&self.config.endpoints, Some(options)).await?;
+        let c = connect(&self.config).await?;
         *guard = Some(c.clone());
         Ok(c)
     }

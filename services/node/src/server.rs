@@ -646,6 +646,7 @@ pub async fn start(
     }
     if clustered {
         tokio::spawn(handoff::follow_views(holdings, cluster.clone()));
+        background.push(tokio::spawn(cluster.clone().hold_through_etcd_outages()));
         background.push(tokio::spawn(follow_membership(cluster, readiness.clone())));
     }
 

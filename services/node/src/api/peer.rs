@@ -272,6 +272,20 @@ impl PeerService for PeerApi {
         }))
     }
 
+    async fn hold_view(
+        &self,
+        request: Request<pb::HoldViewRequest>,
+    ) -> Result<Response<pb::HoldViewResponse>, Status> {
+        let req = request.into_inner();
+        let cluster = self.node.cluster();
+        let granted = cluster.grant_hold(&req.from_node, req.view_fingerprint);
+        Ok(Response::new(pb::HoldViewResponse {
+            granted: granted.is_some(),
+            hold_ms: granted.map_or(0, |d| d.as_millis() as u64),
+            epoch: cluster.epoch(),
+        }))
+    }
+
     async fn fetch_assist(
         &self,
         request: Request<pb::FetchAssistRequest>,

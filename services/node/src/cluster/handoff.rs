@@ -74,7 +74,7 @@ pub async fn follow_views(holdings: Holdings, cluster: Arc<Cluster>) {
 
 /// Exports the sessions this node no longer owns under `view` and sends them to their owners; then tells every
 /// other member this node is done for the epoch.
-pub async fn hand_off(holdings: &Holdings, cluster: &Cluster, view: &SharedView) -> usize {
+pub async fn hand_off(holdings: &Holdings, cluster: &Arc<Cluster>, view: &SharedView) -> usize {
     let started = Instant::now();
     let me = cluster.node_id.clone();
     let select_view = view.clone();
@@ -131,7 +131,7 @@ pub async fn hand_off(holdings: &Holdings, cluster: &Cluster, view: &SharedView)
         })
         .collect();
     for m in view.members.iter().filter(|m| m.node_id != me) {
-        let _ = send_done(cluster, &m.addr, view, tombstones.clone()).await;
+        send_done(cluster, &m.addr, view, tombstones.clone()).await;
     }
     metrics::counter!("aisle_handoff_sessions_sent_total").increment(moved as u64);
     if moved > 0 {
@@ -253,13 +253,15 @@ async fn install(holdings: &Holdings, records: Vec<pb::SessionRecord>) -> usize 
     installed
 }
 
-/// Sends this node's `done` for the view, with its live tombstones.
+/// Sends this node's `done` for the view, with its live tombstones: a few attempts here, then, should the member
+/// still not have it, again in the background every second until it does or the view changes. The member serves
+/// the shoppers this node held only once it has this `done` (the barrier has no timeout), so it must arrive.
 async fn send_done(
-    cluster: &Cluster,
+    cluster: &Arc<Cluster>,
     addr: &str,
     view: &SharedView,
     tombstones: Vec<pb::Tombstone>,
-) -> Result<(), Vec<pb::SessionRecord>> {
+) {
     let request = pb::HandOffRequest {
         epoch: view.epoch,
         from_node: cluster.node_id.clone(),
@@ -268,7 +270,43 @@ async fn send_done(
         view_fingerprint: view.fingerprint,
         tombstones,
     };
-    deliver(cluster, addr, request).await
+    if deliver_done(cluster, addr, &request, 3).await {
+        return;
+    }
+    let (cluster, addr, fingerprint) = (cluster.clone(), addr.to_string(), view.fingerprint);
+    tokio::spawn(async move {
+        while cluster
+            .current()
+            .is_some_and(|v| v.fingerprint == fingerprint)
+        {
+            if deliver_done(&cluster, &addr, &request, 1).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+}
+
+/// Whether a `done` reached its member within `attempts`.
+async fn deliver_done(
+    cluster: &Cluster,
+    addr: &str,
+    request: &pb::HandOffRequest,
+    attempts: u64,
+) -> bool {
+    for attempt in 0..attempts {
+        let mut call = tonic::Request::new(request.clone());
+        call.set_timeout(Duration::from_secs(5));
+        let client = cluster.peers.client(addr);
+        match async { client?.hand_off(call).await }.await {
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::warn!(peer = addr, attempt, error = %e, "hand-off done to peer failed");
+                tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+            }
+        }
+    }
+    false
 }
 
 /// Sends one hand-off message, retrying briefly (a peer may be restarting). Gives the sessions back when the

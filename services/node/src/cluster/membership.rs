@@ -11,8 +11,11 @@
 //! - Watch: each event's revision must be above the last applied one, and a put or delete must follow the
 //!   version of the key the view holds; a duplicate, backwards or missing revision, a compaction, a cancelled
 //!   watch or a stream error all cause a fresh linearizable read. A periodic read double-checks the view.
-//! - Lost lease, unreachable etcd: fence (the view becomes `None`), then rejoin with a new incarnation as soon
-//!   as etcd answers — in a loop that never gives up.
+//! - Unreachable etcd: while every other member of the view still holds the same view and promises to keep this
+//!   node's shoppers (see [`super::Cluster::hold_through_etcd_outages`]), the fence holds on their word and the
+//!   session waits for etcd to come back.
+//! - Lost lease, or etcd and the peers unreachable: fence (the view becomes `None`), then rejoin with a new
+//!   incarnation as soon as etcd answers — in a loop that never gives up.
 //! - Leave (SIGTERM): mark the member `leaving` (it owns nothing from the next view on), let the caller hand
 //!   sessions off, then revoke the lease (a dropped keeper does not remove the key).
 
@@ -64,12 +67,18 @@ impl MembershipConfig {
     }
 }
 
-/// Shared state between the membership task and the request path.
+/// Shared state between the membership task and the request path: until when this node may act as a member.
+///
+/// Two deadlines: the lease's (from etcd keep-alives) and the peers' (granted by every other member of the view
+/// while this node cannot reach etcd, see [`super::Cluster::hold_through_etcd_outages`]). The fence holds while
+/// either is ahead.
 #[derive(Debug)]
 pub struct Fence {
     origin: Instant,
-    /// Fence deadline, µs since `origin`; 0: not joined.
+    /// Fence deadline from the lease, µs since `origin`; 0: not joined.
     deadline_us: AtomicU64,
+    /// Fence deadline from the peers' promises, µs since `origin`; 0: none.
+    held_us: AtomicU64,
 }
 
 impl Fence {
@@ -77,24 +86,50 @@ impl Fence {
         Self {
             origin: Instant::now(),
             deadline_us: AtomicU64::new(0),
+            held_us: AtomicU64::new(0),
         }
     }
 
-    fn set(&self, deadline: Option<Instant>) {
-        let us = deadline.map_or(0, |d| {
-            d.saturating_duration_since(self.origin).as_micros().max(1) as u64
-        });
-        self.deadline_us.store(us, Ordering::SeqCst);
+    fn us(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.origin).as_micros().max(1) as u64
     }
 
-    /// Whether this node may act as a member now: joined, and before its fence deadline.
+    fn now_us(&self) -> u64 {
+        self.us(Instant::now())
+    }
+
+    /// Sets the lease's deadline; `None` (not joined, fenced, left) also drops the peers' hold.
+    fn set(&self, deadline: Option<Instant>) {
+        if deadline.is_none() {
+            self.held_us.store(0, Ordering::SeqCst);
+        }
+        self.deadline_us
+            .store(deadline.map_or(0, |d| self.us(d)), Ordering::SeqCst);
+    }
+
+    /// Extends the fence to `until` on the peers' word (ignored when not joined: a lapsed fence is never revived).
+    pub fn hold_by_peers(&self, until: Instant) {
+        if self.holds() {
+            self.held_us.fetch_max(self.us(until), Ordering::SeqCst);
+        }
+    }
+
+    /// Whether this node may act as a member now: joined, and before one of its deadlines.
     pub fn holds(&self) -> bool {
         let d = self.deadline_us.load(Ordering::SeqCst);
-        d != 0
-            && (Instant::now()
-                .saturating_duration_since(self.origin)
-                .as_micros() as u64)
-                < d
+        let now = self.now_us();
+        d != 0 && (now < d || now < self.held_us.load(Ordering::SeqCst))
+    }
+
+    /// How long the lease's deadline is still ahead (`None` when not joined).
+    pub fn lease_remaining(&self) -> Option<Duration> {
+        let d = self.deadline_us.load(Ordering::SeqCst);
+        (d != 0).then(|| Duration::from_micros(d.saturating_sub(self.now_us())))
+    }
+
+    /// Whether the fence holds on the peers' word alone (the lease's deadline has passed).
+    pub fn held_by_peers(&self) -> bool {
+        self.holds() && self.lease_remaining().is_some_and(|r| r.is_zero())
     }
 
     /// Resolves once the fence no longer holds (checked every 100 ms).
@@ -574,6 +609,26 @@ impl Membership {
             }),
         )
         .await;
+    }
+
+    /// Whether this node's own keep-alives are late: none acknowledged for a keep-alive period (a quarter TTL)
+    /// and a twentieth of a TTL more (it cannot reach etcd either, or its lease already rests on its peers'
+    /// word). Safety does not depend on this threshold (a grant is a promise either way); it decides how fast a
+    /// node cut off from etcd alone is let go.
+    pub fn etcd_late(&self) -> bool {
+        let ttl = self.config.lease_ttl;
+        let on_time = ttl - self.config.fence_margin() - ttl / 4 - ttl / 20;
+        self.fence.lease_remaining().is_some_and(|r| r < on_time)
+    }
+
+    /// The lease TTL: how long a peer's promise lasts.
+    pub fn lease_ttl(&self) -> Duration {
+        self.config.lease_ttl
+    }
+
+    /// How long before the earliest moment the lease could expire this node fences itself.
+    pub fn fence_margin(&self) -> Duration {
+        self.config.fence_margin()
     }
 
     /// Revokes the lease (the member key disappears at once) and stops.

@@ -14,9 +14,16 @@
 //!
 //! **Hand-off barrier.** After a view change, sessions move from their previous owners to their new ones
 //! ("seal → transfer → serve"): every node exports the sessions it no longer owns, then tells every other member
-//! it is done for that epoch. A node serves a shopper it did not own under its previous view only once every
-//! other member is done (or after a bounded wait, should one never answer); until then, requests for such
+//! it is done for that epoch. A node serves a shopper it did not own under its previous view only once that
+//! shopper's previous owner is done, or has left the view (see [`barrier`]); until then, requests for such
 //! shoppers wait, or are answered by the fallback ladder within their deadline.
+//!
+//! **Through an etcd outage.** A node that cannot renew its lease asks every other member of its view to hold
+//! it ([`Cluster::hold_through_etcd_outages`]). A member grants the hold when it has the same view, and the grant
+//! is a promise: should it adopt a view without the asker before the promise ends, it serves none of the asker's
+//! shoppers until then. With every grant in hand the asker keeps its view — and ownership, FRESH — past its lease
+//! deadline, for as long as the grants keep coming. A node that cannot reach etcd nor every peer fences itself as
+//! before, and answers from the lower rungs.
 
 pub mod barrier;
 pub mod handoff;
@@ -30,7 +37,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-pub use barrier::{BARRIER_TIMEOUT, Barrier, Gate};
+pub use barrier::{Barrier, Gate};
 pub use membership::{Membership, MembershipConfig};
 pub use peers::Peers;
 pub use view::{Member, SharedView, View};
@@ -122,7 +129,7 @@ impl Cluster {
             membership,
             dynamic,
             peers: Arc::new(peers),
-            barrier: Mutex::new(Barrier::new(node_id, Instant::now())),
+            barrier: Mutex::new(Barrier::new(node_id)),
             barrier_done: Notify::new(),
             handed_off: watch::channel(0).0,
         })
@@ -185,7 +192,7 @@ impl Cluster {
 
     /// Starts the barrier of a new view (called by the view-change task before it hands sessions off).
     pub fn begin_epoch(&self, view: &SharedView) {
-        self.barrier().begin(view, Instant::now());
+        self.barrier().begin(view);
         // Callers waiting for this view's barrier to begin, or for it to open, look again.
         self.barrier_done.notify_waiters();
     }
@@ -223,6 +230,7 @@ impl Cluster {
                     deadline.min(Instant::now() + Duration::from_millis(100))
                 }
                 Gate::Changed => return false,
+                Gate::Awaiting => deadline,
                 Gate::WaitUntil(until) => until.min(deadline),
             };
             if Instant::now() >= deadline {
@@ -262,6 +270,129 @@ impl Cluster {
             let mut views = self.views.clone();
             m.mark_leaving(&mut views, timeout).await;
         }
+    }
+
+    /// A member cut off from etcd asks this node to hold its view (`fingerprint`): granted, for how long, when
+    /// this node is a member with the same view, `from` is another member of it, and this node cannot reach etcd
+    /// either (its own keep-alives are late). A node that reaches etcd refuses: etcd is up, so the asker's lease
+    /// will lapse and its shoppers move, as for any node cut off alone. The grant is a promise recorded in the
+    /// barrier (none of `from`'s shoppers is served here before it ends).
+    pub fn grant_hold(&self, from: &str, fingerprint: u64) -> Option<Duration> {
+        let membership = self.membership.as_ref()?;
+        let view = self.current()?;
+        if view.fingerprint != fingerprint
+            || from == self.node_id
+            || view.member(from).is_none()
+            || !membership.etcd_late()
+        {
+            return None;
+        }
+        let hold = membership.lease_ttl();
+        let now = Instant::now();
+        self.barrier().promise(from, now + hold, now);
+        Some(hold)
+    }
+
+    /// Keeps this node's view through an etcd outage, for the life of the node: whenever its lease deadline is
+    /// less than half a TTL ahead (keep-alives are not being acknowledged), it asks every other member of its
+    /// view for a hold ([`Cluster::grant_hold`]), once per tenth of a TTL. When every one grants it, the fence is
+    /// extended to the moment the request was sent plus the shortest grant, less the fence margin. A node alone
+    /// in its view has nobody to vouch for it and fences as before.
+    pub async fn hold_through_etcd_outages(self: Arc<Self>) {
+        let Some(membership) = self.membership.clone() else {
+            return;
+        };
+        let ttl = membership.lease_ttl();
+        let mut tick = tokio::time::interval(ttl / 10);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut held = false;
+        loop {
+            tick.tick().await;
+            let late = membership
+                .fence
+                .lease_remaining()
+                .is_some_and(|r| r < ttl / 2);
+            let view = self.current();
+            let (Some(view), true) = (view, late) else {
+                if held && !membership.fence.held_by_peers() {
+                    held = false;
+                    metrics::gauge!("aisle_cluster_view_held_by_peers").set(0.0);
+                    tracing::info!(node = %self.node_id, "view held by etcd again");
+                }
+                continue;
+            };
+            let sent = Instant::now();
+            match self.ask_for_holds(&view, ttl / 10).await {
+                Ok(grant) => {
+                    membership
+                        .fence
+                        .hold_by_peers(sent + grant.saturating_sub(membership.fence_margin()));
+                    metrics::counter!("aisle_cluster_peer_holds_total", "result" => "granted")
+                        .increment(1);
+                    if !held {
+                        held = true;
+                        metrics::gauge!("aisle_cluster_view_held_by_peers").set(1.0);
+                        tracing::warn!(node = %self.node_id, epoch = view.epoch,
+                            "etcd unreachable: view held by every peer's promise");
+                    }
+                }
+                Err(why) => {
+                    metrics::counter!("aisle_cluster_peer_holds_total", "result" => "refused")
+                        .increment(1);
+                    tracing::info!(node = %self.node_id, epoch = view.epoch, reason = %why,
+                        "keep-alives late and the peers do not all hold this view (yet)");
+                }
+            }
+        }
+    }
+
+    /// Asks every other member of `view` for a hold, each within `timeout`: the shortest grant, or why not.
+    async fn ask_for_holds(
+        &self,
+        view: &SharedView,
+        timeout: Duration,
+    ) -> Result<Duration, String> {
+        let others: Vec<&Member> = view
+            .members
+            .iter()
+            .filter(|m| m.node_id != self.node_id)
+            .collect();
+        if others.is_empty() {
+            return Err("no other member to vouch for the view".into());
+        }
+        let mut asks = tokio::task::JoinSet::new();
+        for m in others {
+            let mut call = tonic::Request::new(aisle_proto::v1::HoldViewRequest {
+                from_node: self.node_id.clone(),
+                epoch: view.epoch,
+                view_fingerprint: view.fingerprint,
+            });
+            call.set_timeout(timeout);
+            let client = self.peers.client(&m.addr);
+            let node = m.node_id.clone();
+            asks.spawn(async move {
+                let answer = match client {
+                    Ok(mut client) => tokio::time::timeout(timeout, client.hold_view(call))
+                        .await
+                        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer"))),
+                    Err(e) => Err(e),
+                };
+                match answer {
+                    Ok(r) if r.get_ref().granted => Ok(Duration::from_millis(r.get_ref().hold_ms)),
+                    Ok(r) => Err(format!(
+                        "{node} holds another view (epoch {})",
+                        r.get_ref().epoch
+                    )),
+                    Err(e) => Err(format!("{node}: {:?}: {}", e.code(), e.message())),
+                }
+            });
+        }
+        let mut shortest = Duration::MAX;
+        while let Some(answer) = asks.join_next().await {
+            let grant = answer.map_err(|e| e.to_string())??;
+            shortest = shortest.min(grant);
+        }
+        Ok(shortest)
     }
 
     /// Revokes this node's membership.

@@ -112,7 +112,14 @@ impl View {
 
     /// The owner of `key` in `space` (e.g. "shopper", "store"), if any member owns keys.
     pub fn owner_of(&self, space: &str, key: &str) -> Option<&Member> {
+        self.owner_without(space, key, "")
+    }
+
+    /// The owner of `key` in `space` were `node_id` not a member: for the owner, the member that takes its keys
+    /// over should it go (the next in rendezvous order); for another member, the owner.
+    pub fn owner_without(&self, space: &str, key: &str, node_id: &str) -> Option<&Member> {
         self.owners()
+            .filter(|m| m.node_id != node_id)
             .map(|m| (stable_hash(&[space, &m.node_id, key]), m))
             .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.node_id.cmp(&a.1.node_id)))
             .map(|(_, m)| m)

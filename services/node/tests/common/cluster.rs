@@ -748,6 +748,8 @@ pub struct Record {
     pub reason: String,
     /// The failure, if the call failed (after the driver's retry, if any).
     pub error: Option<tonic::Code>,
+    /// A Track call (one view event) rather than a Decide: `tier` is unspecified.
+    pub track: bool,
 }
 
 /// Which nodes a client sends to: the members the cluster lists (refreshed in the background), like a load
@@ -783,6 +785,19 @@ impl Driver {
         rate: u32,
         retry: bool,
     ) -> Self {
+        Self::start_mixed(addrs, targets, shoppers, rate, retry, 0)
+    }
+
+    /// As [`Driver::start`], with every `track_every`-th call a Track of one view event instead of a Decide
+    /// (0: Decide only).
+    pub fn start_mixed(
+        addrs: Vec<String>,
+        targets: Targets,
+        shoppers: Vec<String>,
+        rate: u32,
+        retry: bool,
+        track_every: usize,
+    ) -> Self {
         let records = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
@@ -816,12 +831,21 @@ impl Driver {
                     let asked = t[k % t.len()];
                     let alternative = t[(k + 1) % t.len()];
                     let shopper = shoppers[k % shoppers.len()].clone();
+                    let track = track_every > 0 && k.is_multiple_of(track_every);
                     k += 1;
                     let clients = clients.clone();
                     let records = records.clone();
                     tokio::spawn(async move {
                         let at = started.elapsed();
-                        let mut result = call(clients[asked].clone().unwrap(), &shopper).await;
+                        let send = |client: DecisionServiceClient<Channel>, shopper: String| async move {
+                            if track {
+                                track_one(client, &shopper).await
+                            } else {
+                                call(client, &shopper).await
+                            }
+                        };
+                        let mut result =
+                            send(clients[asked].clone().unwrap(), shopper.clone()).await;
                         if retry
                             && let Err(code) = &result
                             && matches!(
@@ -832,7 +856,8 @@ impl Driver {
                             )
                             && alternative != asked
                         {
-                            result = call(clients[alternative].clone().unwrap(), &shopper).await;
+                            result =
+                                send(clients[alternative].clone().unwrap(), shopper.clone()).await;
                         }
                         let record = match result {
                             Ok(r) => Record {
@@ -844,6 +869,7 @@ impl Driver {
                                 tier: pb::FallbackTier::try_from(r.fallback_tier).unwrap(),
                                 reason: r.fallback_reason,
                                 error: None,
+                                track,
                             },
                             Err(code) => Record {
                                 at,
@@ -854,6 +880,7 @@ impl Driver {
                                 tier: pb::FallbackTier::Unspecified,
                                 reason: String::new(),
                                 error: Some(code),
+                                track,
                             },
                         };
                         records.lock().unwrap().push(record);
@@ -896,6 +923,30 @@ async fn call(
         .decide(req)
         .await
         .map(|r| r.into_inner())
+        .map_err(|s| s.code())
+}
+
+/// One view event for `shopper`, answered as a Decide record would be (a FRESH tier for an accepted event, the
+/// node that received it).
+async fn track_one(
+    mut client: DecisionServiceClient<Channel>,
+    shopper: &str,
+) -> Result<pb::DecideResponse, tonic::Code> {
+    let mut req = tonic::Request::new(pb::TrackRequest {
+        events: vec![pb::TrackEvent {
+            consent: Some(true),
+            ..super::event(shopper, pb::EventType::View, "sku-000020")
+        }],
+        request_id: String::new(),
+    });
+    req.set_timeout(Duration::from_millis(500));
+    client
+        .track(req)
+        .await
+        .map(|r| pb::DecideResponse {
+            served_by: r.into_inner().served_by,
+            ..Default::default()
+        })
         .map_err(|s| s.code())
 }
 

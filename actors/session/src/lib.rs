@@ -183,6 +183,23 @@ impl Sessions {
             .map(|e| e.context.view(&self.limits)))
     }
 
+    /// A copy of a shopper's whole session, read now from its shard's table without a message and without the
+    /// ownership gate (replication copies what this node holds; it checks ownership itself).
+    pub fn snapshot_now(&self, shopper_id: &str) -> Option<SessionContext> {
+        self.tables[self.shard_of(shopper_id)]
+            .read()
+            .get(shopper_id)
+            .map(|e| e.context.clone())
+    }
+
+    /// The shoppers whose sessions are held now, over all shards.
+    pub fn shoppers_now(&self) -> Vec<Box<str>> {
+        self.tables
+            .iter()
+            .flat_map(|t| t.read().keys().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
     /// The consent statement a shopper's events recorded, read now like [`Sessions::view_now`] but without
     /// building a view; `Ok(None)` when the shopper has no session or stated nothing.
     ///

@@ -176,6 +176,9 @@ pub struct ServeArgs {
     /// Membership lease TTL, seconds [default: 5].
     #[arg(long, env = "AISLE_LEASE_TTL_SECS")]
     pub lease_ttl_secs: Option<u64>,
+    /// How often changed sessions are copied to their successor, ms; 0: off [default: 200].
+    #[arg(long, env = "AISLE_REPLICATION_MS")]
+    pub replication_ms: Option<u64>,
     /// PEM certificate chain for the client and admin ports (TLS).
     #[arg(long, env = "AISLE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -261,6 +264,7 @@ impl ServeArgs {
             etcd_endpoints,
             cluster_name,
             lease_ttl_secs,
+            replication_ms,
             peer_addr,
             reflection,
             log_segment_bytes,

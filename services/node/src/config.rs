@@ -126,6 +126,9 @@ pub struct Config {
     pub advertise_addr: Option<String>,
     /// Membership lease TTL in seconds (default 5): a crashed node's shoppers move after about this long.
     pub lease_ttl_secs: u64,
+    /// In a cluster, how often (ms) changed sessions are copied to the member that takes them over should this
+    /// node fail (default 200; 0: no replication, a crash loses its shoppers' sessions).
+    pub replication_ms: u64,
     /// PEM certificate chain of the client and admin ports. With `tls_key`, those ports speak TLS only.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
@@ -250,6 +253,7 @@ impl Default for Config {
             cluster_name: "aisle".to_string(),
             advertise_addr: None,
             lease_ttl_secs: 5,
+            replication_ms: 200,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -346,6 +350,9 @@ impl Config {
         }
         if self.cluster == ClusterMode::Etcd && self.etcd_endpoints.is_empty() {
             return bad("etcd_endpoints: required with cluster = etcd");
+        }
+        if self.replication_ms > 10_000 {
+            return bad("replication_ms: at most 10000 (0 turns replication off)");
         }
         if self.lease_ttl_secs < 2 {
             return bad("lease_ttl_secs: must be at least 2");

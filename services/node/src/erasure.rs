@@ -49,6 +49,8 @@ pub async fn erase_here(
             "erasing the session: {e}; retry (erasure is idempotent)"
         ))
     })?;
+    // A replica kept for the shopper's owner is a copy of the session too.
+    let session_erased = node.cluster().replication.forget(shopper_id) || session_erased;
     let assist = node.hub().redact(&refs);
     let logs = decider.erase_logs(&refs, caller).await.map_err(|e| {
         ApiError::Unavailable(format!(

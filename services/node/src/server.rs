@@ -32,6 +32,7 @@ use crate::auth::{AuthLayer, Credentials};
 use crate::cache::DecisionCache;
 use crate::cluster::handoff::{self, Holdings};
 use crate::cluster::peers::Peers;
+use crate::cluster::replication::{self, Replication};
 use crate::cluster::{Cluster, MembershipConfig};
 use crate::config::{ClusterMode, Config};
 use crate::decider::{Decider, DeciderParts};
@@ -268,6 +269,12 @@ fn cluster(config: &Config, advertise: &str) -> anyhow::Result<Arc<Cluster>> {
                     user,
                 },
                 Peers::with_tls(&config.node_id, peer_tls, config.max_peer_message_bytes),
+                Replication::new(
+                    (config.replication_ms > 0)
+                        .then(|| Duration::from_millis(config.replication_ms)),
+                    config.max_sessions,
+                    Duration::from_secs(config.session_idle_ttl_secs),
+                ),
             )
         }
         ClusterMode::Static => Cluster::alone(&config.node_id, advertise),
@@ -598,6 +605,7 @@ pub async fn start(
         cache: decider.cache().clone(),
         pseudonyms: decider.pseudonyms().clone(),
         tombstones: decider.tombstones().clone(),
+        replication: cluster.replication.clone(),
     };
     let node = Arc::new(Node::new(config.clone(), decider.clone(), cluster.clone()));
     readiness.met("bundles");
@@ -645,6 +653,10 @@ pub async fn start(
         background.push(tokio::spawn(watch_bundles(config.clone(), decider)));
     }
     if clustered {
+        background.push(tokio::spawn(replication::run(
+            holdings.clone(),
+            cluster.clone(),
+        )));
         tokio::spawn(handoff::follow_views(holdings, cluster.clone()));
         background.push(tokio::spawn(cluster.clone().hold_through_etcd_outages()));
         background.push(tokio::spawn(follow_membership(cluster, readiness.clone())));

@@ -64,6 +64,7 @@ async fn node_a() -> (
         cache: Arc::new(DecisionCache::new(100, Duration::from_secs(60))),
         pseudonyms: Arc::new(Pseudonyms::with_key(vec![7; 32], false)),
         tombstones: Arc::new(Tombstones::new(Duration::from_secs(3_600))),
+        replication: aisle_node::cluster::Replication::off(),
     };
     (holdings, cluster, view, tx)
 }
@@ -116,6 +117,7 @@ async fn sealed(holdings: &Holdings, shopper: &str) -> pb::SessionRecord {
     pb::SessionRecord {
         shopper_id: t.shopper_id.to_string(),
         context: serde_json::to_vec(&t.context.to_portable(&catalog)).unwrap(),
+        version: t.context.version(),
     }
 }
 

@@ -477,6 +477,7 @@ async fn peers_need_a_cluster_certificate_and_forged_peer_calls_change_nothing()
         sessions: vec![pb::SessionRecord {
             shopper_id: "victim".into(),
             context: forged_session.clone(),
+            version: 0,
         }],
         done,
         view_fingerprint: fingerprint,

@@ -232,6 +232,7 @@ impl AtOwner for TrackCall<'_> {
                 self.catalog.clone(),
             )
             .await?;
+        self.node.cluster().replication.mark(&self.shopper_id);
         self.node.publish_assist(&self.shopper_id, &applied);
         Ok(applied.outcome)
     }

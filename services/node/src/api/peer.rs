@@ -286,6 +286,42 @@ impl PeerService for PeerApi {
         }))
     }
 
+    async fn replicate_sessions(
+        &self,
+        request: Request<pb::ReplicateSessionsRequest>,
+    ) -> Result<Response<pb::ReplicateSessionsResponse>, Status> {
+        let req = request.into_inner();
+        let cluster = self.node.cluster();
+        let Some(view) = cluster.current() else {
+            return Err(ApiError::FailedPrecondition("not a cluster member".into()).into());
+        };
+        if view.fingerprint != req.view_fingerprint {
+            return Err(ApiError::FailedPrecondition(format!(
+                "stale epoch: the sender's view (epoch {}) differs from this node's (epoch {})",
+                req.epoch, view.epoch
+            ))
+            .into());
+        }
+        let me = cluster.node_id.as_str();
+        let from = req.from_node.as_str();
+        let tombstones = &self.holdings.tombstones;
+        let pseudonyms = &self.holdings.pseudonyms;
+        let check_tombstones = !tombstones.is_empty();
+        let held = cluster.replication.accept(from, req.sessions, |r| {
+            // Only the owner's copies, and only as its successor; never a copy of an erased shopper.
+            view.shopper_owner(&r.shopper_id)
+                .is_some_and(|m| m.node_id == from)
+                && view
+                    .owner_without("shopper", &r.shopper_id, from)
+                    .is_some_and(|m| m.node_id == me)
+                && !(check_tombstones
+                    && tombstones.blocks(&pseudonyms.of(&r.shopper_id), r.version))
+        });
+        Ok(Response::new(pb::ReplicateSessionsResponse {
+            held: held as u32,
+        }))
+    }
+
     async fn fetch_assist(
         &self,
         request: Request<pb::FetchAssistRequest>,

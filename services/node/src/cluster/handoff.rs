@@ -44,6 +44,8 @@ pub struct Holdings {
     pub pseudonyms: Arc<Pseudonyms>,
     /// Forgotten shoppers: older copies of their sessions are dropped, not installed.
     pub tombstones: Arc<Tombstones>,
+    /// Session copies for successors: installed sessions are copied on to theirs.
+    pub replication: Arc<super::Replication>,
 }
 
 /// Follows view changes for the life of the node: starts each epoch's barrier and hands sessions off.
@@ -55,9 +57,26 @@ pub async fn follow_views(holdings: Holdings, cluster: Arc<Cluster>) {
         match view {
             Some(view) if Some(view.fingerprint) != last => {
                 last = Some(view.fingerprint);
+                // The replicas of shoppers whose owner left are installed before the barrier lets them through.
+                let adopted = holdings.replication.adopt(&view, &cluster.node_id);
+                if !adopted.is_empty() {
+                    let n = adopted.len();
+                    let installed = install(&holdings, adopted).await;
+                    metrics::counter!("aisle_replicas_adopted_total").increment(installed as u64);
+                    tracing::info!(
+                        epoch = view.epoch,
+                        replicas = n,
+                        installed,
+                        "took over a departed member's shoppers from their replicas"
+                    );
+                }
                 cluster.begin_epoch(&view);
                 hand_off(&holdings, &cluster, &view).await;
                 cluster.handed_off(view.epoch);
+                // Successors change with the view: every session held is copied again.
+                holdings
+                    .replication
+                    .mark_all(holdings.sessions.shoppers_now());
             }
             Some(view) => cluster.handed_off(view.epoch),
             None if last.is_some() => {
@@ -106,6 +125,7 @@ pub async fn hand_off(holdings: &Holdings, cluster: &Arc<Cluster>, view: &Shared
                 .push(pb::SessionRecord {
                     shopper_id: t.shopper_id.to_string(),
                     context: serde_json::to_vec(&portable).expect("sessions serialise"),
+                    version: t.context.version(),
                 });
         }
     }
@@ -218,7 +238,7 @@ fn split_by_owner(
 async fn install(holdings: &Holdings, records: Vec<pb::SessionRecord>) -> usize {
     let catalog = holdings.worlds.current().catalog.clone();
     let check_tombstones = !holdings.tombstones.is_empty();
-    let sessions = records
+    let sessions: Vec<SessionTransfer> = records
         .into_iter()
         .filter_map(|record| {
             let Ok(portable) = serde_json::from_slice::<PortableSession>(&record.context) else {
@@ -242,6 +262,10 @@ async fn install(holdings: &Holdings, records: Vec<pb::SessionRecord>) -> usize 
             })
         })
         .collect();
+    let shoppers: Vec<Box<str>> = sessions
+        .iter()
+        .map(|s: &SessionTransfer| s.shopper_id.clone())
+        .collect();
     let installed = match holdings.sessions.import(sessions, EXPORT_TIMEOUT).await {
         Ok(n) => n,
         Err(e) => {
@@ -249,6 +273,8 @@ async fn install(holdings: &Holdings, records: Vec<pb::SessionRecord>) -> usize 
             0
         }
     };
+    // Installed here, they are owned here: copied on to their successor.
+    holdings.replication.mark_all(shoppers);
     metrics::counter!("aisle_handoff_sessions_received_total").increment(installed as u64);
     installed
 }

@@ -29,6 +29,7 @@ pub mod barrier;
 pub mod handoff;
 pub mod membership;
 pub mod peers;
+pub mod replication;
 pub mod view;
 
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,7 @@ use tokio::time::Instant;
 pub use barrier::{Barrier, Gate};
 pub use membership::{Membership, MembershipConfig};
 pub use peers::Peers;
+pub use replication::Replication;
 pub use view::{Member, SharedView, View};
 
 /// Why nobody can own a shopper now.
@@ -74,6 +76,8 @@ pub struct Cluster {
     dynamic: bool,
     /// Clients to the peers.
     pub peers: Arc<Peers>,
+    /// Session copies sent to successors and kept for others.
+    pub replication: Arc<Replication>,
     barrier: Mutex<Barrier>,
     barrier_done: Notify,
     /// The last epoch whose hand-off this node completed.
@@ -93,15 +97,35 @@ impl Cluster {
     pub fn alone(node_id: &str, addr: &str) -> Arc<Self> {
         let (_tx, views) = watch::channel(Some(Arc::new(View::alone(node_id, addr))));
         // The sender is dropped: the view never changes.
-        Self::new(node_id, addr, views, None, false, Peers::new(node_id))
+        Self::new(
+            node_id,
+            addr,
+            views,
+            None,
+            false,
+            Peers::new(node_id),
+            Replication::off(),
+        )
     }
 
     /// A node whose membership is kept in etcd.
-    pub fn with_etcd(config: MembershipConfig, peers: Peers) -> Arc<Self> {
+    pub fn with_etcd(
+        config: MembershipConfig,
+        peers: Peers,
+        replication: Arc<Replication>,
+    ) -> Arc<Self> {
         let node_id = config.node_id.clone();
         let addr = config.advertise_addr.clone();
         let (membership, views) = Membership::start(config);
-        Self::new(&node_id, &addr, views, Some(membership), true, peers)
+        Self::new(
+            &node_id,
+            &addr,
+            views,
+            Some(membership),
+            true,
+            peers,
+            replication,
+        )
     }
 
     /// A node whose views come from the given channel, with the hand-off barrier (routing tests feed views
@@ -111,7 +135,15 @@ impl Cluster {
         addr: &str,
         views: watch::Receiver<Option<SharedView>>,
     ) -> Arc<Self> {
-        Self::new(node_id, addr, views, None, true, Peers::new(node_id))
+        Self::new(
+            node_id,
+            addr,
+            views,
+            None,
+            true,
+            Peers::new(node_id),
+            Replication::off(),
+        )
     }
 
     fn new(
@@ -121,6 +153,7 @@ impl Cluster {
         membership: Option<Arc<Membership>>,
         dynamic: bool,
         peers: Peers,
+        replication: Arc<Replication>,
     ) -> Arc<Self> {
         Arc::new(Self {
             node_id: node_id.to_string(),
@@ -129,6 +162,7 @@ impl Cluster {
             membership,
             dynamic,
             peers: Arc::new(peers),
+            replication,
             barrier: Mutex::new(Barrier::new(node_id)),
             barrier_done: Notify::new(),
             handed_off: watch::channel(0).0,

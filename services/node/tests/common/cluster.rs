@@ -750,6 +750,10 @@ pub struct Record {
     pub error: Option<tonic::Code>,
     /// A Track call (one view event) rather than a Decide: `tier` is unspecified.
     pub track: bool,
+    /// The item a Track call's event viewed.
+    pub item: String,
+    /// When the answer (or the failure) came, since the driver started.
+    pub done: Duration,
 }
 
 /// Which nodes a client sends to: the members the cluster lists (refreshed in the background), like a load
@@ -831,17 +835,29 @@ impl Driver {
                     let asked = t[k % t.len()];
                     let alternative = t[(k + 1) % t.len()];
                     let shopper = shoppers[k % shoppers.len()].clone();
-                    let track = track_every > 0 && k.is_multiple_of(track_every);
+                    // Shifted by one each pass over the shoppers, so every shopper gets both kinds of call.
+                    let track =
+                        track_every > 0 && (k + k / shoppers.len()).is_multiple_of(track_every);
+                    // Items differ between a shopper's events, so a session shows which of them it holds.
+                    let item = if track {
+                        format!("sku-{:06}", 200 + k % 800)
+                    } else {
+                        String::new()
+                    };
                     k += 1;
                     let clients = clients.clone();
                     let records = records.clone();
                     tokio::spawn(async move {
                         let at = started.elapsed();
-                        let send = |client: DecisionServiceClient<Channel>, shopper: String| async move {
-                            if track {
-                                track_one(client, &shopper).await
-                            } else {
-                                call(client, &shopper).await
+                        let viewed = item.clone();
+                        let send = |client: DecisionServiceClient<Channel>, shopper: String| {
+                            let item = viewed.clone();
+                            async move {
+                                if track {
+                                    track_one(client, &shopper, &item).await
+                                } else {
+                                    call(client, &shopper).await
+                                }
                             }
                         };
                         let mut result =
@@ -870,6 +886,8 @@ impl Driver {
                                 reason: r.fallback_reason,
                                 error: None,
                                 track,
+                                item,
+                                done: started.elapsed(),
                             },
                             Err(code) => Record {
                                 at,
@@ -881,6 +899,8 @@ impl Driver {
                                 reason: String::new(),
                                 error: Some(code),
                                 track,
+                                item,
+                                done: started.elapsed(),
                             },
                         };
                         records.lock().unwrap().push(record);
@@ -931,11 +951,12 @@ async fn call(
 async fn track_one(
     mut client: DecisionServiceClient<Channel>,
     shopper: &str,
+    item: &str,
 ) -> Result<pb::DecideResponse, tonic::Code> {
     let mut req = tonic::Request::new(pb::TrackRequest {
         events: vec![pb::TrackEvent {
             consent: Some(true),
-            ..super::event(shopper, pb::EventType::View, "sku-000020")
+            ..super::event(shopper, pb::EventType::View, item)
         }],
         request_id: String::new(),
     });

@@ -365,7 +365,7 @@ pub fn required(path: &str) -> Required {
         }
         (
             "aisle.v1.AdminService",
-            "ForgetShopper" | "SetFault" | "PromoteModel" | "RollbackModel",
+            "ForgetShopper" | "SetFault" | "PromoteModel" | "RollbackModel" | "SetKillSwitch",
         ) => Required::Scope(Scope::AdminWrite),
         _ => Required::Refused,
     }
@@ -654,6 +654,10 @@ mod tests {
         assert_eq!(
             required("/aisle.v1.AdminService/ClusterStatus"),
             Required::Scope(Scope::AdminRead)
+        );
+        assert_eq!(
+            required("/aisle.v1.AdminService/SetKillSwitch"),
+            Required::Scope(Scope::AdminWrite)
         );
         assert_eq!(required("/grpc.health.v1.Health/Check"), Required::Nothing);
         assert_eq!(required("/aisle.v1.PeerService/HandOff"), Required::Refused);

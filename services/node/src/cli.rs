@@ -38,6 +38,9 @@ pub enum Command {
     Cluster(crate::client::ClusterArgs),
     /// Switch models on every member: promote the candidate to default, or roll back.
     Model(crate::client::ModelArgs),
+    /// Turn a kill switch on or off: decisions for a surface and/or channel answer from RULES or GENERIC instead
+    /// of the model (on every member, at once, in etcd mode).
+    KillSwitch(crate::client::KillSwitchArgs),
     /// Check a decision trail offline (no node needed).
     #[command(subcommand)]
     Audit(AuditCommand),

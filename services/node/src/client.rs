@@ -1,5 +1,6 @@
-//! The client commands of the `aisle` CLI: decide, track, subscribe, forget, bundles, fault. Each prints a readable
-//! summary, or with `--json` one JSON object per answer (per event for `subscribe`).
+//! The client commands of the `aisle` CLI: decide, track, subscribe, forget, describe, bundles, fault, cluster,
+//! model, kill-switch. Each prints a readable summary, or with `--json` one JSON object per answer (per event for
+//! `subscribe`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use aisle_proto::v1::admin_service_client::AdminServiceClient;
 use aisle_proto::v1::associate_service_client::AssociateServiceClient;
 use aisle_proto::v1::decision_service_client::DecisionServiceClient;
 use anyhow::Context;
-use clap::Args;
+use clap::{ArgGroup, Args};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
@@ -613,6 +614,141 @@ pub struct ModelArgs {
     addr: AddrArgs,
 }
 
+/// What `aisle kill-switch` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SwitchAction {
+    /// Turn the switch on (or change its tier or reason).
+    On,
+    /// Turn it off (with --all: every switch).
+    Off,
+}
+
+/// The rung a switched decision answers from.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SwitchTierArg {
+    /// Category top sellers.
+    Rules,
+    /// The merchandising list.
+    Generic,
+}
+
+/// `aisle kill-switch`.
+#[derive(Debug, Args, Clone)]
+#[command(group(ArgGroup::new("scope").required(true).multiple(true).args(["surface", "channel", "all"])))]
+pub struct KillSwitchArgs {
+    /// on or off.
+    #[arg(value_enum)]
+    action: SwitchAction,
+    #[command(flatten)]
+    addr: AddrArgs,
+    /// The surface (home, product_page, cart, checkout, search, store_aisle, kiosk_idle, category_page, email).
+    #[arg(long)]
+    surface: Option<String>,
+    /// The channel (web, app, kiosk, pos, associate_handheld, email, unspecified).
+    #[arg(long)]
+    channel: Option<String>,
+    /// Every surface and channel (off --all: turn every switch off).
+    #[arg(long, conflicts_with_all = ["surface", "channel"])]
+    all: bool,
+    /// The rung decisions answer from [default: RULES].
+    #[arg(long, value_enum, ignore_case = true)]
+    tier: Option<SwitchTierArg>,
+    /// Why (required with on; at most 500 bytes; decisions show it).
+    #[arg(long, required_if_eq("action", "on"), default_value = "")]
+    reason: String,
+}
+
+/// The JSON form of a kill switch.
+fn switch_json(s: &pb::KillSwitch) -> Value {
+    json!({
+        "surface": s.surface, "channel": s.channel, "tier": tier_name(s.tier), "reason": s.reason,
+        "caller": s.caller, "set_at_ms": s.set_at_ms,
+    })
+}
+
+/// One line per kill switch.
+fn switch_lines(switches: &[pb::KillSwitch]) -> String {
+    if switches.is_empty() {
+        return "  (none)".into();
+    }
+    let or_any = |s: &str| if s.is_empty() { "any" } else { s }.to_string();
+    switches
+        .iter()
+        .map(|s| {
+            format!(
+                "  surface {:<14} channel {:<18} -> {:<7} {:?} (by {})",
+                or_any(&s.surface),
+                or_any(&s.channel),
+                tier_name(s.tier),
+                s.reason,
+                s.caller
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `aisle kill-switch on|off`: prints the switches in force afterwards.
+///
+/// # Errors
+/// Connection failures and error statuses (an invalid request names its field).
+pub async fn kill_switch(a: KillSwitchArgs) -> anyhow::Result<()> {
+    let mut client = AdminServiceClient::new(connect(&a.addr).await?);
+    let tier = match a.tier {
+        None => pb::FallbackTier::Unspecified,
+        Some(SwitchTierArg::Rules) => pb::FallbackTier::Rules,
+        Some(SwitchTierArg::Generic) => pb::FallbackTier::Generic,
+    };
+    let r = client
+        .set_kill_switch(with_token(
+            &a.addr,
+            pb::SetKillSwitchRequest {
+                on: a.action == SwitchAction::On,
+                surface: a.surface.clone().unwrap_or_default(),
+                channel: a.channel.clone().unwrap_or_default(),
+                all: a.all,
+                tier: tier as i32,
+                reason: a.reason.clone(),
+            },
+        )?)
+        .await
+        .map_err(status)?
+        .into_inner();
+    let value = json!({
+        "changed": r.changed,
+        "revision": r.revision,
+        "scope": r.scope,
+        "served_by": r.served_by,
+        "applied_by": r.applied_by,
+        "pending": r.pending,
+        "active": r.active.iter().map(switch_json).collect::<Vec<_>>(),
+    });
+    print(a.addr.json, &value, || {
+        let mut out = format!(
+            "kill switches in force (revision {}{}):\n{}",
+            r.revision,
+            if r.changed { "" } else { ", unchanged" },
+            switch_lines(&r.active)
+        );
+        if r.scope == "node" {
+            out.push_str(&format!(
+                "\nstatic mode: applied on {} only, in memory (lost at restart)",
+                r.served_by
+            ));
+        } else {
+            out.push_str(&format!("\napplied by: {}", r.applied_by.join(", ")));
+            if !r.pending.is_empty() {
+                out.push_str(&format!(
+                    "\nnot confirmed yet (they apply it when their etcd watch delivers it): {}",
+                    r.pending.join(", ")
+                ));
+            }
+        }
+        out
+    });
+    Ok(())
+}
+
 /// `aisle describe`.
 ///
 /// # Errors
@@ -720,14 +856,32 @@ async fn cluster_status(a: &AddrArgs, shopper: &str) -> anyhow::Result<pb::Clust
 /// Connection failures and error statuses.
 pub async fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
     let r = cluster_status(&a.addr, &a.shopper).await?;
+    let versions_json = |v: &Option<pb::FleetVersions>| {
+        v.as_ref().map(|v| {
+            json!({
+                "default_model": v.default_model, "candidate_model": v.candidate_model,
+                "previous_model": v.previous_model, "rules": v.rules, "experiments": v.experiments,
+            })
+        })
+    };
     let value = json!({
         "node_id": r.node_id,
         "mode": r.mode,
         "member": r.member,
         "epoch": r.epoch,
-        "members": r.members.iter().map(|m| json!({"node_id": m.node_id, "addr": m.addr, "incarnation": m.incarnation, "leaving": m.leaving})).collect::<Vec<_>>(),
+        "members": r.members.iter().map(|m| json!({
+            "node_id": m.node_id, "addr": m.addr, "incarnation": m.incarnation, "leaving": m.leaving,
+            "versions": versions_json(&m.versions), "skew": m.skew,
+        })).collect::<Vec<_>>(),
         "shopper_owner": r.shopper_owner,
         "awaiting_handoff": r.awaiting_handoff,
+        "desired": r.desired.as_ref().map(|d| json!({
+            "versions": versions_json(&d.versions), "revision": d.revision, "change": d.change,
+            "changed_by": d.changed_by, "changed_at_ms": d.changed_at_ms,
+        })),
+        "version_skew": r.version_skew,
+        "kill_switches": r.kill_switches.iter().map(switch_json).collect::<Vec<_>>(),
+        "kill_switch_revision": r.kill_switch_revision,
     });
     print(a.addr.json, &value, || {
         let mut out = format!(
@@ -753,13 +907,68 @@ pub async fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
         if !a.shopper.is_empty() {
             out.push_str(&format!("owner of {}: {}\n", a.shopper, r.shopper_owner));
         }
+        out.push_str(&versions_table(&r));
+        out.push_str(&format!(
+            "kill switches (revision {}):\n{}\n",
+            r.kill_switch_revision,
+            switch_lines(&r.kill_switches)
+        ));
         out.trim_end().to_string()
     });
     Ok(())
 }
 
-/// `aisle model promote|rollback`: the node at `--addr` switches, then switches every other member over the peer
-/// port.
+/// What every member serves, side by side with the fleet's record; skewed fields marked `*`.
+fn versions_table(r: &pb::ClusterStatusResponse) -> String {
+    let row = |name: &str, v: Option<&pb::FleetVersions>, skew: &[String]| {
+        let cell = |field: &str, value: Option<&str>| {
+            let value = match value {
+                Some("") => "-",
+                Some(v) => v,
+                None => "?",
+            };
+            let mark = if skew.iter().any(|s| s == field || s == "unknown") {
+                "*"
+            } else {
+                ""
+            };
+            format!("{value}{mark}")
+        };
+        format!(
+            "  {:<16} {:<28} {:<28} {:<24} {}\n",
+            name,
+            cell("default_model", v.map(|v| v.default_model.as_str())),
+            cell("candidate_model", v.map(|v| v.candidate_model.as_str())),
+            cell("rules", v.map(|v| v.rules.as_str())),
+            cell("experiments", v.map(|v| v.experiments.as_str())),
+        )
+    };
+    let mut out = format!(
+        "versions:\n  {:<16} {:<28} {:<28} {:<24} {}\n",
+        "", "default model", "candidate model", "rules", "experiments"
+    );
+    if let Some(d) = &r.desired {
+        out.push_str(&row(
+            &format!("(record #{})", d.revision),
+            d.versions.as_ref(),
+            &[],
+        ));
+    }
+    for m in &r.members {
+        out.push_str(&row(&m.node_id, m.versions.as_ref(), &m.skew));
+    }
+    if r.version_skew {
+        out.push_str(if r.desired.is_some() {
+            "  SKEW: members marked * serve other versions than the record\n"
+        } else {
+            "  SKEW: members marked * serve other versions than this node\n"
+        });
+    }
+    out
+}
+
+/// `aisle model promote|rollback`: in etcd mode, changes the fleet's versions record, which every member follows
+/// (prints where each member is); in static mode, switches the node at `--addr`.
 ///
 /// # Errors
 /// Connection failures and error statuses (members already switched stay switched; the message says which).
@@ -779,11 +988,27 @@ pub async fn model(a: ModelArgs) -> anyhow::Result<()> {
     }
     .map_err(status)?
     .into_inner();
-    let value = json!({"switched": r.members.iter().map(|m| json!({"node_id": m.node_id, "default_model": m.default_model})).collect::<Vec<_>>()});
+    let value = json!({
+        "default_model": r.default_model,
+        "switched": r.members.iter().map(|m| json!({
+            "node_id": m.node_id, "default_model": m.default_model, "converged": m.converged,
+        })).collect::<Vec<_>>(),
+    });
     print(a.addr.json, &value, || {
         r.members
             .iter()
-            .map(|m| format!("{}: default model {}", m.node_id, m.default_model))
+            .map(|m| {
+                format!(
+                    "{}: default model {}{}",
+                    m.node_id,
+                    m.default_model,
+                    if m.converged {
+                        ""
+                    } else {
+                        " (not following the fleet's record yet: see `aisle cluster`)"
+                    }
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
     });

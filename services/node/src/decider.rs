@@ -17,6 +17,10 @@
 //!
 //! Every rung passes the guardrails (one [`Guard`] per decision); the last two are synchronous and take
 //! microseconds, so a decision always answers. A safety margin is kept at the end of the budget for them.
+//!
+//! A kill switch on for the decision's surface and channel ([`Switchboard`]) skips FRESH and CACHED: the decision
+//! answers from the switch's rung (RULES, else GENERIC), and its fallback names the switch
+//! (`control: kill_switch (…)`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -42,6 +46,7 @@ use tokio::time::Instant;
 
 use crate::audit::{AdminRecord, AuditLog, EventLog, decision_entry};
 use crate::cache::{CachedDecision, CachedItem, DecisionCache};
+use crate::control::kill_switch::{Switchboard, Switched};
 use crate::decision::{
     DecideInput, DecidedItem, Decision, Fallback, Reason, Serve, Stage, Tier, TrackOutcome,
 };
@@ -133,6 +138,8 @@ pub struct Decider {
     pseudonyms: Arc<Pseudonyms>,
     tombstones: Arc<Tombstones>,
     faults: Faults,
+    /// The kill switches in force (set by [`crate::control`]).
+    kill_switches: Arc<Switchboard>,
     metrics: DecisionMetrics,
     /// `<node>-<boot time>-`: decision ids are this and a sequence number, unique across restarts of a node id.
     id_prefix: String,
@@ -169,6 +176,8 @@ struct Attempt<'a> {
     /// Whether the CACHED rung may answer: consent, an owner, not overloaded.
     may_cache: bool,
     overloaded: bool,
+    /// The kill switch that governs this decision, if one is on for its surface and channel.
+    switched: Option<Switched>,
 }
 
 /// What one decision reads, taken once at its start.
@@ -192,6 +201,7 @@ impl Decider {
             sequence: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
             faults: Faults::default(),
+            kill_switches: Arc::default(),
             settings,
             worlds: parts.worlds,
             policy: parts.policy,
@@ -244,6 +254,11 @@ impl Decider {
     /// Fault injection switches.
     pub fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    /// The kill switches decisions follow.
+    pub fn kill_switches(&self) -> &Arc<Switchboard> {
+        &self.kill_switches
     }
 
     /// The settings.
@@ -348,6 +363,7 @@ impl Decider {
             deadline: work_deadline,
             may_cache: personalise && !overloaded && owner,
             overloaded,
+            switched: self.kill_switches.matching(input.surface, input.channel),
         };
         let (tier, items, fallback) = self.ladder(&attempt, fallback, &mut exclusions).await;
         if tier == Tier::Fresh && personalise {
@@ -432,6 +448,19 @@ impl Decider {
         mut fallback: Option<Fallback>,
         exclusions: &mut ExclusionCounts,
     ) -> (Tier, Vec<DecidedItem>, Option<Fallback>) {
+        if let Some(switched) = &a.switched {
+            // An operator's order: the model and the cache are not consulted; the reported fallback is the switch.
+            let fallback = Some(switched.fallback.clone());
+            if switched.tier == Tier::Rules
+                && !a.overloaded
+                && let Some(items) =
+                    self.rules_rung(&a.inputs.model, a.view, a.input, a.guard, exclusions)
+            {
+                return (Tier::Rules, items, fallback);
+            }
+            let items = generic_rung(&a.inputs.model, a.input, a.guard, exclusions);
+            return (Tier::Generic, items, fallback);
+        }
         if let Some(view) = a.view
             && fallback.is_none()
         {
@@ -930,6 +959,8 @@ struct DecisionMetrics {
     /// Exclusions per code (`Exclusion::ALL` order).
     exclusions: Vec<Counter>,
     holdout: Counter,
+    /// Decisions a kill switch sent to RULES, and to GENERIC.
+    kill_switched: [Counter; 2],
     /// FRESH decisions per model version (a handful of versions over a node's life).
     models: RwLock<HashMap<String, Counter>>,
     /// Exposures per experiment and variant.
@@ -976,6 +1007,9 @@ impl DecisionMetrics {
             fallbacks,
             exclusions,
             holdout: metrics::counter!("aisle_holdout_decisions_total"),
+            kill_switched: [Tier::Rules, Tier::Generic].map(
+                |t| metrics::counter!("aisle_kill_switch_decisions_total", "tier" => t.as_str()),
+            ),
             models: RwLock::default(),
             exposures: RwLock::default(),
         }
@@ -992,6 +1026,9 @@ impl DecisionMetrics {
                 let at = index_of(Stage::ALL, &f.stage) * Reason::ALL.len()
                     + index_of(Reason::ALL, &f.reason);
                 self.fallbacks[at].increment(1);
+                if f.reason == Reason::KillSwitch {
+                    self.kill_switched[usize::from(d.tier == Tier::Generic)].increment(1);
+                }
             }
             (_, None) => {}
         }

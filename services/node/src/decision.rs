@@ -55,6 +55,8 @@ pub enum Stage {
     Session,
     /// Retrieval and scoring.
     Ranking,
+    /// An operator's control: a kill switch sends the decision to a lower rung.
+    Control,
 }
 
 impl Stage {
@@ -66,6 +68,7 @@ impl Stage {
         Stage::Handoff,
         Stage::Session,
         Stage::Ranking,
+        Stage::Control,
     ];
 
     /// The lowercase name (metric label).
@@ -77,6 +80,7 @@ impl Stage {
             Stage::Handoff => "handoff",
             Stage::Session => "session",
             Stage::Ranking => "ranking",
+            Stage::Control => "control",
         }
     }
 }
@@ -102,6 +106,8 @@ pub enum Reason {
     StaleView,
     /// The shopper's session is still being handed over.
     Pending,
+    /// A kill switch is on for the decision's surface and channel.
+    KillSwitch,
 }
 
 impl Reason {
@@ -116,6 +122,7 @@ impl Reason {
         Reason::NoOwner,
         Reason::StaleView,
         Reason::Pending,
+        Reason::KillSwitch,
     ];
 
     /// The snake-case code (metric label).
@@ -130,6 +137,7 @@ impl Reason {
             Reason::NoOwner => "no_owner",
             Reason::StaleView => "stale_view",
             Reason::Pending => "pending",
+            Reason::KillSwitch => "kill_switch",
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - [`privacy`] and [`erasure`]: keyed pseudonyms and tombstones; ForgetShopper and access requests on every member.
 //! - [`auth`] and [`tls`]: who may call what, and transport security (certificates re-read without a restart).
 //! - [`http`], [`metrics`], [`readiness`]: the HTTP plane.
+//! - [`control`]: the control records in etcd — kill switches, the fleet's versions and what each member serves.
 //! - [`cli`] and [`client`]: the `aisle` command line.
 
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod decider;
 pub mod decision;
 pub mod erasure;

@@ -24,6 +24,10 @@
 //! | `aisle_tombstones` | gauge | | tombstones of forgotten shoppers held |
 //! | `aisle_handoff_sessions_tombstoned_total` | counter | | handed-off sessions dropped because their shopper was forgotten |
 //! | `aisle_sessions_erased_by_tombstone_total` | counter | | kept session copies erased by tombstones a member sent |
+//! | `aisle_kill_switch_active` | gauge | | kill switches this node applies |
+//! | `aisle_kill_switch_decisions_total` | counter | tier | decisions a kill switch sent to RULES or GENERIC |
+//! | `aisle_fleet_version_skew` | gauge | | 1 while this node serves other versions than the fleet's record (etcd mode) |
+//! | `aisle_control_records_invalid_total` | counter | record | control records in etcd that did not parse (ignored) |
 //!
 //! After them come the standard process series every Prometheus exporter serves, read from the OS at each scrape
 //! ([`render`]): `process_cpu_seconds_total` (counter, user + system, fractional seconds), `process_resident_memory_bytes`,
@@ -128,6 +132,22 @@ pub fn describe() {
     describe_counter!(
         "aisle_sessions_erased_by_tombstone_total",
         "session copies erased by tombstones a member sent"
+    );
+    describe_gauge!(
+        "aisle_kill_switch_active",
+        "kill switches this node applies"
+    );
+    describe_counter!(
+        "aisle_kill_switch_decisions_total",
+        "decisions a kill switch sent to a lower rung, by the rung that answered"
+    );
+    describe_gauge!(
+        "aisle_fleet_version_skew",
+        "1 while this node serves other model, rules or experiments versions than the fleet's record, else 0"
+    );
+    describe_counter!(
+        "aisle_control_records_invalid_total",
+        "control records in etcd that did not parse and were ignored, by record"
     );
 }
 

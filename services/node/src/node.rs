@@ -1,6 +1,6 @@
-//! The node's context: what every service of a node shares — its configuration, the decider, the cluster and the
-//! push side (hub and publisher of assist events). The API services, the router and the peer service hold a
-//! [`Node`]; the decider below it knows nothing of them.
+//! The node's context: what every service of a node shares — its configuration, the decider, the cluster, the
+//! control records (kill switches, fleet versions) and the push side (hub and publisher of assist events). The API
+//! services, the router and the peer service hold a [`Node`]; the decider below it knows nothing of them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::assist::assist_event;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::control::Control;
 use crate::decider::{Applied, Decider};
 use crate::push::{Publisher, PushHub};
 
@@ -26,6 +27,7 @@ pub struct Node {
     config: Arc<Config>,
     decider: Arc<Decider>,
     cluster: Arc<Cluster>,
+    control: Arc<Control>,
     hub: Arc<PushHub>,
     /// Where assist events go (the local hub, or their store's orderer in a cluster).
     publisher: Publisher,
@@ -43,7 +45,12 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// A node's context (starts the assist publisher).
-    pub fn new(config: Arc<Config>, decider: Arc<Decider>, cluster: Arc<Cluster>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        decider: Arc<Decider>,
+        cluster: Arc<Cluster>,
+        control: Arc<Control>,
+    ) -> Self {
         let hub = Arc::new(PushHub::with_max_stores(
             config.push_retention,
             config.max_stores,
@@ -54,6 +61,7 @@ impl Node {
             config,
             decider,
             cluster,
+            control,
             replenish_sent: Mutex::new(HashMap::new()),
         }
     }
@@ -76,6 +84,11 @@ impl Node {
     /// Membership, placement and peers.
     pub fn cluster(&self) -> &Arc<Cluster> {
         &self.cluster
+    }
+
+    /// The control records: kill switches and the fleet's versions.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
     }
 
     /// The push hub (per-store assist logs).

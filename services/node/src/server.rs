@@ -35,6 +35,7 @@ use crate::cluster::peers::Peers;
 use crate::cluster::replication::{self, Replication};
 use crate::cluster::{Cluster, MembershipConfig};
 use crate::config::{ClusterMode, Config};
+use crate::control::Control;
 use crate::decider::{Decider, DeciderParts};
 use crate::node::Node;
 use crate::privacy::{Pseudonyms, Tombstones};
@@ -232,53 +233,56 @@ impl RunningNode {
     }
 }
 
-/// The cluster handle the configuration asks for.
-fn cluster(config: &Config, advertise: &str) -> anyhow::Result<Arc<Cluster>> {
-    Ok(match config.cluster {
-        ClusterMode::Etcd => {
-            let etcd_tls = config.etcd_ca.as_ref().map(|ca| ClientTlsFiles {
-                ca: Some(ca.clone()),
-                cert: config.etcd_cert.clone(),
-                key: config.etcd_key.clone(),
-            });
-            let user = match (&config.etcd_user, &config.etcd_password_file) {
-                (Some(user), Some(file)) => {
-                    let password = std::fs::read_to_string(file).with_context(|| {
-                        format!("cannot read etcd_password_file {}", file.display())
-                    })?;
-                    Some((
-                        user.clone(),
-                        password.trim_end_matches(['\r', '\n']).to_string(),
-                    ))
-                }
-                _ => None,
-            };
-            let peer_tls = config.peer_tls_cert.as_ref().map(|cert| ClientTlsFiles {
-                ca: config.peer_tls_ca.clone(),
-                cert: Some(cert.clone()),
-                key: config.peer_tls_key.clone(),
-            });
-            Cluster::with_etcd(
-                MembershipConfig {
-                    endpoints: config.etcd_endpoints.clone(),
-                    cluster: config.cluster_name.clone(),
-                    node_id: config.node_id.clone(),
-                    advertise_addr: advertise.to_string(),
-                    lease_ttl: Duration::from_secs(config.lease_ttl_secs),
-                    tls: etcd_tls,
-                    user,
-                },
-                Peers::with_tls(&config.node_id, peer_tls, config.max_peer_message_bytes),
-                Replication::new(
-                    (config.replication_ms > 0)
-                        .then(|| Duration::from_millis(config.replication_ms)),
-                    config.max_sessions,
-                    Duration::from_secs(config.session_idle_ttl_secs),
-                ),
-            )
+/// How this node reaches etcd and appears in it (etcd mode): for its membership and its control records.
+fn membership_config(config: &Config, advertise: &str) -> anyhow::Result<Option<MembershipConfig>> {
+    if config.cluster != ClusterMode::Etcd {
+        return Ok(None);
+    }
+    let user = match (&config.etcd_user, &config.etcd_password_file) {
+        (Some(user), Some(file)) => {
+            let password = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read etcd_password_file {}", file.display()))?;
+            Some((
+                user.clone(),
+                password.trim_end_matches(['\r', '\n']).to_string(),
+            ))
         }
-        ClusterMode::Static => Cluster::alone(&config.node_id, advertise),
-    })
+        _ => None,
+    };
+    Ok(Some(MembershipConfig {
+        endpoints: config.etcd_endpoints.clone(),
+        cluster: config.cluster_name.clone(),
+        node_id: config.node_id.clone(),
+        advertise_addr: advertise.to_string(),
+        lease_ttl: Duration::from_secs(config.lease_ttl_secs),
+        tls: config.etcd_ca.as_ref().map(|ca| ClientTlsFiles {
+            ca: Some(ca.clone()),
+            cert: config.etcd_cert.clone(),
+            key: config.etcd_key.clone(),
+        }),
+        user,
+    }))
+}
+
+/// The cluster handle the configuration asks for: membership in etcd when `membership` is given, else alone.
+fn cluster(config: &Config, membership: Option<MembershipConfig>, advertise: &str) -> Arc<Cluster> {
+    let Some(membership) = membership else {
+        return Cluster::alone(&config.node_id, advertise);
+    };
+    let peer_tls = config.peer_tls_cert.as_ref().map(|cert| ClientTlsFiles {
+        ca: config.peer_tls_ca.clone(),
+        cert: Some(cert.clone()),
+        key: config.peer_tls_key.clone(),
+    });
+    Cluster::with_etcd(
+        membership,
+        Peers::with_tls(&config.node_id, peer_tls, config.max_peer_message_bytes),
+        Replication::new(
+            (config.replication_ms > 0).then(|| Duration::from_millis(config.replication_ms)),
+            config.max_sessions,
+            Duration::from_secs(config.session_idle_ttl_secs),
+        ),
+    )
 }
 
 /// Spawns the actors and assembles the decider.
@@ -593,12 +597,15 @@ pub async fn start(
         .as_ref()
         .map(TcpListener::local_addr)
         .transpose()?;
-    let cluster = cluster(
-        &config,
-        &advertise_addr(&config, peer_addr.unwrap_or(grpc_addr)),
-    )?;
+    let advertise = advertise_addr(&config, peer_addr.unwrap_or(grpc_addr));
+    let membership = membership_config(&config, &advertise)?;
+    let cluster = cluster(&config, membership.clone(), &advertise);
     let decider =
         Arc::new(decider(&config, prepared, &cluster, security.pseudonyms.clone()).await?);
+    let control = match membership {
+        Some(m) => Control::with_etcd(m, decider.clone(), cluster.clone()),
+        None => Control::alone(&config.node_id, decider.clone()),
+    };
     let holdings = Holdings {
         sessions: decider.sessions().clone(),
         worlds: decider.worlds().clone(),
@@ -607,7 +614,12 @@ pub async fn start(
         tombstones: decider.tombstones().clone(),
         replication: cluster.replication.clone(),
     };
-    let node = Arc::new(Node::new(config.clone(), decider.clone(), cluster.clone()));
+    let node = Arc::new(Node::new(
+        config.clone(),
+        decider.clone(),
+        cluster.clone(),
+        control.clone(),
+    ));
     readiness.met("bundles");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -657,6 +669,15 @@ pub async fn start(
             holdings.clone(),
             cluster.clone(),
         )));
+        background.push(tokio::spawn(control.clone().follow()));
+        // Kill switches before the first decision: wait (briefly) for the control records. A node that cannot read
+        // etcd yet serves without switches and applies them once it can.
+        if !control.wait_read(Duration::from_secs(2)).await {
+            tracing::warn!(
+                "control records not read within 2 s (etcd unreachable?): serving without kill switches until \
+                 they are"
+            );
+        }
         tokio::spawn(handoff::follow_views(holdings, cluster.clone()));
         background.push(tokio::spawn(cluster.clone().hold_through_etcd_outages()));
         background.push(tokio::spawn(follow_membership(cluster, readiness.clone())));

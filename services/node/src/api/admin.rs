@@ -1,6 +1,7 @@
-//! `aisle.v1.AdminService`: erasure, shopper descriptions, bundle status, cluster status, model promotion and
-//! fault injection. DescribeShopper runs at the shopper's owner through the [`Router`]; ForgetShopper on every
-//! member (`erasure`).
+//! `aisle.v1.AdminService`: erasure, shopper descriptions, bundle status, cluster status, model promotion, kill
+//! switches and fault injection. DescribeShopper runs at the shopper's owner through the [`Router`]; ForgetShopper
+//! on every member (`erasure`). In etcd mode, model promotion and kill switches change the control records that
+//! every member follows ([`crate::control`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,8 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Identity;
 use crate::cluster::{Member, SharedView};
+use crate::control::fleet::{self, Versions};
+use crate::control::kill_switch::{KillSwitch, SwitchChange, SwitchTier};
 use crate::decider::Decider;
 use crate::error::ApiError;
 use crate::faults::{Mode, Stage};
@@ -63,6 +66,36 @@ pub fn bundle_status(decider: &Decider) -> Vec<pb::BundleInfo> {
     out.push(info(&decider.policy().current().meta, ""));
     out.push(info(&decider.experiments().current().meta, ""));
     out
+}
+
+/// Versions as the API shows them.
+fn versions(v: &Versions) -> pb::FleetVersions {
+    pb::FleetVersions {
+        default_model: v.default_model.clone(),
+        candidate_model: v.candidate_model.clone().unwrap_or_default(),
+        previous_model: v.previous_model.clone().unwrap_or_default(),
+        rules: v.rules.clone(),
+        experiments: v.experiments.clone(),
+    }
+}
+
+fn switch_tier(t: SwitchTier) -> pb::FallbackTier {
+    match t {
+        SwitchTier::Rules => pb::FallbackTier::Rules,
+        SwitchTier::Generic => pb::FallbackTier::Generic,
+    }
+}
+
+/// A kill switch as the API shows it.
+fn kill_switch(s: &KillSwitch) -> pb::KillSwitch {
+    pb::KillSwitch {
+        surface: s.key.surface.map(|v| v.as_str()).unwrap_or_default().into(),
+        channel: s.key.channel.map(|v| v.as_str()).unwrap_or_default().into(),
+        tier: switch_tier(s.tier) as i32,
+        reason: s.reason.clone(),
+        caller: s.caller.clone(),
+        set_at_ms: s.set_at_ms,
+    }
 }
 
 /// A shopper id given to an admin call.
@@ -280,6 +313,40 @@ impl AdminService for AdminApi {
                 .unwrap_or_default(),
             _ => String::new(),
         };
+        let control = self.node.control().status();
+        let desired = control.mirror.desired.value.as_ref();
+        // What each member serves (this node: as loaded now), and where it differs from the record (without one:
+        // from this node).
+        let reference = desired.map_or(&control.mine, |d| &d.versions);
+        let members: Vec<pb::ClusterMember> = view
+            .iter()
+            .flat_map(|v| v.members.iter())
+            .map(|m| {
+                let served = if m.node_id == cluster.node_id {
+                    Some(&control.mine)
+                } else {
+                    control
+                        .mirror
+                        .loaded
+                        .get(&m.node_id)
+                        .map(|l| &l.value.versions)
+                };
+                pb::ClusterMember {
+                    node_id: m.node_id.clone(),
+                    addr: m.addr.clone(),
+                    incarnation: m.incarnation.clone(),
+                    leaving: m.leaving,
+                    versions: served.map(versions),
+                    skew: match served {
+                        Some(v) => fleet::skew(v, reference)
+                            .into_iter()
+                            .map(String::from)
+                            .collect(),
+                        None => vec!["unknown".into()],
+                    },
+                }
+            })
+            .collect();
         Ok(Response::new(pb::ClusterStatusResponse {
             node_id: cluster.node_id.clone(),
             mode: if cluster.is_clustered() {
@@ -290,18 +357,19 @@ impl AdminService for AdminApi {
             .into(),
             member: view.is_some(),
             epoch: view.as_ref().map_or(0, |v| v.epoch),
-            members: view
-                .iter()
-                .flat_map(|v| v.members.iter())
-                .map(|m| pb::ClusterMember {
-                    node_id: m.node_id.clone(),
-                    addr: m.addr.clone(),
-                    incarnation: m.incarnation.clone(),
-                    leaving: m.leaving,
-                })
-                .collect(),
+            version_skew: members.iter().any(|m| !m.skew.is_empty()),
+            members,
             shopper_owner,
             awaiting_handoff: cluster.awaiting(),
+            desired: desired.map(|d| pb::DesiredVersions {
+                versions: Some(versions(&d.versions)),
+                revision: d.revision,
+                change: d.change.clone(),
+                changed_by: d.changed_by.clone(),
+                changed_at_ms: d.changed_at_ms,
+            }),
+            kill_switches: control.switches.iter().map(kill_switch).collect(),
+            kill_switch_revision: control.mirror.switches.value.revision,
         }))
     }
 
@@ -311,7 +379,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ModelSwitchResponse>, Status> {
         let caller = Identity::of(&request).name;
         audited(&self.node, "promote_model", &caller, serde_json::json!({})).await?;
-        let r = switch_everywhere(&self.node, true).await?;
+        let r = switch_models(&self.node, true, &caller).await?;
         tracing::info!(target: "aisle::admin", %caller, default_model = %r.default_model,
             members = r.members.len(), "candidate model promoted");
         Ok(Response::new(r))
@@ -323,10 +391,49 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ModelSwitchResponse>, Status> {
         let caller = Identity::of(&request).name;
         audited(&self.node, "rollback_model", &caller, serde_json::json!({})).await?;
-        let r = switch_everywhere(&self.node, false).await?;
+        let r = switch_models(&self.node, false, &caller).await?;
         tracing::info!(target: "aisle::admin", %caller, default_model = %r.default_model,
             members = r.members.len(), "model rolled back");
         Ok(Response::new(r))
+    }
+
+    async fn set_kill_switch(
+        &self,
+        request: Request<pb::SetKillSwitchRequest>,
+    ) -> Result<Response<pb::SetKillSwitchResponse>, Status> {
+        let caller = Identity::of(&request).name;
+        let req = request.into_inner();
+        let change = super::validate::kill_switch(&req, &caller, aisle_domain::now_ms())?;
+        let (key, tier) = match &change {
+            SwitchChange::On(s) => (Some(s.key), Some(s.tier)),
+            SwitchChange::Off(key) => (Some(*key), None),
+            SwitchChange::AllOff => (None, None),
+        };
+        let surface = key.and_then(|k| k.surface).map(|s| s.as_str());
+        let channel = key.and_then(|k| k.channel).map(|c| c.as_str());
+        audited(
+            &self.node,
+            "kill_switch",
+            &caller,
+            serde_json::json!({
+                "on": req.on, "surface": surface, "channel": channel, "all": req.all, "tier": tier,
+                "reason": req.reason,
+            }),
+        )
+        .await?;
+        let r = self.node.control().set_kill_switch(&change).await?;
+        tracing::warn!(target: "aisle::admin", %caller, on = req.on, surface = surface.unwrap_or("any"),
+            channel = channel.unwrap_or("any"), all = req.all, ?tier, reason = %req.reason, changed = r.changed,
+            revision = r.record.revision, applied_by = ?r.applied_by, pending = ?r.pending, "kill switch set");
+        Ok(Response::new(pb::SetKillSwitchResponse {
+            active: r.record.switches.iter().map(kill_switch).collect(),
+            revision: r.record.revision,
+            scope: if r.clustered { "cluster" } else { "node" }.into(),
+            applied_by: r.applied_by,
+            pending: r.pending,
+            served_by: self.node.id().to_string(),
+            changed: r.changed,
+        }))
     }
 }
 
@@ -365,54 +472,41 @@ pub async fn switch_here(node: &Node, promote: bool) -> Result<String, ApiError>
     Ok(switched?)
 }
 
-/// Switches models on this node, then on every other member of its view over the peer port.
+/// Promotes the candidate model (or rolls back): in etcd mode, in the fleet's versions record, which every member
+/// follows (the answer says where each member is after up to 5 s); in static mode, on this node.
 ///
 /// # Errors
-/// This node's error; or UNAVAILABLE naming the member that failed and those already switched (which stay
-/// switched: run the command again, or roll back).
-async fn switch_everywhere(
+/// FAILED_PRECONDITION when there is nothing to promote or roll back; UNAVAILABLE when etcd cannot be reached.
+async fn switch_models(
     node: &Node,
     promote: bool,
+    caller: &str,
 ) -> Result<pb::ModelSwitchResponse, ApiError> {
-    let here = switch_here(node, promote).await?;
-    let mut members = vec![pb::MemberModel {
-        node_id: node.id().to_string(),
-        default_model: here.clone(),
-    }];
-    let view = node.cluster().current();
-    for m in view.iter().flat_map(|v| v.members.iter()) {
-        if m.node_id == node.id() {
-            continue;
-        }
-        let mut call = Request::new(pb::SwitchModelRequest {
-            promote,
-            from_node: node.id().to_string(),
+    let control = node.control();
+    if !control.is_clustered() {
+        let default_model = switch_here(node, promote).await?;
+        return Ok(pb::ModelSwitchResponse {
+            default_model: default_model.clone(),
+            served_by: node.id().to_string(),
+            members: vec![pb::MemberModel {
+                node_id: node.id().to_string(),
+                default_model,
+                converged: true,
+            }],
         });
-        call.set_timeout(Duration::from_secs(10));
-        let result = match node.cluster().peers.client(&m.addr) {
-            Ok(mut client) => client.switch_model(call).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(r) => members.push(pb::MemberModel {
-                node_id: m.node_id.clone(),
-                default_model: r.into_inner().default_model,
-            }),
-            Err(e) => {
-                let done: Vec<&str> = members.iter().map(|m| m.node_id.as_str()).collect();
-                return Err(ApiError::Unavailable(format!(
-                    "{}: {:?}: {} (already switched: {})",
-                    m.node_id,
-                    e.code(),
-                    e.message(),
-                    done.join(", ")
-                )));
-            }
-        }
     }
+    let r = control.switch_models(promote, caller).await?;
     Ok(pb::ModelSwitchResponse {
-        default_model: here,
+        default_model: r.desired.default_model,
         served_by: node.id().to_string(),
-        members,
+        members: r
+            .members
+            .into_iter()
+            .map(|m| pb::MemberModel {
+                node_id: m.node_id,
+                default_model: m.default_model,
+                converged: m.converged,
+            })
+            .collect(),
     })
 }

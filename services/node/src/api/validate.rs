@@ -12,6 +12,9 @@ use aisle_domain::request::{AgeBand, Channel, LoyaltyTier, ShopperAttributes, Su
 use aisle_policy::{ConsentDefaults, MAX_REGION_BYTES};
 use aisle_proto::v1 as pb;
 
+use crate::control::kill_switch::{
+    KillSwitch, MAX_REASON_BYTES, SwitchChange, SwitchKey, SwitchTier,
+};
 use crate::decision::DecideInput;
 use crate::error::ApiError;
 
@@ -397,9 +400,179 @@ fn event_time(
     Ok(ms)
 }
 
+/// A name of `T` given as text (`surface`, `channel` of a kill switch): empty means any.
+fn named<T: Copy>(
+    field: &str,
+    value: &str,
+    parse: fn(&str) -> Option<T>,
+    all: &[T],
+    name: fn(T) -> &'static str,
+) -> Result<Option<T>, ApiError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    parse(&value.to_ascii_lowercase()).map(Some).ok_or_else(|| {
+        let names: Vec<&str> = all.iter().map(|&v| name(v)).collect();
+        let shown: String = value.chars().take(64).collect();
+        ApiError::invalid(
+            field,
+            format!("unknown {field} {shown:?} (one of {})", names.join(", ")),
+        )
+    })
+}
+
+/// Validates a SetKillSwitch request from `caller` at `now_ms`.
+///
+/// # Errors
+/// The first invalid field: an unknown surface, channel or tier, `all` missing or given with a surface or channel,
+/// a missing or too long reason.
+pub fn kill_switch(
+    req: &pb::SetKillSwitchRequest,
+    caller: &str,
+    now_ms: i64,
+) -> Result<SwitchChange, ApiError> {
+    let key = SwitchKey {
+        surface: named(
+            "surface",
+            &req.surface,
+            Surface::parse,
+            Surface::ALL,
+            Surface::as_str,
+        )?,
+        channel: named(
+            "channel",
+            &req.channel,
+            Channel::parse,
+            Channel::ALL,
+            Channel::as_str,
+        )?,
+    };
+    let unscoped = key.surface.is_none() && key.channel.is_none();
+    if req.all && !unscoped {
+        return Err(ApiError::invalid(
+            "all",
+            "not with surface or channel (all means every surface and channel)",
+        ));
+    }
+    if !req.all && unscoped {
+        return Err(ApiError::invalid(
+            "all",
+            "required when neither surface nor channel is given (an explicit switch for every decision)",
+        ));
+    }
+    if req.reason.len() > MAX_REASON_BYTES {
+        return Err(ApiError::invalid(
+            "reason",
+            format!(
+                "longer than {MAX_REASON_BYTES} bytes ({} bytes)",
+                req.reason.len()
+            ),
+        ));
+    }
+    if !req.on {
+        return Ok(if req.all {
+            SwitchChange::AllOff
+        } else {
+            SwitchChange::Off(key)
+        });
+    }
+    if req.reason.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "reason",
+            "required to turn a switch on (say why: decisions show it)",
+        ));
+    }
+    let tier = match pb::FallbackTier::try_from(req.tier) {
+        Ok(pb::FallbackTier::Unspecified | pb::FallbackTier::Rules) => SwitchTier::Rules,
+        Ok(pb::FallbackTier::Generic) => SwitchTier::Generic,
+        Ok(pb::FallbackTier::Fresh | pb::FallbackTier::Cached) => {
+            return Err(ApiError::invalid(
+                "tier",
+                "must be FALLBACK_TIER_RULES or FALLBACK_TIER_GENERIC (a switch keeps decisions off the model)",
+            ));
+        }
+        Err(_) => {
+            return Err(ApiError::invalid(
+                "tier",
+                format!("unknown tier {}", req.tier),
+            ));
+        }
+    };
+    Ok(SwitchChange::On(KillSwitch {
+        key,
+        tier,
+        reason: req.reason.clone(),
+        caller: caller.to_string(),
+        set_at_ms: now_ms,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kill_switch_requests_are_checked_field_by_field() {
+        let on = |surface: &str, channel: &str, all: bool, reason: &str| pb::SetKillSwitchRequest {
+            on: true,
+            surface: surface.into(),
+            channel: channel.into(),
+            all,
+            reason: reason.into(),
+            ..Default::default()
+        };
+        let field = |r: Result<SwitchChange, ApiError>| match r {
+            Err(ApiError::InvalidArgument { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let ok = kill_switch(&on("HOME", "", false, "model drift"), "token:ops", 7).unwrap();
+        assert_eq!(
+            ok,
+            SwitchChange::On(KillSwitch {
+                key: SwitchKey {
+                    surface: Some(Surface::Home),
+                    channel: None
+                },
+                tier: SwitchTier::Rules,
+                reason: "model drift".into(),
+                caller: "token:ops".into(),
+                set_at_ms: 7,
+            })
+        );
+        assert_eq!(
+            field(kill_switch(&on("attic", "", false, "x"), "c", 0)),
+            "surface"
+        );
+        assert_eq!(
+            field(kill_switch(&on("", "fax", false, "x"), "c", 0)),
+            "channel"
+        );
+        assert_eq!(field(kill_switch(&on("", "", false, "x"), "c", 0)), "all");
+        assert_eq!(
+            field(kill_switch(&on("home", "", true, "x"), "c", 0)),
+            "all"
+        );
+        assert_eq!(
+            field(kill_switch(&on("home", "", false, " "), "c", 0)),
+            "reason"
+        );
+        let long = "r".repeat(MAX_REASON_BYTES + 1);
+        assert_eq!(
+            field(kill_switch(&on("home", "", false, &long), "c", 0)),
+            "reason"
+        );
+        let mut fresh = on("home", "web", false, "x");
+        fresh.tier = pb::FallbackTier::Fresh as i32;
+        assert_eq!(field(kill_switch(&fresh, "c", 0)), "tier");
+        fresh.tier = 42;
+        assert_eq!(field(kill_switch(&fresh, "c", 0)), "tier");
+        // Off needs no reason; off with all turns every switch off.
+        let off = pb::SetKillSwitchRequest {
+            all: true,
+            ..Default::default()
+        };
+        assert_eq!(kill_switch(&off, "c", 0).unwrap(), SwitchChange::AllOff);
+    }
 
     fn catalog() -> Catalog {
         Catalog::plain("t", ["a".to_string(), "b".to_string()])

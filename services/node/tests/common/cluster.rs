@@ -690,6 +690,94 @@ impl TestCluster {
             .filter(|&i| self.nodes[i].is_running())
             .collect()
     }
+
+    /// The etcd key prefix of this cluster's control records (`/aisle/<cluster>/control/`).
+    pub fn control_prefix(&self) -> String {
+        format!("/aisle/{}/control/", self.name)
+    }
+
+    /// Adds node `node-<n>` (not started: see [`TestCluster::start_with_candidate`]); its index.
+    pub fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        self.nodes.push(NodeProc {
+            id: format!("node-{i}"),
+            grpc_port: free_port(),
+            http_port: free_port(),
+            peer_port: free_port(),
+            etcd_endpoint: self.etcd.url(),
+            proc: None,
+            log: self.dir.0.join(format!("node-{i}.log")),
+            paused: false,
+        });
+        i
+    }
+
+    /// (Re)starts node `i` as the cluster starts its nodes, but with `candidate` as its candidate model file (the
+    /// builder gives every node the default model file as candidate too: one version for both).
+    pub fn start_with_candidate(&mut self, i: usize, candidate: &Path) {
+        self.kill(i);
+        let (catalog, model) = self.bundles.clone();
+        let f = self.etcd.files.clone();
+        let n = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .unwrap();
+        let child = Command::new(AISLE)
+            .args(["serve", "--node-id", &n.id])
+            .args(["--grpc-addr", &format!("127.0.0.1:{}", n.grpc_port)])
+            .args(["--http-addr", &format!("127.0.0.1:{}", n.http_port)])
+            .args(["--cluster", "etcd", "--etcd-endpoints", &n.etcd_endpoint])
+            .args(["--peer-addr", &format!("127.0.0.1:{}", n.peer_port)])
+            .arg("--tls-cert")
+            .arg(&f.server_cert)
+            .arg("--tls-key")
+            .arg(&f.server_key)
+            .arg("--tls-client-ca")
+            .arg(&f.client_ca)
+            .arg("--auth-tokens")
+            .arg(&f.tokens)
+            .arg("--pseudonym-key")
+            .arg(&f.pseudonym_key)
+            .arg("--peer-tls-cert")
+            .arg(&f.peer_cert)
+            .arg("--peer-tls-key")
+            .arg(&f.peer_key)
+            .arg("--peer-tls-ca")
+            .arg(&f.cluster_ca)
+            .arg("--etcd-ca")
+            .arg(&f.etcd_ca)
+            .arg("--etcd-cert")
+            .arg(&f.etcd_aisle_cert)
+            .arg("--etcd-key")
+            .arg(&f.etcd_aisle_key)
+            .args(["--cluster-name", &self.name])
+            .args(["--lease-ttl-secs", &self.lease_ttl_secs.to_string()])
+            .arg("--catalog")
+            .arg(&catalog)
+            .arg("--model")
+            .arg(&model)
+            .arg("--candidate-model")
+            .arg(candidate)
+            .args([
+                "--log-format",
+                "json",
+                "--session-shards",
+                "4",
+                "--ranking-shards",
+                "2",
+            ])
+            .args(&self.extra_args)
+            .env("AISLE_LOG", "info,aisle_node::cluster=debug")
+            .env_remove("AISLE_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("aisle runs");
+        n.proc = Some(Proc(child));
+        n.paused = false;
+    }
 }
 
 /// A channel to a secured node's client port at `addr` (`https://…`), identified as the `test-operator`

@@ -886,3 +886,109 @@ async fn a_forgotten_shopper_does_not_come_back_from_a_fenced_owner() {
         c.nodes[2].log_tail(40)
     );
 }
+
+/// A hand-off batch that arrives late — a Track reached the shopper's owner first — never overwrites the newer
+/// session: the batch is sent over the owner's peer port with a cluster certificate, as the member that held the
+/// shopper before, under the current view, carrying an older copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_hand_off_batch_does_not_overwrite_a_newer_session() {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let c = TestCluster::builder().nodes(3).start().await;
+    c.wait_for_members(3, Duration::from_secs(60)).await;
+    let status = c.status(0).await.unwrap();
+    let view = aisle_node::cluster::View::new(
+        status.epoch,
+        status
+            .members
+            .iter()
+            .map(|m| aisle_node::cluster::Member {
+                node_id: m.node_id.clone(),
+                addr: m.addr.clone(),
+                incarnation: m.incarnation.clone(),
+                leaving: m.leaving,
+            })
+            .collect(),
+    );
+    let shopper = "late-batch-shopper";
+    let owner = view.shopper_owner(shopper).unwrap().clone();
+    let sender = view
+        .members
+        .iter()
+        .find(|m| m.node_id != owner.node_id)
+        .unwrap()
+        .clone();
+    // The newer state: two events applied at the owner.
+    let mut client = c.client(0).await;
+    client
+        .track(pb::TrackRequest {
+            events: vec![
+                pb::TrackEvent {
+                    consent: Some(true),
+                    ..event(shopper, pb::EventType::View, "sku-000031")
+                },
+                event(shopper, pb::EventType::View, "sku-000032"),
+            ],
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    // The late batch: the copy from before those events (none yet), written a minute ago.
+    let catalog = common::catalog();
+    let mut stale = aisle_session::SessionContext::new();
+    stale.stamp_version((aisle_domain::now_ms() as u64).saturating_sub(60_000));
+    let record = pb::SessionRecord {
+        shopper_id: shopper.into(),
+        context: serde_json::to_vec(&stale.to_portable(&catalog)).unwrap(),
+        version: stale.version(),
+    };
+    let peer_port = c
+        .nodes
+        .iter()
+        .find(|n| n.id == owner.node_id)
+        .unwrap()
+        .peer_port;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&common::pki::pki().cluster_ca.cert))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(
+            &common::pki::pki().peer.cert,
+            &common::pki::pki().peer.key,
+        ));
+    let channel = Channel::from_shared(format!("https://127.0.0.1:{peer_port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let answer = aisle_proto::v1::peer_service_client::PeerServiceClient::new(channel)
+        .hand_off(pb::HandOffRequest {
+            epoch: view.epoch,
+            from_node: sender.node_id.clone(),
+            sessions: vec![record],
+            done: false,
+            view_fingerprint: view.fingerprint,
+            tombstones: Vec::new(),
+        })
+        .await
+        .expect("a batch from a member under the same view is accepted")
+        .into_inner();
+    assert_eq!(
+        answer.installed, 0,
+        "the older copy was installed: {answer:?}"
+    );
+    let held = c
+        .admin(0)
+        .await
+        .describe_shopper(pb::DescribeShopperRequest {
+            shopper_id: shopper.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(held.served_by, owner.node_id);
+    assert_eq!(held.events_applied, 2, "{held:?}");
+    for item in ["sku-000031", "sku-000032"] {
+        assert!(held.recent_item_ids.iter().any(|i| i == item), "{held:?}");
+    }
+}

@@ -245,33 +245,6 @@ impl PeerService for PeerApi {
         Ok(Response::new(pb::ReplicateAssistResponse {}))
     }
 
-    async fn switch_model(
-        &self,
-        request: Request<pb::SwitchModelRequest>,
-    ) -> Result<Response<pb::ModelSwitchResponse>, Status> {
-        let req = request.into_inner();
-        let action = if req.promote {
-            "promote_model"
-        } else {
-            "rollback_model"
-        };
-        super::admin::audited(
-            &self.node,
-            action,
-            &format!("member {}", req.from_node),
-            serde_json::json!({}),
-        )
-        .await?;
-        let default_model = super::admin::switch_here(&self.node, req.promote).await?;
-        tracing::info!(target: "aisle::admin", from = %req.from_node, promote = req.promote, %default_model,
-            "model switched at a member's request");
-        Ok(Response::new(pb::ModelSwitchResponse {
-            default_model,
-            served_by: self.node.id().to_string(),
-            members: Vec::new(),
-        }))
-    }
-
     async fn hold_view(
         &self,
         request: Request<pb::HoldViewRequest>,

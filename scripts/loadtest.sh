@@ -25,6 +25,14 @@
 # token file (NEW): the NEW node serves TLS with a throwaway CA (scripts/pki.sh) and checks a bearer token on every
 # call, and the load generator speaks TLS and sends the token. The ratio is the cost of security.
 #
+# `scripts/loadtest.sh --compare-replication BIN [--json]`: the cost of session replication, with one binary. ROUNDS
+# times (default 3) it starts a two-node cluster (one etcd for the whole comparison, a fresh cluster name per run,
+# TLS everywhere with a throwaway CA: scripts/pki.sh) with replication off (OLD, `--replication-ms 0`), then one with
+# it on (NEW, `--replication-ms ${REPLICATION_MS:-200}`), loads the first node with the `mixed` scenario (Decide and
+# Track; about half of the shoppers are owned by the other node, so forwarding is in both sides alike) at CPU_RATE
+# requests/s for CPU_DURATION after CPU_WARMUP, and reads the CPU of both node processes around the recorded run:
+# CPU per request (both nodes) and Decide p99. No saturation ramp.
+#
 # With DECISION_LOG=1 every node of either comparison writes its decision log (`--decision-log`, a fresh file per
 # run in the work directory): `DECISION_LOG=1 scripts/loadtest.sh --compare OLD NEW` prices a change to the log.
 set -euo pipefail
@@ -65,6 +73,123 @@ start_node() {
   fi
 }
 
+if [ "${1:-}" = "--compare-replication" ]; then
+  shift
+  [ $# -ge 1 ] || { echo "usage: scripts/loadtest.sh --compare-replication BIN [--json]" >&2; exit 2; }
+  case $1 in /*) node_bin=$1 ;; *) node_bin=$caller_dir/$1 ;; esac
+  shift
+  json=
+  [ "${1:-}" = "--json" ] && json=1
+  loadtest=${LOADTEST:-$bin/aisle-loadtest}
+  for b in "$node_bin" "$loadtest"; do
+    [ -x "$b" ] || { echo "not an executable: $b (build with \`cargo build --release\`)" >&2; exit 2; }
+  done
+  command -v etcd >/dev/null || { echo "etcd is not installed (make deps)" >&2; exit 2; }
+  rounds=${ROUNDS:-3}
+  cpu_rate=${CPU_RATE:-1000}
+  cpu_duration=${CPU_DURATION:-15s}
+  cpu_warmup=${CPU_WARMUP:-3s}
+  replication_ms=${REPLICATION_MS:-200}
+  clk_tck=$(getconf CLK_TCK)
+  work=$(mktemp -d)
+  pids=()
+  stop_all() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    pids=()
+  }
+  trap 'stop_all; rm -rf "$work"' EXIT
+  trap 'exit 130' INT TERM
+  # shellcheck source=scripts/pki.sh
+  . scripts/pki.sh
+  make_local_pki "$work/pki"
+  pki=$work/pki
+  etcd_port=$(free_port 52379)
+  etcd --name ab --data-dir "$work/etcd" \
+    --cert-file "$pki/etcd.pem" --key-file "$pki/etcd.key" --trusted-ca-file "$pki/ca.pem" --client-cert-auth \
+    --listen-client-urls "https://127.0.0.1:$etcd_port" --advertise-client-urls "https://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$((etcd_port + 1))" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$((etcd_port + 1))" \
+    --initial-cluster "ab=http://127.0.0.1:$((etcd_port + 1))" >"$work/etcd.log" 2>&1 &
+  etcd_pid=$!
+  trap 'stop_all; kill $etcd_pid 2>/dev/null || true; wait $etcd_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+  ticks() { local stat; stat=$(cat "/proc/$1/stat"); echo "${stat##*) }" | awk '{ print $12 + $13 }'; }
+  port_base=30700  # below the ephemeral range (32768+), where outgoing connections take their ports
+  : >"$work/runs.jsonl"
+  echo "A/B of replication in a 2-node cluster of $node_bin: OLD --replication-ms 0, NEW --replication-ms" \
+       "$replication_ms; $rounds round(s) of A B; mixed scenario at $cpu_rate/s for $cpu_duration after $cpu_warmup;" \
+       "$(nproc) cores shared by etcd, both nodes and the load generator"
+  for round in $(seq 1 "$rounds"); do
+    for side in old new; do
+      if [ "$side" = old ]; then ms=0 label=A; else ms=$replication_ms label=B; fi
+      node_pids=()
+      for i in 1 2; do
+        grpc=$(free_port "$port_base"); http=$(free_port $((grpc + 1))); peer=$(free_port $((http + 1)))
+        port_base=$((peer + 1))
+        [ "$i" = 1 ] && target="https://127.0.0.1:$grpc"
+        start_node "$node_bin" "ab-$i" "$grpc" "$http" "$work/node-$label$round-$i.log" 60 \
+          "run $label$round node $i: " --peer-addr "127.0.0.1:$peer" --cluster etcd \
+          --cluster-name "ab-$label$round" --etcd-endpoints "https://127.0.0.1:$etcd_port" \
+          --etcd-ca "$pki/ca.pem" --etcd-cert "$pki/etcd-client.pem" --etcd-key "$pki/etcd-client.key" \
+          --tls-cert "$pki/server.pem" --tls-key "$pki/server.key" --auth-tokens "$pki/tokens.toml" \
+          --pseudonym-key "$pki/pseudonym.key" \
+          --peer-tls-cert "$pki/peer.pem" --peer-tls-key "$pki/peer.key" --peer-tls-ca "$pki/ca.pem" \
+          --replication-ms "$ms"
+        pids+=("$node_pid") node_pids+=("$node_pid")
+        metrics_port[$i]=$http
+      done
+      for _ in $(seq 1 100); do
+        curl -fs "http://127.0.0.1:${metrics_port[1]}/metrics" | grep -q '^aisle_cluster_members 2' && break
+        sleep 0.1
+      done
+      client_args=(--ca-cert "$pki/ca.pem" --token "$(cat "$pki/token")")
+      "$loadtest" run --target "$target" "${client_args[@]}" --scenario mixed --rate "$cpu_rate" \
+        --duration "$cpu_warmup" --quiet >/dev/null
+      t0=0; for p in "${node_pids[@]}"; do t0=$((t0 + $(ticks "$p"))); done
+      "$loadtest" run --target "$target" "${client_args[@]}" --scenario mixed --rate "$cpu_rate" \
+        --duration "$cpu_duration" --json >"$work/cpu-$label$round.out"
+      t1=0; for p in "${node_pids[@]}"; do t1=$((t1 + $(ticks "$p"))); done
+      replicated=$(curl -fs "http://127.0.0.1:${metrics_port[1]}/metrics" \
+        | awk '/^aisle_replication_sessions_total\{result="sent"\}/ { print $2 }')
+      stop_all
+      python3 - "$side" "$label$round" "$((t1 - t0))" "$clk_tck" "$work/cpu-$label$round.out" \
+        "${replicated:-0}" "$work/runs.jsonl" <<'PY'
+import json, sys
+side, run, ticks, clk_tck, out, replicated, runs = sys.argv[1:]
+r = json.loads(open(out).read().strip().splitlines()[-1])
+calls = r["ok"] + r["errors"]
+cpu_s = int(ticks) / int(clk_tck)
+row = {"side": side, "run": run, "cpu_us_per_request": round(cpu_s * 1e6 / calls, 1) if calls else None,
+       "nodes_cpu_cores": round(cpu_s / r["duration_s"], 3), "requests": calls, "errors": r["errors"],
+       "decide_p99_ms": r.get("decide_p99_ms"), "track_p99_ms": r.get("track_p99_ms"),
+       "sessions_replicated_node1": float(replicated)}
+with open(runs, "a") as f:
+    f.write(json.dumps(row) + "\n")
+print(f"run {run:<4} {side:<3}  CPU {row['cpu_us_per_request']} µs/request ({row['nodes_cpu_cores']:.2f} cores, "
+      f"{calls} requests, {row['errors']} errors)  Decide p99 {row['decide_p99_ms']:.3f} ms  Track p99 "
+      f"{row['track_p99_ms']:.3f} ms  sessions replicated by node 1: {row['sessions_replicated_node1']:.0f}",
+      flush=True)
+PY
+    done
+  done
+  python3 - "$rounds" "${json:-}" "$work/runs.jsonl" <<'PY'
+import json, statistics, sys
+rounds, want_json, path = sys.argv[1:]
+runs = [json.loads(l) for l in open(path) if l.strip()]
+med = lambda side, key: statistics.median([r[key] for r in runs if r["side"] == side and r[key] is not None])
+out = {k: {s: med(s, k) for s in ("old", "new")} for k in ("cpu_us_per_request", "decide_p99_ms", "track_p99_ms")}
+ratios = {k: round(v["new"] / v["old"], 3) for k, v in out.items()}
+print()
+for k, v in out.items():
+    print(f"median {k}: OLD {v['old']:.3f}  NEW {v['new']:.3f}  NEW/OLD {ratios[k]:.3f}")
+if any(r["errors"] for r in runs):
+    print("warning: some runs had errors")
+if want_json:
+    print(json.dumps({"mode": "compare-replication", "rounds": int(rounds), "runs": runs, "medians": out,
+                      "ratios": ratios}))
+PY
+  exit 0
+fi
 if [ "${1:-}" = "--compare" ] || [ "${1:-}" = "--compare-tls" ]; then
   tls_mode=
   [ "$1" = "--compare-tls" ] && tls_mode=1

@@ -7,11 +7,27 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use aisle_proto::v1 as pb;
+use aisle_proto::v1::admin_service_client::AdminServiceClient;
 use common::cluster::{
     Driver, Targets, TestCluster, assert_single_fresh_owner, follow_members, http_get,
 };
 use common::{assert_bounded_fallback_labels, decide_req, event};
 use tokio::time::Instant;
+use tonic::transport::Channel;
+
+/// What the shopper's owner holds, asked through `admin`.
+async fn describe(
+    admin: &mut AdminServiceClient<Channel>,
+    shopper: &str,
+) -> pb::DescribeShopperResponse {
+    admin
+        .describe_shopper(pb::DescribeShopperRequest {
+            shopper_id: shopper.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
 
 fn shoppers(n: usize, tag: &str) -> Vec<String> {
     (0..n).map(|k| format!("{tag}-{k}")).collect()
@@ -105,15 +121,7 @@ async fn every_node_forwards_a_shopper_to_its_one_owner() {
             .into_inner();
         assert_eq!(r.accepted, 1);
     }
-    let d = c
-        .admin(2)
-        .await
-        .describe_shopper(pb::DescribeShopperRequest {
-            shopper_id: shopper.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let d = describe(&mut c.admin(2).await, shopper).await;
     assert_eq!(d.served_by, owners[shopper]);
     assert_eq!(
         d.recent_item_ids,
@@ -132,15 +140,7 @@ async fn every_node_forwards_a_shopper_to_its_one_owner() {
         .into_inner();
     assert!(f.session_erased);
     assert_eq!(f.served_by, owners[shopper]);
-    let d = c
-        .admin(0)
-        .await
-        .describe_shopper(pb::DescribeShopperRequest {
-            shopper_id: shopper.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let d = describe(&mut c.admin(0).await, shopper).await;
     assert!(!d.has_session);
 
     // Model switches asked of one node reach every member over the peer port.
@@ -289,13 +289,7 @@ async fn a_crashed_node_costs_a_few_seconds_of_fallback_answers_and_no_acknowled
             .filter(|r| r.track && &&r.shopper == shopper && r.error.is_none() && r.done <= cutoff)
             .map(|r| r.item.as_str())
             .collect();
-        let held = admin
-            .describe_shopper(pb::DescribeShopperRequest {
-                shopper_id: shopper.to_string(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let held = describe(&mut admin, shopper).await;
         assert_ne!(&held.served_by, victim_id);
         checked_events += acked.len();
         if acked
@@ -389,13 +383,7 @@ async fn a_rolling_restart_fails_no_call_and_keeps_every_session() {
     assert!(records.len() > 500, "{}", records.len());
     let mut admin = c.admin(1).await;
     for shopper in &population {
-        let d = admin
-            .describe_shopper(pb::DescribeShopperRequest {
-                shopper_id: shopper.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let d = describe(&mut admin, shopper).await;
         assert_eq!(
             d.recent_item_ids,
             ["sku-000300", "sku-000301", "sku-000302"],
@@ -572,19 +560,7 @@ async fn handhelds_get_every_nodes_events_in_order_and_resume_elsewhere() {
     c.wait_for_members(3, Duration::from_secs(60)).await;
     let store = "store-42";
     // The handheld's node: one that does not order the store's events.
-    let members = c.status(0).await.unwrap().members;
-    let view = aisle_node::cluster::View::new(
-        0,
-        members
-            .iter()
-            .map(|m| aisle_node::cluster::Member {
-                node_id: m.node_id.clone(),
-                addr: m.addr.clone(),
-                incarnation: m.incarnation.clone(),
-                leaving: m.leaving,
-            })
-            .collect(),
-    );
+    let view = c.view(0).await;
     let orderer = view.store_owner(store).unwrap().node_id.clone();
     let handheld_node = (0..3).find(|&i| c.nodes[i].id != orderer).unwrap();
     let other_node = (0..3)
@@ -698,20 +674,7 @@ async fn handhelds_get_every_nodes_events_in_order_and_resume_elsewhere() {
 async fn a_graceful_leave_hands_off_ten_thousand_sessions_quickly() {
     let mut c = TestCluster::builder().nodes(3).start().await;
     c.wait_for_members(3, Duration::from_secs(60)).await;
-    let status = c.status(0).await.unwrap();
-    let view = aisle_node::cluster::View::new(
-        status.epoch,
-        status
-            .members
-            .iter()
-            .map(|m| aisle_node::cluster::Member {
-                node_id: m.node_id.clone(),
-                addr: m.addr.clone(),
-                incarnation: m.incarnation.clone(),
-                leaving: m.leaving,
-            })
-            .collect(),
-    );
+    let view = c.view(0).await;
     let leaver = 0;
     let mine: Vec<String> = (0..)
         .map(|k| format!("bulk-{k}"))
@@ -775,13 +738,7 @@ async fn a_graceful_leave_hands_off_ten_thousand_sessions_quickly() {
     );
     let mut admin = c.admin(1).await;
     for s in mine.iter().step_by(97) {
-        let d = admin
-            .describe_shopper(pb::DescribeShopperRequest {
-                shopper_id: s.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let d = describe(&mut admin, s).await;
         assert_eq!(d.events_applied, 3, "{s} kept its context");
     }
     assert!(started.elapsed() < Duration::from_secs(30));
@@ -895,20 +852,7 @@ async fn a_late_hand_off_batch_does_not_overwrite_a_newer_session() {
     use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
     let c = TestCluster::builder().nodes(3).start().await;
     c.wait_for_members(3, Duration::from_secs(60)).await;
-    let status = c.status(0).await.unwrap();
-    let view = aisle_node::cluster::View::new(
-        status.epoch,
-        status
-            .members
-            .iter()
-            .map(|m| aisle_node::cluster::Member {
-                node_id: m.node_id.clone(),
-                addr: m.addr.clone(),
-                incarnation: m.incarnation.clone(),
-                leaving: m.leaving,
-            })
-            .collect(),
-    );
+    let view = c.view(0).await;
     let shopper = "late-batch-shopper";
     let owner = view.shopper_owner(shopper).unwrap().clone();
     let sender = view
@@ -977,15 +921,7 @@ async fn a_late_hand_off_batch_does_not_overwrite_a_newer_session() {
         answer.installed, 0,
         "the older copy was installed: {answer:?}"
     );
-    let held = c
-        .admin(0)
-        .await
-        .describe_shopper(pb::DescribeShopperRequest {
-            shopper_id: shopper.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let held = describe(&mut c.admin(0).await, shopper).await;
     assert_eq!(held.served_by, owner.node_id);
     assert_eq!(held.events_applied, 2, "{held:?}");
     for item in ["sku-000031", "sku-000032"] {

@@ -451,7 +451,13 @@ impl TestCluster {
     }
 
     fn spawn(&mut self, i: usize) {
+        self.spawn_with(i, None);
+    }
+
+    /// Starts node `i`; its candidate model file is `candidate`, or the default model's file.
+    fn spawn_with(&mut self, i: usize, candidate: Option<&Path>) {
         let (catalog, model) = self.bundles.clone();
+        let candidate = candidate.map_or_else(|| model.clone(), Path::to_path_buf);
         let f = self.etcd.files.clone();
         let n = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new()
@@ -494,7 +500,7 @@ impl TestCluster {
             .arg("--model")
             .arg(&model)
             .arg("--candidate-model")
-            .arg(&model)
+            .arg(&candidate)
             .args([
                 "--log-format",
                 "json",
@@ -591,6 +597,24 @@ impl TestCluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Node `i`'s view as it reports it (ClusterStatus), to compute owners and successors as the nodes do.
+    pub async fn view(&self, i: usize) -> aisle_node::cluster::View {
+        let status = self.status(i).await.expect("the node answers");
+        aisle_node::cluster::View::new(
+            status.epoch,
+            status
+                .members
+                .iter()
+                .map(|m| aisle_node::cluster::Member {
+                    node_id: m.node_id.clone(),
+                    addr: m.addr.clone(),
+                    incarnation: m.incarnation.clone(),
+                    leaving: m.leaving,
+                })
+                .collect(),
+        )
     }
 
     /// Waits until each of `nodes` is a member and lists the same `n` members (none leaving).
@@ -716,67 +740,7 @@ impl TestCluster {
     /// builder gives every node the default model file as candidate too: one version for both).
     pub fn start_with_candidate(&mut self, i: usize, candidate: &Path) {
         self.kill(i);
-        let (catalog, model) = self.bundles.clone();
-        let f = self.etcd.files.clone();
-        let n = &mut self.nodes[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&n.log)
-            .unwrap();
-        let child = Command::new(AISLE)
-            .args(["serve", "--node-id", &n.id])
-            .args(["--grpc-addr", &format!("127.0.0.1:{}", n.grpc_port)])
-            .args(["--http-addr", &format!("127.0.0.1:{}", n.http_port)])
-            .args(["--cluster", "etcd", "--etcd-endpoints", &n.etcd_endpoint])
-            .args(["--peer-addr", &format!("127.0.0.1:{}", n.peer_port)])
-            .arg("--tls-cert")
-            .arg(&f.server_cert)
-            .arg("--tls-key")
-            .arg(&f.server_key)
-            .arg("--tls-client-ca")
-            .arg(&f.client_ca)
-            .arg("--auth-tokens")
-            .arg(&f.tokens)
-            .arg("--pseudonym-key")
-            .arg(&f.pseudonym_key)
-            .arg("--peer-tls-cert")
-            .arg(&f.peer_cert)
-            .arg("--peer-tls-key")
-            .arg(&f.peer_key)
-            .arg("--peer-tls-ca")
-            .arg(&f.cluster_ca)
-            .arg("--etcd-ca")
-            .arg(&f.etcd_ca)
-            .arg("--etcd-cert")
-            .arg(&f.etcd_aisle_cert)
-            .arg("--etcd-key")
-            .arg(&f.etcd_aisle_key)
-            .args(["--cluster-name", &self.name])
-            .args(["--lease-ttl-secs", &self.lease_ttl_secs.to_string()])
-            .arg("--catalog")
-            .arg(&catalog)
-            .arg("--model")
-            .arg(&model)
-            .arg("--candidate-model")
-            .arg(candidate)
-            .args([
-                "--log-format",
-                "json",
-                "--session-shards",
-                "4",
-                "--ranking-shards",
-                "2",
-            ])
-            .args(&self.extra_args)
-            .env("AISLE_LOG", "info,aisle_node::cluster=debug")
-            .env_remove("AISLE_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("aisle runs");
-        n.proc = Some(Proc(child));
-        n.paused = false;
+        self.spawn_with(i, Some(candidate));
     }
 }
 

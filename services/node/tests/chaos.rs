@@ -343,7 +343,8 @@ impl Chaos {
         self.c.etcd.wait_healthy(Duration::from_secs(30)).await;
         let converged = self.agree(&[0, 1, 2], 3, Duration::from_secs(10)).await?;
         self.note(format!(
-            "every node held epoch {epoch} through the outage: {}; members agreed {converged:.1?} after etcd was back",
+            "every node held epoch {epoch} through the outage: {}; members agreed {converged:.1?} after etcd was \
+             back",
             lost.is_empty()
         ));
         let now = self.now();
@@ -669,8 +670,8 @@ fn judge(
             }
             Fault::Pause { node, epoch } => {
                 // Resumed, the paused node never answers as owner under its old view: that would be a second
-                // owner beside the node that took its shoppers over. Answered after SIGCONT, not only sent after:
-                // the calls sent to it while it was stopped wait in its sockets and are answered when it resumes.
+                // owner beside the node that took its shoppers over. Counted by answer time, so that a call sent
+                // while it was stopped (its bytes wait in the node's socket) and answered after SIGCONT counts too.
                 let stale = records
                     .iter()
                     .filter(|r| r.done >= p.recover_from && r.served_by == ids[node])
@@ -836,7 +837,8 @@ fn judge(
 fn print_table(phases: &[Phase], rows: &[Row]) -> String {
     let mut out = String::new();
     out.push_str(
-        "| phase | calls | failed calls | failed, not documented | FRESH (Decide) | dual owners | acked events lost | time to recover |\n",
+        "| phase | calls | failed calls | failed, not documented | FRESH (Decide) | dual owners | acked events lost \
+         | time to recover |\n",
     );
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
     let mut total = Row::default();
@@ -935,7 +937,8 @@ async fn five_faults_under_mixed_load_keep_every_documented_promise() {
     broken.splice(0..0, chaos.broken.drain(..));
 
     println!(
-        "\nchaos run: {SHOPPERS} shoppers, {RATE} calls/s (one in {TRACK_EVERY} a Track, the others Decides), lease TTL {ttl:?}"
+        "\nchaos run: {SHOPPERS} shoppers, {RATE} calls/s (one in {TRACK_EVERY} a Track, the others Decides), \
+         lease TTL {ttl:?}"
     );
     for (p, r) in chaos.phases.iter().zip(&rows) {
         println!(

@@ -213,9 +213,16 @@ async fn a_crashed_node_costs_a_few_seconds_of_fallback_answers_and_no_acknowled
     let window_end = killed_at + ttl + Duration::from_secs(1);
     let victim_id = &c.nodes[victim].id;
     // The dead node's shoppers: those it answered FRESH before the kill.
+    // (A Decide's `served_by` is the owner that answered FRESH; a Track's is only the node that received it.)
     let orphans: HashSet<&String> = records
         .iter()
-        .filter(|r| r.at < killed_at && r.error.is_none() && &r.served_by == victim_id)
+        .filter(|r| {
+            r.at < killed_at
+                && r.error.is_none()
+                && !r.track
+                && r.tier == pb::FallbackTier::Fresh
+                && &r.served_by == victim_id
+        })
         .map(|r| &r.shopper)
         .collect();
     assert!(orphans.len() > 25, "{}", orphans.len());

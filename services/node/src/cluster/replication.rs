@@ -15,8 +15,10 @@
 //!   holds before the view's barrier begins ([`Replication::adopt`]); the usual import rule applies (a local copy
 //!   of the same or a later version stays).
 //!
-//! What a replica can miss: the writes of the last `interval` (plus a send) before a crash — the lag, exported
-//! as `aisle_replication_lag_seconds` — and everything when the owner and its successor fail together.
+//! What a replica can miss: the writes of the last `interval` (plus a send) before a crash or a pause past the
+//! lease (SIGKILL, SIGSTOP, a frozen VM) — the lag, exported as `aisle_replication_lag_seconds` — and everything
+//! when the owner and its successor fail together. A node that fences itself (cut off from etcd) sends one last
+//! round under its last view first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -241,14 +243,25 @@ pub async fn run(holdings: super::handoff::Holdings, cluster: Arc<Cluster>) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut swept = Instant::now();
+    // The view of the last round: when this node fences itself, one last round under it sends what changed since.
+    // The fence comes a margin before the lease can lapse, so the successors still hold that view and accept it.
+    let mut last: Option<SharedView> = None;
     loop {
         tick.tick().await;
         if swept.elapsed() >= SWEEP {
             replication.sweep();
             swept = Instant::now();
         }
-        if let Some(view) = cluster.current() {
-            round(&holdings, &cluster, &view).await;
+        match cluster.current() {
+            Some(view) => {
+                round(&holdings, &cluster, &view).await;
+                last = Some(view);
+            }
+            None => {
+                if let Some(view) = last.take() {
+                    round(&holdings, &cluster, &view).await;
+                }
+            }
         }
         metrics::gauge!("aisle_replication_lag_seconds").set(replication.lag().as_secs_f64());
     }

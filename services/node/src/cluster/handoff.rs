@@ -150,9 +150,17 @@ pub async fn hand_off(holdings: &Holdings, cluster: &Arc<Cluster>, view: &Shared
             forgotten_at_ms,
         })
         .collect();
+    // To every member at once: one that does not answer delays nobody else's barrier.
+    let mut dones = tokio::task::JoinSet::new();
     for m in view.members.iter().filter(|m| m.node_id != me) {
-        send_done(cluster, &m.addr, view, tombstones.clone()).await;
+        dones.spawn(send_done(
+            cluster.clone(),
+            m.addr.clone(),
+            view.clone(),
+            tombstones.clone(),
+        ));
     }
+    while dones.join_next().await.is_some() {}
     metrics::counter!("aisle_handoff_sessions_sent_total").increment(moved as u64);
     if moved > 0 {
         tracing::info!(
@@ -283,9 +291,9 @@ async fn install(holdings: &Holdings, records: Vec<pb::SessionRecord>) -> usize 
 /// still not have it, again in the background every second until it does or the view changes. The member serves
 /// the shoppers this node held only once it has this `done` (the barrier has no timeout), so it must arrive.
 async fn send_done(
-    cluster: &Arc<Cluster>,
-    addr: &str,
-    view: &SharedView,
+    cluster: Arc<Cluster>,
+    addr: String,
+    view: SharedView,
     tombstones: Vec<pb::Tombstone>,
 ) {
     let request = pb::HandOffRequest {
@@ -296,10 +304,10 @@ async fn send_done(
         view_fingerprint: view.fingerprint,
         tombstones,
     };
-    if deliver_done(cluster, addr, &request, 3).await {
+    if deliver_done(&cluster, &addr, &request, 3).await {
         return;
     }
-    let (cluster, addr, fingerprint) = (cluster.clone(), addr.to_string(), view.fingerprint);
+    let fingerprint = view.fingerprint;
     tokio::spawn(async move {
         while cluster
             .current()

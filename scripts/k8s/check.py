@@ -1544,7 +1544,9 @@ def check_binary_ready(values_name: str, cluster: bool) -> str:
         if "AISLE_DECISION_LOG" in env:
             facts.append(check_trail(binary, env["AISLE_DECISION_LOG"], [decided["decision_id"]], tail))
         if cluster:
-            left = [k for k in etcd_keys(etcd_url) if pod_name in k]
+            # Only the membership key is under the lease; control/loaded/<node> (what the node served) stays for the
+            # next node of that id, and only members' records are read.
+            left = [k for k in etcd_keys(etcd_url) if pod_name in k and "/members/" in k]
             check(not left, f"the node's membership key outlived it (lease not revoked): {left}")
             facts.append("lease revoked")
         return "; ".join(facts)
@@ -1999,7 +2001,7 @@ def check_binary_tls() -> str:
         facts.append(check_log_metrics(ports["http"], tail))
         facts.append(terminate(node, docs, c, tail))
         facts.append(check_trail(binary, env["AISLE_DECISION_LOG"], decision_ids, tail))
-        left = etcdctl("get", "--prefix", "--keys-only", "/aisle/", as_root=True).stdout
+        left = etcdctl("get", "--prefix", "--keys-only", "/aisle/aisle/members/", as_root=True).stdout
         check(pod_name not in left, f"the node's membership key outlived it (lease not revoked): {left}")
         facts.append("lease revoked")
         return "; ".join(facts)

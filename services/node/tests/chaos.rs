@@ -158,53 +158,9 @@ impl Chaos {
         self.phase().notes.push(note);
     }
 
-    /// Waits until each of `nodes` is a member and they list the same `n` members (none leaving), as
-    /// `TestCluster::wait_for_view` does, but returns what it saw instead of panicking, so that the run can still
-    /// print its table.
+    /// [`TestCluster::try_wait_for_view`]: what it saw is returned, so that the run can still print its table.
     async fn agree(&self, nodes: &[usize], n: usize, within: Duration) -> Result<Duration, String> {
-        let started = Instant::now();
-        loop {
-            let mut views = Vec::new();
-            for &i in nodes {
-                views.push(self.c.status(i).await);
-            }
-            let sets: Vec<Option<Vec<(String, String)>>> = views
-                .iter()
-                .map(|v| {
-                    v.as_ref().filter(|v| v.member).map(|v| {
-                        v.members
-                            .iter()
-                            .filter(|m| !m.leaving)
-                            .map(|m| (m.node_id.clone(), m.incarnation.clone()))
-                            .collect()
-                    })
-                })
-                .collect();
-            if sets
-                .iter()
-                .all(|s| s.as_ref().is_some_and(|s| s.len() == n))
-                && sets.windows(2).all(|w| w[0] == w[1])
-            {
-                return Ok(started.elapsed());
-            }
-            if started.elapsed() >= within {
-                let logs: Vec<String> = nodes
-                    .iter()
-                    .map(|&i| {
-                        format!(
-                            "--- {}\n{}",
-                            self.c.nodes[i].id,
-                            self.c.nodes[i].log_tail(15)
-                        )
-                    })
-                    .collect();
-                return Err(format!(
-                    "nodes {nodes:?} did not agree on {n} members within {within:?}: {sets:?}\n{}",
-                    logs.join("\n")
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.c.try_wait_for_view(nodes, n, within).await
     }
 
     /// Waits until node `i` answers /readyz with `status`; how long that took.

@@ -619,6 +619,19 @@ impl TestCluster {
 
     /// Waits until each of `nodes` is a member and lists the same `n` members (none leaving).
     pub async fn wait_for_view(&self, nodes: &[usize], n: usize, within: Duration) -> Duration {
+        self.try_wait_for_view(nodes, n, within)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`TestCluster::wait_for_view`], but what it saw (with the nodes' log tails) is returned rather than
+    /// panicked with, for a caller that reports it later.
+    pub async fn try_wait_for_view(
+        &self,
+        nodes: &[usize],
+        n: usize,
+        within: Duration,
+    ) -> Result<Duration, String> {
         let started = Instant::now();
         loop {
             let mut views = Vec::new();
@@ -642,12 +655,18 @@ impl TestCluster {
                 .all(|s| s.as_ref().is_some_and(|s| s.len() == n))
                 && sets.windows(2).all(|w| w[0] == w[1])
             {
-                return started.elapsed();
+                return Ok(started.elapsed());
             }
-            assert!(
-                started.elapsed() < within,
-                "nodes {nodes:?} did not agree on {n} members within {within:?}: {views:?}"
-            );
+            if started.elapsed() >= within {
+                let logs: Vec<String> = nodes
+                    .iter()
+                    .map(|&i| format!("--- {}\n{}", self.nodes[i].id, self.nodes[i].log_tail(15)))
+                    .collect();
+                return Err(format!(
+                    "nodes {nodes:?} did not agree on {n} members within {within:?}: {views:?}\n{}",
+                    logs.join("\n")
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }

@@ -73,7 +73,7 @@ fn bench(c: &mut Criterion) {
             let catalog = catalog.clone();
             async move {
                 sessions
-                    .apply(&shopper, vec![event(5, n as i64)], catalog, timeout)
+                    .apply(&shopper, vec![event(5, n as i64)], catalog, None, timeout)
                     .await
                     .unwrap()
             }

@@ -265,7 +265,15 @@ pub struct SessionContext {
     events_applied: u64,
     version: u64,
     assist: AssistState,
+    /// Per queue that delivered events to this session, the highest sequence number applied (see
+    /// [`SessionContext::delivered`]); the most recently used last, at most [`MAX_DELIVERY_ORIGINS`].
+    #[serde(default)]
+    deliveries: Vec<(Box<str>, u64)>,
 }
+
+/// How many delivering queues a session remembers. A queue is one node's or store's outbox: a shopper meets a few.
+/// Beyond this, the queue heard from least recently is forgotten (a redelivery from it would apply again).
+pub const MAX_DELIVERY_ORIGINS: usize = 32;
 
 impl SessionContext {
     /// An empty session.
@@ -318,15 +326,37 @@ impl SessionContext {
         self.consent.unwrap_or(default_consent)
     }
 
-    /// Drops everything behavioural: only the consent statement, the event count and the version are kept.
-    /// Built from the default rather than cleared field by field, so a field added later is dropped too.
+    /// Drops everything behavioural: only the consent statement, the event count, the version and the delivery
+    /// marks are kept. Built from the default rather than cleared field by field, so a field added later is
+    /// dropped too.
     fn drop_behaviour(&mut self) {
         *self = Self {
             consent: self.consent,
             events_applied: self.events_applied,
             version: self.version,
+            deliveries: std::mem::take(&mut self.deliveries),
             ..Self::default()
         };
+    }
+
+    /// The highest sequence number of queue `origin` applied to this session (0: none).
+    pub fn delivered(&self, origin: &str) -> u64 {
+        self.deliveries
+            .iter()
+            .find(|(o, _)| &**o == origin)
+            .map_or(0, |&(_, seq)| seq)
+    }
+
+    /// Records that entry `seq` of queue `origin` was applied (a queue delivers each shopper's entries in order).
+    pub fn mark_delivered(&mut self, origin: &str, seq: u64) {
+        let seq = match self.deliveries.iter().position(|(o, _)| &**o == origin) {
+            Some(k) => self.deliveries.remove(k).1.max(seq),
+            None => seq,
+        };
+        if self.deliveries.len() >= MAX_DELIVERY_ORIGINS {
+            self.deliveries.remove(0);
+        }
+        self.deliveries.push((origin.into(), seq));
     }
 
     /// The store the shopper is in, if known.
@@ -638,6 +668,11 @@ impl SessionContext {
                 .iter()
                 .map(|s| s.len() + std::mem::size_of::<Box<str>>())
                 .sum::<usize>()
+            + self
+                .deliveries
+                .iter()
+                .map(|(o, _)| o.len() + std::mem::size_of::<(Box<str>, u64)>())
+                .sum::<usize>()
     }
 }
 
@@ -663,6 +698,9 @@ pub struct PortableSession {
     cart_alert_active: bool,
     linger: Option<(String, u32, TimestampMs)>,
     last_linger_alert: Option<(String, TimestampMs)>,
+    /// Absent in sessions handed off by older nodes: no queue delivered to them.
+    #[serde(default)]
+    deliveries: Vec<(String, u64)>,
 }
 
 impl SessionContext {
@@ -715,6 +753,11 @@ impl SessionContext {
             cart_alert_active: self.assist.cart_alert_active,
             linger: self.assist.linger.map(|(c, n, t)| (category(c), n, t)),
             last_linger_alert: self.assist.last_linger_alert.map(|(c, t)| (category(c), t)),
+            deliveries: self
+                .deliveries
+                .iter()
+                .map(|(o, seq)| (o.to_string(), *seq))
+                .collect(),
         }
     }
 
@@ -802,6 +845,14 @@ impl SessionContext {
                     .last_linger_alert
                     .and_then(|(n, t)| category(&n).map(|c| (c, t))),
             },
+            deliveries: p
+                .deliveries
+                .into_iter()
+                .rev()
+                .take(MAX_DELIVERY_ORIGINS)
+                .rev()
+                .map(|(o, seq)| (o.into(), seq))
+                .collect(),
         };
         if session.consent == Some(false) {
             session.drop_behaviour();

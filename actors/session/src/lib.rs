@@ -25,8 +25,8 @@ use ractor::rpc::CallResult;
 
 pub use context::{AssistRules, AssistSignal, PortableSession, SessionContext, SessionLimits};
 pub use shard::{
-    Applied, OwnerGate, SessionError, SessionMsg, SessionSettings, SessionShard, SessionTable,
-    SessionTransfer, ShardStats,
+    Applied, Delivery, OwnerGate, SessionError, SessionMsg, SessionSettings, SessionShard,
+    SessionTable, SessionTransfer, ShardStats,
 };
 
 /// The typed handle to the session actors. Cheap to clone.
@@ -118,7 +118,8 @@ impl Sessions {
         self.pool.member(self.shard_of(shopper_id))
     }
 
-    /// Applies events, in order, to one shopper's session.
+    /// Applies events, in order, to one shopper's session. With a `delivery` (a queue's entry), only once: an entry
+    /// the session already applied changes nothing and is reported as [`Applied::duplicate`].
     ///
     /// # Errors
     /// [`SessionError::Timeout`] or [`SessionError::Unavailable`] when the shard does not answer (nothing is
@@ -128,6 +129,7 @@ impl Sessions {
         shopper_id: &str,
         events: Vec<ShopperEvent>,
         catalog: Arc<Catalog>,
+        delivery: Option<Delivery>,
         timeout: Duration,
     ) -> Result<Applied, SessionError> {
         let shopper_id: Box<str> = shopper_id.into();
@@ -138,6 +140,7 @@ impl Sessions {
                     shopper_id,
                     events,
                     catalog,
+                    delivery,
                     reply,
                 },
                 Some(timeout),
@@ -399,6 +402,73 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_queue_entry_is_applied_once_and_its_mark_travels_with_the_session() {
+        let s = Sessions::start(2, SessionSettings::default())
+            .await
+            .unwrap();
+        let entry = |seq| {
+            Some(Delivery {
+                origin: "node-2/7f".into(),
+                seq,
+            })
+        };
+        let first = s
+            .apply("dora", vec![view_event(1, 10)], catalog(), entry(1), T)
+            .await
+            .unwrap();
+        assert!(!first.duplicate);
+        // The same entry again (its answer was lost, say): nothing changes.
+        let again = s
+            .apply("dora", vec![view_event(1, 10)], catalog(), entry(1), T)
+            .await
+            .unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.loggable, vec![false]);
+        let next = s
+            .apply("dora", vec![view_event(2, 20)], catalog(), entry(2), T)
+            .await
+            .unwrap();
+        assert!(!next.duplicate);
+        // Another queue's entry 1 is its own.
+        let other = Some(Delivery {
+            origin: "store-9/01".into(),
+            seq: 1,
+        });
+        assert!(
+            !s.apply("dora", vec![view_event(3, 30)], catalog(), other, T)
+                .await
+                .unwrap()
+                .duplicate
+        );
+        let session = s.describe("dora", T).await.unwrap().unwrap();
+        assert_eq!(session.events_applied(), 3);
+        assert_eq!(session.delivered("node-2/7f"), 2);
+        // Handed off (portable form) to a node with the same catalog, the marks still refuse a redelivery.
+        let moved = SessionContext::from_portable(session.to_portable(&catalog()), &catalog());
+        assert_eq!(moved.delivered("node-2/7f"), 2);
+        assert_eq!(moved.delivered("store-9/01"), 1);
+        let t = Sessions::start(2, SessionSettings::default())
+            .await
+            .unwrap();
+        t.import(
+            vec![SessionTransfer {
+                shopper_id: "dora".into(),
+                context: moved,
+            }],
+            T,
+        )
+        .await
+        .unwrap();
+        assert!(
+            t.apply("dora", vec![view_event(2, 20)], catalog(), entry(2), T)
+                .await
+                .unwrap()
+                .duplicate
+        );
+        s.stop().await;
+        t.stop().await;
+    }
+    #[tokio::test]
     async fn session_is_created_on_first_event_and_read_back() {
         let s = Sessions::start(4, SessionSettings::default())
             .await
@@ -409,13 +479,14 @@ mod tests {
                 "alice",
                 vec![view_event(1, 10), view_event(2, 20)],
                 catalog(),
+                None,
                 T,
             )
             .await
             .unwrap();
         assert!(applied.created);
         let again = s
-            .apply("alice", vec![view_event(3, 30)], catalog(), T)
+            .apply("alice", vec![view_event(3, 30)], catalog(), None, T)
             .await
             .unwrap();
         assert!(!again.created);
@@ -437,22 +508,22 @@ mod tests {
             ..Default::default()
         };
         let s = Sessions::start(2, settings).await.unwrap();
-        s.apply("idle", vec![view_event(1, 1)], catalog(), T)
+        s.apply("idle", vec![view_event(1, 1)], catalog(), None, T)
             .await
             .unwrap();
-        s.apply("busy", vec![view_event(1, 1)], catalog(), T)
+        s.apply("busy", vec![view_event(1, 1)], catalog(), None, T)
             .await
             .unwrap();
         let refusal = ShopperEvent {
             consent: Some(false),
             ..view_event(1, 1)
         };
-        s.apply("refused", vec![refusal], catalog(), T)
+        s.apply("refused", vec![refusal], catalog(), None, T)
             .await
             .unwrap();
         for minute in 0..4 {
             tokio::time::sleep(Duration::from_secs(20)).await;
-            s.apply("busy", vec![view_event(2, minute)], catalog(), T)
+            s.apply("busy", vec![view_event(2, minute)], catalog(), None, T)
                 .await
                 .unwrap();
         }
@@ -475,10 +546,10 @@ mod tests {
         let s = Sessions::start(1, SessionSettings::default())
             .await
             .unwrap();
-        s.apply("a", vec![view_event(1, 1)], catalog(), T)
+        s.apply("a", vec![view_event(1, 1)], catalog(), None, T)
             .await
             .unwrap();
-        s.apply("b", vec![view_event(2, 1)], catalog(), T)
+        s.apply("b", vec![view_event(2, 1)], catalog(), None, T)
             .await
             .unwrap();
         let shard = s.shard_ref(0);
@@ -508,7 +579,7 @@ mod tests {
             .await
             .unwrap();
         let victim = s.shard_of("carol");
-        s.apply("carol", vec![view_event(1, 1)], catalog(), T)
+        s.apply("carol", vec![view_event(1, 1)], catalog(), None, T)
             .await
             .unwrap();
         let before = s.shard_ref(victim);
@@ -522,7 +593,7 @@ mod tests {
             "the table was cleared too"
         );
         assert_eq!(s.active_sessions(), 0);
-        s.apply("carol", vec![view_event(2, 2)], catalog(), T)
+        s.apply("carol", vec![view_event(2, 2)], catalog(), None, T)
             .await
             .unwrap();
         assert!(s.view("carol", T).await.unwrap().is_some());
@@ -536,9 +607,15 @@ mod tests {
             .unwrap();
         assert_eq!(s.view_now("dora").unwrap(), None);
         for k in 0..30u32 {
-            s.apply("dora", vec![view_event(k % 7, i64::from(k))], catalog(), T)
-                .await
-                .unwrap();
+            s.apply(
+                "dora",
+                vec![view_event(k % 7, i64::from(k))],
+                catalog(),
+                None,
+                T,
+            )
+            .await
+            .unwrap();
             // Every acknowledged batch is visible at once, and the same as the shard's own answer.
             let now = s.view_now("dora").unwrap().expect("a session");
             assert_eq!(
@@ -563,19 +640,20 @@ mod tests {
         )
         .await
         .unwrap();
-        s.apply("moving", vec![view_event(1, 1)], catalog(), T)
+        s.apply("moving", vec![view_event(1, 1)], catalog(), None, T)
             .await
             .unwrap();
         owned.store(false, Ordering::SeqCst);
         assert_eq!(
-            s.apply("moving", vec![view_event(2, 2)], catalog(), T)
+            s.apply("moving", vec![view_event(2, 2)], catalog(), None, T)
                 .await,
             Err(SessionError::NotOwner)
         );
         assert_eq!(s.view("moving", T).await, Err(SessionError::NotOwner));
         assert_eq!(s.view_now("moving"), Err(SessionError::NotOwner));
         assert_eq!(
-            s.apply("other", vec![view_event(2, 2)], catalog(), T).await,
+            s.apply("other", vec![view_event(2, 2)], catalog(), None, T)
+                .await,
             Err(SessionError::NotOwner)
         );
         assert_eq!(
@@ -595,7 +673,7 @@ mod tests {
             .await
             .unwrap();
         for k in 0..20 {
-            a.apply(&format!("s{k}"), vec![view_event(k, 1)], catalog(), T)
+            a.apply(&format!("s{k}"), vec![view_event(k, 1)], catalog(), None, T)
                 .await
                 .unwrap();
         }
@@ -619,16 +697,22 @@ mod tests {
         let s = Sessions::start(2, SessionSettings::default())
             .await
             .unwrap();
-        s.apply("x", vec![view_event(1, 1)], catalog(), T)
+        s.apply("x", vec![view_event(1, 1)], catalog(), None, T)
             .await
             .unwrap();
         let older = s.export(Arc::new(|_: &str| true), T).await.unwrap();
         assert_eq!(older.len(), 1);
         // Written here after the copy was taken: the stale copy must not win.
         tokio::time::sleep(Duration::from_millis(2)).await;
-        s.apply("x", vec![view_event(2, 2), view_event(3, 3)], catalog(), T)
-            .await
-            .unwrap();
+        s.apply(
+            "x",
+            vec![view_event(2, 2), view_event(3, 3)],
+            catalog(),
+            None,
+            T,
+        )
+        .await
+        .unwrap();
         let newer = s.describe("x", T).await.unwrap().unwrap();
         assert!(newer.version() > older[0].context.version());
         assert_eq!(s.import(older, T).await.unwrap(), 0);
@@ -638,7 +722,7 @@ mod tests {
         );
         // A newer copy does replace an older local one.
         let mut newest = s.export(Arc::new(|_: &str| true), T).await.unwrap();
-        s.apply("x", vec![view_event(4, 4)], catalog(), T)
+        s.apply("x", vec![view_event(4, 4)], catalog(), None, T)
             .await
             .unwrap();
         newest[0].context.stamp_version(u64::MAX / 2);
@@ -657,16 +741,16 @@ mod tests {
             ..SessionSettings::default()
         };
         let s = Sessions::start(1, settings).await.unwrap();
-        s.apply("first", vec![view_event(1, 1)], catalog(), T)
+        s.apply("first", vec![view_event(1, 1)], catalog(), None, T)
             .await
             .unwrap();
         for k in 0..1_000 {
-            s.apply(&format!("s{k}"), vec![view_event(1, 1)], catalog(), T)
+            s.apply(&format!("s{k}"), vec![view_event(1, 1)], catalog(), None, T)
                 .await
                 .unwrap();
             // The first shopper stays active: never the least recently active.
             if k % 20 == 0 {
-                s.apply("first", vec![view_event(2, 2)], catalog(), T)
+                s.apply("first", vec![view_event(2, 2)], catalog(), None, T)
                     .await
                     .unwrap();
             }
@@ -699,7 +783,7 @@ mod tests {
             (stating(7, 7, Some(true), false), true),
         ];
         let (events, expected): (Vec<_>, Vec<_>) = steps.into_iter().unzip();
-        let applied = s.apply("mixed", events, catalog(), T).await.unwrap();
+        let applied = s.apply("mixed", events, catalog(), None, T).await.unwrap();
         assert_eq!(applied.loggable, expected);
         assert_eq!(s.consent_now("mixed").unwrap(), Some(true));
         // After the revocation only the grant's event shapes the session.
@@ -715,7 +799,7 @@ mod tests {
         let s = Sessions::start(1, SessionSettings::default())
             .await
             .unwrap();
-        s.apply("r", vec![view_event(1, 1)], catalog(), T)
+        s.apply("r", vec![view_event(1, 1)], catalog(), None, T)
             .await
             .unwrap();
         let before = s.describe("r", T).await.unwrap().unwrap().version();
@@ -723,7 +807,10 @@ mod tests {
             consent: Some(false),
             ..view_event(2, 2)
         };
-        let applied = s.apply("r", vec![revoke], catalog(), T).await.unwrap();
+        let applied = s
+            .apply("r", vec![revoke], catalog(), None, T)
+            .await
+            .unwrap();
         assert_eq!(applied.loggable, vec![false]);
         let after = s.describe("r", T).await.unwrap().unwrap();
         assert!(after.version() > before);

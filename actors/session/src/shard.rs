@@ -92,6 +92,18 @@ pub struct Applied {
     /// Per event, in order: whether it may be written to the event log — the shopper consents after applying it
     /// (the recorded statement, else the event's regional default).
     pub loggable: Vec<bool>,
+    /// The events were a queue's entry that this session had already applied: nothing was applied again.
+    pub duplicate: bool,
+}
+
+/// Where a batch of events comes from when a queue delivers it: entry `seq` of queue `origin`. A session applies
+/// each queue's entries once: one whose `seq` is not above the highest it applied from `origin` is a duplicate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The queue (a node's or store's outbox id).
+    pub origin: Box<str>,
+    /// The entry's sequence number in that queue.
+    pub seq: u64,
 }
 
 /// A session being moved to another node: the shopper and their context.
@@ -122,6 +134,8 @@ pub enum SessionMsg {
         events: Vec<ShopperEvent>,
         /// The catalog the events were resolved against.
         catalog: Arc<Catalog>,
+        /// Set when a queue delivers the events: applied only if this entry was not applied before.
+        delivery: Option<Delivery>,
         /// The outcome.
         reply: RpcReplyPort<Result<Applied, SessionError>>,
     },
@@ -278,9 +292,22 @@ impl ShardState {
         shopper_id: Box<str>,
         events: &[ShopperEvent],
         catalog: &Catalog,
+        delivery: Option<&Delivery>,
     ) -> Result<Applied, SessionError> {
         let settings = self.settings;
         let mut sessions = self.table.write();
+        if let Some(d) = delivery
+            && sessions
+                .get(&shopper_id)
+                .is_some_and(|e| e.context.delivered(&d.origin) >= d.seq)
+        {
+            return Ok(Applied {
+                created: false,
+                signals: Vec::new(),
+                loggable: vec![false; events.len()],
+                duplicate: true,
+            });
+        }
         let created = !sessions.contains_key(&shopper_id);
         if created {
             sessions.insert(
@@ -301,6 +328,9 @@ impl ShardState {
                 signals.extend(context.apply(event, catalog, &settings.limits, &settings.assist));
                 loggable.push(context.consents(event.default_consent));
             }
+            if let Some(d) = delivery {
+                context.mark_delivered(&d.origin, d.seq);
+            }
             context.stamp_version(aisle_domain::now_ms().max(0) as u64);
             (signals, loggable)
         }));
@@ -315,6 +345,7 @@ impl ShardState {
                 created,
                 signals,
                 loggable,
+                duplicate: false,
             }),
             Err(_) => {
                 self.reset_after_panic(&shopper_id);
@@ -374,10 +405,11 @@ impl Actor for SessionShard {
                 shopper_id,
                 events,
                 catalog,
+                delivery,
                 reply,
             } => {
                 let outcome = if (state.gate)(&shopper_id) {
-                    state.apply(shopper_id, &events, &catalog)
+                    state.apply(shopper_id, &events, &catalog, delivery.as_ref())
                 } else {
                     Err(SessionError::NotOwner)
                 };

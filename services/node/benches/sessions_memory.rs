@@ -74,6 +74,7 @@ fn main() {
                             &format!("shopper-{s:08}"),
                             vec![e],
                             catalog.clone(),
+                            None,
                             timeout,
                         )
                         .await
@@ -111,7 +112,13 @@ fn main() {
                         })
                         .collect();
                     sessions
-                        .apply(&format!("shopper-{s:08}"), events, catalog.clone(), timeout)
+                        .apply(
+                            &format!("shopper-{s:08}"),
+                            events,
+                            catalog.clone(),
+                            None,
+                            timeout,
+                        )
                         .await
                         .unwrap();
                     s += workers;

@@ -372,6 +372,7 @@ impl DecisionService for Canned {
             accepted: r.events.len() as u32,
             unknown_items: 0,
             served_by: "canned".into(),
+            ..TrackResponse::default()
         }))
     }
 }

@@ -89,7 +89,13 @@ fn bench(c: &mut Criterion) {
                 .collect();
             let records: Vec<EventRecord> = Vec::new();
             decider
-                .apply_events(&format!("bench-{s}"), events, records, catalog.clone())
+                .apply_events(
+                    &format!("bench-{s}"),
+                    events,
+                    records,
+                    catalog.clone(),
+                    None,
+                )
                 .await
                 .unwrap();
         }

@@ -182,6 +182,12 @@ pub struct ServeArgs {
     /// How often changed sessions are copied to their successor, ms; 0: off [default: 200].
     #[arg(long, env = "AISLE_REPLICATION_MS")]
     pub replication_ms: Option<u64>,
+    /// Directory of the Track outbox: events kept, on disk, while their owner cannot take them [default: none].
+    #[arg(long, env = "AISLE_OUTBOX_DIR")]
+    pub outbox_dir: Option<PathBuf>,
+    /// Events the outbox holds at most [default: 200000].
+    #[arg(long, env = "AISLE_OUTBOX_MAX_EVENTS")]
+    pub outbox_max_events: Option<usize>,
     /// PEM certificate chain for the client and admin ports (TLS).
     #[arg(long, env = "AISLE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -268,6 +274,7 @@ impl ServeArgs {
             cluster_name,
             lease_ttl_secs,
             replication_ms,
+            outbox_max_events,
             peer_addr,
             reflection,
             log_segment_bytes,
@@ -292,6 +299,7 @@ impl ServeArgs {
             decision_log,
             event_log,
             advertise_addr,
+            outbox_dir,
             tls_cert,
             tls_key,
             tls_client_ca,

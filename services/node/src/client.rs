@@ -382,10 +382,16 @@ pub async fn track(a: TrackArgs) -> anyhow::Result<()> {
         .into_inner();
     print(
         a.addr.json,
-        &json!({"accepted": r.accepted, "unknown_items": r.unknown_items, "served_by": r.served_by}),
+        &json!({"accepted": r.accepted, "unknown_items": r.unknown_items, "served_by": r.served_by,
+            "queued": r.queued}),
         || {
+            let queued = if r.queued > 0 {
+                format!(" ({} queued in its outbox for the owner)", r.queued)
+            } else {
+                String::new()
+            };
             format!(
-                "tracked {} event(s) for {} on {}",
+                "tracked {} event(s) for {} on {}{queued}",
                 r.accepted, a.shopper, r.served_by
             )
         },
@@ -481,6 +487,7 @@ pub async fn forget(a: ForgetArgs) -> anyhow::Result<()> {
                 "event_log_records_removed": m.event_log_records_removed,
                 "decision_records_redacted": m.decision_records_redacted,
                 "tombstone_until_ms": m.tombstone_until_ms,
+                "queued_events_removed": m.queued_events_removed,
             })
         })
         .collect();
@@ -503,13 +510,14 @@ pub async fn forget(a: ForgetArgs) -> anyhow::Result<()> {
             for m in &r.receipts {
                 out.push_str(&format!(
                     "\n  {}: session {}, {} cached decision(s), {} assist event(s) redacted, {} event-log line(s) \
-                     removed, {} decision record(s) redacted",
+                     removed, {} decision record(s) redacted, {} queued event(s) removed",
                     m.node,
                     if m.session_erased { "erased" } else { "not held" },
                     m.cached_decisions_erased,
                     m.assist_events_redacted,
                     m.event_log_records_removed,
-                    m.decision_records_redacted
+                    m.decision_records_redacted,
+                    m.queued_events_removed
                 ));
             }
             out
@@ -792,6 +800,7 @@ pub async fn describe(a: ForgetArgs) -> anyhow::Result<()> {
                 "assist_events": h.assist_events.iter().map(|e| json!({
                     "store_id": e.store_id, "sequence": e.sequence, "message": e.message,
                 })).collect::<Vec<_>>(),
+                "queued_events": h.queued_events,
                 "error": h.error,
             })
         }).collect::<Vec<_>>(),
@@ -820,11 +829,12 @@ pub async fn describe(a: ForgetArgs) -> anyhow::Result<()> {
         for h in &r.held {
             if h.error.is_empty() {
                 out.push_str(&format!(
-                    "\n  {}: {} event-log line(s), {} decision record(s), {} assist event(s)",
+                    "\n  {}: {} event-log line(s), {} decision record(s), {} assist event(s), {} queued event(s)",
                     h.node,
                     h.event_log_total,
                     h.decision_total,
-                    h.assist_events.len()
+                    h.assist_events.len(),
+                    h.queued_events
                 ));
             } else {
                 out.push_str(&format!("\n  {}: not answered ({})", h.node, h.error));

@@ -115,6 +115,15 @@ pub struct Config {
     pub log_sync_ms: u64,
     /// Log format.
     pub log_format: LogFormat,
+    /// The Track outbox (docs/architecture.md, "The Track outbox"): events whose owner cannot take them now are
+    /// kept here, fsync'd, and delivered later. None: no outbox (such a Track fails with UNAVAILABLE). It must be
+    /// writable and should outlive the process (a volume of the node's own).
+    pub outbox_dir: Option<PathBuf>,
+    /// Events the outbox holds at most (default 200,000); beyond it a Track that would queue gets
+    /// RESOURCE_EXHAUSTED.
+    pub outbox_max_events: usize,
+    /// Bytes of entries the outbox holds at most (default 256 MiB).
+    pub outbox_max_bytes: u64,
     /// Membership mode.
     pub cluster: ClusterMode,
     /// etcd endpoints (etcd mode), e.g. `http://etcd-0:2379`.
@@ -248,6 +257,9 @@ impl Default for Config {
             log_max_bytes: 8 * 1024 * 1024 * 1024,
             log_sync_ms: 200,
             log_format: LogFormat::Text,
+            outbox_dir: None,
+            outbox_max_events: 200_000,
+            outbox_max_bytes: 256 * 1024 * 1024,
             cluster: ClusterMode::Static,
             etcd_endpoints: Vec::new(),
             cluster_name: "aisle".to_string(),
@@ -350,6 +362,11 @@ impl Config {
         }
         if self.cluster == ClusterMode::Etcd && self.etcd_endpoints.is_empty() {
             return bad("etcd_endpoints: required with cluster = etcd");
+        }
+        if self.outbox_max_events == 0 || self.outbox_max_bytes < 1024 * 1024 {
+            return bad(
+                "outbox_max_events: must be positive; outbox_max_bytes: at least 1048576 (1 MiB)",
+            );
         }
         if self.replication_ms > 10_000 {
             return bad("replication_ms: at most 10000 (0 turns replication off)");

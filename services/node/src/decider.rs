@@ -40,7 +40,7 @@ use aisle_ranking::{
     PolicyInputs, Query, RankError, RankedItem, Ranking, ScoreJob, ServedModel, rank_local,
     retrieve,
 };
-use aisle_session::{AssistSignal, SessionContext, SessionError, Sessions};
+use aisle_session::{AssistSignal, Delivery, SessionContext, SessionError, Sessions};
 use metrics::{Counter, Histogram};
 use tokio::time::Instant;
 
@@ -725,20 +725,35 @@ impl Decider {
         events: Vec<ShopperEvent>,
         records: Vec<EventRecord>,
         catalog: Arc<Catalog>,
+        delivery: Option<Delivery>,
     ) -> Result<Applied, SessionError> {
-        let outcome = TrackOutcome {
+        let mut outcome = TrackOutcome {
             accepted: events.len(),
             unknown_items: events
                 .iter()
                 .filter(|e| matches!(e.item, Some(ItemRef::Unknown)))
                 .count(),
+            ..TrackOutcome::default()
         };
         let received_at_us = events.first().map_or(0, |e| e.received_at_us);
         let kinds: Vec<&'static str> = events.iter().map(|e| e.kind.as_str()).collect();
         let applied = self
             .sessions
-            .apply(shopper_id, events, catalog, SESSION_CALL)
+            .apply(shopper_id, events, catalog, delivery, SESSION_CALL)
             .await?;
+        if applied.duplicate {
+            // An outbox entry applied before (its answer was lost): nothing changed, nothing is logged again.
+            metrics::counter!("aisle_outbox_duplicates_total").increment(kinds.len() as u64);
+            outcome = TrackOutcome {
+                duplicates: kinds.len(),
+                ..TrackOutcome::default()
+            };
+            return Ok(Applied {
+                outcome,
+                signals: Vec::new(),
+                received_at_us,
+            });
+        }
         self.cache.invalidate(shopper_id);
         for kind in kinds {
             metrics::counter!("aisle_track_events_total", "type" => kind).increment(1);

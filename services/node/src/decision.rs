@@ -298,16 +298,22 @@ impl Serve {
 /// What a Track batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TrackOutcome {
-    /// Events applied.
+    /// Events accepted: applied, or queued in the outbox.
     pub accepted: usize,
-    /// Of those, naming items the catalog does not know.
+    /// Of the applied, naming items the catalog does not know.
     pub unknown_items: usize,
+    /// Of the accepted, queued in this node's outbox for their owner.
+    pub queued: usize,
+    /// Events of a redelivered outbox entry the owner had already applied (not applied again).
+    pub duplicates: usize,
 }
 
 impl std::ops::AddAssign for TrackOutcome {
     fn add_assign(&mut self, other: Self) {
         self.accepted += other.accepted;
         self.unknown_items += other.unknown_items;
+        self.queued += other.queued;
+        self.duplicates += other.duplicates;
     }
 }
 

@@ -9,7 +9,8 @@
 //! 2. erases the session it holds (as owner, or as an old owner's copy) and its cached decisions;
 //! 3. redacts retained assist events that name the shopper (their sequence numbers stay, for resuming handhelds);
 //! 4. removes the shopper's lines from its event log and redacts their reference in its decision trail (every
-//!    segment; see `journal`), then records the erasure, with the caller, in the trail.
+//!    segment; see `journal`), then records the erasure, with the caller, in the trail;
+//! 5. removes the shopper's events waiting in its Track outbox, from memory and disk (see `outbox`).
 //!
 //! A member that was away (fenced) during the erasure learns its tombstone from the other members' hand-off
 //! `done` messages when it rejoins, and erases its copy before it serves again. Erasure is idempotent: asking
@@ -57,10 +58,18 @@ pub async fn erase_here(
             "erasing from the logs: {e}; retry (erasure is idempotent)"
         ))
     })?;
+    let queued = match node.outbox() {
+        Some(outbox) => outbox.purge(shopper_id).await.map_err(|e| {
+            ApiError::Unavailable(format!(
+                "erasing from the outbox: {e}; retry (erasure is idempotent)"
+            ))
+        })?,
+        None => 0,
+    };
     metrics::counter!("aisle_erasures_total").increment(1);
     tracing::info!(target: "aisle::admin", %caller, shopper_ref = %refs[0], session_erased,
         cached, assist_events = assist, event_log_records = logs.event_records,
-        decision_records = logs.decision_records, "shopper erased on this node");
+        decision_records = logs.decision_records, queued_events = queued, "shopper erased on this node");
     Ok(pb::ErasureReceipt {
         node: node.id().to_string(),
         session_erased,
@@ -69,6 +78,7 @@ pub async fn erase_here(
         event_log_records_removed: logs.event_records,
         decision_records_redacted: logs.decision_records,
         tombstone_until_ms: tombstones.until_ms(at_ms),
+        queued_events_removed: queued as u32,
     })
 }
 
@@ -162,6 +172,7 @@ pub async fn held_here(node: &Node, shopper_id: &str) -> Result<pb::HeldRecords,
         decision_total,
         assist_events: node.hub().about(&refs),
         error: String::new(),
+        queued_events: node.outbox().map_or(0, |o| o.queued_events_of(shopper_id)) as u32,
     })
 }
 

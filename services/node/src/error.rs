@@ -67,6 +67,14 @@ impl ApiError {
         Self::invalid(field, "required")
     }
 
+    /// Whether the request itself is wrong (here or at the owner): the caller must change it, not retry it.
+    pub fn is_the_callers(&self) -> bool {
+        matches!(
+            self,
+            ApiError::InvalidArgument { .. } | ApiError::OutOfRange { .. } | ApiError::Owner { .. }
+        )
+    }
+
     /// The gRPC code.
     pub fn code(&self) -> Code {
         match self {

@@ -38,6 +38,7 @@ pub mod http;
 pub mod journal;
 pub mod metrics;
 pub mod node;
+pub mod outbox;
 pub mod privacy;
 pub mod push;
 pub mod readiness;

@@ -24,6 +24,13 @@
 //! | `aisle_tombstones` | gauge | | tombstones of forgotten shoppers held |
 //! | `aisle_handoff_sessions_tombstoned_total` | counter | | handed-off sessions dropped because their shopper was forgotten |
 //! | `aisle_sessions_erased_by_tombstone_total` | counter | | kept session copies erased by tombstones a member sent |
+//! | `aisle_outbox_events`, `aisle_outbox_bytes` | gauge | | Track events (and their bytes) waiting in this node's outbox for their owner |
+//! | `aisle_outbox_oldest_seconds` | gauge | | age of the oldest waiting entry (0 when none waits) |
+//! | `aisle_outbox_queued_events_total` | counter | | events queued in the outbox (acknowledged to the caller once on disk) |
+//! | `aisle_outbox_delivered_events_total` | counter | result | queued events the owner took: `applied`, or `duplicate` (applied before; not again) |
+//! | `aisle_outbox_duplicates_total` | counter | | at an owner: events of a resent call or entry already applied, not applied again |
+//! | `aisle_outbox_entries_dropped_total` | counter | reason | entries that left without being applied: `erased` (shopper forgotten after), `refused` (invalid at the owner) |
+//! | `aisle_outbox_full_total`, `aisle_outbox_write_errors_total` | counter | | Track calls refused because the outbox was full, or could not be written |
 //! | `aisle_kill_switch_active` | gauge | | kill switches this node applies |
 //! | `aisle_kill_switch_decisions_total` | counter | tier | decisions a kill switch sent to RULES or GENERIC |
 //! | `aisle_fleet_version_skew` | gauge | | 1 while this node serves other versions than the fleet's record (etcd mode) |
@@ -132,6 +139,42 @@ pub fn describe() {
     describe_counter!(
         "aisle_sessions_erased_by_tombstone_total",
         "session copies erased by tombstones a member sent"
+    );
+    describe_gauge!(
+        "aisle_outbox_events",
+        "Track events waiting in this node's outbox for their owner"
+    );
+    describe_gauge!(
+        "aisle_outbox_bytes",
+        "bytes of the entries waiting in the outbox"
+    );
+    describe_gauge!(
+        "aisle_outbox_oldest_seconds",
+        "age of the oldest entry waiting in the outbox (0 when none waits)"
+    );
+    describe_counter!(
+        "aisle_outbox_queued_events_total",
+        "events queued in the outbox, acknowledged once on disk"
+    );
+    describe_counter!(
+        "aisle_outbox_delivered_events_total",
+        "queued events their owner took: applied, or duplicate (applied before, not again)"
+    );
+    describe_counter!(
+        "aisle_outbox_duplicates_total",
+        "at an owner: events of a resent Track call or outbox entry already applied (not applied again)"
+    );
+    describe_counter!(
+        "aisle_outbox_entries_dropped_total",
+        "outbox entries that left without being applied: erased (shopper forgotten after), refused (invalid)"
+    );
+    describe_counter!(
+        "aisle_outbox_full_total",
+        "Track calls refused because the outbox held its limit"
+    );
+    describe_counter!(
+        "aisle_outbox_write_errors_total",
+        "Track calls refused because the outbox could not be written"
     );
     describe_gauge!(
         "aisle_kill_switch_active",

@@ -1,5 +1,5 @@
 //! The node's context: what every service of a node shares — its configuration, the decider, the cluster, the
-//! control records (kill switches, fleet versions) and the push side (hub and publisher of assist events). The API
+//! control records (kill switches, fleet versions), the Track outbox and the push side (hub and publisher of assist events). The API
 //! services, the router and the peer service hold a [`Node`]; the decider below it knows nothing of them.
 
 use std::collections::HashMap;
@@ -15,6 +15,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::control::Control;
 use crate::decider::{Applied, Decider};
+use crate::outbox::Outbox;
 use crate::push::{Publisher, PushHub};
 
 /// At most one replenish suggestion per store and item in this time.
@@ -28,6 +29,8 @@ pub struct Node {
     decider: Arc<Decider>,
     cluster: Arc<Cluster>,
     control: Arc<Control>,
+    /// Where Track events wait while their owner cannot take them (None: no outbox configured).
+    outbox: Option<Arc<Outbox>>,
     hub: Arc<PushHub>,
     /// Where assist events go (the local hub, or their store's orderer in a cluster).
     publisher: Publisher,
@@ -50,6 +53,7 @@ impl Node {
         decider: Arc<Decider>,
         cluster: Arc<Cluster>,
         control: Arc<Control>,
+        outbox: Option<Arc<Outbox>>,
     ) -> Self {
         let hub = Arc::new(PushHub::with_max_stores(
             config.push_retention,
@@ -62,6 +66,7 @@ impl Node {
             decider,
             cluster,
             control,
+            outbox,
             replenish_sent: Mutex::new(HashMap::new()),
         }
     }
@@ -89,6 +94,11 @@ impl Node {
     /// The control records: kill switches and the fleet's versions.
     pub fn control(&self) -> &Arc<Control> {
         &self.control
+    }
+
+    /// The Track outbox, if configured.
+    pub fn outbox(&self) -> Option<&Arc<Outbox>> {
+        self.outbox.as_ref()
     }
 
     /// The push hub (per-store assist logs).

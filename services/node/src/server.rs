@@ -38,6 +38,7 @@ use crate::config::{ClusterMode, Config};
 use crate::control::Control;
 use crate::decider::{Decider, DeciderParts};
 use crate::node::Node;
+use crate::outbox::{Outbox, OutboxLimits};
 use crate::privacy::{Pseudonyms, Tombstones};
 use crate::readiness::Readiness;
 use crate::tls::{ClientCerts, ClientTlsFiles, ServerTls, TlsFiles, incoming, stamp};
@@ -614,11 +615,38 @@ pub async fn start(
         tombstones: decider.tombstones().clone(),
         replication: cluster.replication.clone(),
     };
+    let outbox = match config.outbox_dir.clone() {
+        Some(dir) => {
+            let limits = OutboxLimits {
+                max_events: config.outbox_max_events,
+                max_bytes: config.outbox_max_bytes,
+            };
+            let outbox = Outbox::open(&dir, &config.node_id, limits)
+                .with_context(|| format!("cannot open the outbox in {}", dir.display()))?;
+            tracing::info!(
+                dir = %dir.display(),
+                origin = outbox.origin(),
+                queued_events = outbox.len(),
+                "Track outbox open"
+            );
+            Some(outbox)
+        }
+        None => {
+            if clustered {
+                tracing::warn!(
+                    "no outbox_dir: a Track whose owner cannot take it fails with UNAVAILABLE instead of waiting \
+                     in an outbox"
+                );
+            }
+            None
+        }
+    };
     let node = Arc::new(Node::new(
         config.clone(),
         decider.clone(),
         cluster.clone(),
         control.clone(),
+        outbox.clone(),
     ));
     readiness.met("bundles");
 
@@ -677,6 +705,12 @@ pub async fn start(
                 "control records not read within 2 s (etcd unreachable?): serving without kill switches until \
                  they are"
             );
+        }
+        if let Some(outbox) = outbox {
+            background.push(tokio::spawn(crate::api::decision::deliver(
+                node.clone(),
+                outbox,
+            )));
         }
         tokio::spawn(handoff::follow_views(holdings, cluster.clone()));
         background.push(tokio::spawn(cluster.clone().hold_through_etcd_outages()));

@@ -102,6 +102,7 @@ async fn sealed(holdings: &Holdings, shopper: &str) -> pb::SessionRecord {
             shopper,
             vec![view_event(1, now), view_event(2, now)],
             catalog.clone(),
+            None,
             CALL,
         )
         .await
@@ -189,7 +190,7 @@ async fn tombstones_in_a_done_message_erase_a_copy_kept_here_before_the_barrier_
     for s in [&shopper, &kept_after] {
         holdings
             .sessions
-            .apply(s, vec![view_event(3, now)], catalog.clone(), CALL)
+            .apply(s, vec![view_event(3, now)], catalog.clone(), None, CALL)
             .await
             .unwrap();
     }

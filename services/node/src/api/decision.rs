@@ -2,8 +2,9 @@
 //!
 //! Any node accepts any request. A Decide whose owner cannot serve it (unreachable, no owner, hand-off still
 //! running at the deadline) is answered here by the fallback ladder — an answer, not an error, and no session is
-//! created or read for a shopper this node does not own. A Track whose owner cannot be reached fails with
-//! UNAVAILABLE, saying how many events of the batch were applied.
+//! created or read for a shopper this node does not own. A Track whose owner cannot take it is queued in the
+//! node's outbox ([`crate::outbox`]) and delivered by [`deliver`]; without an outbox it fails with UNAVAILABLE,
+//! saying how many events of the batch were accepted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use aisle_domain::catalog::Catalog;
 use aisle_domain::event::{EventRecord, ShopperEvent};
 use aisle_proto::v1 as pb;
 use aisle_proto::v1::decision_service_server::DecisionService;
+use aisle_session::Delivery;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
@@ -21,6 +23,7 @@ use crate::cluster::{Member, SharedView};
 use crate::decision::{DecideInput, Decision, Fallback, Serve, Tier, TrackOutcome};
 use crate::error::ApiError;
 use crate::node::Node;
+use crate::outbox::{Outbox, QueueError, QueuedTrack};
 use crate::routing::{AtOwner, LocalError, Routed, Router};
 use crate::world::World;
 
@@ -211,6 +214,20 @@ pub struct TrackCall<'a> {
     /// The batch as received: the shopper's events are forwarded as they came.
     request: &'a pb::TrackRequest,
     received_at_us: i64,
+    /// Set when an outbox delivers the events: the owner applies them once.
+    delivery: Option<Delivery>,
+}
+
+impl TrackCall<'_> {
+    /// The shopper's events of the batch, as received.
+    fn events_as_received(&self) -> Vec<pb::TrackEvent> {
+        self.request
+            .events
+            .iter()
+            .filter(|e| e.shopper_id == self.shopper_id)
+            .cloned()
+            .collect()
+    }
 }
 
 impl AtOwner for TrackCall<'_> {
@@ -222,14 +239,34 @@ impl AtOwner for TrackCall<'_> {
     }
 
     async fn local(&self, _view: &SharedView) -> Result<TrackOutcome, LocalError> {
-        let applied = self
-            .node
-            .decider()
+        if self.delivery.is_some() && self.node.cluster().writes_at_risk() {
+            // Applied here, the events could be on this node alone when it fences (it may be cut off from its
+            // successor too). The sender has an outbox (the events carry its key): it queues them until this node
+            // is safe again or another owns the shopper.
+            return Err(LocalError::Failed(ApiError::Unavailable(
+                "this owner's keep-alives are late and no peer holds its view: events wait in an outbox".into(),
+            )));
+        }
+        let decider = self.node.decider();
+        if self.delivery.is_some()
+            && !decider.tombstones().is_empty()
+            && decider.tombstones().blocks(
+                &decider.pseudonyms().of(&self.shopper_id),
+                (self.received_at_us / 1000).max(0) as u64,
+            )
+        {
+            // Queued before the shopper was forgotten: it must not bring them back.
+            metrics::counter!("aisle_outbox_entries_dropped_total", "reason" => "erased")
+                .increment(1);
+            return Ok(TrackOutcome::default());
+        }
+        let applied = decider
             .apply_events(
                 &self.shopper_id,
                 self.events.clone(),
                 self.records.clone(),
                 self.catalog.clone(),
+                self.delivery.clone(),
             )
             .await?;
         self.node.cluster().replication.mark(&self.shopper_id);
@@ -243,22 +280,19 @@ impl AtOwner for TrackCall<'_> {
         owner: &Member,
         deadline: Instant,
     ) -> Result<TrackOutcome, Status> {
-        let events = self
-            .request
-            .events
-            .iter()
-            .filter(|e| e.shopper_id == self.shopper_id)
-            .cloned()
-            .collect();
         let mut call = Request::new(pb::ForwardTrackRequest {
             request: Some(pb::TrackRequest {
-                events,
+                events: self.events_as_received(),
                 request_id: String::new(),
             }),
             epoch: view.epoch,
             from_node: self.node.id().to_string(),
             received_at_us: self.received_at_us,
             view_fingerprint: view.fingerprint,
+            delivery: self.delivery.as_ref().map(|d| pb::DeliveryKey {
+                origin: d.origin.to_string(),
+                seq: d.seq,
+            }),
         });
         call.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let mut client = self.node.cluster().peers.client(&owner.addr)?;
@@ -266,6 +300,8 @@ impl AtOwner for TrackCall<'_> {
         Ok(TrackOutcome {
             accepted: r.accepted as usize,
             unknown_items: r.unknown_items as usize,
+            queued: r.queued as usize,
+            duplicates: r.duplicates as usize,
         })
     }
 }
@@ -277,6 +313,7 @@ pub struct TrackBatchCall<'a> {
     batch: validate::TrackBatch,
     catalog: Arc<Catalog>,
     received_at_us: i64,
+    delivery: Option<Delivery>,
 }
 
 impl<'a> TrackBatchCall<'a> {
@@ -305,7 +342,23 @@ impl<'a> TrackBatchCall<'a> {
             batch,
             catalog,
             received_at_us,
+            delivery: None,
         })
+    }
+
+    /// The batch is an outbox's entry (one shopper's events): the owner applies it once.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT when the batch holds events of more than one shopper.
+    pub fn queued(mut self, delivery: Delivery) -> Result<Self, ApiError> {
+        if self.batch.groups.len() != 1 {
+            return Err(ApiError::invalid(
+                "queued",
+                "an outbox entry holds the events of one shopper",
+            ));
+        }
+        self.delivery = Some(delivery);
+        Ok(self)
     }
 
     fn calls(self) -> impl Iterator<Item = TrackCall<'a>> {
@@ -315,6 +368,7 @@ impl<'a> TrackBatchCall<'a> {
             batch,
             catalog,
             received_at_us,
+            delivery,
         } = self;
         batch
             .groups
@@ -328,37 +382,96 @@ impl<'a> TrackBatchCall<'a> {
                 catalog: catalog.clone(),
                 request,
                 received_at_us,
+                delivery: delivery.clone(),
             })
     }
 
     /// Applies each shopper's events at their owner, in batch order.
     ///
+    /// With an outbox, each shopper's events are numbered by it first and sent with that number; those whose owner
+    /// cannot take them now (or did not answer), and those of a shopper with a call in flight or entries waiting,
+    /// are queued instead (see [`crate::outbox`]).
+    ///
     /// # Errors
-    /// UNAVAILABLE when some shopper's owner cannot be reached or this node is not a member; the message says
-    /// how many events were applied.
-    pub async fn run(self) -> Result<TrackOutcome, ApiError> {
-        let deadline = Instant::now() + TRACK_BUDGET;
+    /// INVALID_ARGUMENT (or the owner's refusal) for a wrong event; RESOURCE_EXHAUSTED when the outbox is full;
+    /// UNAVAILABLE when an owner cannot take them and there is no outbox, or it could not be written. The message
+    /// says how many events of the batch were accepted before.
+    /// The owner has until `deadline`; what is left after it is for queueing.
+    pub async fn run(self, deadline: Instant) -> Result<TrackOutcome, ApiError> {
         let router = Router::new(self.node.cluster());
+        let outbox = self.node.outbox().cloned();
         let mut outcome = TrackOutcome::default();
-        for call in self.calls() {
-            let error = match router.at_owner(&call, deadline).await {
-                Routed::Answered(o) => {
-                    outcome += o;
-                    continue;
-                }
-                Routed::NoOwner(why) => why.to_string(),
-                // The request itself is wrong (here or at the owner): the caller is told so, not to retry.
-                Routed::Failed(
-                    e @ (ApiError::InvalidArgument { .. }
-                    | ApiError::OutOfRange { .. }
-                    | ApiError::Owner { .. }),
-                ) => return Err(e),
-                Routed::Failed(e) => e.to_string(),
+        for mut call in self.calls() {
+            let not_accepted = |why: String, outcome: &TrackOutcome| {
+                format!(
+                    "events of shopper {:?} were not accepted ({why}); {} earlier events of this batch were",
+                    call.shopper_id, outcome.accepted
+                )
             };
-            return Err(ApiError::Unavailable(format!(
-                "events of shopper {:?} were not applied ({error}); {} earlier events of this batch were",
-                call.shopper_id, outcome.accepted
-            )));
+            let Some(outbox) = &outbox else {
+                let why = match router.at_owner(&call, deadline).await {
+                    Routed::Answered(o) => {
+                        outcome += o;
+                        continue;
+                    }
+                    Routed::NoOwner(why) => why.to_string(),
+                    Routed::Failed(e) if e.is_the_callers() => return Err(e),
+                    Routed::Failed(e) => e.to_string(),
+                };
+                return Err(ApiError::Unavailable(not_accepted(why, &outcome)));
+            };
+            let ticket = outbox.ticket(&call.shopper_id);
+            let why = if ticket.behind {
+                "earlier events of the shopper are on their way".to_string()
+            } else {
+                call.delivery = Some(ticket.delivery.clone());
+                match router.at_owner(&call, deadline).await {
+                    Routed::Answered(o) => {
+                        outbox.release(&call.shopper_id, &ticket);
+                        outcome += o;
+                        continue;
+                    }
+                    Routed::Failed(e) if e.is_the_callers() => {
+                        outbox.release(&call.shopper_id, &ticket);
+                        return Err(e);
+                    }
+                    Routed::NoOwner(why) => why.to_string(),
+                    // The owner may have applied them (an answer lost): queued under the same number, a resend is
+                    // answered as a duplicate.
+                    Routed::Failed(e) => e.to_string(),
+                }
+            };
+            let events = call.events_as_received();
+            let n = events.len();
+            let request = pb::TrackRequest {
+                events,
+                request_id: String::new(),
+            };
+            match outbox
+                .commit(&call.shopper_id, &ticket, call.received_at_us, request)
+                .await
+            {
+                Ok(()) => {
+                    tracing::debug!(shopper_events = n, why = %why, "queued in the outbox");
+                    outcome += TrackOutcome {
+                        accepted: n,
+                        queued: n,
+                        ..TrackOutcome::default()
+                    };
+                }
+                Err(e @ QueueError::Full(_)) => {
+                    return Err(ApiError::ResourceExhausted(not_accepted(
+                        format!("{e}; their owner: {why}"),
+                        &outcome,
+                    )));
+                }
+                Err(e) => {
+                    return Err(ApiError::Unavailable(not_accepted(
+                        format!("{why}; {e}"),
+                        &outcome,
+                    )));
+                }
+            }
         }
         Ok(outcome)
     }
@@ -427,14 +540,90 @@ impl DecisionService for DecisionApi {
         &self,
         request: Request<pb::TrackRequest>,
     ) -> Result<Response<pb::TrackResponse>, Status> {
+        let received = Instant::now();
+        // The caller's budget (at most TRACK_BUDGET): a quarter of it (at least 20 ms) is kept for queueing in the
+        // outbox when the owner does not answer by then.
+        let budget = super::budget(request.metadata(), TRACK_BUDGET, TRACK_BUDGET);
+        let keep = (budget / 4).max(Duration::from_millis(20)).min(budget / 2);
         let req = request.into_inner();
         let outcome = TrackBatchCall::new(&self.node, &req, super::now_us())?
-            .run()
+            .run(received + budget - keep)
             .await?;
         Ok(Response::new(pb::TrackResponse {
             accepted: outcome.accepted as u32,
             unknown_items: outcome.unknown_items as u32,
             served_by: self.node.id().to_string(),
+            queued: outcome.queued as u32,
+            duplicates: 0,
         }))
+    }
+}
+
+/// Entries delivered at once.
+const DELIVERIES_IN_FLIGHT: usize = 32;
+
+/// Delivers the outbox's entries to their shoppers' owners, each shopper's one at a time and in order, for as long
+/// as the node runs. An entry leaves the outbox when the owner answered (applied, or a duplicate of one applied
+/// before), or when it can never apply: refused as invalid by the owner, or its shopper was forgotten after it
+/// was received. Otherwise (no view, owner unreachable) it waits and is tried again.
+pub async fn deliver(node: Arc<Node>, outbox: Arc<Outbox>) {
+    loop {
+        let heads = outbox.heads(DELIVERIES_IN_FLIGHT);
+        if heads.is_empty() {
+            outbox.wait_until_ready(Duration::from_secs(1)).await;
+            continue;
+        }
+        let mut deliveries = tokio::task::JoinSet::new();
+        for entry in heads {
+            let node = node.clone();
+            deliveries.spawn(async move { deliver_one(&node, &entry).await.then_some(entry.seq) });
+        }
+        let mut delivered = 0;
+        while let Some(done) = deliveries.join_next().await {
+            if let Ok(Some(seq)) = done {
+                outbox.delivered(seq);
+                delivered += 1;
+            }
+        }
+        if delivered == 0 {
+            // Nothing could be delivered (no view yet, owners unreachable): wait before trying again.
+            outbox.wait_until_ready(Duration::from_millis(250)).await;
+        }
+        outbox.publish();
+    }
+}
+
+/// Sends one entry to its owner; whether it leaves the outbox.
+async fn deliver_one(node: &Node, entry: &QueuedTrack) -> bool {
+    let refused = |why: String| {
+        metrics::counter!("aisle_outbox_entries_dropped_total", "reason" => "refused").increment(1);
+        tracing::error!(
+            origin = %entry.origin,
+            seq = entry.seq,
+            error = %why,
+            "an outbox entry cannot be applied and is dropped"
+        );
+        true
+    };
+    let batch = match TrackBatchCall::new(node, &entry.request, entry.received_at_us)
+        .and_then(|b| b.queued(entry.delivery()))
+    {
+        Ok(b) => b,
+        Err(e) => return refused(e.to_string()),
+    };
+    let Some(call) = batch.calls().next() else {
+        return true;
+    };
+    let deadline = Instant::now() + TRACK_BUDGET;
+    match Router::new(node.cluster()).at_owner(&call, deadline).await {
+        Routed::Answered(o) => {
+            metrics::counter!("aisle_outbox_delivered_events_total", "result" => "applied")
+                .increment(o.accepted as u64);
+            metrics::counter!("aisle_outbox_delivered_events_total", "result" => "duplicate")
+                .increment(o.duplicates as u64);
+            true
+        }
+        Routed::Failed(e) if e.is_the_callers() => refused(e.to_string()),
+        Routed::NoOwner(_) | Routed::Failed(_) => false,
     }
 }

@@ -114,13 +114,20 @@ impl PeerService for PeerApi {
         }
         let view = view
             .ok_or_else(|| ApiError::invalid("request.events", "at least one event is required"))?;
-        let outcome = TrackBatchCall::new(&self.node, &inner, req.received_at_us)?
-            .run_here(&view)
-            .await?;
+        let mut batch = TrackBatchCall::new(&self.node, &inner, req.received_at_us)?;
+        if let Some(key) = req.delivery {
+            batch = batch.queued(aisle_session::Delivery {
+                origin: key.origin.into(),
+                seq: key.seq,
+            })?;
+        }
+        let outcome = batch.run_here(&view).await?;
         Ok(Response::new(pb::TrackResponse {
             accepted: outcome.accepted as u32,
             unknown_items: outcome.unknown_items as u32,
             served_by: self.node.id().to_string(),
+            queued: 0,
+            duplicates: outcome.duplicates as u32,
         }))
     }
 

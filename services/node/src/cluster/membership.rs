@@ -127,6 +127,11 @@ impl Fence {
         (d != 0).then(|| Duration::from_micros(d.saturating_sub(self.now_us())))
     }
 
+    /// Whether a promise of the peers is in force now (whatever the lease's deadline).
+    pub fn peer_hold_active(&self) -> bool {
+        self.now_us() < self.held_us.load(Ordering::SeqCst)
+    }
+
     /// Whether the fence holds on the peers' word alone (the lease's deadline has passed).
     pub fn held_by_peers(&self) -> bool {
         self.holds() && self.lease_remaining().is_some_and(|r| r.is_zero())
@@ -619,6 +624,13 @@ impl Membership {
         let ttl = self.config.lease_ttl;
         let on_time = ttl - self.config.fence_margin() - ttl / 4 - ttl / 20;
         self.fence.lease_remaining().is_some_and(|r| r < on_time)
+    }
+
+    /// Whether this node, though still a member, may be cut off from everything: its keep-alives are late and no
+    /// peer promised to hold its view. Its writes would then be on this node alone until it fences (replication
+    /// may not reach the successor either), so Track events are queued in the outbox instead of applied here.
+    pub fn at_risk(&self) -> bool {
+        self.etcd_late() && !self.fence.peer_hold_active()
     }
 
     /// The lease TTL: how long a peer's promise lasts.

@@ -306,6 +306,11 @@ impl Cluster {
         }
     }
 
+    /// Whether this node's writes are at risk (see [`Membership::at_risk`]): never on a node without etcd.
+    pub fn writes_at_risk(&self) -> bool {
+        self.membership.as_ref().is_some_and(|m| m.at_risk())
+    }
+
     /// A member cut off from etcd asks this node to hold its view (`fingerprint`): granted, for how long, when
     /// this node is a member with the same view, `from` is another member of it, and this node cannot reach etcd
     /// either (its own keep-alives are late). A node that reaches etcd refuses: etcd is up, so the asker's lease

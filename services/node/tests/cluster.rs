@@ -485,6 +485,335 @@ async fn a_node_cut_off_from_etcd_fences_itself_and_rejoins_after_healing() {
     assert_single_fresh_owner(&records);
 }
 
+/// Fault 4b: one node cut off from etcd and from its peers' calls at once, crashed while cut, restarted, then
+/// healed. Its clients' Decides are answered (from the fallback ladder once it fenced, never an error) and their
+/// Tracks are acknowledged into its outbox on disk; the other two take its shoppers over; the crash loses nothing
+/// queued; and once healed, every acknowledged event of every shopper is applied at the shopper's owner exactly
+/// once and in the order it was acknowledged.
+///
+/// Each shopper's device sends its events one call at a time to one node (shopper k to node k % 3), event n
+/// viewing item sku-(200 + n): the owner's history then shows exactly which events it holds and in which order.
+/// Tracking pauses for 1.5 s before the cut, so that every event applied before it is also in a replica (the crash
+/// test's promise: events acknowledged a second before a failure); after the cut, nothing relies on replication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_etcd_and_peers_queues_tracks_and_each_reaches_its_owner_once() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    const EVENTS: usize = 60;
+    let mut c = TestCluster::builder()
+        .nodes(3)
+        .lease_ttl_secs(3)
+        .isolatable(2)
+        .start()
+        .await;
+    c.wait_for_view(&[0, 1, 2], 3, Duration::from_secs(60))
+        .await;
+    let ttl = Duration::from_secs(c.lease_ttl_secs);
+    let population = shoppers(12, "isolated");
+    let targets = Targets::default();
+    targets.set(vec![0, 1, 2]);
+    let driver = Driver::start(addrs(&c), targets.clone(), population.clone(), 40, true);
+
+    let paused = Arc::new(AtomicBool::new(false));
+    let node2_down = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let queued_at_2 = Arc::new(AtomicUsize::new(0));
+    let acked: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut devices = Vec::new();
+    for (k, shopper) in population.iter().cloned().enumerate() {
+        let node = k % 3;
+        let mut client = c.client(node).await;
+        let (paused, node2_down, stop) = (paused.clone(), node2_down.clone(), stop.clone());
+        let (queued_at_2, acked, failures) = (queued_at_2.clone(), acked.clone(), failures.clone());
+        devices.push(tokio::spawn(async move {
+            let mut n = 0;
+            while n < EVENTS && !stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if paused.load(Ordering::SeqCst) || (node == 2 && node2_down.load(Ordering::SeqCst))
+                {
+                    continue;
+                }
+                let item = format!("sku-{:06}", 200 + n);
+                let mut req = tonic::Request::new(pb::TrackRequest {
+                    events: vec![event(&shopper, pb::EventType::View, &item)],
+                    request_id: String::new(),
+                });
+                req.set_timeout(Duration::from_secs(2));
+                match client.track(req).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        assert_eq!(r.accepted, 1, "{r:?}");
+                        if node == 2 {
+                            queued_at_2.fetch_add(r.queued as usize, Ordering::SeqCst);
+                        }
+                        n += 1;
+                        acked.lock().unwrap().insert(shopper.clone(), n);
+                    }
+                    Err(status) => {
+                        // Not acknowledged: the event may or may not be applied, so this device stops here.
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{shopper} event {n} via node {node}: {status:?}"));
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    paused.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let cut_at = driver.started.elapsed();
+    c.isolate(2, true);
+    paused.store(false, Ordering::SeqCst);
+    // The others take node 2's shoppers over once its lease is gone; node 2 fences itself first.
+    let fenced = c.wait_ready(2, 503, ttl + Duration::from_secs(2)).await;
+    c.wait_for_view(&[0, 1], 2, ttl + Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let queued_before_crash = queued_at_2.load(Ordering::SeqCst);
+    assert!(
+        queued_before_crash > 0,
+        "node 2's clients' Tracks were not queued while it was cut off"
+    );
+    assert!(
+        c.metric(2, "aisle_outbox_events").await > 0.0,
+        "node 2's outbox holds nothing while cut off"
+    );
+    // A crash while cut off: what was acknowledged into the outbox is on disk.
+    node2_down.store(true, Ordering::SeqCst);
+    targets.set(vec![0, 1]);
+    c.kill(2);
+    c.restart(2);
+    c.wait_ready(2, 503, Duration::from_secs(30)).await;
+    let replayed = c.metric(2, "aisle_outbox_events").await;
+    assert!(
+        replayed >= 1.0,
+        "the restarted node read back nothing from its outbox:\n{}",
+        c.nodes[2].log_tail(20)
+    );
+    node2_down.store(false, Ordering::SeqCst);
+    targets.set(vec![0, 1, 2]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let healed_at = driver.started.elapsed();
+    c.isolate(2, false);
+    let rejoined = c
+        .wait_for_view(&[0, 1, 2], 3, Duration::from_secs(20))
+        .await;
+    for device in devices {
+        device.await.unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "Tracks failed: {failures:?}");
+    // Every outbox drains.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut waiting = 0.0;
+        for i in 0..3 {
+            waiting += c.metric(i, "aisle_outbox_events").await;
+        }
+        if waiting == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} events still wait in outboxes 30 s after the heal:\n{}",
+            c.nodes[2].log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let delivered_by_2 = c.metric(2, "aisle_outbox_delivered_events_total").await;
+    let records = driver.finish().await;
+
+    // Exactly once, in order: each shopper's owner holds events 0..n, each once.
+    let acked = acked.lock().unwrap().clone();
+    let mut admin = c.admin(0).await;
+    for shopper in &population {
+        let n = acked.get(shopper).copied().unwrap_or(0);
+        let held = describe(&mut admin, shopper).await;
+        let expected: Vec<String> = (0..n).map(|k| format!("sku-{:06}", 200 + k)).collect();
+        assert_eq!(
+            (held.events_applied as usize, &held.recent_item_ids),
+            (n, &expected),
+            "{shopper} (owner {}): acknowledged events 0..{n}",
+            held.served_by
+        );
+    }
+    let total: usize = acked.values().sum();
+    assert!(total >= 12 * 40, "the devices tracked {total} events");
+
+    for r in &records {
+        assert!(r.error.is_none(), "a Decide failed: {r:?}");
+        if r.served_by == c.nodes[2].id && r.at > cut_at + ttl && r.at < healed_at {
+            assert_ne!(
+                r.tier,
+                pb::FallbackTier::Fresh,
+                "the cut-off node answered as owner: {r:?}"
+            );
+        }
+    }
+    assert_single_fresh_owner(&records);
+    println!(
+        "cut from etcd and peers: fenced {fenced:?} after the cut; {queued_before_crash} events queued by node 2 \
+         before its crash, {replayed} read back after it, {delivered_by_2} delivered after the heal; rejoined \
+         {rejoined:?}; {total} events, each applied once in order"
+    );
+}
+
+/// A forwarded Track whose answer is lost — the owner applied it, and its reply never came back — is queued by
+/// the node that received it under the number it was sent with, sent again once the link heals, and answered as a
+/// duplicate: the owner applies it once. (The owner, node 2, stays a member throughout: only its replies on the
+/// peer port vanish.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_track_whose_answer_was_lost_is_queued_and_applied_once() {
+    let c = TestCluster::builder().nodes(3).isolatable(2).start().await;
+    c.wait_for_view(&[0, 1, 2], 3, Duration::from_secs(60))
+        .await;
+    let view = c.view(0).await;
+    let owned_by_2: Vec<String> = (0..)
+        .map(|k| format!("lost-answer-{k}"))
+        .filter(|s| {
+            view.shopper_owner(s)
+                .is_some_and(|m| m.node_id == c.nodes[2].id)
+        })
+        .take(3)
+        .collect();
+    let mut client = c.client(0).await;
+    let mut queued = 0;
+    for n in 0..8 {
+        if n == 3 {
+            c.peer_proxies[&2].set_replies_cut(true);
+        }
+        if n == 6 {
+            c.peer_proxies[&2].set_replies_cut(false);
+        }
+        for shopper in &owned_by_2 {
+            let mut req = tonic::Request::new(pb::TrackRequest {
+                events: vec![event(
+                    shopper,
+                    pb::EventType::View,
+                    &format!("sku-{:06}", 200 + n),
+                )],
+                request_id: String::new(),
+            });
+            req.set_timeout(Duration::from_secs(2));
+            let r = client.track(req).await.expect("acknowledged").into_inner();
+            assert_eq!(r.accepted, 1);
+            queued += r.queued;
+        }
+    }
+    assert!(
+        queued >= 3,
+        "the calls whose answers were lost were not queued ({queued})"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.metric(0, "aisle_outbox_events").await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "node 0's outbox did not drain:\n{}",
+            c.nodes[0].log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let duplicates = c.metric(2, "aisle_outbox_duplicates_total").await;
+    // Each shopper's first call after the cut reached the owner on the open connection and was applied; resent
+    // from the outbox, it is a duplicate.
+    assert!(
+        duplicates >= 1.0,
+        "the owner refused no duplicate: the resent calls were applied again or never applied"
+    );
+    let mut admin = c.admin(0).await;
+    let expected: Vec<String> = (0..8).map(|n| format!("sku-{:06}", 200 + n)).collect();
+    for shopper in &owned_by_2 {
+        let held = describe(&mut admin, shopper).await;
+        assert_eq!(
+            (
+                held.events_applied,
+                &held.recent_item_ids,
+                held.served_by.as_str()
+            ),
+            (8, &expected, c.nodes[2].id.as_str()),
+            "{shopper}"
+        );
+    }
+    println!("lost answers: {queued} calls queued, {duplicates} duplicates refused by the owner");
+}
+
+/// A shopper forgotten while their events wait in a cut-off node's outbox does not come back when that node
+/// returns: the entries were received before the erasure, and the owner's tombstone drops them at delivery. The
+/// other shopper's waiting events are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_queued_before_an_erasure_never_bring_the_shopper_back() {
+    let c = TestCluster::builder()
+        .nodes(3)
+        .lease_ttl_secs(3)
+        .isolatable(2)
+        .start()
+        .await;
+    c.wait_for_view(&[0, 1, 2], 3, Duration::from_secs(60))
+        .await;
+    c.isolate(2, true);
+    c.wait_ready(2, 503, Duration::from_secs(10)).await;
+    c.wait_for_view(&[0, 1], 2, Duration::from_secs(20)).await;
+    let mut cut_off = c.client(2).await;
+    for (shopper, n) in [("erased-later", 3), ("kept", 2)] {
+        for k in 0..n {
+            let r = cut_off
+                .track(pb::TrackRequest {
+                    events: vec![event(
+                        shopper,
+                        pb::EventType::View,
+                        &format!("sku-{:06}", 300 + k),
+                    )],
+                    request_id: String::new(),
+                })
+                .await
+                .expect("acknowledged into the outbox")
+                .into_inner();
+            assert_eq!((r.accepted, r.queued), (1, 1), "{r:?}");
+        }
+    }
+    let mut admin = c.admin(0).await;
+    let forgotten = admin
+        .forget_shopper(pb::ForgetShopperRequest {
+            shopper_id: "erased-later".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(forgotten.receipts.len(), 2, "{forgotten:?}");
+    c.isolate(2, false);
+    c.wait_for_view(&[0, 1, 2], 3, Duration::from_secs(20))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.metric(2, "aisle_outbox_events").await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "node 2's outbox did not drain:\n{}",
+            c.nodes[2].log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let erased = describe(&mut admin, "erased-later").await;
+    assert!(
+        !erased.has_session && erased.events_applied == 0,
+        "the forgotten shopper came back from the outbox: {erased:?}"
+    );
+    let kept = describe(&mut admin, "kept").await;
+    assert_eq!(kept.events_applied, 2, "{kept:?}");
+    let mut dropped = 0.0;
+    for i in 0..3 {
+        dropped += c.metric(i, "aisle_outbox_entries_dropped_total").await;
+    }
+    assert_eq!(
+        dropped, 3.0,
+        "each of the forgotten shopper's three entries is dropped as erased"
+    );
+}
+
 /// Fault 5: etcd stopped for 20 s — four lease TTLs — under mixed load (Decide and Track on every node). The
 /// members hold their view on each other's promise: no call fails, the answers stay FRESH from one owner per
 /// shopper, and the view is the same one when etcd is back.

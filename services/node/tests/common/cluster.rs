@@ -232,6 +232,8 @@ impl Etcd {
 pub struct Proxy {
     pub port: u16,
     cut: Arc<AtomicBool>,
+    /// Drops only what the target sends back (requests still arrive: their answers are lost).
+    replies_cut: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -240,10 +242,11 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
-        let flag = cut.clone();
+        let replies_cut = Arc::new(AtomicBool::new(false));
+        let (flag, replies_flag) = (cut.clone(), replies_cut.clone());
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
-                let flag = flag.clone();
+                let (flag, replies_flag) = (flag.clone(), replies_flag.clone());
                 tokio::spawn(async move {
                     let Ok(outbound) = TcpStream::connect(target).await else {
                         return;
@@ -251,18 +254,30 @@ impl Proxy {
                     let (mut ri, mut wi) = inbound.into_split();
                     let (mut ro, mut wo) = outbound.into_split();
                     let f1 = flag.clone();
-                    let up = tokio::spawn(async move { pump(&mut ri, &mut wo, &f1).await });
-                    let down = tokio::spawn(async move { pump(&mut ro, &mut wi, &flag).await });
+                    let up = tokio::spawn(async move { pump(&mut ri, &mut wo, &[&f1]).await });
+                    let down = tokio::spawn(async move {
+                        pump(&mut ro, &mut wi, &[&flag, &replies_flag]).await
+                    });
                     let _ = tokio::join!(up, down);
                 });
             }
         });
-        Self { port, cut, task }
+        Self {
+            port,
+            cut,
+            replies_cut,
+            task,
+        }
     }
 
     /// Drops all traffic from now on (or lets it through again).
     pub fn set_cut(&self, cut: bool) {
         self.cut.store(cut, Ordering::SeqCst);
+    }
+
+    /// Drops what the target answers from now on (or lets it through again); requests still reach it.
+    pub fn set_replies_cut(&self, cut: bool) {
+        self.replies_cut.store(cut, Ordering::SeqCst);
     }
 }
 
@@ -275,14 +290,14 @@ impl Drop for Proxy {
 async fn pump(
     from: &mut tokio::net::tcp::OwnedReadHalf,
     to: &mut tokio::net::tcp::OwnedWriteHalf,
-    cut: &AtomicBool,
+    cut: &[&AtomicBool],
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                if cut.load(Ordering::SeqCst) {
+                if cut.iter().any(|c| c.load(Ordering::SeqCst)) {
                     continue;
                 }
                 if to.write_all(&buf[..n]).await.is_err() {
@@ -300,6 +315,8 @@ pub struct NodeProc {
     pub http_port: u16,
     pub peer_port: u16,
     etcd_endpoint: String,
+    /// The peer address it advertises when not its own (a proxy that can cut it off from its peers).
+    advertise: Option<String>,
     proc: Option<Proc>,
     log: PathBuf,
     pub paused: bool,
@@ -346,6 +363,7 @@ pub struct Builder {
     nodes: usize,
     lease_ttl_secs: u64,
     proxied: HashSet<usize>,
+    isolatable: HashSet<usize>,
     extra_args: Vec<String>,
 }
 
@@ -366,6 +384,14 @@ impl Builder {
         self
     }
 
+    /// Route this node's etcd traffic, and its peers' traffic to it, through [`Proxy`]s (to cut it off from both
+    /// later, [`TestCluster::isolate`]): it advertises its peer proxy's address.
+    pub fn isolatable(mut self, node: usize) -> Self {
+        self.proxied.insert(node);
+        self.isolatable.insert(node);
+        self
+    }
+
     pub fn arg(mut self, a: &str) -> Self {
         self.extra_args.push(a.to_string());
         self
@@ -383,6 +409,7 @@ impl Builder {
         etcd.enable_auth().await;
         let etcd_addr: SocketAddr = format!("127.0.0.1:{}", etcd.client_port).parse().unwrap();
         let mut proxies = HashMap::new();
+        let mut peer_proxies = HashMap::new();
         let mut nodes = Vec::new();
         for i in 0..self.nodes {
             let endpoint = if self.proxied.contains(&i) {
@@ -393,12 +420,22 @@ impl Builder {
             } else {
                 etcd.url()
             };
+            let peer_port = free_port();
+            let advertise = if self.isolatable.contains(&i) {
+                let p = Proxy::start(format!("127.0.0.1:{peer_port}").parse().unwrap()).await;
+                let addr = format!("127.0.0.1:{}", p.port);
+                peer_proxies.insert(i, p);
+                Some(addr)
+            } else {
+                None
+            };
             nodes.push(NodeProc {
                 id: format!("node-{i}"),
                 grpc_port: free_port(),
                 http_port: free_port(),
-                peer_port: free_port(),
+                peer_port,
                 etcd_endpoint: endpoint,
+                advertise,
                 proc: None,
                 log: dir.0.join(format!("node-{i}.log")),
                 paused: false,
@@ -418,6 +455,7 @@ impl Builder {
             etcd,
             nodes,
             proxies,
+            peer_proxies,
             dir,
         };
         for i in 0..c.nodes.len() {
@@ -437,6 +475,8 @@ pub struct TestCluster {
     pub etcd: Etcd,
     pub nodes: Vec<NodeProc>,
     pub proxies: HashMap<usize, Proxy>,
+    /// Proxies in front of the peer ports of [`Builder::isolatable`] nodes.
+    pub peer_proxies: HashMap<usize, Proxy>,
     dir: TempDir,
 }
 
@@ -446,6 +486,7 @@ impl TestCluster {
             nodes: 3,
             lease_ttl_secs: 5,
             proxied: HashSet::new(),
+            isolatable: HashSet::new(),
             extra_args: Vec::new(),
         }
     }
@@ -459,6 +500,7 @@ impl TestCluster {
         let (catalog, model) = self.bundles.clone();
         let candidate = candidate.map_or_else(|| model.clone(), Path::to_path_buf);
         let f = self.etcd.files.clone();
+        let outbox = self.dir.0.join(format!("node-{i}-outbox"));
         let n = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -471,6 +513,13 @@ impl TestCluster {
             .args(["--http-addr", &format!("127.0.0.1:{}", n.http_port)])
             .args(["--cluster", "etcd", "--etcd-endpoints", &n.etcd_endpoint])
             .args(["--peer-addr", &format!("127.0.0.1:{}", n.peer_port)])
+            .args(
+                n.advertise
+                    .iter()
+                    .flat_map(|a| ["--advertise-addr", a.as_str()]),
+            )
+            .arg("--outbox-dir")
+            .arg(&outbox)
             .arg("--tls-cert")
             .arg(&f.server_cert)
             .arg("--tls-key")
@@ -722,6 +771,26 @@ impl TestCluster {
         }
     }
 
+    /// The sum of node `i`'s series of metric `name` (0 when it has none or does not answer).
+    pub async fn metric(&self, i: usize, name: &str) -> f64 {
+        let (_, metrics) = http_get(&self.nodes[i].http(), "/metrics").await;
+        metrics
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Cuts node `i` (built [`Builder::isolatable`]) off from etcd and from its peers' calls, or heals it: its
+    /// etcd traffic and the traffic to its peer port are black-holed (connections stay open, bytes vanish).
+    pub fn isolate(&self, i: usize, cut: bool) {
+        self.proxies[&i].set_cut(cut);
+        self.peer_proxies[&i].set_cut(cut);
+    }
+
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
         self.spawn(i);
@@ -748,6 +817,7 @@ impl TestCluster {
             http_port: free_port(),
             peer_port: free_port(),
             etcd_endpoint: self.etcd.url(),
+            advertise: None,
             proc: None,
             log: self.dir.0.join(format!("node-{i}.log")),
             paused: false,

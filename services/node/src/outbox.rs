@@ -216,6 +216,7 @@ struct Segment {
 /// The writer thread: owns the files.
 struct Writer {
     dir: PathBuf,
+    segment_bytes: u64,
     /// Oldest first; the last is the one appended to.
     segments: VecDeque<Segment>,
     file: File,
@@ -278,7 +279,7 @@ impl Writer {
     }
 
     fn append(&mut self, seq: u64, record: &[u8]) -> io::Result<()> {
-        if self.written >= SEGMENT_BYTES {
+        if self.written >= self.segment_bytes {
             let path = segment_path(&self.dir, seq);
             self.file = OpenOptions::new().create(true).append(true).open(&path)?;
             sync_dir(&self.dir)?;
@@ -447,6 +448,15 @@ impl Outbox {
     /// # Errors
     /// When the directory or its files cannot be read or written.
     pub fn open(dir: &Path, node_id: &str, limits: OutboxLimits) -> io::Result<Arc<Self>> {
+        Self::open_with(dir, node_id, limits, SEGMENT_BYTES)
+    }
+
+    fn open_with(
+        dir: &Path,
+        node_id: &str,
+        limits: OutboxLimits,
+        segment_bytes: u64,
+    ) -> io::Result<Arc<Self>> {
         std::fs::create_dir_all(dir)?;
         let origin: Arc<str> = format!("{node_id}@{:x}", aisle_domain::now_ms()).into();
         let mut firsts: Vec<u64> = std::fs::read_dir(dir)?
@@ -523,6 +533,7 @@ impl Outbox {
         }
         let mut writer = Writer {
             dir: dir.to_path_buf(),
+            segment_bytes,
             segments,
             file,
             written,
@@ -688,14 +699,15 @@ impl Outbox {
     /// ahead of it; lowest number first, at most `max`.
     pub fn heads(&self, max: usize) -> Vec<Arc<QueuedTrack>> {
         let state = self.state();
-        let mut heads: Vec<Arc<QueuedTrack>> = state
-            .by_shopper
+        // In number order, an entry is its shopper's head when nothing of theirs is numbered lower: the scan stops
+        // after `max` heads, not after every shopper.
+        state
+            .entries
             .values()
-            .filter_map(|q| q.front().and_then(|seq| state.entries.get(seq)).cloned())
-            .collect();
-        heads.sort_unstable_by_key(|e| e.seq);
-        heads.truncate(max);
-        heads
+            .filter(|e| state.by_shopper.get(&e.shopper_id).and_then(|q| q.front()) == Some(&e.seq))
+            .take(max)
+            .cloned()
+            .collect()
     }
 
     /// The owner has the entry (applied now or before), or it must not be applied (erased, refused): it leaves.
@@ -961,6 +973,48 @@ mod tests {
             again.heads(10).iter().map(|e| e.seq).collect::<Vec<_>>(),
             vec![bob]
         );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[tokio::test]
+    async fn full_segments_roll_over_and_go_once_every_entry_in_them_is_delivered() {
+        let d = dir("roll");
+        let segments = |d: &Path| {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with("seg-"))
+                .collect();
+            v.sort();
+            v
+        };
+        // Segments of two entries (an entry here is about 75 bytes).
+        let outbox = Outbox::open_with(&d, "node-1", limits(), 100).unwrap();
+        let mut seqs = Vec::new();
+        for k in 0..6 {
+            let shopper = format!("s{k}");
+            seqs.push(
+                outbox
+                    .push(&shopper, k, request(&shopper, 1))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert!(segments(&d).len() >= 3, "{:?}", segments(&d));
+        // Delivering out of order: an old segment goes only when every entry in it, and before it, is delivered.
+        outbox.delivered(seqs[1]);
+        outbox.flush().await.unwrap();
+        assert!(segment_path(&d, seqs[0]).exists());
+        outbox.delivered(seqs[0]);
+        for &seq in &seqs[2..5] {
+            outbox.delivered(seq);
+        }
+        outbox.flush().await.unwrap();
+        assert!(!segment_path(&d, seqs[0]).exists());
+        drop(outbox);
+        let again = Outbox::open_with(&d, "node-1", limits(), 100).unwrap();
+        let left: Vec<u64> = again.heads(10).iter().map(|e| e.seq).collect();
+        assert_eq!(left, vec![seqs[5]]);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

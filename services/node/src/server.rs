@@ -689,6 +689,13 @@ pub async fn start(
             readiness.clone(),
         )));
     }
+    if let Some(outbox) = outbox {
+        // Alone, a node owns everything: entries wait only when its session actors failed to answer.
+        background.push(tokio::spawn(crate::api::decision::deliver(
+            node.clone(),
+            outbox,
+        )));
+    }
     if config.bundle_poll_secs > 0 {
         background.push(tokio::spawn(watch_bundles(config.clone(), decider)));
     }
@@ -705,12 +712,6 @@ pub async fn start(
                 "control records not read within 2 s (etcd unreachable?): serving without kill switches until \
                  they are"
             );
-        }
-        if let Some(outbox) = outbox {
-            background.push(tokio::spawn(crate::api::decision::deliver(
-                node.clone(),
-                outbox,
-            )));
         }
         tokio::spawn(handoff::follow_views(holdings, cluster.clone()));
         background.push(tokio::spawn(cluster.clone().hold_through_etcd_outages()));

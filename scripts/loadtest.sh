@@ -33,6 +33,10 @@
 # requests/s for CPU_DURATION after CPU_WARMUP, and reads the CPU of both node processes around the recorded run:
 # CPU per request (both nodes) and Decide p99. No saturation ramp.
 #
+# `scripts/loadtest.sh --compare-outbox BIN [--json]`: the same two-node A/B, replication on in both, without a Track
+# outbox (OLD) and with one (NEW, `--outbox-dir` per node in the work directory): the cost of numbering every Track
+# for exactly-once delivery when nothing needs queueing.
+#
 # With DECISION_LOG=1 every node of either comparison writes its decision log (`--decision-log`, a fresh file per
 # run in the work directory): `DECISION_LOG=1 scripts/loadtest.sh --compare OLD NEW` prices a change to the log.
 set -euo pipefail
@@ -73,9 +77,10 @@ start_node() {
   fi
 }
 
-if [ "${1:-}" = "--compare-replication" ]; then
+if [ "${1:-}" = "--compare-replication" ] || [ "${1:-}" = "--compare-outbox" ]; then
+  ab=${1#--compare-}
   shift
-  [ $# -ge 1 ] || { echo "usage: scripts/loadtest.sh --compare-replication BIN [--json]" >&2; exit 2; }
+  [ $# -ge 1 ] || { echo "usage: scripts/loadtest.sh --compare-$ab BIN [--json]" >&2; exit 2; }
   case $1 in /*) node_bin=$1 ;; *) node_bin=$caller_dir/$1 ;; esac
   shift
   json=
@@ -116,14 +121,23 @@ if [ "${1:-}" = "--compare-replication" ]; then
   ticks() { local stat; stat=$(cat "/proc/$1/stat"); echo "${stat##*) }" | awk '{ print $12 + $13 }'; }
   port_base=30700  # below the ephemeral range (32768+), where outgoing connections take their ports
   : >"$work/runs.jsonl"
-  echo "A/B of replication in a 2-node cluster of $node_bin: OLD --replication-ms 0, NEW --replication-ms" \
-       "$replication_ms; $rounds round(s) of A B; mixed scenario at $cpu_rate/s for $cpu_duration after $cpu_warmup;" \
-       "$(nproc) cores shared by etcd, both nodes and the load generator"
+  if [ "$ab" = replication ]; then
+    sides="OLD --replication-ms 0, NEW --replication-ms $replication_ms"
+  else
+    sides="--replication-ms $replication_ms, OLD without an outbox, NEW with --outbox-dir"
+  fi
+  echo "A/B of $ab in a 2-node cluster of $node_bin: $sides; $rounds round(s) of A B; mixed scenario at" \
+       "$cpu_rate/s for $cpu_duration after $cpu_warmup; $(nproc) cores shared by etcd, both nodes and the load" \
+       "generator"
   for round in $(seq 1 "$rounds"); do
     for side in old new; do
-      if [ "$side" = old ]; then ms=0 label=A; else ms=$replication_ms label=B; fi
+      if [ "$side" = old ]; then label=A; else label=B; fi
+      ms=$replication_ms
+      [ "$ab" = replication ] && [ "$side" = old ] && ms=0
       node_pids=()
       for i in 1 2; do
+        extra=()
+        [ "$ab" = outbox ] && [ "$side" = new ] && extra=(--outbox-dir "$work/outbox-$label$round-$i")
         grpc=$(free_port "$port_base"); http=$(free_port $((grpc + 1))); peer=$(free_port $((http + 1)))
         port_base=$((peer + 1))
         [ "$i" = 1 ] && target="https://127.0.0.1:$grpc"
@@ -134,7 +148,7 @@ if [ "${1:-}" = "--compare-replication" ]; then
           --tls-cert "$pki/server.pem" --tls-key "$pki/server.key" --auth-tokens "$pki/tokens.toml" \
           --pseudonym-key "$pki/pseudonym.key" \
           --peer-tls-cert "$pki/peer.pem" --peer-tls-key "$pki/peer.key" --peer-tls-ca "$pki/ca.pem" \
-          --replication-ms "$ms"
+          --replication-ms "$ms" "${extra[@]}"
         pids+=("$node_pid") node_pids+=("$node_pid")
         metrics_port[$i]=$http
       done
@@ -172,9 +186,9 @@ print(f"run {run:<4} {side:<3}  CPU {row['cpu_us_per_request']} µs/request ({ro
 PY
     done
   done
-  python3 - "$rounds" "${json:-}" "$work/runs.jsonl" <<'PY'
+  python3 - "$rounds" "${json:-}" "$work/runs.jsonl" "$ab" <<'PY'
 import json, statistics, sys
-rounds, want_json, path = sys.argv[1:]
+rounds, want_json, path, ab = sys.argv[1:]
 runs = [json.loads(l) for l in open(path) if l.strip()]
 med = lambda side, key: statistics.median([r[key] for r in runs if r["side"] == side and r[key] is not None])
 out = {k: {s: med(s, k) for s in ("old", "new")} for k in ("cpu_us_per_request", "decide_p99_ms", "track_p99_ms")}
@@ -185,7 +199,7 @@ for k, v in out.items():
 if any(r["errors"] for r in runs):
     print("warning: some runs had errors")
 if want_json:
-    print(json.dumps({"mode": "compare-replication", "rounds": int(rounds), "runs": runs, "medians": out,
+    print(json.dumps({"mode": "compare-" + ab, "rounds": int(rounds), "runs": runs, "medians": out,
                       "ratios": ratios}))
 PY
   exit 0

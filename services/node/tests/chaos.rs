@@ -888,22 +888,8 @@ async fn five_faults_under_mixed_load_keep_every_documented_promise() {
         chaos.broken.push(format!("the run ended early: {e}"));
     }
     // Every event acknowledged into an outbox reaches its owner before the sessions are read.
-    let drained = Instant::now();
-    loop {
-        let mut waiting = 0.0;
-        for i in 0..3 {
-            waiting += chaos.c.metric(i, "aisle_outbox_events").await;
-        }
-        if waiting == 0.0 {
-            break;
-        }
-        if drained.elapsed() > Duration::from_secs(30) {
-            chaos.broken.push(format!(
-                "{waiting} events still in outboxes 30 s after the run"
-            ));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Err(e) = chaos.c.try_wait_for_outboxes(Duration::from_secs(30)).await {
+        chaos.broken.push(format!("after the run: {e}"));
     }
     let sessions = held(&chaos.c, &population).await;
     let (rows, mut broken) = judge(&chaos, &records, &owners, &warmed, &sessions);

@@ -609,22 +609,7 @@ async fn a_node_cut_off_from_etcd_and_peers_queues_tracks_and_each_reaches_its_o
     let failures = failures.lock().unwrap().clone();
     assert!(failures.is_empty(), "Tracks failed: {failures:?}");
     // Every outbox drains.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut waiting = 0.0;
-        for i in 0..3 {
-            waiting += c.metric(i, "aisle_outbox_events").await;
-        }
-        if waiting == 0.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{waiting} events still wait in outboxes 30 s after the heal:\n{}",
-            c.nodes[2].log_tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    c.wait_for_outboxes(Duration::from_secs(30)).await;
     let delivered_by_2 = c.metric(2, "aisle_outbox_delivered_events_total").await;
     let records = driver.finish().await;
 
@@ -709,15 +694,7 @@ async fn a_track_whose_answer_was_lost_is_queued_and_applied_once() {
         queued >= 3,
         "the calls whose answers were lost were not queued ({queued})"
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.metric(0, "aisle_outbox_events").await > 0.0 {
-        assert!(
-            Instant::now() < deadline,
-            "node 0's outbox did not drain:\n{}",
-            c.nodes[0].log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.wait_for_outboxes(Duration::from_secs(30)).await;
     let duplicates = c.metric(2, "aisle_outbox_duplicates_total").await;
     // Each shopper's first call after the cut reached the owner on the open connection and was applied; resent
     // from the outbox, it is a duplicate.
@@ -788,15 +765,7 @@ async fn events_queued_before_an_erasure_never_bring_the_shopper_back() {
     c.isolate(2, false);
     c.wait_for_view(&[0, 1, 2], 3, Duration::from_secs(20))
         .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c.metric(2, "aisle_outbox_events").await > 0.0 {
-        assert!(
-            Instant::now() < deadline,
-            "node 2's outbox did not drain:\n{}",
-            c.nodes[2].log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.wait_for_outboxes(Duration::from_secs(20)).await;
     let erased = describe(&mut admin, "erased-later").await;
     assert!(
         !erased.has_session && erased.events_applied == 0,

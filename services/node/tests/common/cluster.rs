@@ -784,6 +784,40 @@ impl TestCluster {
             .sum()
     }
 
+    /// Waits until no running node's outbox holds an event (`aisle_outbox_events` 0 on each); `Err` names what
+    /// still waits after `within`, with the nodes' log tails.
+    pub async fn try_wait_for_outboxes(&self, within: Duration) -> Result<Duration, String> {
+        let started = Instant::now();
+        loop {
+            let mut waiting = 0.0;
+            for i in self.running() {
+                waiting += self.metric(i, "aisle_outbox_events").await;
+            }
+            if waiting == 0.0 {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() >= within {
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| format!("--- {}\n{}", n.id, n.log_tail(15)))
+                    .collect();
+                return Err(format!(
+                    "{waiting} events still wait in outboxes after {within:?}\n{}",
+                    logs.join("\n")
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// As [`TestCluster::try_wait_for_outboxes`], panicking with what still waits.
+    pub async fn wait_for_outboxes(&self, within: Duration) -> Duration {
+        self.try_wait_for_outboxes(within)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Cuts node `i` (built [`Builder::isolatable`]) off from etcd and from its peers' calls, or heals it: its
     /// etcd traffic and the traffic to its peer port are black-holed (connections stay open, bytes vanish).
     pub fn isolate(&self, i: usize, cut: bool) {

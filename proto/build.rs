@@ -7,8 +7,9 @@
 use std::{env, fs, path::PathBuf};
 
 /// Our `.proto` files, relative to this crate's root, which is also the only include path.
-const PROTOS: [&str; 4] = [
+const PROTOS: [&str; 5] = [
     "aisle/v1/decision.proto",
+    "aisle/v1/edge.proto",
     "aisle/v1/associate.proto",
     "aisle/v1/admin.proto",
     "aisle/v1/internal.proto",

@@ -24,7 +24,7 @@ mod tests {
 
     use super::FILE_DESCRIPTOR_SET;
 
-    /// Reflection clients resolve every service and type from this set alone: it must hold our four files, their
+    /// Reflection clients resolve every service and type from this set alone: it must hold our five files, their
     /// services, and the well-known `Timestamp` they import.
     #[test]
     fn descriptor_set_holds_services_and_imports() {
@@ -36,6 +36,7 @@ mod tests {
             "aisle/v1/associate.proto",
             "aisle/v1/admin.proto",
             "aisle/v1/internal.proto",
+            "aisle/v1/edge.proto",
         ] {
             assert!(
                 names.contains(&expected),
@@ -57,6 +58,7 @@ mod tests {
             "aisle.v1.AssociateService",
             "aisle.v1.AdminService",
             "aisle.v1.PeerService",
+            "aisle.v1.EdgeService",
         ] {
             assert!(
                 services.iter().any(|service| service == expected),

@@ -41,6 +41,7 @@ async fn node() -> RunningNode {
         candidate: None,
         rules: embedded_rules(),
         experiments: embedded_experiments(),
+        files: Vec::new(),
     };
     let mut config = Config {
         node_id: "bench".into(),

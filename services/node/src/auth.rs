@@ -45,16 +45,19 @@ pub enum Scope {
     AdminRead,
     /// Forget a shopper, promote or roll back models, faults.
     AdminWrite,
+    /// `EdgeService`: a store edge's bundle feed, session copies and event uploads.
+    Edge,
 }
 
 impl Scope {
     /// Every scope, in documentation order.
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 6] = [
         Scope::Decide,
         Scope::Track,
         Scope::Subscribe,
         Scope::AdminRead,
         Scope::AdminWrite,
+        Scope::Edge,
     ];
 
     /// The scope's name in token files.
@@ -65,6 +68,7 @@ impl Scope {
             Scope::Subscribe => "subscribe",
             Scope::AdminRead => "admin:read",
             Scope::AdminWrite => "admin:write",
+            Scope::Edge => "edge",
         }
     }
 
@@ -367,6 +371,9 @@ pub fn required(path: &str) -> Required {
             "aisle.v1.AdminService",
             "ForgetShopper" | "SetFault" | "PromoteModel" | "RollbackModel" | "SetKillSwitch",
         ) => Required::Scope(Scope::AdminWrite),
+        ("aisle.v1.EdgeService", "SyncBundles" | "FetchSession" | "Upload") => {
+            Required::Scope(Scope::Edge)
+        }
         _ => Required::Refused,
     }
 }
@@ -379,6 +386,7 @@ fn service_label(path: &str) -> &'static str {
         "aisle.v1.AssociateService" => "AssociateService",
         "aisle.v1.AdminService" => "AdminService",
         "aisle.v1.PeerService" => "PeerService",
+        "aisle.v1.EdgeService" => "EdgeService",
         "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection" => {
             "ServerReflection"
         }

@@ -188,6 +188,24 @@ pub struct ServeArgs {
     /// Events the outbox holds at most [default: 200000].
     #[arg(long, env = "AISLE_OUTBOX_MAX_EVENTS")]
     pub outbox_max_events: Option<usize>,
+    /// What this node is: `cloud` (a cluster member, or alone) or `edge` (a store's node) [default: cloud].
+    #[arg(long, env = "AISLE_ROLE", value_enum)]
+    pub role: Option<crate::config::Role>,
+    /// The store an edge serves.
+    #[arg(long, env = "AISLE_STORE_ID")]
+    pub store_id: Option<String>,
+    /// The cloud's gRPC address an edge talks to (`https://` with TLS).
+    #[arg(long, env = "AISLE_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// File holding the bearer token an edge shows the cloud (scope `edge` there).
+    #[arg(long, env = "AISLE_UPSTREAM_TOKEN_FILE")]
+    pub upstream_token_file: Option<PathBuf>,
+    /// PEM CA certificate of the cloud's certificate [default: the system's roots].
+    #[arg(long, env = "AISLE_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
+    /// An edge's directory: last good bundles and the queue of events for the cloud.
+    #[arg(long, env = "AISLE_EDGE_DIR")]
+    pub edge_dir: Option<PathBuf>,
     /// PEM certificate chain for the client and admin ports (TLS).
     #[arg(long, env = "AISLE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -275,6 +293,7 @@ impl ServeArgs {
             lease_ttl_secs,
             replication_ms,
             outbox_max_events,
+            role,
             peer_addr,
             reflection,
             log_segment_bytes,
@@ -300,6 +319,11 @@ impl ServeArgs {
             event_log,
             advertise_addr,
             outbox_dir,
+            store_id,
+            upstream,
+            upstream_token_file,
+            upstream_ca,
+            edge_dir,
             tls_cert,
             tls_key,
             tls_client_ca,

@@ -223,6 +223,14 @@ fn tier_name(t: i32) -> &'static str {
     }
 }
 
+fn site_name(s: i32) -> &'static str {
+    match pb::DecisionSite::try_from(s) {
+        Ok(pb::DecisionSite::Cloud) => "cloud",
+        Ok(pb::DecisionSite::Edge) => "edge",
+        _ => "unspecified",
+    }
+}
+
 /// The JSON form of a decision.
 pub fn decision_json(r: &pb::DecideResponse) -> Value {
     json!({
@@ -236,6 +244,7 @@ pub fn decision_json(r: &pb::DecideResponse) -> Value {
         "experiments": r.experiments.iter().map(|(k, v)| (k.clone(), json!({"variant": v.variant, "in_holdout": v.in_holdout}))).collect::<serde_json::Map<_, _>>(),
         "in_holdout": r.in_holdout,
         "served_by": r.served_by,
+        "decided_at": site_name(r.decided_at),
         "epoch": r.epoch,
         "server_latency_us": r.server_latency_us,
         "request_id": r.request_id,
@@ -309,12 +318,17 @@ pub async fn decide(a: DecideArgs) -> anyhow::Result<()> {
     let r = client.decide(request).await.map_err(status)?.into_inner();
     print(a.addr.json, &decision_json(&r), || {
         let mut out = format!(
-            "decision {} for {} on {}: {} by {} in {} µs\nmodel {} · rules {} · experiments {}{}\n",
+            "decision {} for {} on {}: {} by {}{} in {} µs\nmodel {} · rules {} · experiments {}{}\n",
             r.decision_id,
             a.shopper,
             a.surface,
             tier_name(r.fallback_tier),
             r.served_by,
+            if r.decided_at == pb::DecisionSite::Edge as i32 {
+                " (at the store edge)"
+            } else {
+                ""
+            },
             r.server_latency_us,
             r.model_version,
             r.rules_version,

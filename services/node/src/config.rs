@@ -20,6 +20,63 @@ pub enum ClusterMode {
     Etcd,
 }
 
+/// What a node is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A member of the cloud cluster, or a node alone (a laptop): it owns its bundles and shoppers.
+    #[default]
+    Cloud,
+    /// A store's edge node: bundles come from the cloud (`upstream`), it owns the sessions of the shoppers in its
+    /// store, queues their events for the cloud, and decides through WAN outages (docs/architecture.md, "Edge and
+    /// cloud").
+    Edge,
+}
+
+/// Where an edge decides a surface.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Site {
+    /// Here, with the local sessions and the last bundles.
+    #[default]
+    Edge,
+    /// Forwarded to the cloud; answered here when the cloud does not answer within the budget.
+    Cloud,
+}
+
+/// One row of the placement table: which requests it covers, where an edge decides them and their budget.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// The surface, as named in the API without its prefix and in lower case (`home`, `product_page`,
+    /// `store_aisle`, ...); absent: every surface.
+    #[serde(default)]
+    pub surface: Option<String>,
+    /// The channel, likewise (`web`, `app`, `kiosk`, `pos`, `associate_handheld`, `email`); absent: every channel.
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Where an edge decides it (default `edge`; a cloud node decides everything itself).
+    #[serde(default)]
+    pub at: Site,
+    /// The budget of a decision whose caller sends no deadline (replaces `decide_budget_ms` for these requests).
+    pub budget_ms: u64,
+}
+
+impl Placement {
+    /// Whether the row covers a request for `surface` on `channel` (names as in [`Placement::surface`]).
+    pub fn covers(&self, surface: &str, channel: &str) -> bool {
+        self.surface.as_deref().is_none_or(|s| s == surface)
+            && self.channel.as_deref().is_none_or(|c| c == channel)
+    }
+}
+
+/// The lower-case name of a proto enum value without its prefix (`SURFACE_PRODUCT_PAGE` → `product_page`).
+pub fn enum_name(full: &str, prefix: &str) -> String {
+    full.strip_prefix(prefix)
+        .unwrap_or(full)
+        .to_ascii_lowercase()
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -124,6 +181,26 @@ pub struct Config {
     pub outbox_max_events: usize,
     /// Bytes of entries the outbox holds at most (default 256 MiB).
     pub outbox_max_bytes: u64,
+    /// What this node is (default `cloud`).
+    pub role: Role,
+    /// The store an edge serves (required with `role = "edge"`; at most 256 bytes).
+    pub store_id: Option<String>,
+    /// The cloud cluster's gRPC address an edge talks to, e.g. `https://aisle.example.com:443` (required with
+    /// `role = "edge"`).
+    pub upstream: Option<String>,
+    /// File holding the bearer token an edge shows the cloud (a token with the `edge` scope there).
+    pub upstream_token_file: Option<PathBuf>,
+    /// PEM CA certificate that signs the cloud's certificate [default: the system's roots].
+    pub upstream_ca: Option<PathBuf>,
+    /// An edge's own directory: the last good bundles (`bundles/`) and, unless `outbox_dir` says otherwise, the
+    /// queue of events for the cloud (`queue/`). Required with `role = "edge"`; it must outlive the process.
+    pub edge_dir: Option<PathBuf>,
+    /// How long an edge waits for the cloud's copy of a shopper's session when they enter the store (default
+    /// 300 ms; the Track or the first Decide goes on without it after that).
+    pub session_fetch_ms: u64,
+    /// The placement table: the first row that covers a request gives its budget and, at an edge, where it is
+    /// decided. A request no row covers is decided here within `decide_budget_ms`.
+    pub placement: Vec<Placement>,
     /// Membership mode.
     pub cluster: ClusterMode,
     /// etcd endpoints (etcd mode), e.g. `http://etcd-0:2379`.
@@ -260,6 +337,14 @@ impl Default for Config {
             outbox_dir: None,
             outbox_max_events: 200_000,
             outbox_max_bytes: 256 * 1024 * 1024,
+            role: Role::Cloud,
+            store_id: None,
+            upstream: None,
+            upstream_token_file: None,
+            upstream_ca: None,
+            edge_dir: None,
+            session_fetch_ms: 300,
+            placement: Vec::new(),
             cluster: ClusterMode::Static,
             etcd_endpoints: Vec::new(),
             cluster_name: "aisle".to_string(),
@@ -368,6 +453,32 @@ impl Config {
                 "outbox_max_events: must be positive; outbox_max_bytes: at least 1048576 (1 MiB)",
             );
         }
+        self.validate_placement()?;
+        if self.role == Role::Edge {
+            if self.cluster == ClusterMode::Etcd {
+                return bad(
+                    "role = edge: an edge runs alone (cluster = static); the cloud cluster is its upstream",
+                );
+            }
+            if self
+                .store_id
+                .as_ref()
+                .is_none_or(|s| s.is_empty() || s.len() > aisle_domain::MAX_ID_BYTES)
+            {
+                return bad("store_id: required with role = edge, 1 to 256 bytes");
+            }
+            if self.upstream.is_none() {
+                return bad("upstream: required with role = edge (the cloud's gRPC address)");
+            }
+            if self.edge_dir.is_none() {
+                return bad(
+                    "edge_dir: required with role = edge (bundles and the queue for the cloud)",
+                );
+            }
+            if self.session_fetch_ms == 0 || self.session_fetch_ms > 5_000 {
+                return bad("session_fetch_ms: 1 to 5000");
+            }
+        }
         if self.replication_ms > 10_000 {
             return bad("replication_ms: at most 10000 (0 turns replication off)");
         }
@@ -456,6 +567,53 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    fn validate_placement(&self) -> Result<(), ConfigError> {
+        use aisle_proto::v1 as pb;
+        let surfaces: Vec<String> = (1..)
+            .map_while(|i| pb::Surface::try_from(i).ok())
+            .map(|s| enum_name(s.as_str_name(), "SURFACE_"))
+            .collect();
+        let channels: Vec<String> = (1..)
+            .map_while(|i| pb::Channel::try_from(i).ok())
+            .map(|c| enum_name(c.as_str_name(), "CHANNEL_"))
+            .collect();
+        for (i, row) in self.placement.iter().enumerate() {
+            let invalid =
+                |what: String| Err(ConfigError::Invalid(format!("placement[{i}].{what}")));
+            if let Some(s) = &row.surface
+                && !surfaces.contains(s)
+            {
+                return invalid(format!(
+                    "surface: {s:?} is not one of {}",
+                    surfaces.join(", ")
+                ));
+            }
+            if let Some(c) = &row.channel
+                && !channels.contains(c)
+            {
+                return invalid(format!(
+                    "channel: {c:?} is not one of {}",
+                    channels.join(", ")
+                ));
+            }
+            if row.budget_ms == 0 || row.budget_ms > self.max_budget_ms {
+                return invalid(format!(
+                    "budget_ms: must be positive and at most max_budget_ms ({})",
+                    self.max_budget_ms
+                ));
+            }
+            if row.budget_ms <= self.safety_margin_ms {
+                return invalid("budget_ms: must be above safety_margin_ms".to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// The placement row covering `surface` on `channel`, if any.
+    pub fn placement_for(&self, surface: &str, channel: &str) -> Option<&Placement> {
+        self.placement.iter().find(|p| p.covers(surface, channel))
     }
 
     /// Why this node must be secured: it binds a non-loopback address or joins a cluster. None for the

@@ -31,6 +31,7 @@ pub mod config;
 pub mod control;
 pub mod decider;
 pub mod decision;
+pub mod edge;
 pub mod erasure;
 pub mod error;
 pub mod faults;

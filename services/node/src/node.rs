@@ -15,6 +15,8 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::control::Control;
 use crate::decider::{Applied, Decider};
+use crate::edge::Edge;
+use crate::edge::feed::BundleFiles;
 use crate::outbox::Outbox;
 use crate::push::{Publisher, PushHub};
 
@@ -31,6 +33,10 @@ pub struct Node {
     control: Arc<Control>,
     /// Where Track events wait while their owner cannot take them (None: no outbox configured).
     outbox: Option<Arc<Outbox>>,
+    /// The files of the bundles served (for the edge feed).
+    files: Arc<BundleFiles>,
+    /// The link to the cloud, on a store edge.
+    edge: Option<Arc<Edge>>,
     hub: Arc<PushHub>,
     /// Where assist events go (the local hub, or their store's orderer in a cluster).
     publisher: Publisher,
@@ -54,6 +60,8 @@ impl Node {
         cluster: Arc<Cluster>,
         control: Arc<Control>,
         outbox: Option<Arc<Outbox>>,
+        files: Arc<BundleFiles>,
+        edge: Option<Arc<Edge>>,
     ) -> Self {
         let hub = Arc::new(PushHub::with_max_stores(
             config.push_retention,
@@ -67,8 +75,20 @@ impl Node {
             cluster,
             control,
             outbox,
+            files,
+            edge,
             replenish_sent: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The files of the bundles this node serves.
+    pub fn bundle_files(&self) -> &Arc<BundleFiles> {
+        &self.files
+    }
+
+    /// The link to the cloud, on a store edge (None on a cloud node).
+    pub fn edge(&self) -> Option<&Arc<Edge>> {
+        self.edge.as_ref()
     }
 
     /// This node's id.

@@ -767,6 +767,11 @@ impl Outbox {
         })
     }
 
+    /// The shoppers with calls in flight or entries waiting.
+    pub fn shoppers(&self) -> Vec<String> {
+        self.state().by_shopper.keys().cloned().collect()
+    }
+
     /// Events waiting.
     pub fn len(&self) -> usize {
         self.state().events

@@ -15,6 +15,7 @@ use aisle_policy::{Policy, Rules};
 use aisle_proto::v1::admin_service_server::AdminServiceServer;
 use aisle_proto::v1::associate_service_server::AssociateServiceServer;
 use aisle_proto::v1::decision_service_server::DecisionServiceServer;
+use aisle_proto::v1::edge_service_server::EdgeServiceServer;
 use aisle_proto::v1::peer_service_server::PeerServiceServer;
 use aisle_ranking::{Model, Ranking};
 use aisle_session::Sessions;
@@ -27,6 +28,7 @@ use crate::admission::AdmissionLayer;
 use crate::api::admin::AdminApi;
 use crate::api::associate::AssociateApi;
 use crate::api::decision::DecisionApi;
+use crate::api::edge::EdgeApi;
 use crate::api::peer::PeerApi;
 use crate::auth::{AuthLayer, Credentials};
 use crate::cache::DecisionCache;
@@ -37,6 +39,7 @@ use crate::cluster::{Cluster, MembershipConfig};
 use crate::config::{ClusterMode, Config};
 use crate::control::Control;
 use crate::decider::{Decider, DeciderParts};
+use crate::edge::feed::{BundleFiles, file_key};
 use crate::node::Node;
 use crate::outbox::{Outbox, OutboxLimits};
 use crate::privacy::{Pseudonyms, Tombstones};
@@ -68,19 +71,29 @@ pub struct Prepared {
     pub rules: Rules,
     /// Experiments.
     pub experiments: Experiments,
+    /// The files the bundles were read from (or their encoded form, for bundles built here), by
+    /// [`file_key`] of the parsed bundle: what the bundle feed sends to store edges.
+    pub files: Vec<(String, Arc<Vec<u8>>)>,
 }
 
 /// The embedded default rules.
 pub fn embedded_rules() -> Rules {
-    let bytes = serde_json::to_vec(&aisle_policy::rules::default_rules_file()).expect("serialises");
-    Rules::from_json(&bytes, "embedded default").expect("the embedded rules are valid")
+    Rules::from_json(&embedded_rules_file(), "embedded default")
+        .expect("the embedded rules are valid")
+}
+
+fn embedded_rules_file() -> Vec<u8> {
+    serde_json::to_vec(&aisle_policy::rules::default_rules_file()).expect("serialises")
 }
 
 /// The embedded default experiments.
 pub fn embedded_experiments() -> Experiments {
-    let bytes =
-        serde_json::to_vec(&aisle_experiment::default_experiments_file()).expect("serialises");
-    Experiments::from_json(&bytes, "embedded default").expect("the embedded experiments are valid")
+    Experiments::from_json(&embedded_experiments_file(), "embedded default")
+        .expect("the embedded experiments are valid")
+}
+
+fn embedded_experiments_file() -> Vec<u8> {
+    serde_json::to_vec(&aisle_experiment::default_experiments_file()).expect("serialises")
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -98,39 +111,66 @@ fn bundle_path(explicit: &Option<PathBuf>, config: &Config, name: &str) -> Optio
 /// When a named bundle is missing or invalid (the message says which and why), or a catalog is given without a
 /// model.
 pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
-    let rules = match bundle_path(&config.rules, config, "rules.json") {
-        Some(p) => Rules::from_json(&read(&p)?, &p.display().to_string())?,
-        None => embedded_rules(),
+    let mut files = Vec::new();
+    let (rules_file, rules_source) = match bundle_path(&config.rules, config, "rules.json") {
+        Some(p) => (read(&p)?, p.display().to_string()),
+        None => (embedded_rules_file(), "embedded default".to_string()),
     };
-    let experiments = match bundle_path(&config.experiments, config, "experiments.json") {
-        Some(p) => Experiments::from_json(&read(&p)?, &p.display().to_string())?,
-        None => embedded_experiments(),
-    };
+    let rules = Rules::from_json(&rules_file, &rules_source)?;
+    files.push((
+        file_key(&rules.meta.version, &rules.meta.content_hash),
+        Arc::new(rules_file),
+    ));
+    let (experiments_file, experiments_source) =
+        match bundle_path(&config.experiments, config, "experiments.json") {
+            Some(p) => (read(&p)?, p.display().to_string()),
+            None => (embedded_experiments_file(), "embedded default".to_string()),
+        };
+    let experiments = Experiments::from_json(&experiments_file, &experiments_source)?;
+    files.push((
+        file_key(&experiments.meta.version, &experiments.meta.content_hash),
+        Arc::new(experiments_file),
+    ));
     let candidate = match &config.candidate_model {
-        Some(p) => Some((Model::from_bytes(&read(p)?)?, p.display().to_string())),
+        Some(p) => {
+            let bytes = read(p)?;
+            let model = Model::from_bytes(&bytes)?;
+            files.push((
+                file_key(&model.header.version, &model.header.content_hash),
+                Arc::new(bytes),
+            ));
+            Some((model, p.display().to_string()))
+        }
         None => None,
     };
-    let (catalog, model) = catalog_and_model(config).await?;
+    let (catalog, model, model_file) = catalog_and_model(config).await?;
+    files.push((
+        file_key(&model.0.header.version, &model.0.header.content_hash),
+        Arc::new(model_file),
+    ));
     Ok(Prepared {
         catalog,
         model,
         candidate,
         rules,
         experiments,
+        files,
     })
 }
 
 /// The catalog and default model the configuration names, or the demo world's.
+/// The model's file comes third (encoded here for the demo model).
 async fn catalog_and_model(
     config: &Config,
-) -> anyhow::Result<(Option<Arc<Catalog>>, (Model, String))> {
+) -> anyhow::Result<(Option<Arc<Catalog>>, (Model, String), Vec<u8>)> {
     let catalog_path = bundle_path(&config.catalog, config, "catalog.json");
     match (
         catalog_path,
         bundle_path(&config.model, config, "model.bin"),
     ) {
         (catalog, Some(m)) => {
-            let model = (Model::from_bytes(&read(&m)?)?, m.display().to_string());
+            let model_file = read(&m)?;
+            let model = (Model::from_bytes(&model_file)?, m.display().to_string());
             let catalog = match catalog {
                 Some(c) => Some(Arc::new(Catalog::from_json(
                     &read(&c)?,
@@ -138,7 +178,7 @@ async fn catalog_and_model(
                 )?)),
                 None => None,
             };
-            Ok((catalog, model))
+            Ok((catalog, model, model_file))
         }
         (Some(c), None) => anyhow::bail!(
             "catalog {} was given without a model: train one with `aisle-train fit` and pass --model",
@@ -152,9 +192,11 @@ async fn catalog_and_model(
                 tokio::task::spawn_blocking(move || crate::world::demo(anchor)).await??;
             tracing::info!(items = catalog.len(), elapsed_ms = started.elapsed().as_millis() as u64,
                 model = %model.header.version, "demo world ready");
+            let model_file = model.to_bytes();
             Ok((
                 Some(catalog),
                 (model, "embedded demo (trained at start-up)".to_string()),
+                model_file,
             ))
         }
     }
@@ -420,7 +462,7 @@ fn server_builder(config: &Config) -> tonic::transport::Server {
 type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
 
 /// Serves gRPC on the node's ports until `shutdown` says stop:
-/// - client port: Decide, Track, Subscribe (and admin calls when no admin port is configured), health,
+/// - client port: Decide, Track, Subscribe, EdgeService on a cloud node (and admin calls when no admin port is configured), health,
 ///   reflection — behind authentication and admission;
 /// - admin port: AdminService, health, reflection — behind the same;
 /// - peer port (etcd mode): PeerService and health, mutual TLS only.
@@ -469,11 +511,17 @@ fn serve_grpc(
     let associate =
         AssociateServiceServer::new(AssociateApi::new(node.clone(), shutdown_rx.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
+    // Store edges call the cloud; an edge serves no edges.
+    let edge = (config.role == crate::config::Role::Cloud).then(|| {
+        EdgeServiceServer::new(EdgeApi::new(node.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+    });
     let (r1, r1a) = reflection()?;
     let client = server_builder(config)
         .layer(layers())
         .add_service(decision)
         .add_service(associate)
+        .add_optional_service(edge)
         .add_optional_service(ports.admin.is_none().then(|| admin.clone()))
         .add_service(health.clone())
         .add_optional_service(r1)
@@ -601,6 +649,11 @@ pub async fn start(
     let advertise = advertise_addr(&config, peer_addr.unwrap_or(grpc_addr));
     let membership = membership_config(&config, &advertise)?;
     let cluster = cluster(&config, membership.clone(), &advertise);
+    let mut prepared = prepared;
+    let files = Arc::new(BundleFiles::default());
+    for (key, file) in std::mem::take(&mut prepared.files) {
+        files.keep(&key, file);
+    }
     let decider =
         Arc::new(decider(&config, prepared, &cluster, security.pseudonyms.clone()).await?);
     let control = match membership {
@@ -641,12 +694,18 @@ pub async fn start(
             None
         }
     };
+    let edge = match config.role {
+        crate::config::Role::Edge => Some(crate::edge::Edge::open(&config)?),
+        crate::config::Role::Cloud => None,
+    };
     let node = Arc::new(Node::new(
         config.clone(),
         decider.clone(),
         cluster.clone(),
         control.clone(),
         outbox.clone(),
+        files,
+        edge.clone(),
     ));
     readiness.met("bundles");
 
@@ -697,7 +756,22 @@ pub async fn start(
         )));
     }
     if config.bundle_poll_secs > 0 {
-        background.push(tokio::spawn(watch_bundles(config.clone(), decider)));
+        background.push(tokio::spawn(watch_bundles(
+            config.clone(),
+            decider,
+            node.bundle_files().clone(),
+        )));
+    }
+    if let Some(edge) = edge {
+        tracing::info!(store = edge.store_id(), upstream = ?config.upstream, "store edge: following the cloud");
+        background.push(tokio::spawn(edge.clone().follow(node.clone())));
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                edge.publish();
+            }
+        }));
     }
     if clustered {
         background.push(tokio::spawn(replication::run(
@@ -812,7 +886,9 @@ async fn follow_membership(cluster: Arc<Cluster>, readiness: Arc<Readiness>) {
 ///
 /// # Errors
 /// When bundles cannot be loaded or the addresses cannot be bound.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    config.validate()?;
+    crate::edge::bootstrap(&mut config).await?;
     let prepared = prepare(&config).await?;
     let grpc = TcpListener::bind(config.grpc_addr)
         .await
@@ -833,17 +909,38 @@ struct Watched {
     kind: WatchedKind,
 }
 
-#[derive(Clone, Copy)]
-enum WatchedKind {
+/// A bundle slot: what a file or a version on the edge feed replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleKindOnFeed {
+    /// The catalog.
     Catalog,
+    /// A model, in its role.
     Model(ModelRole),
+    /// The guardrail rules.
     Rules,
+    /// The experiments.
     Experiments,
 }
 
+impl BundleKindOnFeed {
+    /// The slot of a kind named on the feed (`crate::edge::feed::KINDS`).
+    pub fn parse(kind: &str) -> Option<Self> {
+        Some(match kind {
+            "catalog" => Self::Catalog,
+            "model" => Self::Model(ModelRole::Default),
+            "candidate_model" => Self::Model(ModelRole::Candidate),
+            "rules" => Self::Rules,
+            "experiments" => Self::Experiments,
+            _ => return None,
+        })
+    }
+}
+
+type WatchedKind = BundleKindOnFeed;
+
 /// Polls the bundle files and loads new versions through their owners (invalid ones are refused and logged; the
 /// last good version keeps serving).
-async fn watch_bundles(config: Arc<Config>, decider: Arc<Decider>) {
+async fn watch_bundles(config: Arc<Config>, decider: Arc<Decider>, files: Arc<BundleFiles>) {
     let mut watched = watched_files(&config);
     if watched.is_empty() {
         return;
@@ -862,16 +959,17 @@ async fn watch_bundles(config: Arc<Config>, decider: Arc<Decider>) {
                 continue;
             };
             let source = w.path.display().to_string();
-            let (action, details) = match load(&decider, w.kind, bytes, &source).await {
-                Ok(()) => ("bundle_loaded", serde_json::json!({"file": source})),
-                Err(error) => {
-                    tracing::warn!(file = %source, %error, "new bundle version refused");
-                    (
-                        "bundle_refused",
-                        serde_json::json!({"file": source, "error": error.to_string()}),
-                    )
-                }
-            };
+            let (action, details) =
+                match load_bundle(&decider, &files, w.kind, Arc::new(bytes), &source).await {
+                    Ok(()) => ("bundle_loaded", serde_json::json!({"file": source})),
+                    Err(error) => {
+                        tracing::warn!(file = %source, %error, "new bundle version refused");
+                        (
+                            "bundle_refused",
+                            serde_json::json!({"file": source, "error": error.to_string()}),
+                        )
+                    }
+                };
             if let Err(e) = decider.audit_action(action, "node", details).await {
                 tracing::warn!(error = %e, action, "the decision trail could not record a bundle change");
             }
@@ -914,38 +1012,49 @@ fn watched_files(config: &Config) -> Vec<Watched> {
     .collect()
 }
 
-/// Loads a new version of a bundle through its owner.
+/// Loads a new version of a bundle through its owner, and keeps its file for the edge feed.
+///
+/// # Errors
+/// Why the bundle was refused (the last good version keeps serving).
+pub async fn load_bundle(
+    decider: &Decider,
+    files: &BundleFiles,
+    kind: BundleKindOnFeed,
+    file: Arc<Vec<u8>>,
+    source: &str,
+) -> Result<(), String> {
+    let meta = load(decider, kind, file.as_ref().clone(), source).await?;
+    files.keep(&file_key(&meta.version, &meta.content_hash), file);
+    Ok(())
+}
+
 async fn load(
     decider: &Decider,
     kind: WatchedKind,
     bytes: Vec<u8>,
     source: &str,
-) -> Result<(), String> {
+) -> Result<aisle_domain::bundle::BundleMeta, String> {
     let timeout = Duration::from_secs(60);
     match kind {
         WatchedKind::Catalog => decider
             .worlds()
             .load_catalog(bytes, source)
             .await
-            .map(|_| ())
             .map_err(|e| e.to_string()),
         WatchedKind::Model(role) => decider
             .worlds()
             .load_model(bytes, source, role)
             .await
-            .map(|_| ())
             .map_err(|e| e.to_string()),
         WatchedKind::Rules => decider
             .policy()
             .load(bytes, source, timeout)
             .await
-            .map(|_| ())
             .map_err(|e| e.to_string()),
         WatchedKind::Experiments => decider
             .experiments()
             .load(bytes, source, timeout)
             .await
-            .map(|_| ())
             .map_err(|e| e.to_string()),
     }
 }

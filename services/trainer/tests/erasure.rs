@@ -83,6 +83,7 @@ async fn a_refit_after_forget_shopper_learns_nothing_of_the_shopper() {
         candidate: None,
         rules: embedded_rules(),
         experiments: embedded_experiments(),
+        files: Vec::new(),
     };
     let node = start(
         config,

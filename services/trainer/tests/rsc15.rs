@@ -192,6 +192,7 @@ async fn predict_offline_and_through_a_live_node_give_the_same_lists() {
         candidate: None,
         rules: embedded_rules(),
         experiments: embedded_experiments(),
+        files: Vec::new(),
     };
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();

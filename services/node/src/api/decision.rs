@@ -20,7 +20,9 @@ use tonic::{Request, Response, Status};
 use super::validate;
 use crate::auth::Identity;
 use crate::cluster::{Member, SharedView};
+use crate::config::{Role, Site, enum_name};
 use crate::decision::{DecideInput, Decision, Fallback, Serve, Tier, TrackOutcome};
+use crate::edge::Edge;
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::outbox::{Outbox, QueueError, QueuedTrack};
@@ -39,8 +41,13 @@ fn tier(t: Tier) -> pb::FallbackTier {
     }
 }
 
-/// The response of a decision.
-pub fn response(d: Decision, served_by: &str, request_id: String) -> pb::DecideResponse {
+/// The response of a decision made at `site`.
+pub fn response(
+    d: Decision,
+    served_by: &str,
+    request_id: String,
+    site: pb::DecisionSite,
+) -> pb::DecideResponse {
     let fallback_reason = d.fallback_text();
     let catalog = &d.catalog;
     pb::DecideResponse {
@@ -93,6 +100,15 @@ pub fn response(d: Decision, served_by: &str, request_id: String) -> pb::DecideR
         in_holdout: d.assignment.in_holdout,
         fallback_reason,
         epoch: d.epoch,
+        decided_at: site as i32,
+    }
+}
+
+/// Where this node decides: at a store's edge, or in the cloud.
+pub fn site(node: &Node) -> pb::DecisionSite {
+    match node.config().role {
+        Role::Edge => pb::DecisionSite::Edge,
+        Role::Cloud => pb::DecisionSite::Cloud,
     }
 }
 
@@ -137,7 +153,12 @@ impl<'a> DecideCall<'a> {
             .decider()
             .decide(self.world.clone(), self.input.clone(), self.deadline, serve)
             .await;
-        response(decision, self.node.id(), self.input.request_id.clone())
+        response(
+            decision,
+            self.node.id(),
+            self.input.request_id.clone(),
+            site(self.node),
+        )
     }
 
     /// Answers from the fallback ladder here: no owner could serve the request.
@@ -522,17 +543,25 @@ impl DecisionService for DecisionApi {
     ) -> Result<Response<pb::DecideResponse>, Status> {
         let received = Instant::now();
         let config = self.node.config();
+        let r = request.get_ref();
+        let placement = config.placement_for(
+            &enum_name(r.surface().as_str_name(), "SURFACE_"),
+            &enum_name(r.channel().as_str_name(), "CHANNEL_"),
+        );
         let deadline = super::deadline(
             received,
             request.metadata(),
-            Duration::from_millis(config.decide_budget_ms),
+            Duration::from_millis(placement.map_or(config.decide_budget_ms, |p| p.budget_ms)),
             Duration::from_millis(config.max_budget_ms),
         );
+        let at = placement.map_or(Site::Edge, |p| p.at);
         let client = Identity::of(&request).name;
         let req = request.into_inner();
-        let answer = DecideCall::new(&self.node, &req, &client, deadline)?
-            .run()
-            .await?;
+        let call = DecideCall::new(&self.node, &req, &client, deadline)?;
+        let answer = match self.node.edge() {
+            Some(edge) => decide_at_edge(&self.node, edge, &call, at).await?,
+            None => call.run().await?,
+        };
         Ok(Response::new(answer))
     }
 
@@ -546,9 +575,11 @@ impl DecisionService for DecisionApi {
         let budget = super::budget(request.metadata(), TRACK_BUDGET, TRACK_BUDGET);
         let keep = (budget / 4).max(Duration::from_millis(20)).min(budget / 2);
         let req = request.into_inner();
-        let outcome = TrackBatchCall::new(&self.node, &req, super::now_us())?
-            .run(received + budget - keep)
-            .await?;
+        let batch = TrackBatchCall::new(&self.node, &req, super::now_us())?;
+        let outcome = match self.node.edge() {
+            Some(edge) => track_at_edge(&self.node, edge, batch, received + budget).await?,
+            None => batch.run(received + budget - keep).await?,
+        };
         Ok(Response::new(pb::TrackResponse {
             accepted: outcome.accepted as u32,
             unknown_items: outcome.unknown_items as u32,
@@ -557,6 +588,128 @@ impl DecisionService for DecisionApi {
             duplicates: 0,
         }))
     }
+}
+
+/// A Decide at a store edge: the cloud's session first when this is the shopper's first in-store call; then,
+/// for a surface placed in the cloud, the cloud's answer if it comes within the budget (less a reserve kept for
+/// answering here); else the edge's own answer.
+async fn decide_at_edge(
+    node: &Node,
+    edge: &Edge,
+    call: &DecideCall<'_>,
+    at: Site,
+) -> Result<pb::DecideResponse, ApiError> {
+    let left = || call.deadline.saturating_duration_since(Instant::now());
+    if call.request.consent != Some(false) {
+        edge.pull_session(node, &call.request.shopper_id, false, left() / 3)
+            .await;
+    }
+    if at == Site::Cloud {
+        let reserve = (left() / 3).max(Duration::from_millis(10));
+        let timeout = left().saturating_sub(reserve);
+        let why = if !edge.online() {
+            "offline"
+        } else if timeout.is_zero() {
+            "no_budget"
+        } else {
+            match edge.decide_in_cloud(call.request, timeout).await {
+                Ok(mut answer) => {
+                    metrics::counter!("aisle_edge_decisions_total", "at" => "cloud").increment(1);
+                    answer.decided_at = pb::DecisionSite::Cloud as i32;
+                    return Ok(answer);
+                }
+                Err(e) if e.code() == tonic::Code::DeadlineExceeded => "deadline",
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                    ) =>
+                {
+                    tracing::warn!(error = %e.message(), "the cloud refused a forwarded decision: the edge's \
+                        upstream token needs the decide scope");
+                    "denied"
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "a forwarded decision failed");
+                    "failed"
+                }
+            }
+        };
+        metrics::counter!("aisle_edge_cloud_fallbacks_total", "reason" => why).increment(1);
+    }
+    let answer = call.run().await?;
+    metrics::counter!("aisle_edge_decisions_total", "at" => "edge").increment(1);
+    Ok(answer)
+}
+
+/// A Track at a store edge: each shopper's events are first queued for the cloud (fsync'd; the queue uploads
+/// them in order), then applied to the edge's own copy of the session. `STORE_ENTER` first copies the cloud's
+/// session here; `STORE_EXIT` drops the copy after its events are queued.
+///
+/// # Errors
+/// INVALID_ARGUMENT for a wrong event (nothing applied); RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE
+/// when it cannot be written — saying how many events of the batch were accepted before.
+async fn track_at_edge(
+    node: &Node,
+    edge: &Edge,
+    batch: TrackBatchCall<'_>,
+    deadline: Instant,
+) -> Result<TrackOutcome, ApiError> {
+    use aisle_domain::event::EventKind;
+    let outbox = node
+        .outbox()
+        .cloned()
+        .ok_or_else(|| ApiError::Unavailable("this edge has no queue for the cloud".into()))?;
+    let router = Router::new(node.cluster());
+    let mut outcome = TrackOutcome::default();
+    for call in batch.calls() {
+        let has = |kind: EventKind| call.events.iter().any(|e| e.kind == kind);
+        let left = deadline.saturating_duration_since(Instant::now());
+        if has(EventKind::StoreEnter) {
+            edge.pull_session(node, &call.shopper_id, true, left / 2)
+                .await;
+        }
+        let events = call.events_as_received();
+        let n = events.len();
+        let request = pb::TrackRequest {
+            events,
+            request_id: String::new(),
+        };
+        if let Err(e) = outbox
+            .push(&call.shopper_id, call.received_at_us, request)
+            .await
+        {
+            let why = format!(
+                "events of shopper {:?} were not accepted ({e}); {} earlier events of this batch were",
+                call.shopper_id, outcome.accepted
+            );
+            return Err(match e {
+                QueueError::Full(_) => ApiError::ResourceExhausted(why),
+                _ => ApiError::Unavailable(why),
+            });
+        }
+        let applied = match router.at_owner(&call, deadline).await {
+            Routed::Answered(o) => o,
+            Routed::NoOwner(why) => {
+                tracing::warn!(%why, "queued for the cloud but not applied here");
+                TrackOutcome::default()
+            }
+            Routed::Failed(e) => {
+                tracing::warn!(error = %e, "queued for the cloud but not applied here");
+                TrackOutcome::default()
+            }
+        };
+        outcome += TrackOutcome {
+            accepted: n,
+            unknown_items: applied.unknown_items,
+            queued: n,
+            duplicates: 0,
+        };
+        if has(EventKind::StoreExit) {
+            edge.hand_back(node, &call.shopper_id).await;
+        }
+    }
+    Ok(outcome)
 }
 
 /// Entries delivered at once.
@@ -593,37 +746,65 @@ pub async fn deliver(node: Arc<Node>, outbox: Arc<Outbox>) {
     }
 }
 
-/// Sends one entry to its owner; whether it leaves the outbox.
-async fn deliver_one(node: &Node, entry: &QueuedTrack) -> bool {
-    let refused = |why: String| {
-        metrics::counter!("aisle_outbox_entries_dropped_total", "reason" => "refused").increment(1);
-        tracing::error!(
-            origin = %entry.origin,
-            seq = entry.seq,
-            error = %why,
-            "an outbox entry cannot be applied and is dropped"
-        );
-        true
-    };
-    let batch = match TrackBatchCall::new(node, &entry.request, entry.received_at_us)
-        .and_then(|b| b.queued(entry.delivery()))
-    {
-        Ok(b) => b,
-        Err(e) => return refused(e.to_string()),
-    };
+/// What became of one shopper's queued events sent to their owner.
+pub enum QueuedOutcome {
+    /// The owner has them (applied now, or counted as duplicates of a delivery applied before).
+    Applied(TrackOutcome),
+    /// They can never be applied (invalid): the sender drops them.
+    Refused(ApiError),
+    /// The owner cannot take them now: the sender keeps them and tries again.
+    Later(String),
+}
+
+/// Sends one shopper's queued events, numbered `delivery`, to their owner (an outbox entry of this node, or an
+/// edge's upload).
+pub async fn apply_queued(
+    node: &Node,
+    request: &pb::TrackRequest,
+    received_at_us: i64,
+    delivery: Delivery,
+) -> QueuedOutcome {
+    let batch =
+        match TrackBatchCall::new(node, request, received_at_us).and_then(|b| b.queued(delivery)) {
+            Ok(b) => b,
+            Err(e) => return QueuedOutcome::Refused(e),
+        };
     let Some(call) = batch.calls().next() else {
-        return true;
+        return QueuedOutcome::Applied(TrackOutcome::default());
     };
     let deadline = Instant::now() + TRACK_BUDGET;
     match Router::new(node.cluster()).at_owner(&call, deadline).await {
-        Routed::Answered(o) => {
+        Routed::Answered(o) => QueuedOutcome::Applied(o),
+        Routed::Failed(e) if e.is_the_callers() => QueuedOutcome::Refused(e),
+        Routed::NoOwner(why) => QueuedOutcome::Later(why.to_string()),
+        Routed::Failed(e) => QueuedOutcome::Later(e.to_string()),
+    }
+}
+
+/// Sends one entry to its owner (to the cloud, on an edge); whether it leaves the outbox.
+async fn deliver_one(node: &Node, entry: &QueuedTrack) -> bool {
+    if let Some(edge) = node.edge() {
+        return edge.upload(entry).await;
+    }
+    match apply_queued(node, &entry.request, entry.received_at_us, entry.delivery()).await {
+        QueuedOutcome::Applied(o) => {
             metrics::counter!("aisle_outbox_delivered_events_total", "result" => "applied")
                 .increment(o.accepted as u64);
             metrics::counter!("aisle_outbox_delivered_events_total", "result" => "duplicate")
                 .increment(o.duplicates as u64);
             true
         }
-        Routed::Failed(e) if e.is_the_callers() => refused(e.to_string()),
-        Routed::NoOwner(_) | Routed::Failed(_) => false,
+        QueuedOutcome::Refused(e) => {
+            metrics::counter!("aisle_outbox_entries_dropped_total", "reason" => "refused")
+                .increment(1);
+            tracing::error!(
+                origin = %entry.origin,
+                seq = entry.seq,
+                error = %e,
+                "an outbox entry cannot be applied and is dropped"
+            );
+            true
+        }
+        QueuedOutcome::Later(_) => false,
     }
 }

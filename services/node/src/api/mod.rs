@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod associate;
 pub mod decision;
+pub mod edge;
 pub mod peer;
 pub mod validate;
 

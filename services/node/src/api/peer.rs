@@ -169,6 +169,21 @@ impl PeerService for PeerApi {
         ))
     }
 
+    async fn fetch_session(
+        &self,
+        request: Request<pb::ForwardDescribeRequest>,
+    ) -> Result<Response<pb::FetchSessionResponse>, Status> {
+        let req = request.into_inner();
+        let call = super::edge::FetchSessionCall {
+            node: &self.node,
+            shopper_id: &req.shopper_id,
+        };
+        Ok(Response::new(
+            self.run_here(&call, req.epoch, req.view_fingerprint)
+                .await?,
+        ))
+    }
+
     async fn hand_off(
         &self,
         request: Request<pb::HandOffRequest>,

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -227,13 +227,15 @@ impl Etcd {
     }
 }
 
-/// A TCP proxy that can black-hole traffic: connections stay open but no byte crosses, as when packets are
-/// dropped on the path.
+/// A TCP proxy that can black-hole traffic (connections stay open but no byte crosses, as when packets are
+/// dropped on the path) and delay it (a WAN's latency).
 pub struct Proxy {
     pub port: u16,
     cut: Arc<AtomicBool>,
     /// Drops only what the target sends back (requests still arrive: their answers are lost).
     replies_cut: Arc<AtomicBool>,
+    /// One-way delay added to every byte, in µs.
+    delay_us: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -243,20 +245,24 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
         let replies_cut = Arc::new(AtomicBool::new(false));
-        let (flag, replies_flag) = (cut.clone(), replies_cut.clone());
+        let delay_us = Arc::new(AtomicU64::new(0));
+        let (flag, replies_flag, delay) = (cut.clone(), replies_cut.clone(), delay_us.clone());
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
-                let (flag, replies_flag) = (flag.clone(), replies_flag.clone());
+                let (flag, replies_flag, delay) =
+                    (flag.clone(), replies_flag.clone(), delay.clone());
                 tokio::spawn(async move {
                     let Ok(outbound) = TcpStream::connect(target).await else {
                         return;
                     };
+                    let _ = outbound.set_nodelay(true);
+                    let _ = inbound.set_nodelay(true);
                     let (mut ri, mut wi) = inbound.into_split();
                     let (mut ro, mut wo) = outbound.into_split();
-                    let f1 = flag.clone();
-                    let up = tokio::spawn(async move { pump(&mut ri, &mut wo, &[&f1]).await });
+                    let (f1, d1) = (flag.clone(), delay.clone());
+                    let up = tokio::spawn(async move { pump(&mut ri, &mut wo, &[&f1], &d1).await });
                     let down = tokio::spawn(async move {
-                        pump(&mut ro, &mut wi, &[&flag, &replies_flag]).await
+                        pump(&mut ro, &mut wi, &[&flag, &replies_flag], &delay).await
                     });
                     let _ = tokio::join!(up, down);
                 });
@@ -266,8 +272,15 @@ impl Proxy {
             port,
             cut,
             replies_cut,
+            delay_us,
             task,
         }
+    }
+
+    /// Delays every byte by `one_way` in each direction from now on (a round trip of twice that).
+    pub fn set_delay(&self, one_way: Duration) {
+        self.delay_us
+            .store(one_way.as_micros() as u64, Ordering::SeqCst);
     }
 
     /// Drops all traffic from now on (or lets it through again).
@@ -287,25 +300,42 @@ impl Drop for Proxy {
     }
 }
 
+/// Copies `from` to `to`, dropping what arrives while any of `cut` is set and holding each chunk for the delay in
+/// force when it arrived (chunks keep their order; a delay does not add up over queued chunks).
 async fn pump(
     from: &mut tokio::net::tcp::OwnedReadHalf,
     to: &mut tokio::net::tcp::OwnedWriteHalf,
     cut: &[&AtomicBool],
+    delay_us: &AtomicU64,
 ) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if cut.iter().any(|c| c.load(Ordering::SeqCst)) {
-                    continue;
-                }
-                if to.write_all(&buf[..n]).await.is_err() {
-                    return;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if cut.iter().any(|c| c.load(Ordering::SeqCst)) {
+                        continue;
+                    }
+                    let at =
+                        Instant::now() + Duration::from_micros(delay_us.load(Ordering::SeqCst));
+                    if tx.send((at, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
                 }
             }
         }
-    }
+    };
+    let write = async move {
+        while let Some((at, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::join!(read, write);
 }
 
 /// One node process.

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 pub mod cluster;
+pub mod edge;
 pub mod pki;
 
 /// The demo world and its trained model, built once for the whole test binary.
@@ -30,6 +31,7 @@ pub fn demo() -> Prepared {
         candidate: None,
         rules: embedded_rules(),
         experiments: embedded_experiments(),
+        files: Vec::new(),
     }
 }
 

@@ -50,6 +50,8 @@ pub const TOKEN_TRACK: &str = "t-track-0123456789";
 pub const TOKEN_SUBSCRIBE_STORE_1: &str = "t-subscribe-store-1";
 pub const TOKEN_ADMIN_READ: &str = "t-admin-read-0123456789";
 pub const TOKEN_ADMIN_WRITE: &str = "t-admin-write-0123456789";
+/// The token of store `store-1`'s edge node (scopes `edge`, and `decide` for the surfaces it forwards).
+pub const TOKEN_EDGE: &str = "t-edge-store-1-0123456789";
 
 /// The token file: one token per scope (the subscribe one limited to `store-1`), one with every scope, and the
 /// `test-operator` certificate with every scope.
@@ -73,6 +75,7 @@ pub fn token_file() -> String {
         ),
         entry("ops-read", TOKEN_ADMIN_READ, "\"admin:read\"", ""),
         entry("ops-write", TOKEN_ADMIN_WRITE, "\"admin:write\"", ""),
+        entry("edge-store-1", TOKEN_EDGE, "\"edge\", \"decide\"", ""),
         format!(
             "[[certificate]]\nname = \"operator\"\ncommon_name = \"test-operator\"\nscopes = [{all}]\n"
         ),

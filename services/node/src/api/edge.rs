@@ -1,0 +1,186 @@
+//! `aisle.v1.EdgeService`: what store edge nodes ask of the cloud cluster. Served on the client port; every method
+//! needs the `edge` scope (a token per store, docs/security.md). See [`crate::edge`] for the edge's side.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use aisle_proto::v1 as pb;
+use aisle_proto::v1::edge_service_server::EdgeService;
+use aisle_session::Delivery;
+use tokio::time::Instant;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::admin::shopper_id;
+use super::decision::{QueuedOutcome, apply_queued};
+use crate::auth::Identity;
+use crate::cluster::{Member, SharedView};
+use crate::edge::feed;
+use crate::error::ApiError;
+use crate::node::Node;
+use crate::routing::{AtOwner, LocalError, Routed, Router};
+
+/// How long the owner may take to hand out a session copy.
+const FETCH_CALL: std::time::Duration = std::time::Duration::from_secs(2);
+/// Bundle kinds an edge may name as held.
+const MAX_HELD: usize = 16;
+
+/// A copy of a shopper's session, at their owner.
+pub struct FetchSessionCall<'a> {
+    /// The node.
+    pub node: &'a Node,
+    /// The shopper.
+    pub shopper_id: &'a str,
+}
+
+impl AtOwner for FetchSessionCall<'_> {
+    type Output = pb::FetchSessionResponse;
+    const RPC: &'static str = "fetch_session";
+
+    fn shopper(&self) -> &str {
+        self.shopper_id
+    }
+
+    async fn local(&self, _view: &SharedView) -> Result<Self::Output, LocalError> {
+        let decider = self.node.decider();
+        let session = decider
+            .sessions()
+            .snapshot_now(self.shopper_id)
+            .map(|context| {
+                let catalog = decider.worlds().current().catalog.clone();
+                serde_json::to_vec(&context.to_portable(&catalog)).expect("sessions serialise")
+            })
+            .unwrap_or_default();
+        Ok(pb::FetchSessionResponse {
+            session,
+            served_by: self.node.id().to_string(),
+        })
+    }
+
+    async fn remote(
+        &self,
+        view: &SharedView,
+        owner: &Member,
+        deadline: Instant,
+    ) -> Result<Self::Output, Status> {
+        let mut call = Request::new(pb::ForwardDescribeRequest {
+            shopper_id: self.shopper_id.to_string(),
+            epoch: view.epoch,
+            from_node: self.node.id().to_string(),
+            view_fingerprint: view.fingerprint,
+        });
+        call.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let mut client = self.node.cluster().peers.client(&owner.addr)?;
+        client.fetch_session(call).await.map(Response::into_inner)
+    }
+}
+
+/// The Edge service.
+#[derive(Debug, Clone)]
+pub struct EdgeApi {
+    node: Arc<Node>,
+}
+
+impl EdgeApi {
+    /// A service over `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+type SyncStream = Pin<Box<dyn Stream<Item = Result<pb::SyncUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl EdgeService for EdgeApi {
+    type SyncBundlesStream = SyncStream;
+
+    async fn sync_bundles(
+        &self,
+        request: Request<pb::SyncBundlesRequest>,
+    ) -> Result<Response<SyncStream>, Status> {
+        let caller = Identity::of(&request).name;
+        let req = request.into_inner();
+        if req.store_id.len() > aisle_domain::MAX_ID_BYTES {
+            return Err(ApiError::invalid("store_id", "longer than 256 bytes").into());
+        }
+        if req.held.len() > MAX_HELD {
+            return Err(ApiError::invalid("held", format!("at most {MAX_HELD} bundles")).into());
+        }
+        let held: BTreeMap<String, String> =
+            req.held.into_iter().map(|h| (h.kind, h.digest)).collect();
+        tracing::info!(target: "aisle::admin", %caller, store = %req.store_id, held = held.len(),
+            "edge bundle feed opened");
+        metrics::counter!("aisle_edge_feeds_opened_total").increment(1);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(feed::run(
+            self.node.decider().clone(),
+            self.node.bundle_files().clone(),
+            self.node.id().to_string(),
+            held,
+            tx,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn fetch_session(
+        &self,
+        request: Request<pb::FetchSessionRequest>,
+    ) -> Result<Response<pb::FetchSessionResponse>, Status> {
+        let req = request.into_inner();
+        let shopper = shopper_id(&req.shopper_id)?;
+        let call = FetchSessionCall {
+            node: &self.node,
+            shopper_id: shopper,
+        };
+        match Router::new(self.node.cluster())
+            .at_owner(&call, Instant::now() + FETCH_CALL)
+            .await
+        {
+            Routed::Answered(r) => Ok(Response::new(r)),
+            Routed::NoOwner(why) => Err(ApiError::Unavailable(format!(
+                "the shopper's owner cannot be reached ({why}); retry"
+            ))
+            .into()),
+            Routed::Failed(e) => Err(e.into()),
+        }
+    }
+
+    async fn upload(
+        &self,
+        request: Request<pb::UploadRequest>,
+    ) -> Result<Response<pb::TrackResponse>, Status> {
+        let req = request.into_inner();
+        let delivery = req
+            .delivery
+            .as_ref()
+            .ok_or_else(|| ApiError::required("delivery"))?;
+        if delivery.origin.is_empty() || delivery.origin.len() > aisle_domain::MAX_ID_BYTES {
+            return Err(ApiError::invalid("delivery.origin", "1 to 256 bytes").into());
+        }
+        let track = req
+            .request
+            .as_ref()
+            .ok_or_else(|| ApiError::required("request"))?;
+        let delivery = Delivery {
+            origin: delivery.origin.as_str().into(),
+            seq: delivery.seq,
+        };
+        match apply_queued(&self.node, track, req.received_at_us, delivery).await {
+            QueuedOutcome::Applied(o) => Ok(Response::new(pb::TrackResponse {
+                accepted: o.accepted as u32,
+                unknown_items: o.unknown_items as u32,
+                served_by: self.node.id().to_string(),
+                queued: 0,
+                duplicates: o.duplicates as u32,
+            })),
+            QueuedOutcome::Refused(e) => Err(e.into()),
+            QueuedOutcome::Later(why) => Err(ApiError::Unavailable(format!(
+                "the shopper's owner cannot take the events now ({why}); keep them and retry"
+            ))
+            .into()),
+        }
+    }
+}

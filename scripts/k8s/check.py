@@ -375,6 +375,28 @@ SERVICE_MONITOR_SCHEMA = {
 }
 
 
+# A PrometheusRule is a CRD too: the fields the chart uses, strictly.
+PROMETHEUS_RULE_SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"},
+        "metadata": SERVICE_MONITOR_SCHEMA["properties"]["metadata"],
+        "spec": {"type": "object", "additionalProperties": False, "required": ["groups"], "properties": {
+            "groups": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False, "required": ["name", "rules"], "properties": {
+                    "name": {"type": "string"},
+                    "rules": {"type": "array", "minItems": 1, "items": {
+                        "type": "object", "additionalProperties": False, "required": ["expr"],
+                        "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                        "properties": {
+                            "alert": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9]*$"},
+                            "record": {"type": "string", "pattern": "^[a-z_:][a-z0-9_:]*$"},
+                            "expr": {"type": "string", "minLength": 1},
+                            "for": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"}}}}}}}}},
+    },
+}
+
+
 def validate_objects(docs: list[dict], where: str) -> list[str]:
     import jsonschema
     import kubernetes_validate
@@ -382,8 +404,9 @@ def validate_objects(docs: list[dict], where: str) -> list[str]:
     errors = []
     for d in docs:
         name = f"{where}: {d.get('kind')}/{(d.get('metadata') or {}).get('name')}"
-        if d.get("kind") in ("ServiceMonitor", "Certificate"):
-            schema = SERVICE_MONITOR_SCHEMA if d["kind"] == "ServiceMonitor" else CERTIFICATE_SCHEMA
+        if d.get("kind") in ("ServiceMonitor", "Certificate", "PrometheusRule"):
+            schema = {"ServiceMonitor": SERVICE_MONITOR_SCHEMA, "Certificate": CERTIFICATE_SCHEMA,
+                      "PrometheusRule": PROMETHEUS_RULE_SCHEMA}[d["kind"]]
             errs = list(jsonschema.Draft7Validator(schema).iter_errors(d))
             errors += [f"{name}: {e.message}" for e in errs]
             continue
@@ -407,7 +430,8 @@ def check_chart_renders_and_validates() -> str:
         check_consistency(docs, name, ns, frozenset(e["name"] for e in over.get("extraEnv", [])))
         counts.append(f"{name} ({len(docs)})")
     return (f"every manifest of {', '.join(counts)} is valid against the Kubernetes {KUBERNETES_VERSION} schemas "
-            "(strict: unknown fields fail; cert-manager Certificates and ServiceMonitors against the fields the chart "
+            "(strict: unknown fields fail; cert-manager Certificates, ServiceMonitors and PrometheusRules against the "
+            "fields the chart "
             "uses) and consistent: the client, admin, peer and HTTP ports and their Services, the environment the "
             "node reads, credentials from Secret volumes without subPath, TLS and tokens unless insecure, the "
             "NetworkPolicies port by port, etcd's TLS and auth bootstrap, the Certificates' names and usages")

@@ -31,6 +31,15 @@
 //! | `aisle_outbox_duplicates_total` | counter | | at an owner: events of a resent call or entry already applied, not applied again |
 //! | `aisle_outbox_entries_dropped_total` | counter | reason | entries that left without being applied: `erased` (shopper forgotten after), `refused` (invalid at the owner) |
 //! | `aisle_outbox_full_total`, `aisle_outbox_write_errors_total` | counter | | Track calls refused because the outbox was full, or could not be written |
+//! | `aisle_edge_decisions_total` | counter | at | at a store edge: decisions made `edge` (here) or `cloud` (forwarded and answered there); the edge hit ratio is `edge` / all |
+//! | `aisle_edge_cloud_fallbacks_total` | counter | reason | at an edge: surfaces placed in the cloud answered here instead: `offline`, `deadline`, `no_budget`, `denied` (the token lacks `decide`), `failed` |
+//! | `aisle_edge_offline_seconds` | gauge | | at an edge: seconds since the cloud was last heard from (0 while the link is up) |
+//! | `aisle_edge_model_freshness_lag_seconds` | gauge | | at an edge: 0 while the feed confirms it serves the cloud's versions; else the seconds since it last could (or since it refused a version the cloud serves) |
+//! | `aisle_edge_model_created_seconds` | gauge | | at an edge: build time of the model it serves (Unix seconds) |
+//! | `aisle_edge_uploaded_events_total` | counter | result | at an edge: queued events the cloud took: `applied`, or `duplicate` (applied before) |
+//! | `aisle_edge_session_fetches_total` | counter | result | at an edge: copies of the cloud's session asked for: `installed`, `none`, `failed`, `invalid` |
+//! | `aisle_edge_sessions_handed_back_total` | counter | | at an edge: session copies dropped at `STORE_EXIT` |
+//! | `aisle_edge_feeds_opened_total`, `aisle_edge_feed_bundles_sent_total` | counter | kind | at a cloud node: bundle feeds edges opened, bundle versions sent down |
 //! | `aisle_kill_switch_active` | gauge | | kill switches this node applies |
 //! | `aisle_kill_switch_decisions_total` | counter | tier | decisions a kill switch sent to RULES or GENERIC |
 //! | `aisle_fleet_version_skew` | gauge | | 1 while this node serves other versions than the fleet's record (etcd mode) |
@@ -175,6 +184,46 @@ pub fn describe() {
     describe_counter!(
         "aisle_outbox_write_errors_total",
         "Track calls refused because the outbox could not be written"
+    );
+    describe_counter!(
+        "aisle_edge_decisions_total",
+        "store edge: decisions made at the edge or forwarded to the cloud, by where they were made"
+    );
+    describe_counter!(
+        "aisle_edge_cloud_fallbacks_total",
+        "store edge: surfaces placed in the cloud answered at the edge, by why"
+    );
+    describe_gauge!(
+        "aisle_edge_offline_seconds",
+        "store edge: seconds since the cloud was last heard from (0 while the link is up)"
+    );
+    describe_gauge!(
+        "aisle_edge_model_freshness_lag_seconds",
+        "store edge: seconds the served bundles may be behind the cloud's (0 while confirmed current)"
+    );
+    describe_gauge!(
+        "aisle_edge_model_created_seconds",
+        "store edge: build time of the served model (Unix seconds)"
+    );
+    describe_counter!(
+        "aisle_edge_uploaded_events_total",
+        "store edge: queued events the cloud took, applied or duplicate"
+    );
+    describe_counter!(
+        "aisle_edge_session_fetches_total",
+        "store edge: copies of the cloud's session asked for, by result"
+    );
+    describe_counter!(
+        "aisle_edge_sessions_handed_back_total",
+        "store edge: session copies dropped when the shopper left the store"
+    );
+    describe_counter!(
+        "aisle_edge_feeds_opened_total",
+        "cloud: bundle feeds opened by store edges"
+    );
+    describe_counter!(
+        "aisle_edge_feed_bundles_sent_total",
+        "cloud: bundle versions sent to store edges, by kind"
     );
     describe_gauge!(
         "aisle_kill_switch_active",

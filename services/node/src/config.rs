@@ -801,4 +801,93 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn a_placement_table_is_read_matched_first_row_first_and_checked() {
+        let c: Config = toml::from_str(
+            "[[placement]]\nsurface = \"home\"\nchannel = \"kiosk\"\nat = \"cloud\"\nbudget_ms = 200\n\n\
+             [[placement]]\nsurface = \"home\"\nbudget_ms = 30\n\n\
+             [[placement]]\nchannel = \"associate_handheld\"\nbudget_ms = 80\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let at = |surface: &str, channel: &str| {
+            c.placement_for(surface, channel)
+                .map(|p| (p.at, p.budget_ms))
+        };
+        assert_eq!(at("home", "kiosk"), Some((Site::Cloud, 200)));
+        assert_eq!(at("home", "web"), Some((Site::Edge, 30)));
+        assert_eq!(at("cart", "associate_handheld"), Some((Site::Edge, 80)));
+        assert_eq!(at("cart", "web"), None);
+        assert_eq!(
+            enum_name("SURFACE_PRODUCT_PAGE", "SURFACE_"),
+            "product_page"
+        );
+
+        let bad = |row: &str| {
+            let c: Config = toml::from_str(&format!("[[placement]]\n{row}\n")).unwrap();
+            c.validate().unwrap_err().to_string()
+        };
+        let err = bad("surface = \"homepage\"\nbudget_ms = 30");
+        assert!(
+            err.contains("placement[0].surface: \"homepage\" is not one of home, product_page"),
+            "{err}"
+        );
+        let err = bad("channel = \"fax\"\nbudget_ms = 30");
+        assert!(err.contains("placement[0].channel"), "{err}");
+        let err = bad("budget_ms = 0");
+        assert!(
+            err.contains("placement[0].budget_ms: must be positive"),
+            "{err}"
+        );
+        let err = bad("budget_ms = 2");
+        assert!(
+            err.contains("placement[0].budget_ms: must be above safety_margin_ms"),
+            "{err}"
+        );
+        assert!(toml::from_str::<Config>("[[placement]]\nat = \"moon\"\nbudget_ms = 9\n").is_err());
+    }
+
+    #[test]
+    fn an_edge_needs_its_store_upstream_and_directory_and_runs_alone() {
+        let edge = Config {
+            role: Role::Edge,
+            store_id: Some("store-1".into()),
+            upstream: Some("https://aisle.example.com".into()),
+            edge_dir: Some("/var/lib/aisle-edge".into()),
+            ..Config::default()
+        };
+        edge.validate().unwrap();
+        let err = |c: Config| c.validate().unwrap_err().to_string();
+        assert!(
+            err(Config {
+                store_id: None,
+                ..edge.clone()
+            })
+            .contains("store_id: required with role = edge")
+        );
+        assert!(
+            err(Config {
+                upstream: None,
+                ..edge.clone()
+            })
+            .contains("upstream: required")
+        );
+        assert!(
+            err(Config {
+                edge_dir: None,
+                ..edge.clone()
+            })
+            .contains("edge_dir: required")
+        );
+        assert!(
+            err(Config {
+                cluster: ClusterMode::Etcd,
+                etcd_endpoints: vec!["http://etcd:2379".into()],
+                insecure: true,
+                ..edge.clone()
+            })
+            .contains("an edge runs alone")
+        );
+    }
 }

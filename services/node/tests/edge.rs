@@ -702,3 +702,153 @@ async fn a_surface_placed_in_the_cloud_falls_back_to_the_edges_answer_when_the_c
     }
     assert!(edge.metric("aisle_edge_decisions_total").await >= 8.0);
 }
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// Sequential Decides through `client`: (p50, p99) in µs, client side.
+async fn latencies(
+    client: &mut DecisionServiceClient<Channel>,
+    shoppers: &[String],
+    channel: pb::Channel,
+    n: usize,
+    expect: pb::DecisionSite,
+) -> (u128, u128) {
+    let mut took = Vec::with_capacity(n);
+    for k in 0..n {
+        let started = Instant::now();
+        let r = decide(
+            client,
+            decide_req(&shoppers[k % shoppers.len()], pb::Surface::Home, channel),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        took.push(started.elapsed());
+        assert_eq!(site(&r), expect, "{r:?}");
+        assert_eq!(r.fallback_tier, pb::FallbackTier::Fresh as i32);
+    }
+    took.sort();
+    (
+        percentile(&took, 0.50).as_micros(),
+        percentile(&took, 0.99).as_micros(),
+    )
+}
+
+/// In-store Decide latency, client side, in one run: at the edge, through the edge to the cloud over a WAN with
+/// a 40 ms round trip, and at a cloud node directly (a local node, no WAN). Three alternations; the medians go to
+/// docs/BENCHMARKS.md. Run: `cargo test --release -p aisle-node --test edge -- --ignored --nocapture
+/// in_store_decide_latency`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by hand in release mode"]
+async fn in_store_decide_latency_at_the_edge_against_the_cloud_path() {
+    let config_dir = TempDir::new("edge-bench");
+    let config = config_dir.0.join("edge.toml");
+    std::fs::write(
+        &config,
+        "[[placement]]\nsurface = \"home\"\nchannel = \"web\"\nat = \"cloud\"\nbudget_ms = 500\n",
+    )
+    .unwrap();
+    let (c, edge) = cloud_and_edge(None, &["--config", config.to_str().unwrap()]).await;
+    let shoppers: Vec<String> = (0..20).map(|k| format!("bench-{k}")).collect();
+    let mut at_edge = edge.client().await;
+    for (k, s) in shoppers.iter().enumerate() {
+        let mut enter = in_store(s, pb::EventType::StoreEnter, "");
+        enter.item_id.clear();
+        let views = (0..5)
+            .map(|j| {
+                in_store(
+                    s,
+                    pb::EventType::View,
+                    &format!("sku-{:06}", 100 + 7 * k + j),
+                )
+            })
+            .collect();
+        track(&mut at_edge, vec![enter]).await.unwrap();
+        track(&mut at_edge, views).await.unwrap();
+    }
+    edge.wait_for_queue_drained(Duration::from_secs(20)).await;
+    edge.wan.set_delay(Duration::from_millis(20));
+    let mut local = c.client(0).await;
+    let n = 400;
+    // Warm-up of every path.
+    latencies(
+        &mut at_edge,
+        &shoppers,
+        pb::Channel::Kiosk,
+        50,
+        pb::DecisionSite::Edge,
+    )
+    .await;
+    latencies(
+        &mut at_edge,
+        &shoppers,
+        pb::Channel::Web,
+        50,
+        pb::DecisionSite::Cloud,
+    )
+    .await;
+    latencies(
+        &mut local,
+        &shoppers,
+        pb::Channel::Kiosk,
+        50,
+        pb::DecisionSite::Cloud,
+    )
+    .await;
+    let mut rounds = Vec::new();
+    for round in 0..3 {
+        let e = latencies(
+            &mut at_edge,
+            &shoppers,
+            pb::Channel::Kiosk,
+            n,
+            pb::DecisionSite::Edge,
+        )
+        .await;
+        let w = latencies(
+            &mut at_edge,
+            &shoppers,
+            pb::Channel::Web,
+            n,
+            pb::DecisionSite::Cloud,
+        )
+        .await;
+        let l = latencies(
+            &mut local,
+            &shoppers,
+            pb::Channel::Kiosk,
+            n,
+            pb::DecisionSite::Cloud,
+        )
+        .await;
+        eprintln!(
+            "round {round}: p50/p99 µs — edge {}/{}, through the edge to the cloud (40 ms RTT) {}/{}, local node \
+             {}/{}; edge p99 / local p99 = {:.2}, cloud path p99 / edge p99 = {:.1}",
+            e.0,
+            e.1,
+            w.0,
+            w.1,
+            l.0,
+            l.1,
+            e.1 as f64 / l.1 as f64,
+            w.1 as f64 / e.1 as f64
+        );
+        rounds.push((e, w, l));
+    }
+    let median = |f: &dyn Fn(&((u128, u128), (u128, u128), (u128, u128))) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    eprintln!(
+        "median of 3: edge p99 {:.0} µs, cloud path p99 {:.0} µs, local node p99 {:.0} µs; edge/local p99 {:.2}; \
+         cloud path/edge p99 {:.1}",
+        median(&|r| r.0.1 as f64),
+        median(&|r| r.1.1 as f64),
+        median(&|r| r.2.1 as f64),
+        median(&|r| r.0.1 as f64 / r.2.1 as f64),
+        median(&|r| r.1.1 as f64 / r.0.1 as f64),
+    );
+}

@@ -688,3 +688,56 @@ impl Edge {
 fn refused_for_good(code: tonic::Code) -> bool {
     matches!(code, tonic::Code::InvalidArgument | tonic::Code::OutOfRange)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bundle_files_matching_their_recorded_digest_count_as_held() {
+        let dir = std::env::temp_dir().join(format!("aisle-edge-held-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let put = |kind: &str, bytes: &[u8], digest: String| {
+            write_durably(&bundle_file(&dir, kind), bytes).unwrap();
+            let held = Held {
+                version: format!("{kind}-v1"),
+                digest,
+                created_at_ms: 7,
+            };
+            write_durably(
+                &dir.join(format!("{kind}.held.json")),
+                &serde_json::to_vec(&held).unwrap(),
+            )
+            .unwrap();
+        };
+        put("catalog", b"{\"items\":[]}", sha256_hex(b"{\"items\":[]}"));
+        // A file torn or changed after its record: not held (the feed sends it again).
+        put("model", b"half a model", sha256_hex(b"the whole model"));
+        // A record without its file: not held.
+        put("rules", b"{}", sha256_hex(b"{}"));
+        std::fs::remove_file(bundle_file(&dir, "rules")).unwrap();
+        let held = held_on_disk(&dir);
+        assert_eq!(held.keys().collect::<Vec<_>>(), vec!["catalog"]);
+        assert_eq!(held["catalog"].version, "catalog-v1");
+        assert!(
+            !dir.join("catalog.tmp").exists(),
+            "no temporary file is left"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_bad_events_are_refused_for_good() {
+        assert!(refused_for_good(tonic::Code::InvalidArgument));
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::DeadlineExceeded,
+            tonic::Code::PermissionDenied,
+            tonic::Code::Unauthenticated,
+            tonic::Code::FailedPrecondition,
+            tonic::Code::ResourceExhausted,
+        ] {
+            assert!(!refused_for_good(code), "{code:?} keeps the entry");
+        }
+    }
+}

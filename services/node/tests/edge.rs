@@ -703,6 +703,9 @@ async fn a_surface_placed_in_the_cloud_falls_back_to_the_edges_answer_when_the_c
     assert!(edge.metric("aisle_edge_decisions_total").await >= 8.0);
 }
 
+/// One benchmark round: (p50, p99) of the edge, the cloud path and the local node.
+type Round = ((u128, u128), (u128, u128), (u128, u128));
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
@@ -837,7 +840,7 @@ async fn in_store_decide_latency_at_the_edge_against_the_cloud_path() {
         );
         rounds.push((e, w, l));
     }
-    let median = |f: &dyn Fn(&((u128, u128), (u128, u128), (u128, u128))) -> f64| {
+    let median = |f: &dyn Fn(&Round) -> f64| {
         let mut v: Vec<f64> = rounds.iter().map(f).collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]

@@ -10,7 +10,7 @@
 //! name = "storefront-web"
 //! sha256 = "…"                 # hex SHA-256 of the token string
 //! scopes = ["decide", "track"]
-//! stores = ["store-1"]         # optional: limits `subscribe` to these stores
+//! stores = ["store-1"]         # optional: limits `subscribe` and `edge` to these stores
 //!
 //! [[certificate]]               # a client certificate (signed by tls_client_ca) with this subject CN
 //! name = "pos-fleet"
@@ -110,6 +110,11 @@ impl Identity {
     /// Whether the identity may subscribe to `store_id`'s assist stream.
     pub fn may_subscribe(&self, store_id: &str) -> bool {
         self.has(Scope::Subscribe) && self.stores.as_ref().is_none_or(|s| s.contains(store_id))
+    }
+
+    /// Whether the identity may speak for `store_id` (a token limited to some stores: only for those).
+    pub fn may_act_for_store(&self, store_id: &str) -> bool {
+        self.stores.as_ref().is_none_or(|s| s.contains(store_id))
     }
 
     /// The identity a request was authenticated as (anonymous when the request did not pass the layer, as in

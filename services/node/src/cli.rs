@@ -439,4 +439,43 @@ mod tests {
         assert!(err.contains("consent_defaults: region"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// The documented systemd unit and example configuration of a store edge are what `aisle serve` accepts.
+    #[test]
+    fn the_edge_unit_and_its_example_configuration_parse() {
+        let unit = include_str!("../../../deploy/edge/aisle-edge.service");
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("an ExecStart line");
+        let dir = std::env::temp_dir().join(format!("aisle-cli-edge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("edge.toml");
+        std::fs::write(&config, include_str!("../../../deploy/edge/edge.toml")).unwrap();
+        let args: Vec<String> = exec
+            .split_whitespace()
+            .skip(1)
+            .map(|a| {
+                if a == "/etc/aisle/edge.toml" {
+                    config.display().to_string()
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
+        let cli = Cli::try_parse_from(std::iter::once("aisle".to_string()).chain(args)).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let c = args.to_config().unwrap();
+        assert_eq!(c.role, crate::config::Role::Edge);
+        assert_eq!(c.store_id.as_deref(), Some("store-0042"));
+        assert_eq!(c.placement.len(), 5);
+        assert_eq!(
+            c.placement_for("home", "app").map(|p| p.at),
+            Some(crate::config::Site::Cloud)
+        );
+        assert!(c.security_gaps().is_empty(), "{:?}", c.security_gaps());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

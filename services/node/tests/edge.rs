@@ -14,6 +14,7 @@ use aisle_proto::v1 as pb;
 use aisle_proto::v1::admin_service_client::AdminServiceClient;
 use aisle_proto::v1::associate_service_client::AssociateServiceClient;
 use aisle_proto::v1::decision_service_client::DecisionServiceClient;
+use aisle_proto::v1::edge_service_client::EdgeServiceClient;
 use common::cluster::{TempDir, TestCluster, connect};
 use common::edge::EdgeNode;
 use tokio::time::Instant;
@@ -141,6 +142,54 @@ async fn a_shopper_who_browsed_online_brings_their_session_into_the_store_and_ha
     .await
     .unwrap();
     assert_eq!(site(&online), pb::DecisionSite::Cloud);
+
+    // Who may call EdgeService: the store's token for its own store only; not a decide token.
+    let channel = Channel::from_shared(c.nodes[0].addr())
+        .unwrap()
+        .tls_config(common::pki::client_tls(None))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let fetch = |store: &str, token: &str| {
+        let mut r = tonic::Request::new(pb::FetchSessionRequest {
+            shopper_id: shopper.into(),
+            store_id: store.into(),
+        });
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r
+    };
+    let mut as_edge = EdgeServiceClient::new(channel);
+    let copy = as_edge
+        .fetch_session(fetch(STORE, common::pki::TOKEN_EDGE))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!copy.session.is_empty(), "the owner's copy");
+    let other_store = as_edge
+        .fetch_session(fetch("store-2", common::pki::TOKEN_EDGE))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        other_store.code(),
+        tonic::Code::PermissionDenied,
+        "{other_store:?}"
+    );
+    assert!(other_store.message().contains("store-2"));
+    let not_an_edge = as_edge
+        .fetch_session(fetch(STORE, common::pki::TOKEN_DECIDE))
+        .await
+        .unwrap_err();
+    assert_eq!(not_an_edge.code(), tonic::Code::PermissionDenied);
+    let no_store = as_edge
+        .fetch_session(fetch("", common::pki::TOKEN_EDGE))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (no_store.code(), no_store.message()),
+        (tonic::Code::InvalidArgument, "store_id: required")
+    );
 
     // The shopper walks in: STORE_ENTER at the edge copies the cloud's session here.
     let mut at_edge = edge.client().await;

@@ -26,6 +26,23 @@ const FETCH_CALL: std::time::Duration = std::time::Duration::from_secs(2);
 /// Bundle kinds an edge may name as held.
 const MAX_HELD: usize = 16;
 
+/// Checks an edge's `store_id`: required, bounded, and one the caller may speak for.
+fn store(identity: &Identity, store_id: &str) -> Result<(), ApiError> {
+    if store_id.is_empty() {
+        return Err(ApiError::required("store_id"));
+    }
+    if store_id.len() > aisle_domain::MAX_ID_BYTES {
+        return Err(ApiError::invalid("store_id", "longer than 256 bytes"));
+    }
+    if !identity.may_act_for_store(store_id) {
+        return Err(ApiError::PermissionDenied(format!(
+            "{} may not act for store {store_id:?}",
+            identity.name
+        )));
+    }
+    Ok(())
+}
+
 /// A copy of a shopper's session, at their owner.
 pub struct FetchSessionCall<'a> {
     /// The node.
@@ -99,11 +116,10 @@ impl EdgeService for EdgeApi {
         &self,
         request: Request<pb::SyncBundlesRequest>,
     ) -> Result<Response<SyncStream>, Status> {
-        let caller = Identity::of(&request).name;
+        let identity = Identity::of(&request);
+        let caller = identity.name.clone();
         let req = request.into_inner();
-        if req.store_id.len() > aisle_domain::MAX_ID_BYTES {
-            return Err(ApiError::invalid("store_id", "longer than 256 bytes").into());
-        }
+        store(&identity, &req.store_id)?;
         if req.held.len() > MAX_HELD {
             return Err(ApiError::invalid("held", format!("at most {MAX_HELD} bundles")).into());
         }
@@ -129,7 +145,9 @@ impl EdgeService for EdgeApi {
         &self,
         request: Request<pb::FetchSessionRequest>,
     ) -> Result<Response<pb::FetchSessionResponse>, Status> {
+        let identity = Identity::of(&request);
         let req = request.into_inner();
+        store(&identity, &req.store_id)?;
         let shopper = shopper_id(&req.shopper_id)?;
         let call = FetchSessionCall {
             node: &self.node,
@@ -152,7 +170,9 @@ impl EdgeService for EdgeApi {
         &self,
         request: Request<pb::UploadRequest>,
     ) -> Result<Response<pb::TrackResponse>, Status> {
+        let identity = Identity::of(&request);
         let req = request.into_inner();
+        store(&identity, &req.store_id)?;
         let delivery = req
             .delivery
             .as_ref()

@@ -515,6 +515,7 @@ impl Edge {
         let mut client = self.client();
         let request = pb::FetchSessionRequest {
             shopper_id: shopper_id.to_string(),
+            store_id: self.store_id.clone(),
         };
         let answer = match client
             .fetch_session(self.request(request, Some(timeout)))

@@ -75,7 +75,12 @@ pub fn token_file() -> String {
         ),
         entry("ops-read", TOKEN_ADMIN_READ, "\"admin:read\"", ""),
         entry("ops-write", TOKEN_ADMIN_WRITE, "\"admin:write\"", ""),
-        entry("edge-store-1", TOKEN_EDGE, "\"edge\", \"decide\"", ""),
+        entry(
+            "edge-store-1",
+            TOKEN_EDGE,
+            "\"edge\", \"decide\"",
+            "stores = [\"store-1\"]",
+        ),
         format!(
             "[[certificate]]\nname = \"operator\"\ncommon_name = \"test-operator\"\nscopes = [{all}]\n"
         ),

@@ -195,6 +195,13 @@ impl Sessions {
             .map(|e| e.context.clone())
     }
 
+    /// Whether a session of the shopper is held now (no copy, no message).
+    pub fn holds_now(&self, shopper_id: &str) -> bool {
+        self.tables[self.shard_of(shopper_id)]
+            .read()
+            .contains_key(shopper_id)
+    }
+
     /// The shoppers whose sessions are held now, over all shards.
     pub fn shoppers_now(&self) -> Vec<Box<str>> {
         self.tables

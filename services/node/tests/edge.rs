@@ -245,6 +245,27 @@ async fn a_shopper_who_browsed_online_brings_their_session_into_the_store_and_ha
         "a shopper with no history gets another answer"
     );
 
+    // A shopper whose first in-store call is a Decide (no STORE_ENTER, e.g. a kiosk scan): the same.
+    let walk_in = "online-then-kiosk";
+    for item in ["sku-000200", "sku-000201"] {
+        let mut e = common::event(walk_in, pb::EventType::View, item);
+        e.consent = Some(true);
+        track(&mut cloud, vec![e]).await.unwrap();
+    }
+    let req = || decide_req(walk_in, pb::Surface::Home, pb::Channel::Kiosk);
+    let online = decide(&mut cloud, req(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let first = decide(&mut at_edge, req(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(site(&first), pb::DecisionSite::Edge);
+    assert_eq!(
+        ids(&first),
+        ids(&online),
+        "the first in-store call fetched the session"
+    );
+
     let mut edge_admin = edge.admin().await;
     let here = describe(&mut edge_admin, shopper).await;
     assert_eq!(

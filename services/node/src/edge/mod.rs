@@ -476,7 +476,7 @@ impl Edge {
         budget: Duration,
     ) -> bool {
         let sessions = node.decider().sessions();
-        let here = sessions.snapshot_now(shopper_id).is_some();
+        let here = sessions.holds_now(shopper_id);
         if here && !entering {
             return false;
         }

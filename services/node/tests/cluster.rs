@@ -7,27 +7,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use aisle_proto::v1 as pb;
-use aisle_proto::v1::admin_service_client::AdminServiceClient;
 use common::cluster::{
-    Driver, Targets, TestCluster, assert_single_fresh_owner, follow_members, http_get,
+    Driver, Targets, TestCluster, assert_single_fresh_owner, describe, follow_members, http_get,
 };
 use common::{assert_bounded_fallback_labels, decide_req, event};
 use tokio::time::Instant;
-use tonic::transport::Channel;
-
-/// What the shopper's owner holds, asked through `admin`.
-async fn describe(
-    admin: &mut AdminServiceClient<Channel>,
-    shopper: &str,
-) -> pb::DescribeShopperResponse {
-    admin
-        .describe_shopper(pb::DescribeShopperRequest {
-            shopper_id: shopper.to_string(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
 
 fn shoppers(n: usize, tag: &str) -> Vec<String> {
     (0..n).map(|k| format!("{tag}-{k}")).collect()

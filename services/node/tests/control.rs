@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aisle_proto::v1 as pb;
@@ -473,15 +472,6 @@ async fn kill_switches_hold_while_etcd_is_down_and_a_node_started_meanwhile_appl
     .await;
 }
 
-/// The demo model under another version, as a candidate file in `dir`.
-fn candidate_file(dir: &Path, version: &str) -> PathBuf {
-    let mut model = common::demo().model.0;
-    model.header.version = version.into();
-    let path = dir.join(format!("{version}.bin"));
-    std::fs::write(&path, model.to_bytes()).unwrap();
-    path
-}
-
 /// Node 0's ClusterStatus once `ok` holds for it (within `within`).
 async fn status_when(
     c: &TestCluster,
@@ -515,7 +505,7 @@ fn served(s: &pb::ClusterStatusResponse, node: &str) -> Option<pb::FleetVersions
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promotion_reaches_a_member_started_after_it_and_skew_is_reported() {
     let files = TempDir::new("control-models");
-    let candidate = candidate_file(&files.0, "fleet-candidate-2");
+    let candidate = common::candidate_file(&files.0, "fleet-candidate-2");
     let stable = common::demo().model.0.header.version.clone();
     let mut c = TestCluster::builder().nodes(0).start().await;
     for _ in 0..3 {

@@ -5,17 +5,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aisle_proto::v1 as pb;
-use aisle_proto::v1::admin_service_client::AdminServiceClient;
 use aisle_proto::v1::associate_service_client::AssociateServiceClient;
 use aisle_proto::v1::decision_service_client::DecisionServiceClient;
 use aisle_proto::v1::edge_service_client::EdgeServiceClient;
-use common::cluster::{TempDir, TestCluster, connect};
+use common::cluster::{TempDir, TestCluster, connect, describe};
 use common::edge::EdgeNode;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -38,15 +37,6 @@ async fn cloud_and_edge(candidate: Option<&Path>, edge_args: &[&str]) -> (TestCl
     edge.wait_ready(Duration::from_secs(60)).await;
     edge.wait_online(Duration::from_secs(20)).await;
     (c, edge)
-}
-
-/// The demo model under another version, as a file in `dir`.
-fn candidate_file(dir: &Path, version: &str) -> PathBuf {
-    let mut model = common::demo().model.0;
-    model.header.version = version.into();
-    let path = dir.join(format!("{version}.bin"));
-    std::fs::write(&path, model.to_bytes()).unwrap();
-    path
 }
 
 fn in_store(shopper: &str, kind: pb::EventType, item: &str) -> pb::TrackEvent {
@@ -88,19 +78,6 @@ async fn decide(
     let mut req = tonic::Request::new(req);
     req.set_timeout(timeout);
     client.decide(req).await.map(tonic::Response::into_inner)
-}
-
-async fn describe(
-    admin: &mut AdminServiceClient<Channel>,
-    shopper: &str,
-) -> pb::DescribeShopperResponse {
-    admin
-        .describe_shopper(pb::DescribeShopperRequest {
-            shopper_id: shopper.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 /// Polls `check` every 50 ms until it holds; how long that took, or a panic naming `what` after `within`.
@@ -314,7 +291,7 @@ async fn through_a_60_s_wan_cut_the_edge_decides_fresh_and_the_cloud_gets_every_
  {
     let files = TempDir::new("edge-models");
     let promoted = "edge-candidate-2";
-    let candidate = candidate_file(&files.0, promoted);
+    let candidate = common::candidate_file(&files.0, promoted);
     let (mut c, mut edge) = cloud_and_edge(Some(&candidate), &[]).await;
     let stable = common::demo().model.0.header.version.clone();
     let shoppers: Vec<String> = (0..8).map(|k| format!("in-store-{k}")).collect();

@@ -173,19 +173,30 @@ impl AtOwner for DescribeCall<'_> {
         owner: &Member,
         deadline: Instant,
     ) -> Result<Self::Output, Status> {
-        let mut call = Request::new(pb::ForwardDescribeRequest {
-            shopper_id: self.shopper_id.to_string(),
-            epoch: view.epoch,
-            from_node: self.node.id().to_string(),
-            view_fingerprint: view.fingerprint,
-        });
-        call.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let call = forward_to_owner(self.node, self.shopper_id, view, deadline);
         let mut client = self.node.cluster().peers.client(&owner.addr)?;
         client
             .forward_describe(call)
             .await
             .map(Response::into_inner)
     }
+}
+
+/// A per-shopper request for the shopper's owner under `view`, due by `deadline`.
+pub(crate) fn forward_to_owner(
+    node: &Node,
+    shopper_id: &str,
+    view: &SharedView,
+    deadline: Instant,
+) -> Request<pb::ForwardDescribeRequest> {
+    let mut call = Request::new(pb::ForwardDescribeRequest {
+        shopper_id: shopper_id.to_string(),
+        epoch: view.epoch,
+        from_node: node.id().to_string(),
+        view_fingerprint: view.fingerprint,
+    });
+    call.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    call
 }
 
 /// Runs a per-shopper admin call at the owner.

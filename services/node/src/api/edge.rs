@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::admin::shopper_id;
+use super::admin::{forward_to_owner, shopper_id};
 use super::decision::{QueuedOutcome, apply_queued};
 use crate::auth::Identity;
 use crate::cluster::{Member, SharedView};
@@ -81,13 +81,7 @@ impl AtOwner for FetchSessionCall<'_> {
         owner: &Member,
         deadline: Instant,
     ) -> Result<Self::Output, Status> {
-        let mut call = Request::new(pb::ForwardDescribeRequest {
-            shopper_id: self.shopper_id.to_string(),
-            epoch: view.epoch,
-            from_node: self.node.id().to_string(),
-            view_fingerprint: view.fingerprint,
-        });
-        call.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let call = forward_to_owner(self.node, self.shopper_id, view, deadline);
         let mut client = self.node.cluster().peers.client(&owner.addr)?;
         client.fetch_session(call).await.map(Response::into_inner)
     }

@@ -137,6 +137,18 @@ fn file(
     }
 }
 
+/// Sends one update; false when the edge hung up.
+async fn send(
+    tx: &mpsc::Sender<Result<pb::SyncUpdate, tonic::Status>>,
+    update: pb::sync_update::Update,
+) -> bool {
+    tx.send(Ok(pb::SyncUpdate {
+        update: Some(update),
+    }))
+    .await
+    .is_ok()
+}
+
 /// Feeds one edge until it hangs up: the bundles it lacks, then changes, `Synced` marks and tombstones.
 pub async fn run(
     decider: Arc<Decider>,
@@ -166,13 +178,7 @@ pub async fn run(
                 served_since_ms: f.served_since_ms,
                 payload: f.bytes.as_ref().clone(),
             });
-            if tx
-                .send(Ok(pb::SyncUpdate {
-                    update: Some(update),
-                }))
-                .await
-                .is_err()
-            {
+            if !send(&tx, update).await {
                 return;
             }
             metrics::counter!("aisle_edge_feed_bundles_sent_total", "kind" => kind).increment(1);
@@ -187,13 +193,7 @@ pub async fn run(
                 shopper_ref,
                 forgotten_at_ms: at_ms,
             });
-            if tx
-                .send(Ok(pb::SyncUpdate {
-                    update: Some(update),
-                }))
-                .await
-                .is_err()
-            {
+            if !send(&tx, update).await {
                 return;
             }
             changed = true;
@@ -203,13 +203,7 @@ pub async fn run(
                 at_ms: aisle_domain::now_ms(),
                 node: node_id.clone(),
             });
-            if tx
-                .send(Ok(pb::SyncUpdate {
-                    update: Some(update),
-                }))
-                .await
-                .is_err()
-            {
+            if !send(&tx, update).await {
                 return;
             }
             last_mark = Some(tokio::time::Instant::now());

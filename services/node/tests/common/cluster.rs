@@ -371,9 +371,7 @@ impl NodeProc {
 
     /// The last lines of the node's log (for failure messages).
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail(&self.log, lines)
     }
 }
 
@@ -387,6 +385,33 @@ fn write_bundles(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(&model, prepared.model.0.to_bytes()).unwrap();
     (catalog, model)
 }
+
+/// A test node's client port: TLS with the test server certificate, client certificates of the test CA, the
+/// test token file, and the test clusters' pseudonym key.
+pub fn client_port_args(f: &pki::Files) -> Vec<std::ffi::OsString> {
+    let mut args = Vec::new();
+    for (flag, path) in [
+        ("--tls-cert", &f.server_cert),
+        ("--tls-key", &f.server_key),
+        ("--tls-client-ca", &f.client_ca),
+        ("--auth-tokens", &f.tokens),
+        ("--pseudonym-key", &f.pseudonym_key),
+    ] {
+        args.push(flag.into());
+        args.push(path.into());
+    }
+    args
+}
+
+/// JSON logs and few shards: a test node on a 2-core machine.
+pub const SMALL_NODE_ARGS: [&str; 6] = [
+    "--log-format",
+    "json",
+    "--session-shards",
+    "4",
+    "--ranking-shards",
+    "2",
+];
 
 /// Builder of a [`TestCluster`].
 pub struct Builder {
@@ -550,16 +575,7 @@ impl TestCluster {
             )
             .arg("--outbox-dir")
             .arg(&outbox)
-            .arg("--tls-cert")
-            .arg(&f.server_cert)
-            .arg("--tls-key")
-            .arg(&f.server_key)
-            .arg("--tls-client-ca")
-            .arg(&f.client_ca)
-            .arg("--auth-tokens")
-            .arg(&f.tokens)
-            .arg("--pseudonym-key")
-            .arg(&f.pseudonym_key)
+            .args(client_port_args(&f))
             .arg("--peer-tls-cert")
             .arg(&f.peer_cert)
             .arg("--peer-tls-key")
@@ -580,14 +596,7 @@ impl TestCluster {
             .arg(&model)
             .arg("--candidate-model")
             .arg(&candidate)
-            .args([
-                "--log-format",
-                "json",
-                "--session-shards",
-                "4",
-                "--ranking-shards",
-                "2",
-            ])
+            .args(SMALL_NODE_ARGS)
             .args(&self.extra_args)
             .env("AISLE_LOG", "info,aisle_node::cluster=debug")
             .env_remove("AISLE_CONFIG")
@@ -803,15 +812,7 @@ impl TestCluster {
 
     /// The sum of node `i`'s series of metric `name` (0 when it has none or does not answer).
     pub async fn metric(&self, i: usize, name: &str) -> f64 {
-        let (_, metrics) = http_get(&self.nodes[i].http(), "/metrics").await;
-        metrics
-            .lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-            .sum()
+        metric_at(&self.nodes[i].http(), name).await
     }
 
     /// Waits until no running node's outbox holds an event (`aisle_outbox_events` 0 on each); `Err` names what
@@ -906,6 +907,41 @@ pub async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .connect_timeout(Duration::from_millis(500))
         .connect()
         .await
+}
+
+/// The sum of the series of metric `name` (a name, or a name with its labels) a node serves on its HTTP port
+/// `http` (0 when it has none or does not answer).
+pub async fn metric_at(http: &str, name: &str) -> f64 {
+    let (_, metrics) = http_get(http, "/metrics").await;
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The last `lines` lines of a log file (for failure messages).
+pub fn tail(log: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// What the shopper's owner holds, asked through `admin`.
+pub async fn describe(
+    admin: &mut AdminServiceClient<Channel>,
+    shopper: &str,
+) -> pb::DescribeShopperResponse {
+    admin
+        .describe_shopper(pb::DescribeShopperRequest {
+            shopper_id: shopper.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// GET on a loopback HTTP port (`host:port`): (status, body); (0, "") when unreachable.

@@ -13,7 +13,10 @@ use aisle_proto::v1::decision_service_client::DecisionServiceClient;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::cluster::{Proxy, TempDir, TestCluster, connect, free_port, http_get};
+use super::cluster::{
+    Proxy, SMALL_NODE_ARGS, TempDir, TestCluster, client_port_args, connect, free_port, http_get,
+    metric_at, tail,
+};
 use super::pki;
 
 const AISLE: &str = env!("CARGO_BIN_EXE_aisle");
@@ -79,24 +82,8 @@ impl EdgeNode {
             .arg(self.dir.0.join("state"))
             .args(["--grpc-addr", &format!("127.0.0.1:{}", self.grpc_port)])
             .args(["--http-addr", &format!("127.0.0.1:{}", self.http_port)])
-            .arg("--tls-cert")
-            .arg(&f.server_cert)
-            .arg("--tls-key")
-            .arg(&f.server_key)
-            .arg("--tls-client-ca")
-            .arg(&f.client_ca)
-            .arg("--auth-tokens")
-            .arg(&f.tokens)
-            .arg("--pseudonym-key")
-            .arg(&f.pseudonym_key)
-            .args([
-                "--log-format",
-                "json",
-                "--session-shards",
-                "4",
-                "--ranking-shards",
-                "2",
-            ])
+            .args(client_port_args(f))
+            .args(SMALL_NODE_ARGS)
             .args(&self.extra_args)
             .env("AISLE_LOG", "info,aisle_node::edge=debug")
             .env_remove("AISLE_CONFIG")
@@ -172,15 +159,7 @@ impl EdgeNode {
 
     /// The sum of the edge's series of metric `name` (0 when it has none or does not answer).
     pub async fn metric(&self, name: &str) -> f64 {
-        let (_, metrics) = http_get(&self.http(), "/metrics").await;
-        metrics
-            .lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-            .sum()
+        metric_at(&self.http(), name).await
     }
 
     /// Waits until the edge's queue for the cloud is empty.
@@ -205,9 +184,7 @@ impl EdgeNode {
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail(&self.log, lines)
     }
 }
 

@@ -35,6 +35,15 @@ pub fn demo() -> Prepared {
     }
 }
 
+/// The demo model under another version, as a (candidate) model file in `dir`.
+pub fn candidate_file(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
+    let mut model = demo().model.0;
+    model.header.version = version.into();
+    let path = dir.join(format!("{version}.bin"));
+    std::fs::write(&path, model.to_bytes()).unwrap();
+    path
+}
+
 /// A configuration for tests: ports chosen by the OS, fault injection on.
 pub fn config(node_id: &str) -> Config {
     Config {

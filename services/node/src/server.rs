@@ -513,8 +513,10 @@ fn serve_grpc(
             .max_decoding_message_size(MAX_REQUEST_BYTES);
     // Store edges call the cloud; an edge serves no edges.
     let edge = (config.role == crate::config::Role::Cloud).then(|| {
+        // An upload wraps one shopper's events of a Track the edge accepted (at most MAX_REQUEST_BYTES): room
+        // for the wrapper, so that no accepted event is refused for its size on the way up.
         EdgeServiceServer::new(EdgeApi::new(node.clone()))
-            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_decoding_message_size(MAX_REQUEST_BYTES + 16 * 1024)
     });
     let (r1, r1a) = reflection()?;
     let client = server_builder(config)

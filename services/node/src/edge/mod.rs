@@ -233,6 +233,11 @@ impl Edge {
             }
             None => None,
         };
+        if token.is_none() {
+            tracing::warn!(
+                "no upstream_token_file: a cloud that authenticates its callers will refuse this edge"
+            );
+        }
         let dir = bundles_dir(config).expect("validated: edge_dir is set");
         let held = held_on_disk(&dir);
         Ok(Arc::new(Self {
@@ -354,9 +359,22 @@ impl Edge {
     /// Follows the cloud's feed for as long as the node runs: loads and stores each new bundle version, applies
     /// tombstones, and reconnects (naming what it holds) whenever the feed fails or goes silent.
     pub async fn follow(self: Arc<Self>, node: Arc<Node>) {
+        let mut refused = false;
         loop {
             if let Err(e) = self.follow_once(&node).await {
-                tracing::debug!(error = %e, "bundle feed from the cloud interrupted");
+                let code = e.downcast_ref::<tonic::Status>().map(tonic::Status::code);
+                let now_refused = matches!(
+                    code,
+                    Some(tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
+                );
+                if now_refused && !refused {
+                    // Said once per episode: the link works, the cloud refuses this edge's credentials.
+                    tracing::error!(error = %e, "the cloud refuses this edge: check upstream_token_file (scopes edge \
+                        and decide, stores including this store_id)");
+                } else {
+                    tracing::debug!(error = %e, "bundle feed from the cloud interrupted");
+                }
+                refused = now_refused;
                 self.reconnect();
             }
             tokio::time::sleep(RETRY).await;

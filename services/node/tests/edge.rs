@@ -243,7 +243,24 @@ async fn a_shopper_who_browsed_online_brings_their_session_into_the_store_and_ha
         "the first in-store call fetched the session"
     );
 
+    // A first in-store Track (a POS scan, no STORE_ENTER) fetches the session too; a STORE_ENTER that refuses
+    // consent copies nothing.
     let mut edge_admin = edge.admin().await;
+    for (who, consent) in [("online-then-pos", true), ("online-then-refuses", false)] {
+        let mut e = common::event(who, pb::EventType::View, "sku-000300");
+        e.consent = Some(true);
+        track(&mut cloud, vec![e]).await.unwrap();
+        let mut first = in_store(who, pb::EventType::StoreEnter, "");
+        first.item_id.clear();
+        if consent {
+            first = in_store(who, pb::EventType::View, "sku-000301");
+        }
+        first.consent = Some(consent);
+        track(&mut at_edge, vec![first]).await.unwrap();
+        let held = describe(&mut edge_admin, who).await;
+        let expected = if consent { 2 } else { 1 };
+        assert_eq!(held.events_applied, expected, "{who}: {held:?}");
+    }
     let here = describe(&mut edge_admin, shopper).await;
     assert_eq!(
         (here.events_applied, here.recent_item_ids.clone()),

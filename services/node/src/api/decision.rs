@@ -664,9 +664,11 @@ async fn track_at_edge(
     let mut outcome = TrackOutcome::default();
     for call in batch.calls() {
         let has = |kind: EventKind| call.events.iter().any(|e| e.kind == kind);
-        let left = deadline.saturating_duration_since(Instant::now());
-        if has(EventKind::StoreEnter) {
-            edge.pull_session(node, &call.shopper_id, true, left / 2)
+        // The shopper's first in-store call (or STORE_ENTER) brings their cloud session here — unless they just
+        // refused consent: nothing of theirs is copied then.
+        if !call.events.iter().any(|e| e.consent == Some(false)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            edge.pull_session(node, &call.shopper_id, has(EventKind::StoreEnter), left / 2)
                 .await;
         }
         let events = call.events_as_received();

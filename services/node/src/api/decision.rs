@@ -544,10 +544,15 @@ impl DecisionService for DecisionApi {
         let received = Instant::now();
         let config = self.node.config();
         let r = request.get_ref();
-        let placement = config.placement_for(
-            &enum_name(r.surface().as_str_name(), "SURFACE_"),
-            &enum_name(r.channel().as_str_name(), "CHANNEL_"),
-        );
+        // Names are built only when a table is configured: no allocation on a node without one.
+        let placement = if config.placement.is_empty() {
+            None
+        } else {
+            config.placement_for(
+                &enum_name(r.surface().as_str_name(), "SURFACE_"),
+                &enum_name(r.channel().as_str_name(), "CHANNEL_"),
+            )
+        };
         let deadline = super::deadline(
             received,
             request.metadata(),

@@ -1,4 +1,4 @@
-//! The node's request validation (`aisle_node::api::validate`) on protobuf-decoded `DecideRequest`s and
+//! The node's request validation (`aisle_node::shopper::validate`) on protobuf-decoded `DecideRequest`s and
 //! `TrackRequest`s; what it accepts is checked against its contract and then used as the node uses it (a Decide
 //! ranks, a Track batch is applied to sessions).
 #![no_main]
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aisle_domain::MAX_ID_BYTES;
 use aisle_fuzz::{NOW_MS, catalog, check_answer, rules, served};
-use aisle_node::api::validate::{self, MAX_CANDIDATES, MAX_CONTEXT, MAX_EVENTS, MAX_LIMIT};
+use aisle_node::shopper::validate::{self, MAX_CANDIDATES, MAX_CONTEXT, MAX_EVENTS, MAX_LIMIT};
 use aisle_node::error::ApiError;
 use aisle_policy::{ConsentDefaults, Guard, PolicyContext};
 use aisle_proto::v1 as pb;

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aisle_domain::event::{EventKind, EventRecord, ItemRef, ShopperEvent};
+use aisle_domain::event::{EventKind, ItemRef, ShopperEvent};
 use aisle_domain::request::{Channel, ShopperAttributes, Surface};
-use aisle_node::decision::{DecideInput, Serve, Tier};
-use aisle_node::server::{Prepared, embedded_experiments, embedded_rules};
+use aisle_node::bundles::{Prepared, embedded_experiments, embedded_rules};
+use aisle_node::engine::decision::{DecideInput, Serve, Tier};
 use aisle_node::{Config, RunningNode};
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokio::net::TcpListener;
@@ -34,7 +34,7 @@ fn input(shopper: &str) -> DecideInput {
 }
 
 async fn node() -> RunningNode {
-    let (catalog, model) = aisle_node::world::demo(aisle_domain::now_ms()).unwrap();
+    let (catalog, model) = aisle_node::bundles::demo::demo(aisle_domain::now_ms()).unwrap();
     let prepared = Prepared {
         catalog: Some(catalog),
         model: (model, "bench".into()),
@@ -67,9 +67,11 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let node = runtime.block_on(node());
-    let decider = node.node.decider().clone();
+    let decider = node.node.decider.clone();
+    let shoppers = node.node.shoppers.clone();
+    let bundles = node.node.bundles.clone();
     // 1,000 shoppers, each with a session of 12 views in two related categories.
-    let world = decider.worlds().current();
+    let world = bundles.world();
     let catalog = world.catalog.clone();
     runtime.block_on(async {
         for s in 0..1_000u32 {
@@ -88,15 +90,8 @@ fn bench(c: &mut Criterion) {
                     default_consent: false,
                 })
                 .collect();
-            let records: Vec<EventRecord> = Vec::new();
-            decider
-                .apply_events(
-                    &format!("bench-{s}"),
-                    events,
-                    records,
-                    catalog.clone(),
-                    None,
-                )
+            shoppers
+                .apply(&format!("bench-{s}"), events, catalog.clone(), None)
                 .await
                 .unwrap();
         }
@@ -105,16 +100,16 @@ fn bench(c: &mut Criterion) {
     // benchmark's thread, which would add a thread hand-off per actor message that a server does not pay).
     c.bench_function("pipeline/decide_in_process", |b| {
         b.iter_custom(|iters| {
-            let decider = decider.clone();
+            let (decider, bundles) = (decider.clone(), bundles.clone());
             runtime.block_on(async move {
                 tokio::spawn(async move {
                     let started = tokio::time::Instant::now();
                     for k in 0..iters {
-                        let world = decider.worlds().current();
+                        let world = bundles.world();
                         let shopper = format!("bench-{}", k % 1_000);
                         let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
                         let d = decider
-                            .decide(world, input(&shopper), deadline, Serve::Owner { epoch: 0 })
+                            .decide(world, &input(&shopper), deadline, Serve::Owner { epoch: 0 })
                             .await;
                         assert_eq!(d.tier, Tier::Fresh);
                         std::hint::black_box(Arc::new(d));

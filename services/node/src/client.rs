@@ -182,7 +182,7 @@ async fn connect(a: &AddrArgs) -> anyhow::Result<Channel> {
         .with_context(|| format!("invalid address {addr}"))?
         .connect_timeout(Duration::from_secs(5));
     if addr.starts_with("https://") {
-        let files = crate::tls::ClientTlsFiles {
+        let files = crate::security::tls::ClientTlsFiles {
             ca: a.ca_cert.clone(),
             cert: a.client_cert.clone(),
             key: a.client_key.clone(),

@@ -77,6 +77,58 @@ pub fn enum_name(full: &str, prefix: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// The placement table resolved once for every surface and channel value of the API: a request finds its row by
+/// its two enum values, without building names (an unknown value counts as unspecified, as protobuf reads it).
+#[derive(Debug, Clone, Default)]
+pub struct Placements {
+    /// Channel values per surface row.
+    channels: usize,
+    /// By `surface * channels + channel`: the covering row, if any.
+    rows: Vec<Option<Placement>>,
+}
+
+impl Placements {
+    /// The table of `config`'s rows.
+    pub fn new(config: &Config) -> Self {
+        use aisle_proto::v1 as pb;
+        if config.placement.is_empty() {
+            return Self::default();
+        }
+        let surfaces: Vec<String> = (0..)
+            .map_while(|i| pb::Surface::try_from(i).ok())
+            .map(|s| enum_name(s.as_str_name(), "SURFACE_"))
+            .collect();
+        let channels: Vec<String> = (0..)
+            .map_while(|i| pb::Channel::try_from(i).ok())
+            .map(|c| enum_name(c.as_str_name(), "CHANNEL_"))
+            .collect();
+        let rows = surfaces
+            .iter()
+            .flat_map(|s| channels.iter().map(move |c| (s, c)))
+            .map(|(s, c)| config.placement_for(s, c).cloned())
+            .collect();
+        Self {
+            channels: channels.len(),
+            rows,
+        }
+    }
+
+    /// The row covering a request for the surface and channel values given, if any.
+    pub fn row(&self, surface: i32, channel: i32) -> Option<&Placement> {
+        if self.rows.is_empty() {
+            return None;
+        }
+        let index = |value: i32, count: usize| {
+            usize::try_from(value)
+                .ok()
+                .filter(|&v| v < count)
+                .unwrap_or(0)
+        };
+        let surfaces = self.rows.len() / self.channels;
+        self.rows[index(surface, surfaces) * self.channels + index(channel, self.channels)].as_ref()
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -432,6 +484,17 @@ impl Config {
     /// # Errors
     /// The first value out of range, named.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_basics()?;
+        self.validate_placement()?;
+        self.validate_edge()?;
+        self.validate_cluster()?;
+        self.validate_credentials()?;
+        self.validate_limits()?;
+        self.validate_exposure()
+    }
+
+    /// The node id, budgets, shards, etcd endpoints and the outbox.
+    fn validate_basics(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.node_id.is_empty() || self.node_id.len() > aisle_domain::MAX_ID_BYTES {
             return bad("node_id: must be 1 to 256 bytes");
@@ -453,7 +516,12 @@ impl Config {
                 "outbox_max_events: must be positive; outbox_max_bytes: at least 1048576 (1 MiB)",
             );
         }
-        self.validate_placement()?;
+        Ok(())
+    }
+
+    /// What a store edge needs: its store, its upstream, its directory.
+    fn validate_edge(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.role == Role::Edge {
             if self.cluster == ClusterMode::Etcd {
                 return bad(
@@ -479,6 +547,12 @@ impl Config {
                 return bad("session_fetch_ms: 1 to 5000");
             }
         }
+        Ok(())
+    }
+
+    /// Replication, leases, the cluster name, push retention, consent regions and session bounds.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.replication_ms > 10_000 {
             return bad("replication_ms: at most 10000 (0 turns replication off)");
         }
@@ -503,6 +577,12 @@ impl Config {
         if self.session_limits.history == 0 || self.session_limits.affinity_half_life_ms <= 0 {
             return bad("session_limits: history and affinity_half_life_ms must be positive");
         }
+        Ok(())
+    }
+
+    /// TLS, peer TLS and etcd credentials come whole or not at all.
+    fn validate_credentials(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert, tls_key: give both or neither");
         }
@@ -521,6 +601,12 @@ impl Config {
         if self.etcd_user.is_some() != self.etcd_password_file.is_some() {
             return bad("etcd_user, etcd_password_file: give both or neither");
         }
+        Ok(())
+    }
+
+    /// Tombstones outlive session copies; logs, sessions, streams and peer messages within their ranges.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.tombstone_ttl_secs < self.session_idle_ttl_secs + 2 * self.lease_ttl_secs {
             return bad(
                 "tombstone_ttl_secs: must be at least session_idle_ttl_secs plus two lease_ttl_secs (an old \
@@ -557,6 +643,11 @@ impl Config {
         {
             return bad("admin_addr: must differ from grpc_addr and http_addr");
         }
+        Ok(())
+    }
+
+    /// A node reachable from other hosts, or clustered, is secured unless told `insecure`.
+    fn validate_exposure(&self) -> Result<(), ConfigError> {
         let gaps = self.security_gaps();
         if !gaps.is_empty() && !self.insecure {
             return Err(ConfigError::Invalid(format!(
@@ -616,6 +707,11 @@ impl Config {
         self.placement.iter().find(|p| p.covers(surface, channel))
     }
 
+    /// The placement table resolved for every surface and channel of the API, once.
+    pub fn placements(&self) -> Placements {
+        Placements::new(self)
+    }
+
     /// Why this node must be secured: it binds a non-loopback address or joins a cluster. None for the
     /// loopback demo.
     fn exposure(&self) -> String {
@@ -666,27 +762,11 @@ impl Config {
         gaps
     }
 
-    /// The part of a `budget` kept for the lower rungs and the response.
-    pub fn margin(&self, budget: Duration) -> Duration {
-        Duration::from_millis(self.safety_margin_ms).max(budget / 10)
-    }
-
     /// The consent defaults: per region, else `default_consent`.
     pub fn consent(&self) -> ConsentDefaults {
         ConsentDefaults {
             fallback: self.default_consent,
             regions: self.consent_defaults.clone(),
-        }
-    }
-
-    /// What the decider needs of the configuration.
-    pub fn decider_settings(&self) -> crate::decider::DeciderSettings {
-        crate::decider::DeciderSettings {
-            node_id: self.node_id.clone(),
-            consent: self.consent(),
-            max_inflight_decisions: self.max_inflight_decisions,
-            safety_margin: Duration::from_millis(self.safety_margin_ms),
-            inline_scoring_max: INLINE_SCORING_MAX,
         }
     }
 
@@ -889,5 +969,34 @@ mod tests {
             })
             .contains("an edge runs alone")
         );
+    }
+
+    #[test]
+    fn the_resolved_placement_table_finds_the_same_rows_as_the_names_do() {
+        use aisle_proto::v1 as pb;
+        let c: Config = toml::from_str(
+            "[[placement]]\nsurface = \"home\"\nchannel = \"kiosk\"\nat = \"cloud\"\nbudget_ms = 200\n\n\
+             [[placement]]\nsurface = \"home\"\nbudget_ms = 30\n\n\
+             [[placement]]\nchannel = \"associate_handheld\"\nbudget_ms = 80\n",
+        )
+        .unwrap();
+        let table = c.placements();
+        for s in (0..).map_while(|i| pb::Surface::try_from(i).ok()) {
+            for ch in (0..).map_while(|i| pb::Channel::try_from(i).ok()) {
+                let by_name = c.placement_for(
+                    &enum_name(s.as_str_name(), "SURFACE_"),
+                    &enum_name(ch.as_str_name(), "CHANNEL_"),
+                );
+                assert_eq!(table.row(s as i32, ch as i32), by_name, "{s:?} {ch:?}");
+            }
+        }
+        assert_eq!(
+            table
+                .row(pb::Surface::Home as i32, 999)
+                .map(|p| p.budget_ms),
+            Some(30),
+            "an unknown channel reads as unspecified"
+        );
+        assert_eq!(Config::default().placements().row(1, 1), None);
     }
 }

@@ -1,12 +1,13 @@
-//! The one mapping from errors to gRPC status codes. Every error a service returns is an [`ApiError`] first:
-//! errors of the layers below (session actors, the world keeper, peers) convert into it here, and only
-//! `From<ApiError> for Status` builds a status. Messages are lowercase, without a trailing period, and name the
-//! offending field or the limit.
+//! The one mapping between errors and gRPC status codes, both ways.
+//!
+//! - Out: every error a service returns is an [`ApiError`] first: errors of the layers below (session actors, the
+//!   world keeper, peers) convert into it, and only `From<ApiError> for Status` builds a status. Messages are
+//!   lowercase, without a trailing period, and name the offending field or the limit.
+//! - In: a status another node (a peer, the cloud seen from a store edge) answered with is decoded once, into a
+//!   [`RemoteError`]: what the caller may do about it — re-resolve, pass it on, give up on this remote.
 
 use aisle_session::SessionError;
 use tonic::{Code, Status};
-
-use crate::world::WorldError;
 
 /// An error at the API edge.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,13 +108,69 @@ impl From<SessionError> for ApiError {
     }
 }
 
-impl From<WorldError> for ApiError {
-    fn from(e: WorldError) -> Self {
-        match e {
-            WorldError::Unavailable => ApiError::Unavailable(e.to_string()),
-            WorldError::Refused(_) | WorldError::NoCandidate | WorldError::NoPrevious => {
-                ApiError::FailedPrecondition(e.to_string())
+/// Why a call to another node (a peer, or the cloud from a store edge) produced no answer: its status decoded once,
+/// so that callers decide on what it means, not on codes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteError {
+    /// FAILED_PRECONDITION: the remote's view or ownership differs from the sender's; re-resolve and retry.
+    Stale(String),
+    /// INVALID_ARGUMENT or OUT_OF_RANGE: the request itself is wrong; the remote's code and message are passed on.
+    Invalid(ApiError),
+    /// UNAUTHENTICATED or PERMISSION_DENIED: the remote refuses this node's credentials.
+    Denied(String),
+    /// DEADLINE_EXCEEDED, or no answer within the caller's time.
+    Deadline(String),
+    /// Anything else: the remote could not be reached or failed (`CODE: message`).
+    Unreachable(String),
+    /// Too little of the budget was left to send the request at all.
+    NoBudget,
+}
+
+impl RemoteError {
+    /// The short name of the outcome (a metric label value from a closed set).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RemoteError::Stale(_) => "stale",
+            RemoteError::Invalid(_) => "invalid",
+            RemoteError::Denied(_) => "denied",
+            RemoteError::Deadline(_) => "deadline",
+            RemoteError::Unreachable(_) => "unreachable",
+            RemoteError::NoBudget => "no_budget",
+        }
+    }
+
+    /// Whether the remote will never take this request (it is wrong), rather than not now.
+    pub fn is_final(&self) -> bool {
+        matches!(self, RemoteError::Invalid(_))
+    }
+}
+
+impl From<Status> for RemoteError {
+    fn from(s: Status) -> Self {
+        match s.code() {
+            Code::FailedPrecondition => RemoteError::Stale(s.message().into()),
+            Code::InvalidArgument | Code::OutOfRange => RemoteError::Invalid(ApiError::Owner {
+                code: s.code(),
+                message: s.message().into(),
+            }),
+            Code::Unauthenticated | Code::PermissionDenied => {
+                RemoteError::Denied(format!("{:?}: {}", s.code(), s.message()))
             }
+            Code::DeadlineExceeded => RemoteError::Deadline(s.message().into()),
+            code => RemoteError::Unreachable(format!("{code:?}: {}", s.message())),
+        }
+    }
+}
+
+impl std::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RemoteError::Stale(m) | RemoteError::Denied(m) | RemoteError::Unreachable(m) => {
+                f.write_str(m)
+            }
+            RemoteError::Deadline(m) => write!(f, "DeadlineExceeded: {m}"),
+            RemoteError::Invalid(e) => write!(f, "{e}"),
+            RemoteError::NoBudget => f.write_str("no budget left to forward"),
         }
     }
 }
@@ -147,9 +204,34 @@ mod tests {
         let s: Status = ApiError::from(SessionError::Unavailable).into();
         assert_eq!(s.code(), Code::Unavailable);
         assert_eq!(s.message(), "session actor: session actor unavailable");
-        let s: Status = ApiError::from(WorldError::NoCandidate).into();
-        assert_eq!(s.code(), Code::FailedPrecondition);
-        let s: Status = ApiError::from(WorldError::Unavailable).into();
-        assert_eq!(s.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn a_remote_status_is_decoded_once_into_what_the_caller_can_do() {
+        let stale = RemoteError::from(Status::failed_precondition("stale epoch"));
+        assert_eq!(stale, RemoteError::Stale("stale epoch".into()));
+        let invalid = RemoteError::from(Status::out_of_range("limit: at most 100"));
+        assert!(invalid.is_final());
+        match invalid {
+            RemoteError::Invalid(e) => {
+                assert_eq!(
+                    (e.code(), e.to_string()),
+                    (Code::OutOfRange, "limit: at most 100".into())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            RemoteError::from(Status::permission_denied("no scope")).as_str(),
+            "denied"
+        );
+        assert_eq!(
+            RemoteError::from(Status::deadline_exceeded("late")).as_str(),
+            "deadline"
+        );
+        let down = RemoteError::from(Status::unavailable("connection refused"));
+        assert_eq!(down.to_string(), "Unavailable: connection refused");
+        assert!(!down.is_final());
+        assert_eq!(RemoteError::NoBudget.as_str(), "no_budget");
     }
 }

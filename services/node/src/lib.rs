@@ -1,56 +1,45 @@
-//! The Aisle node.
+//! The Aisle node: one binary (`aisle`) that serves decisions, takes shopper events, pushes assist events to
+//! store associates, runs in a cluster or at a store's edge, and talks to a node from the command line.
 //!
-//! - [`server`]: loading bundles, starting actors and services, graceful shutdown (`run(config, shutdown)`).
-//! - [`decision`]: the types of one decision (input, answer, tier, typed fallback reasons).
-//! - [`decider`]: the decide pipeline and its fallback ladder, event application, erasure — below the cluster
-//!   and the API; [`node`]: the node's context (configuration, decider, cluster, push) that the services share.
-//! - [`routing`]: running a per-shopper request at the shopper's owner (here or forwarded), in one loop.
-//! - [`api`]: the gRPC services and request validation; [`error`]: the one error-to-status mapping.
-//! - [`world`]: the catalog and models as one snapshot, owned by the world keeper actor.
-//! - [`push`] and [`assist`]: per-store assist events for associates' handhelds.
-//! - [`cache`], [`faults`], [`admission`]: the CACHED rung, fault injection and overload protection.
-//! - [`journal`] and [`audit`]: segmented logs (the event log; the hash-chained decision trail) and what they record.
-//! - [`privacy`] and [`erasure`]: keyed pseudonyms and tombstones; ForgetShopper and access requests on every member.
-//! - [`auth`] and [`tls`]: who may call what, and transport security (certificates re-read without a restart).
-//! - [`http`], [`metrics`], [`readiness`]: the HTTP plane.
-//! - [`control`]: the control records in etcd — kill switches, the fleet's versions and what each member serves.
-//! - [`cli`] and [`client`]: the `aisle` command line.
+//! The modules are layers; an import only ever points down the list (docs/architecture.md draws it):
+//!
+//! | layer | modules | what |
+//! |---|---|---|
+//! | composition | [`server`], [`cli`] | assembling a node from its configuration, serving its ports, shutting down; the command line |
+//! | adapters | [`api`] | the gRPC services: protobuf in, a use case called, protobuf out |
+//! | use cases | [`shopper`], [`edge`] | per-shopper requests (decide, track with the outbox, describe, fetch, erase, validation); a store edge's role |
+//! | context | [`node`] | what every use case shares: configuration, decider, shopper state, logs, bundles, cluster, control, outbox, push |
+//! | services | [`cluster`], [`control`], [`push`] | membership, owner routing and fan-out, hand-off, replication; control records in etcd; assist events per store |
+//! | core | [`engine`], [`bundles`], [`logs`], [`durable`] | the decide pipeline and the shopper state it reads; every bundle kind; the event log and decision trail; files that survive a crash (the Track outbox) |
+//! | leaves | [`config`], [`error`], [`security`], [`http`] | configuration; the one error-to-status mapping; who may call, TLS, pseudonyms; the HTTP plane |
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
-pub mod admission;
 pub mod api;
-pub mod assist;
 pub mod audit;
-pub mod auth;
-pub mod cache;
+pub mod bundles;
 pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod control;
-pub mod decider;
-pub mod decision;
+pub mod durable;
 pub mod edge;
-pub mod erasure;
+pub mod engine;
 pub mod error;
-pub mod faults;
 pub mod http;
 pub mod journal;
-pub mod metrics;
+pub mod logs;
 pub mod node;
-pub mod outbox;
-pub mod privacy;
 pub mod push;
-pub mod readiness;
-pub mod routing;
+pub mod security;
 pub mod server;
-pub mod tls;
-pub mod world;
-mod x509;
+pub mod shopper;
 
+pub use bundles::{Prepared, prepare};
 pub use config::Config;
-pub use server::{Prepared, RunningNode, prepare, run, start};
+pub use server::{RunningNode, run, start};
 
 /// Starts logging to stderr in the configured format; `RUST_LOG` (or `AISLE_LOG`) selects levels (default info).
 pub fn init_tracing(format: config::LogFormat) {

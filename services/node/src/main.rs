@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             Command::Cluster(a) => aisle_node::client::cluster(a).await,
             Command::Model(a) => aisle_node::client::model(a).await,
             Command::KillSwitch(a) => aisle_node::client::kill_switch(a).await,
-            Command::ExportDemo { out } => aisle_node::world::export_demo(&out).await,
+            Command::ExportDemo { out } => aisle_node::bundles::demo::export_demo(&out).await,
             Command::Audit(AuditCommand::Verify { paths, json }) => {
                 aisle_node::client::audit_verify(&paths, json)
             }

@@ -40,8 +40,8 @@ async fn ten_thousand_events_with_random_store_ids_leave_stores_sessions_and_mem
         .expect("the demo has low-stock items")
         .id
         .to_string();
-    let hub = t.node.node.hub().clone();
-    let sessions = t.node.node.decider().sessions().clone();
+    let hub = t.node.node.push.hub.clone();
+    let sessions = t.node.node.shoppers.sessions.clone();
     let before = rss_bytes();
     let mut accepted = 0;
     for batch in 0..50 {

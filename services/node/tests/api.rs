@@ -340,8 +340,8 @@ async fn forget_shopper_erases_session_and_cached_decisions() {
     assert!(
         t.node
             .node
-            .decider()
-            .sessions()
+            .shoppers
+            .sessions
             .view("forgettable", Duration::from_secs(1))
             .await
             .unwrap()
@@ -451,8 +451,8 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_accepted_is_lost() {
     let before = t
         .node
         .node
-        .decider()
-        .sessions()
+        .shoppers
+        .sessions
         .view("steady", Duration::from_secs(1))
         .await
         .unwrap()
@@ -588,8 +588,8 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_accepted_is_lost() {
     let after = t
         .node
         .node
-        .decider()
-        .sessions()
+        .shoppers
+        .sessions
         .view("steady", Duration::from_secs(1))
         .await
         .unwrap()
@@ -644,7 +644,7 @@ async fn event_and_decision_logs_are_written_as_json_lines() {
     assert!(
         events
             .iter()
-            .all(|e| aisle_node::privacy::is_pseudonym(&e.shopper_id) && e.ts_ms > 0),
+            .all(|e| aisle_node::security::pseudonyms::is_pseudonym(&e.shopper_id) && e.ts_ms > 0),
         "the event log names shoppers by pseudonym"
     );
     assert!(
@@ -659,7 +659,7 @@ async fn event_and_decision_logs_are_written_as_json_lines() {
     )
     .unwrap();
     assert_eq!(record["kind"], "decision");
-    assert!(aisle_node::privacy::is_pseudonym(
+    assert!(aisle_node::security::pseudonyms::is_pseudonym(
         record["subject"]["ref"].as_str().unwrap()
     ));
     let decision = &record["body"];

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aisle_domain::event::{EventKind, ItemRef, ShopperEvent};
-use aisle_node::cache::DecisionCache;
+use aisle_node::bundles::Bundles;
 use aisle_node::cluster::handoff::{self, Holdings};
 use aisle_node::cluster::{Cluster, Member, SharedView, View};
-use aisle_node::privacy::{Pseudonyms, Tombstones};
-use aisle_node::world::{Initial, Worlds};
+use aisle_node::engine::cache::DecisionCache;
+use aisle_node::engine::shoppers::Shoppers;
+use aisle_node::engine::tombstones::Tombstones;
+use aisle_node::security::pseudonyms::Pseudonyms;
 use aisle_proto::v1 as pb;
 use aisle_session::Sessions;
 use tokio::sync::watch;
@@ -42,14 +44,7 @@ async fn node_a() -> (
     for m in &view.members {
         cluster.done_from(&m.node_id, view.fingerprint);
     }
-    let prepared = common::demo();
-    let worlds = Worlds::start(Initial {
-        catalog: prepared.catalog,
-        model: prepared.model,
-        candidate: None,
-    })
-    .await
-    .unwrap();
+    let bundles = Arc::new(Bundles::start(common::demo()).await.unwrap());
     let gate = cluster.clone();
     let sessions = Sessions::start_gated(
         2,
@@ -59,11 +54,13 @@ async fn node_a() -> (
     .await
     .unwrap();
     let holdings = Holdings {
-        sessions,
-        worlds,
-        cache: Arc::new(DecisionCache::new(100, Duration::from_secs(60))),
-        pseudonyms: Arc::new(Pseudonyms::with_key(vec![7; 32], false)),
-        tombstones: Arc::new(Tombstones::new(Duration::from_secs(3_600))),
+        shoppers: Shoppers {
+            sessions,
+            cache: Arc::new(DecisionCache::new(100, Duration::from_secs(60))),
+            pseudonyms: Arc::new(Pseudonyms::with_key(vec![7; 32], false)),
+            tombstones: Arc::new(Tombstones::new(Duration::from_secs(3_600))),
+        },
+        bundles,
         replication: aisle_node::cluster::Replication::off(),
     };
     (holdings, cluster, view, tx)
@@ -94,9 +91,10 @@ fn view_event(item: u32, ts_ms: i64) -> ShopperEvent {
 
 /// A session for `shopper` as its previous owner sealed it: built by the session actors, then exported.
 async fn sealed(holdings: &Holdings, shopper: &str) -> pb::SessionRecord {
-    let catalog = holdings.worlds.current().catalog.clone();
+    let catalog = holdings.bundles.world().catalog.clone();
     let now = aisle_domain::now_ms();
     holdings
+        .shoppers
         .sessions
         .apply(
             shopper,
@@ -109,6 +107,7 @@ async fn sealed(holdings: &Holdings, shopper: &str) -> pb::SessionRecord {
         .unwrap();
     let target = shopper.to_string();
     let mut out = holdings
+        .shoppers
         .sessions
         .export(Arc::new(move |s: &str| s == target), CALL)
         .await
@@ -143,8 +142,9 @@ async fn a_batch_in_flight_when_the_shopper_was_forgotten_does_not_bring_the_ses
     let forgotten_at = aisle_domain::now_ms() + 1;
     assert!(
         holdings
+            .shoppers
             .tombstones
-            .record(&holdings.pseudonyms.of(&shopper), forgotten_at)
+            .record(&holdings.shoppers.pseudonyms.of(&shopper), forgotten_at)
     );
     let (installed, _) = handoff::receive(&holdings, &cluster, batch(&view, in_flight))
         .await
@@ -152,6 +152,7 @@ async fn a_batch_in_flight_when_the_shopper_was_forgotten_does_not_bring_the_ses
     assert_eq!(installed, 0, "the late batch was installed");
     assert!(
         holdings
+            .shoppers
             .sessions
             .describe(&shopper, CALL)
             .await
@@ -163,8 +164,8 @@ async fn a_batch_in_flight_when_the_shopper_was_forgotten_does_not_bring_the_ses
     // A session written after the erasure (the shopper came back and was tracked anew) still moves.
     let fresh = owned_by(&view, "a", "returning");
     let record = sealed(&holdings, &fresh).await;
-    holdings.tombstones.record(
-        &holdings.pseudonyms.of(&fresh),
+    holdings.shoppers.tombstones.record(
+        &holdings.shoppers.pseudonyms.of(&fresh),
         aisle_domain::now_ms() - 60_000,
     );
     let (installed, _) = handoff::receive(&holdings, &cluster, batch(&view, record))
@@ -174,7 +175,12 @@ async fn a_batch_in_flight_when_the_shopper_was_forgotten_does_not_bring_the_ses
         installed, 1,
         "a session newer than the erasure is not covered by it"
     );
-    let held = holdings.sessions.describe(&fresh, CALL).await.unwrap();
+    let held = holdings
+        .shoppers
+        .sessions
+        .describe(&fresh, CALL)
+        .await
+        .unwrap();
     assert_eq!(held.map(|c| c.events_applied()), Some(2));
 }
 
@@ -185,10 +191,11 @@ async fn tombstones_in_a_done_message_erase_a_copy_kept_here_before_the_barrier_
     let (holdings, cluster, view, _tx) = node_a().await;
     let shopper = owned_by(&view, "a", "kept");
     let kept_after = owned_by(&view, "a", "kept-after");
-    let catalog = holdings.worlds.current().catalog.clone();
+    let catalog = holdings.bundles.world().catalog.clone();
     let now = aisle_domain::now_ms();
     for s in [&shopper, &kept_after] {
         holdings
+            .shoppers
             .sessions
             .apply(s, vec![view_event(3, now)], catalog.clone(), None, CALL)
             .await
@@ -202,12 +209,12 @@ async fn tombstones_in_a_done_message_erase_a_copy_kept_here_before_the_barrier_
         view_fingerprint: view.fingerprint,
         tombstones: vec![
             pb::Tombstone {
-                shopper_ref: holdings.pseudonyms.of(&shopper),
+                shopper_ref: holdings.shoppers.pseudonyms.of(&shopper),
                 forgotten_at_ms: aisle_domain::now_ms() + 1,
             },
             // An erasure older than the copy held here (the shopper came back since): the copy stays.
             pb::Tombstone {
-                shopper_ref: holdings.pseudonyms.of(&kept_after),
+                shopper_ref: holdings.shoppers.pseudonyms.of(&kept_after),
                 forgotten_at_ms: now - 60_000,
             },
         ],
@@ -215,6 +222,7 @@ async fn tombstones_in_a_done_message_erase_a_copy_kept_here_before_the_barrier_
     handoff::receive(&holdings, &cluster, done).await.unwrap();
     assert!(
         holdings
+            .shoppers
             .sessions
             .describe(&shopper, CALL)
             .await
@@ -224,6 +232,7 @@ async fn tombstones_in_a_done_message_erase_a_copy_kept_here_before_the_barrier_
     );
     assert!(
         holdings
+            .shoppers
             .sessions
             .describe(&kept_after, CALL)
             .await
@@ -234,9 +243,10 @@ async fn tombstones_in_a_done_message_erase_a_copy_kept_here_before_the_barrier_
     // The tombstone is now this node's too: it passes it on in its own `done` messages.
     assert!(
         holdings
+            .shoppers
             .tombstones
             .live()
             .iter()
-            .any(|(r, _)| *r == holdings.pseudonyms.of(&shopper))
+            .any(|(r, _)| *r == holdings.shoppers.pseudonyms.of(&shopper))
     );
 }

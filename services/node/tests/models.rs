@@ -128,12 +128,12 @@ async fn a_new_model_file_is_swapped_in_and_an_invalid_one_refused() {
     let err = t
         .node
         .node
-        .decider()
+        .bundles
         .worlds()
         .load_model(
             other.to_bytes(),
             "test",
-            aisle_node::world::ModelRole::Default,
+            aisle_node::bundles::ModelRole::Default,
         )
         .await
         .unwrap_err()

@@ -28,7 +28,7 @@ fn stalled_decides(t: &TestNode, n: usize, budget: Duration) -> Vec<JoinHandle<p
 
 /// Waits until `n` decisions are in flight in the node's decider (so past admission).
 async fn held_in_flight(t: &TestNode, n: usize) {
-    let decider = t.node.node.decider().clone();
+    let decider = t.node.node.decider.clone();
     eventually(
         "the held decisions in flight",
         Duration::from_secs(3),

@@ -232,7 +232,10 @@ async fn nothing_written_names_the_shopper_and_forget_reaches_every_copy() {
         .into_inner();
     assert!(described.has_session);
     let pseudonym = described.shopper_ref.clone();
-    assert!(aisle_node::privacy::is_pseudonym(&pseudonym), "{pseudonym}");
+    assert!(
+        aisle_node::security::pseudonyms::is_pseudonym(&pseudonym),
+        "{pseudonym}"
+    );
 
     common::eventually(
         "the events and decisions are in the logs",

@@ -202,7 +202,7 @@ async fn a_reconnecting_handheld_resumes_without_gaps_or_duplicates() {
 async fn at_least_the_last_thousand_events_are_retained_per_store() {
     let t = TestNode::start().await;
     for k in 0..1_500 {
-        t.node.node.hub().publish(pb::AssistEvent {
+        t.node.node.push.hub.publish(pb::AssistEvent {
             store_id: "busy-store".into(),
             kind: pb::AssistKind::Replenish as i32,
             message: format!("event {k}"),

@@ -72,7 +72,7 @@ impl Secured {
             _dir: dir,
             decision_log,
         };
-        let cluster = s.node.node.cluster().clone();
+        let cluster = s.node.node.cluster.clone();
         common::eventually(
             "the node joins through TLS etcd with auth",
             Duration::from_secs(20),
@@ -451,7 +451,7 @@ async fn peers_need_a_cluster_certificate_and_forged_peer_calls_change_nothing()
         .expect("a cluster certificate connects");
     assert!(peer.fetch_assist(fetch).await.is_ok());
     // A forwarded decision may not ask for more than max_budget_ms.
-    let view = s.node.node.cluster().current().unwrap();
+    let view = s.node.node.cluster.current().unwrap();
     let greedy = peer
         .forward_decide(pb::ForwardDecideRequest {
             request: Some(common::decide_req("victim", pb::Surface::Home)),
@@ -497,7 +497,7 @@ async fn peers_need_a_cluster_certificate_and_forged_peer_calls_change_nothing()
 
     // A forged assist event cannot take a sequence number: from a stranger it is refused, and from a member
     // that is not the store's orderer it is dropped.
-    let hub = s.node.node.hub().clone();
+    let hub = s.node.node.push.hub.clone();
     let forged_event = pb::AssistEvent {
         sequence: 1,
         store_id: "store-9".into(),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use aisle_node::server::{Prepared, embedded_experiments, embedded_rules};
+use aisle_node::bundles::{Prepared, embedded_experiments, embedded_rules};
 use aisle_node::{Config, start};
 use aisle_proto::v1 as pb;
 use aisle_proto::v1::admin_service_client::AdminServiceClient;
@@ -67,7 +67,8 @@ fn view(shopper: &str, item: &str, hours_ago: i64) -> pb::TrackEvent {
 async fn a_refit_after_forget_shopper_learns_nothing_of_the_shopper() {
     let dir = scratch();
     let log = dir.join("events.jsonl");
-    let (catalog, model) = aisle_node::world::demo(aisle_domain::now_ms()).expect("demo trains");
+    let (catalog, model) =
+        aisle_node::bundles::demo::demo(aisle_domain::now_ms()).expect("demo trains");
     let config = Config {
         node_id: "erasure-node".into(),
         event_log: Some(log.clone()),

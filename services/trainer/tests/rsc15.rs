@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use aisle_node::server::{Prepared, embedded_experiments, embedded_rules};
+use aisle_node::bundles::{Prepared, embedded_experiments, embedded_rules};
 use aisle_node::{Config, start};
 use aisle_ranking::Model;
 use aisle_trainer::data::read_sessions;

@@ -1,4 +1,6 @@
-//! `aisle.v1.AssociateService`: the push stream of assist events for a store.
+//! `aisle.v1.AssociateService`: the push stream of assist events for a store, for associates' handhelds (scope
+//! `subscribe`, optionally limited to some stores). Streams are capped in total and per caller; a node shutting
+//! down ends them so that handhelds resume on another node after their last sequence.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -11,10 +13,10 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::node::Node;
-use crate::push::{PushHub, Subscription};
+use crate::push::hub::{PushHub, Subscription};
+use crate::security::auth::Identity;
 
 /// Events buffered per subscriber between the hub and the connection.
 const STREAM_BUFFER: usize = 256;
@@ -31,9 +33,9 @@ pub struct AssociateApi {
 impl AssociateApi {
     /// A service over the node's hub, with its stream caps.
     pub fn new(node: Arc<Node>, shutdown: watch::Receiver<bool>) -> Self {
-        let config = node.config();
+        let config = &node.config;
         Self {
-            hub: node.hub().clone(),
+            hub: node.push.hub.clone(),
             slots: Arc::new(StreamSlots::new(
                 config.max_subscribe_streams,
                 config.max_subscribe_streams_per_caller,

@@ -1,5 +1,6 @@
-//! `aisle.v1.EdgeService`: what store edge nodes ask of the cloud cluster. Served on the client port; every method
-//! needs the `edge` scope (a token per store, docs/security.md). See [`crate::edge`] for the edge's side.
+//! `aisle.v1.EdgeService`: what store edge nodes ask of the cloud cluster. Served on the client port of cloud nodes;
+//! every method needs the `edge` scope and names its store, which the caller must be allowed to act for (a token
+//! per store, docs/security.md). See [`crate::edge`] for the edge's side.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -8,21 +9,15 @@ use std::sync::Arc;
 use aisle_proto::v1 as pb;
 use aisle_proto::v1::edge_service_server::EdgeService;
 use aisle_session::Delivery;
-use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::admin::{forward_to_owner, shopper_id};
-use super::decision::{QueuedOutcome, apply_queued};
-use crate::auth::Identity;
-use crate::cluster::{Member, SharedView};
 use crate::edge::feed;
 use crate::error::ApiError;
 use crate::node::Node;
-use crate::routing::{AtOwner, LocalError, Routed, Router};
-
-/// How long the owner may take to hand out a session copy.
-const FETCH_CALL: std::time::Duration = std::time::Duration::from_secs(2);
+use crate::security::auth::Identity;
+use crate::shopper::deliver::{QueuedOutcome, apply_queued};
+use crate::shopper::{fetch, shopper_id};
 /// Bundle kinds an edge may name as held.
 const MAX_HELD: usize = 16;
 
@@ -41,50 +36,6 @@ fn store(identity: &Identity, store_id: &str) -> Result<(), ApiError> {
         )));
     }
     Ok(())
-}
-
-/// A copy of a shopper's session, at their owner.
-pub struct FetchSessionCall<'a> {
-    /// The node.
-    pub node: &'a Node,
-    /// The shopper.
-    pub shopper_id: &'a str,
-}
-
-impl AtOwner for FetchSessionCall<'_> {
-    type Output = pb::FetchSessionResponse;
-    const RPC: &'static str = "fetch_session";
-
-    fn shopper(&self) -> &str {
-        self.shopper_id
-    }
-
-    async fn local(&self, _view: &SharedView) -> Result<Self::Output, LocalError> {
-        let decider = self.node.decider();
-        let session = decider
-            .sessions()
-            .snapshot_now(self.shopper_id)
-            .map(|context| {
-                let catalog = decider.worlds().current().catalog.clone();
-                serde_json::to_vec(&context.to_portable(&catalog)).expect("sessions serialise")
-            })
-            .unwrap_or_default();
-        Ok(pb::FetchSessionResponse {
-            session,
-            served_by: self.node.id().to_string(),
-        })
-    }
-
-    async fn remote(
-        &self,
-        view: &SharedView,
-        owner: &Member,
-        deadline: Instant,
-    ) -> Result<Self::Output, Status> {
-        let call = forward_to_owner(self.node, self.shopper_id, view, deadline);
-        let mut client = self.node.cluster().peers.client(&owner.addr)?;
-        client.fetch_session(call).await.map(Response::into_inner)
-    }
 }
 
 /// The Edge service.
@@ -124,8 +75,8 @@ impl EdgeService for EdgeApi {
         metrics::counter!("aisle_edge_feeds_opened_total").increment(1);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(feed::run(
-            self.node.decider().clone(),
-            self.node.bundle_files().clone(),
+            self.node.bundles.clone(),
+            self.node.shoppers.tombstones.clone(),
             self.node.id().to_string(),
             held,
             tx,
@@ -143,21 +94,7 @@ impl EdgeService for EdgeApi {
         let req = request.into_inner();
         store(&identity, &req.store_id)?;
         let shopper = shopper_id(&req.shopper_id)?;
-        let call = FetchSessionCall {
-            node: &self.node,
-            shopper_id: shopper,
-        };
-        match Router::new(self.node.cluster())
-            .at_owner(&call, Instant::now() + FETCH_CALL)
-            .await
-        {
-            Routed::Answered(r) => Ok(Response::new(r)),
-            Routed::NoOwner(why) => Err(ApiError::Unavailable(format!(
-                "the shopper's owner cannot be reached ({why}); retry"
-            ))
-            .into()),
-            Routed::Failed(e) => Err(e.into()),
-        }
+        Ok(Response::new(fetch::fetch(&self.node, shopper).await?))
     }
 
     async fn upload(

@@ -1,11 +1,21 @@
-//! The gRPC services: `aisle.v1.DecisionService`, `AssociateService` and `AdminService`.
+//! The adapters: the gRPC services. Each method turns its protobuf request into a call of a use case
+//! ([`crate::shopper`], [`crate::edge`]) or a part of the node context, and the answer back into protobuf. Who
+//! may call each method is decided before it runs ([`crate::security::auth`]); what a method checks of its
+//! fields is in the use case's validation.
+//!
+//! | service | port | module |
+//! |---|---|---|
+//! | `aisle.v1.DecisionService` (Decide, Track) | client | [`decision`] |
+//! | `aisle.v1.AssociateService` (Subscribe) | client | [`associate`] |
+//! | `aisle.v1.EdgeService` (SyncBundles, FetchSession, Upload) | client, cloud nodes | [`edge`] |
+//! | `aisle.v1.AdminService` | admin, else client | [`admin`] |
+//! | `aisle.v1.PeerService` | peer (mutual TLS) | [`peer`] |
 
 pub mod admin;
 pub mod associate;
 pub mod decision;
 pub mod edge;
 pub mod peer;
-pub mod validate;
 
 use std::time::Duration;
 
@@ -50,14 +60,6 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
-}
-
-/// A protobuf timestamp from milliseconds since the epoch.
-pub fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
 }
 
 /// Microseconds since the Unix epoch, now.

@@ -1,4 +1,6 @@
-//! `aisle.v1.PeerService`: what the other nodes of the cluster ask of this one.
+//! `aisle.v1.PeerService`: what the other members of the cluster ask of this one, on the peer port (mutual TLS with
+//! the cluster CA). A forwarded per-shopper request runs here only when its sender's view is this node's and names
+//! this node the owner ([`Router::receive`]); the sender re-resolves on FAILED_PRECONDITION.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,16 +10,18 @@ use aisle_proto::v1::peer_service_server::PeerService;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use super::admin::DescribeCall;
-use super::decision::{DecideCall, TrackBatchCall};
+use crate::cluster::Sender;
 use crate::cluster::handoff::{self, Holdings};
+use crate::cluster::replication;
+use crate::cluster::routing::Router;
 use crate::error::ApiError;
 use crate::node::Node;
-use crate::push::{Inserted, catch_up, order_and_replicate};
-use crate::routing::{AtOwner, Routed, Router, owned_at};
-
-/// How long a forwarded describe or erasure may wait for the hand-off barrier.
-const SHOPPER_CALL: Duration = Duration::from_secs(5);
+use crate::push::publisher;
+use crate::shopper::decide::DecideCall;
+use crate::shopper::describe::DescribeCall;
+use crate::shopper::fetch::FetchSessionCall;
+use crate::shopper::track::Batch;
+use crate::shopper::{SHOPPER_CALL, erase, shopper_id};
 
 /// The Peer service.
 #[derive(Debug, Clone)]
@@ -31,32 +35,14 @@ impl PeerApi {
     pub fn new(node: Arc<Node>, holdings: Holdings) -> Self {
         Self { node, holdings }
     }
+
+    fn router(&self) -> Router<'_> {
+        Router::new(&self.node.cluster)
+    }
 }
 
-impl PeerApi {
-    /// Runs a forwarded describe or erasure here, provided the sender's view is this node's and names it the
-    /// owner (after the hand-off barrier).
-    ///
-    /// # Errors
-    /// FAILED_PRECONDITION when the views differ, ownership moved or the hand-off did not finish (the sender
-    /// re-resolves); the request's own error otherwise.
-    async fn run_here<C: AtOwner>(
-        &self,
-        call: &C,
-        epoch: u64,
-        fingerprint: u64,
-    ) -> Result<C::Output, Status> {
-        let cluster = self.node.cluster();
-        let view = owned_at(cluster, call.shopper(), epoch, fingerprint)?;
-        let until = call.barrier_deadline(Instant::now() + SHOPPER_CALL);
-        match Router::new(cluster).here(call, &view, until).await {
-            Ok(Routed::Answered(r)) => Ok(r),
-            Ok(Routed::Failed(e)) => Err(e.into()),
-            Ok(Routed::NoOwner(why)) | Err(why) => {
-                Err(ApiError::FailedPrecondition(why.to_string()).into())
-            }
-        }
-    }
+fn sender(epoch: u64, fingerprint: u64) -> Sender {
+    Sender { epoch, fingerprint }
 }
 
 #[tonic::async_trait]
@@ -68,32 +54,20 @@ impl PeerService for PeerApi {
         let received = Instant::now();
         let req = request.into_inner();
         let inner = req.request.ok_or_else(|| ApiError::required("request"))?;
-        let view = owned_at(
-            self.node.cluster(),
-            &inner.shopper_id,
-            req.epoch,
-            req.view_fingerprint,
-        )?;
-        let max_us = self.node.config().max_budget_ms * 1_000;
+        let max_us = self.node.config.max_budget_ms * 1_000;
         if req.budget_us > max_us {
             return Err(ApiError::ResourceExhausted(format!(
                 "budget_us: {} is above max_budget_ms ({} ms)",
-                req.budget_us,
-                self.node.config().max_budget_ms
+                req.budget_us, self.node.config.max_budget_ms
             ))
             .into());
         }
         let deadline = received + Duration::from_micros(req.budget_us);
         let call = DecideCall::new(&self.node, &inner, &req.client, deadline)?;
-        let answer = match Router::new(self.node.cluster())
-            .here(&call, &view, call.barrier_deadline(deadline))
-            .await
-        {
-            Ok(Routed::Answered(r)) => r,
-            Ok(Routed::Failed(e)) => return Err(e.into()),
-            Ok(Routed::NoOwner(why)) | Err(why) => call.fallback(why).await,
-        };
-        Ok(Response::new(answer))
+        let from = sender(req.epoch, req.view_fingerprint);
+        Ok(Response::new(
+            self.router().receive(&call, from, deadline).await?,
+        ))
     }
 
     async fn forward_track(
@@ -102,26 +76,21 @@ impl PeerService for PeerApi {
     ) -> Result<Response<pb::TrackResponse>, Status> {
         let req = request.into_inner();
         let inner = req.request.ok_or_else(|| ApiError::required("request"))?;
-        let cluster = self.node.cluster();
-        let mut view = None;
-        for e in &inner.events {
-            view = Some(owned_at(
-                cluster,
-                &e.shopper_id,
-                req.epoch,
-                req.view_fingerprint,
-            )?);
+        if inner.events.is_empty() {
+            return Err(
+                ApiError::invalid("request.events", "at least one event is required").into(),
+            );
         }
-        let view = view
-            .ok_or_else(|| ApiError::invalid("request.events", "at least one event is required"))?;
-        let mut batch = TrackBatchCall::new(&self.node, &inner, req.received_at_us)?;
+        let mut batch = Batch::new(&self.node, &inner, req.received_at_us)?;
         if let Some(key) = req.delivery {
             batch = batch.queued(aisle_session::Delivery {
                 origin: key.origin.into(),
                 seq: key.seq,
             })?;
         }
-        let outcome = batch.run_here(&view).await?;
+        let outcome = batch
+            .receive(sender(req.epoch, req.view_fingerprint))
+            .await?;
         Ok(Response::new(pb::TrackResponse {
             accepted: outcome.accepted as u32,
             unknown_items: outcome.unknown_items as u32,
@@ -136,10 +105,8 @@ impl PeerService for PeerApi {
         request: Request<pb::DescribeHeldRequest>,
     ) -> Result<Response<pb::HeldRecords>, Status> {
         let req = request.into_inner();
-        let shopper = super::admin::shopper_id(&req.shopper_id)?;
-        Ok(Response::new(
-            crate::erasure::held_here(&self.node, shopper).await?,
-        ))
+        let shopper = shopper_id(&req.shopper_id)?;
+        Ok(Response::new(erase::held_here(&self.node, shopper).await?))
     }
 
     async fn erase_shopper(
@@ -147,11 +114,10 @@ impl PeerService for PeerApi {
         request: Request<pb::EraseShopperRequest>,
     ) -> Result<Response<pb::ErasureReceipt>, Status> {
         let req = request.into_inner();
-        let shopper = super::admin::shopper_id(&req.shopper_id)?;
+        let shopper = shopper_id(&req.shopper_id)?;
         let caller = format!("{} via {}", req.caller, req.from_node);
-        Ok(Response::new(
-            crate::erasure::erase_here(&self.node, shopper, req.forgotten_at_ms, &caller).await?,
-        ))
+        let receipt = erase::erase_here(&self.node, shopper, req.forgotten_at_ms, &caller).await?;
+        Ok(Response::new(receipt))
     }
 
     async fn forward_describe(
@@ -163,9 +129,10 @@ impl PeerService for PeerApi {
             node: &self.node,
             shopper_id: &req.shopper_id,
         };
+        let from = sender(req.epoch, req.view_fingerprint);
+        let deadline = Instant::now() + SHOPPER_CALL;
         Ok(Response::new(
-            self.run_here(&call, req.epoch, req.view_fingerprint)
-                .await?,
+            self.router().receive(&call, from, deadline).await?,
         ))
     }
 
@@ -174,13 +141,14 @@ impl PeerService for PeerApi {
         request: Request<pb::ForwardDescribeRequest>,
     ) -> Result<Response<pb::FetchSessionResponse>, Status> {
         let req = request.into_inner();
-        let call = super::edge::FetchSessionCall {
+        let call = FetchSessionCall {
             node: &self.node,
             shopper_id: &req.shopper_id,
         };
+        let from = sender(req.epoch, req.view_fingerprint);
+        let deadline = Instant::now() + SHOPPER_CALL;
         Ok(Response::new(
-            self.run_here(&call, req.epoch, req.view_fingerprint)
-                .await?,
+            self.router().receive(&call, from, deadline).await?,
         ))
     }
 
@@ -189,7 +157,7 @@ impl PeerService for PeerApi {
         request: Request<pb::HandOffRequest>,
     ) -> Result<Response<pb::HandOffResponse>, Status> {
         let (installed, passed_on) =
-            handoff::receive(&self.holdings, self.node.cluster(), request.into_inner())
+            handoff::receive(&self.holdings, &self.node.cluster, request.into_inner())
                 .await
                 .map_err(|refused| {
                     metrics::counter!("aisle_handoff_refused_total").increment(1);
@@ -208,22 +176,10 @@ impl PeerService for PeerApi {
     ) -> Result<Response<pb::PublishAssistResponse>, Status> {
         let req = request.into_inner();
         let event = req.event.ok_or_else(|| ApiError::required("event"))?;
-        let cluster = self.node.cluster();
-        let view = cluster
-            .current()
-            .ok_or_else(|| ApiError::FailedPrecondition("not a cluster member".into()))?;
-        if view.fingerprint != req.view_fingerprint
-            || view
-                .store_owner(&event.store_id)
-                .is_none_or(|m| m.node_id != cluster.node_id)
-        {
-            return Err(ApiError::FailedPrecondition(format!(
-                "not the orderer of this store under epoch {}",
-                view.epoch
-            ))
-            .into());
-        }
-        let sequence = order_and_replicate(self.node.hub(), cluster, &view, event).await;
+        let from = sender(req.epoch, req.view_fingerprint);
+        let node = &self.node;
+        let sequence =
+            publisher::order_forwarded(&node.push.hub, &node.cluster, from, &event).await?;
         Ok(Response::new(pb::PublishAssistResponse { sequence }))
     }
 
@@ -232,38 +188,9 @@ impl PeerService for PeerApi {
         request: Request<pb::ReplicateAssistRequest>,
     ) -> Result<Response<pb::ReplicateAssistResponse>, Status> {
         let req = request.into_inner();
-        let cluster = self.node.cluster();
-        let hub = self.node.hub();
-        let view = cluster
-            .current()
-            .ok_or_else(|| ApiError::FailedPrecondition("not a cluster member".into()))?;
-        let from = view
-            .member(&req.from_node)
-            .map(|m| m.addr.clone())
-            .ok_or_else(|| {
-                ApiError::FailedPrecondition(format!(
-                    "sender {:?} is not a member of this node's view",
-                    req.from_node
-                ))
-            })?;
-        let from = Some(from);
-        for event in req.events {
-            // Only a store's orderer under this view sequences its events: nobody else can claim a number.
-            if view
-                .store_owner(&event.store_id)
-                .is_none_or(|o| o.node_id != req.from_node)
-            {
-                metrics::counter!("aisle_assist_replication_refused_total").increment(1);
-                continue;
-            }
-            if let Inserted::Gap { .. } = hub.insert_sequenced(event.clone()) {
-                if let Some(addr) = &from {
-                    catch_up(hub, cluster, addr, &event.store_id).await;
-                }
-                // What the orderer still holds is now here; what it no longer holds stays a gap.
-                hub.insert_past_gap(event);
-            }
-        }
+        let node = &self.node;
+        publisher::accept_replicated(&node.push.hub, &node.cluster, &req.from_node, req.events)
+            .await?;
         Ok(Response::new(pb::ReplicateAssistResponse {}))
     }
 
@@ -272,7 +199,7 @@ impl PeerService for PeerApi {
         request: Request<pb::HoldViewRequest>,
     ) -> Result<Response<pb::HoldViewResponse>, Status> {
         let req = request.into_inner();
-        let cluster = self.node.cluster();
+        let cluster = &self.node.cluster;
         let granted = cluster.grant_hold(&req.from_node, req.view_fingerprint);
         Ok(Response::new(pb::HoldViewResponse {
             granted: granted.is_some(),
@@ -286,32 +213,17 @@ impl PeerService for PeerApi {
         request: Request<pb::ReplicateSessionsRequest>,
     ) -> Result<Response<pb::ReplicateSessionsResponse>, Status> {
         let req = request.into_inner();
-        let cluster = self.node.cluster();
-        let Some(view) = cluster.current() else {
-            return Err(ApiError::FailedPrecondition("not a cluster member".into()).into());
-        };
-        if view.fingerprint != req.view_fingerprint {
-            return Err(ApiError::FailedPrecondition(format!(
-                "stale epoch: the sender's view (epoch {}) differs from this node's (epoch {})",
-                req.epoch, view.epoch
-            ))
-            .into());
-        }
-        let me = cluster.node_id.as_str();
-        let from = req.from_node.as_str();
-        let tombstones = &self.holdings.tombstones;
-        let pseudonyms = &self.holdings.pseudonyms;
-        let check_tombstones = !tombstones.is_empty();
-        let held = cluster.replication.accept(from, req.sessions, |r| {
-            // Only the owner's copies, and only as its successor; never a copy of an erased shopper.
-            view.shopper_owner(&r.shopper_id)
-                .is_some_and(|m| m.node_id == from)
-                && view
-                    .owner_without("shopper", &r.shopper_id, from)
-                    .is_some_and(|m| m.node_id == me)
-                && !(check_tombstones
-                    && tombstones.blocks(&pseudonyms.of(&r.shopper_id), r.version))
-        });
+        let view = self
+            .router()
+            .same_view(sender(req.epoch, req.view_fingerprint))?;
+        let node = &self.node;
+        let held = replication::receive(
+            &node.cluster,
+            &node.shoppers,
+            &view,
+            &req.from_node,
+            req.sessions,
+        );
         Ok(Response::new(pb::ReplicateSessionsResponse {
             held: held as u32,
         }))
@@ -324,7 +236,8 @@ impl PeerService for PeerApi {
         let req = request.into_inner();
         let events = self
             .node
-            .hub()
+            .push
+            .hub
             .since(&req.store_id, req.after)
             .into_iter()
             .map(|e| (*e).clone())

@@ -17,33 +17,31 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aisle_proto::v1 as pb;
-use aisle_session::{PortableSession, SessionContext, SessionTransfer, Sessions};
+use aisle_session::{PortableSession, SessionContext, SessionTransfer};
 use tokio::time::Instant;
 
-use super::{Cluster, SharedView};
-use crate::cache::DecisionCache;
-use crate::privacy::{Pseudonyms, Tombstones};
-use crate::world::Worlds;
+use super::{Cluster, Member, SharedView, fanout};
+use crate::bundles::Bundles;
+use crate::engine::shoppers::Shoppers;
+use crate::error::RemoteError;
 
 /// Sessions per hand-off message.
 const BATCH: usize = 2_000;
 /// How long exporting sessions from the shards may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the hand-off waits for its `done` messages to be sent (each retries a few times within about 16 s, then
+/// goes on in the background).
+const DONE_WITHIN: Duration = Duration::from_secs(30);
 
-/// What hand-off moves sessions out of and into: the session actors, the catalog their item indices refer to,
-/// and the cached decisions that must not outlive a session's departure.
+/// What hand-off moves sessions out of and into: the shopper state (sessions, the cached decisions that must not
+/// outlive a session's departure, tombstones and the pseudonyms they name), the catalog the sessions' item indices
+/// refer to, and the copies kept for successors.
 #[derive(Debug, Clone)]
 pub struct Holdings {
-    /// The session actors.
-    pub sessions: Sessions,
-    /// The catalog (and models).
-    pub worlds: Worlds,
-    /// The CACHED rung.
-    pub cache: Arc<DecisionCache>,
-    /// What names shoppers in tombstones.
-    pub pseudonyms: Arc<Pseudonyms>,
-    /// Forgotten shoppers: older copies of their sessions are dropped, not installed.
-    pub tombstones: Arc<Tombstones>,
+    /// The shopper state.
+    pub shoppers: Shoppers,
+    /// The bundles (the catalog).
+    pub bundles: Arc<Bundles>,
     /// Session copies for successors: installed sessions are copied on to theirs.
     pub replication: Arc<super::Replication>,
 }
@@ -76,7 +74,7 @@ pub async fn follow_views(holdings: Holdings, cluster: Arc<Cluster>) {
                 // Successors change with the view: every session held is copied again.
                 holdings
                     .replication
-                    .mark_all(holdings.sessions.shoppers_now());
+                    .mark_all(holdings.shoppers.sessions.shoppers_now());
             }
             Some(view) => cluster.handed_off(view.epoch),
             None if last.is_some() => {
@@ -99,6 +97,7 @@ pub async fn hand_off(holdings: &Holdings, cluster: &Arc<Cluster>, view: &Shared
     let select_view = view.clone();
     let select_me = me.clone();
     let leaving = holdings
+        .shoppers
         .sessions
         .export(
             Arc::new(move |shopper: &str| {
@@ -113,10 +112,10 @@ pub async fn hand_off(holdings: &Holdings, cluster: &Arc<Cluster>, view: &Shared
             tracing::error!(error = %e, "could not export sessions for hand-off");
             Vec::new()
         });
-    let catalog = holdings.worlds.current().catalog.clone();
+    let catalog = holdings.bundles.world().catalog.clone();
     let mut by_owner: HashMap<String, Vec<pb::SessionRecord>> = HashMap::new();
     for t in &leaving {
-        holdings.cache.invalidate(&t.shopper_id);
+        holdings.shoppers.cache.invalidate(&t.shopper_id);
         if let Some(owner) = view.shopper_owner(&t.shopper_id) {
             let portable = t.context.to_portable(&catalog);
             by_owner
@@ -142,6 +141,7 @@ pub async fn hand_off(holdings: &Holdings, cluster: &Arc<Cluster>, view: &Shared
         reroute(holdings, cluster, view, refused).await;
     }
     let tombstones: Vec<pb::Tombstone> = holdings
+        .shoppers
         .tombstones
         .live()
         .into_iter()
@@ -151,16 +151,25 @@ pub async fn hand_off(holdings: &Holdings, cluster: &Arc<Cluster>, view: &Shared
         })
         .collect();
     // To every member at once: one that does not answer delays nobody else's barrier.
-    let mut dones = tokio::task::JoinSet::new();
-    for m in view.members.iter().filter(|m| m.node_id != me) {
-        dones.spawn(send_done(
+    let others: Vec<Member> = view
+        .members
+        .iter()
+        .filter(|m| m.node_id != me)
+        .cloned()
+        .collect();
+    fanout::ask(others, DONE_WITHIN, |m| {
+        let done = send_done(
             cluster.clone(),
             m.addr.clone(),
             view.clone(),
             tombstones.clone(),
-        ));
-    }
-    while dones.join_next().await.is_some() {}
+        );
+        async move {
+            done.await;
+            Ok::<(), RemoteError>(())
+        }
+    })
+    .await;
     metrics::counter!("aisle_handoff_sessions_sent_total").increment(moved as u64);
     if moved > 0 {
         tracing::info!(
@@ -244,8 +253,8 @@ fn split_by_owner(
 /// Installs records into this node's sessions (a record whose local copy was written later is not installed).
 /// Returns how many were installed.
 async fn install(holdings: &Holdings, records: Vec<pb::SessionRecord>) -> usize {
-    let catalog = holdings.worlds.current().catalog.clone();
-    let check_tombstones = !holdings.tombstones.is_empty();
+    let catalog = holdings.bundles.world().catalog.clone();
+    let check_tombstones = !holdings.shoppers.tombstones.is_empty();
     let sessions: Vec<SessionTransfer> = records
         .into_iter()
         .filter_map(|record| {
@@ -256,8 +265,8 @@ async fn install(holdings: &Holdings, records: Vec<pb::SessionRecord>) -> usize 
             };
             let context = SessionContext::from_portable(portable, &catalog);
             if check_tombstones
-                && holdings.tombstones.blocks(
-                    &holdings.pseudonyms.of(&record.shopper_id),
+                && holdings.shoppers.tombstones.blocks(
+                    &holdings.shoppers.pseudonyms.of(&record.shopper_id),
                     context.version(),
                 )
             {
@@ -274,7 +283,12 @@ async fn install(holdings: &Holdings, records: Vec<pb::SessionRecord>) -> usize 
         .iter()
         .map(|s: &SessionTransfer| s.shopper_id.clone())
         .collect();
-    let installed = match holdings.sessions.import(sessions, EXPORT_TIMEOUT).await {
+    let installed = match holdings
+        .shoppers
+        .sessions
+        .import(sessions, EXPORT_TIMEOUT)
+        .await
+    {
         Ok(n) => n,
         Err(e) => {
             tracing::error!(error = %e, "could not install handed-off sessions");
@@ -406,6 +420,7 @@ pub async fn apply_tombstones(holdings: &Holdings, tombstones: &[pb::Tombstone])
         .iter()
         .filter(|t| {
             holdings
+                .shoppers
                 .tombstones
                 .record(&t.shopper_ref, t.forgotten_at_ms)
         })
@@ -414,8 +429,9 @@ pub async fn apply_tombstones(holdings: &Holdings, tombstones: &[pb::Tombstone])
     if refs.is_empty() {
         return 0;
     }
-    let pseudonyms = holdings.pseudonyms.clone();
+    let pseudonyms = holdings.shoppers.pseudonyms.clone();
     let covered = match holdings
+        .shoppers
         .sessions
         .export(
             Arc::new(move |shopper: &str| refs.contains(&pseudonyms.of(shopper))),
@@ -432,18 +448,22 @@ pub async fn apply_tombstones(holdings: &Holdings, tombstones: &[pb::Tombstone])
     let mut keep = Vec::new();
     let mut erased = 0;
     for t in covered {
-        if holdings
-            .tombstones
-            .blocks(&holdings.pseudonyms.of(&t.shopper_id), t.context.version())
-        {
-            holdings.cache.invalidate(&t.shopper_id);
+        if holdings.shoppers.tombstones.blocks(
+            &holdings.shoppers.pseudonyms.of(&t.shopper_id),
+            t.context.version(),
+        ) {
+            holdings.shoppers.cache.invalidate(&t.shopper_id);
             erased += 1;
         } else {
             keep.push(t);
         }
     }
     if !keep.is_empty()
-        && let Err(e) = holdings.sessions.import(keep, EXPORT_TIMEOUT).await
+        && let Err(e) = holdings
+            .shoppers
+            .sessions
+            .import(keep, EXPORT_TIMEOUT)
+            .await
     {
         tracing::error!(error = %e, "could not put back sessions written after their erasure");
     }
@@ -555,4 +575,67 @@ pub async fn receive(
         cluster.done_from(&from, fingerprint);
     }
     Ok((installed, passed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::view::testing::view;
+
+    fn record(shopper: &str) -> pb::SessionRecord {
+        pb::SessionRecord {
+            shopper_id: shopper.into(),
+            context: Vec::new(),
+            version: 1,
+        }
+    }
+
+    /// A shopper `owner` owns under `v`.
+    fn owned_by(v: &SharedView, owner: &str) -> String {
+        (0..1_000)
+            .map(|i| format!("s{i}"))
+            .find(|s| v.shopper_owner(s).unwrap().node_id == owner)
+            .unwrap()
+    }
+
+    fn batch(v: &SharedView, from: &str, sessions: Vec<pb::SessionRecord>) -> pb::HandOffRequest {
+        pb::HandOffRequest {
+            epoch: v.epoch,
+            from_node: from.into(),
+            sessions,
+            done: false,
+            view_fingerprint: v.fingerprint,
+            tombstones: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_admitted_only_under_the_same_view_from_a_member_that_no_longer_owns_its_sessions()
+    {
+        let v = view(4, &["a", "b", "c"]);
+        let theirs = owned_by(&v, "a");
+        let ok = batch(&v, "b", vec![record(&theirs)]);
+        assert_eq!(admit(Some(&v), &ok), Ok(()));
+        assert_eq!(admit(None, &ok), Err(Refused::NoView));
+        let other = view(5, &["a", "b"]);
+        assert!(matches!(
+            admit(Some(&other), &ok),
+            Err(Refused::OtherView { epoch: 5, .. })
+        ));
+        let stranger = batch(&v, "z", vec![record(&theirs)]);
+        assert_eq!(
+            admit(Some(&v), &stranger),
+            Err(Refused::Stranger("z".into()))
+        );
+        // b cannot hand off a session it owns under this very view: a confused or forged sender.
+        let own = owned_by(&v, "b");
+        let forged = batch(&v, "b", vec![record(&theirs), record(&own)]);
+        assert_eq!(
+            admit(Some(&v), &forged),
+            Err(Refused::SenderOwns {
+                sender: "b".into(),
+                index: 1
+            })
+        );
+    }
 }

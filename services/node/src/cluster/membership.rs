@@ -47,7 +47,7 @@ pub struct MembershipConfig {
     /// Lease TTL.
     pub lease_ttl: Duration,
     /// TLS towards etcd: its CA and, for `--client-cert-auth`, this node's client certificate.
-    pub tls: Option<crate::tls::ClientTlsFiles>,
+    pub tls: Option<crate::security::tls::ClientTlsFiles>,
     /// etcd user and password.
     pub user: Option<(String, String)>,
 }

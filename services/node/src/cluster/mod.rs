@@ -2,9 +2,12 @@
 //! fenced), who owns a shopper or a store, the hand-off barrier, and clients to the peers.
 //!
 //! - [`view`]: views and rendezvous placement (pure).
-//! - [`membership`]: etcd membership — the only module that sees etcd types.
+//! - [`membership`]: etcd membership — with the control records, the only modules that see etcd types.
+//! - [`routing`]: running a request at its shopper's (or store's) owner, on both sides of a forward.
+//! - [`fanout`]: asking every other member at once.
 //! - [`peers`]: connections to the other nodes.
-//! - [`handoff`]: moving sessions when ownership changes.
+//! - [`barrier`], [`handoff`], [`replication`]: moving sessions when ownership changes, and keeping copies at the
+//!   successors for when an owner fails.
 //!
 //! In static mode (the default) the view is this node alone at epoch 0, forever.
 //!
@@ -26,10 +29,12 @@
 //! before, and answers from the lower rungs.
 
 pub mod barrier;
+pub mod fanout;
 pub mod handoff;
 pub mod membership;
 pub mod peers;
 pub mod replication;
+pub mod routing;
 pub mod view;
 
 use std::sync::{Arc, Mutex};
@@ -42,6 +47,7 @@ pub use barrier::{Barrier, Gate};
 pub use membership::{Membership, MembershipConfig};
 pub use peers::Peers;
 pub use replication::Replication;
+pub use routing::{AtOwner, Key, LocalError, Routed, Router, Sender};
 pub use view::{Member, SharedView, View};
 
 /// Why nobody can own a shopper now.
@@ -53,14 +59,14 @@ pub enum Unowned {
     NoOwner,
 }
 
-/// Where a shopper's requests go.
+/// Where a key's requests go.
 #[derive(Debug, Clone)]
 pub enum Route {
-    /// This node owns the shopper.
+    /// This node owns the key.
     Local(SharedView),
-    /// Another member owns the shopper.
+    /// Another member owns the key.
     Remote(SharedView, Member),
-    /// Nobody can own the shopper now.
+    /// Nobody can own the key now.
     Unowned(Unowned),
 }
 
@@ -209,12 +215,12 @@ impl Cluster {
             .unwrap_or(false)
     }
 
-    /// Where a shopper's requests go now.
-    pub fn route(&self, shopper_id: &str) -> Route {
+    /// Where a key's requests go now.
+    pub fn route(&self, key: Key<'_>) -> Route {
         let Some(view) = self.current() else {
             return Route::Unowned(Unowned::NotMember);
         };
-        match view.shopper_owner(shopper_id) {
+        match key.owner_in(&view) {
             Some(m) if m.node_id == self.node_id => Route::Local(view),
             Some(m) => {
                 let m = m.clone();
@@ -385,51 +391,40 @@ impl Cluster {
         }
     }
 
-    /// Asks every other member of `view` for a hold, each within `timeout`: the shortest grant, or why not.
+    /// Asks every other member of `view` for a hold, all at once, each within `timeout`: the shortest grant, or why
+    /// not.
     async fn ask_for_holds(
         &self,
         view: &SharedView,
         timeout: Duration,
     ) -> Result<Duration, String> {
-        let others: Vec<&Member> = view
-            .members
-            .iter()
-            .filter(|m| m.node_id != self.node_id)
-            .collect();
-        if others.is_empty() {
+        if view.members.iter().all(|m| m.node_id == self.node_id) {
             return Err("no other member to vouch for the view".into());
         }
-        let mut asks = tokio::task::JoinSet::new();
-        for m in others {
-            let mut call = tonic::Request::new(aisle_proto::v1::HoldViewRequest {
-                from_node: self.node_id.clone(),
-                epoch: view.epoch,
-                view_fingerprint: view.fingerprint,
-            });
+        let request = aisle_proto::v1::HoldViewRequest {
+            from_node: self.node_id.clone(),
+            epoch: view.epoch,
+            view_fingerprint: view.fingerprint,
+        };
+        let answers = fanout::ask_others(self, view, timeout, |mut client, _| {
+            let mut call = tonic::Request::new(request.clone());
             call.set_timeout(timeout);
-            let client = self.peers.client(&m.addr);
-            let node = m.node_id.clone();
-            asks.spawn(async move {
-                let answer = match client {
-                    Ok(mut client) => tokio::time::timeout(timeout, client.hold_view(call))
-                        .await
-                        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer"))),
-                    Err(e) => Err(e),
-                };
-                match answer {
-                    Ok(r) if r.get_ref().granted => Ok(Duration::from_millis(r.get_ref().hold_ms)),
-                    Ok(r) => Err(format!(
-                        "{node} holds another view (epoch {})",
-                        r.get_ref().epoch
-                    )),
-                    Err(e) => Err(format!("{node}: {:?}: {}", e.code(), e.message())),
-                }
-            });
-        }
+            async move {
+                client
+                    .hold_view(call)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
+        .await;
         let mut shortest = Duration::MAX;
-        while let Some(answer) = asks.join_next().await {
-            let grant = answer.map_err(|e| e.to_string())??;
-            shortest = shortest.min(grant);
+        for (member, answer) in answers {
+            let node = &member.node_id;
+            match answer {
+                Ok(r) if r.granted => shortest = shortest.min(Duration::from_millis(r.hold_ms)),
+                Ok(r) => return Err(format!("{node} holds another view (epoch {})", r.epoch)),
+                Err(e) => return Err(format!("{node}: {e}")),
+            }
         }
         Ok(shortest)
     }

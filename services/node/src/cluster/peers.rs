@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::tls::{ClientTlsFiles, stamp};
+use crate::security::tls::{ClientTlsFiles, stamp};
 
 /// Events queued per peer before replication to it starts dropping (it then catches up by fetching).
 const REPLICATION_QUEUE: usize = 16_384;

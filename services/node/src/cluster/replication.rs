@@ -28,6 +28,7 @@ use aisle_proto::v1 as pb;
 use tokio::time::Instant;
 
 use super::{Cluster, SharedView};
+use crate::engine::shoppers::Shoppers;
 
 /// Sessions per replication message.
 const BATCH: usize = 500;
@@ -233,6 +234,31 @@ impl Replication {
     }
 }
 
+/// The successor's side: keeps the copies `from` sent of the sessions it owns under `view` (this node's view, the
+/// sender's too) when this node is their successor — never a copy of a forgotten shopper. Returns how many were
+/// kept.
+pub fn receive(
+    cluster: &Cluster,
+    shoppers: &Shoppers,
+    view: &SharedView,
+    from: &str,
+    records: Vec<pb::SessionRecord>,
+) -> usize {
+    let me = cluster.node_id.as_str();
+    let check_tombstones = !shoppers.tombstones.is_empty();
+    cluster.replication.accept(from, records, |r| {
+        view.shopper_owner(&r.shopper_id)
+            .is_some_and(|m| m.node_id == from)
+            && view
+                .owner_without("shopper", &r.shopper_id, from)
+                .is_some_and(|m| m.node_id == me)
+            && !(check_tombstones
+                && shoppers
+                    .tombstones
+                    .blocks(&shoppers.pseudonyms.of(&r.shopper_id), r.version))
+    })
+}
+
 /// Sends pending sessions to their successors every interval, for the life of the node (returns at once when
 /// replication is off).
 pub async fn run(holdings: super::handoff::Holdings, cluster: Arc<Cluster>) {
@@ -271,7 +297,7 @@ pub async fn run(holdings: super::handoff::Holdings, cluster: Arc<Cluster>) {
 async fn round(holdings: &super::handoff::Holdings, cluster: &Cluster, view: &SharedView) {
     let replication = &cluster.replication;
     let me = cluster.node_id.as_str();
-    let catalog = holdings.worlds.current().catalog.clone();
+    let catalog = holdings.bundles.world().catalog.clone();
     let mut by_successor: HashMap<&str, Vec<(pb::SessionRecord, Instant)>> = HashMap::new();
     for (shopper, since) in replication.take_pending(ROUND) {
         if view.shopper_owner(&shopper).is_none_or(|m| m.node_id != me) {
@@ -281,7 +307,7 @@ async fn round(holdings: &super::handoff::Holdings, cluster: &Cluster, view: &Sh
             continue;
         };
         // No session any more (passivated, erased): nothing to send; the replica expires or was erased.
-        let Some(context) = holdings.sessions.snapshot_now(&shopper) else {
+        let Some(context) = holdings.shoppers.sessions.snapshot_now(&shopper) else {
             continue;
         };
         let record = pb::SessionRecord {

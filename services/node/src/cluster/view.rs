@@ -118,8 +118,15 @@ impl View {
     /// The owner of `key` in `space` were `node_id` not a member: for the owner, the member that takes its keys
     /// over should it go (the next in rendezvous order); for another member, the owner.
     pub fn owner_without(&self, space: &str, key: &str, node_id: &str) -> Option<&Member> {
-        self.owners()
-            .filter(|m| m.node_id != node_id)
+        let mut owners = self.owners().filter(|m| m.node_id != node_id);
+        let first = owners.next()?;
+        let Some(second) = owners.next() else {
+            // One candidate (a node alone): it owns everything, no hash needed.
+            return Some(first);
+        };
+        [first, second]
+            .into_iter()
+            .chain(owners)
             .map(|m| (stable_hash(&[space, &m.node_id, key]), m))
             .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.node_id.cmp(&a.1.node_id)))
             .map(|(_, m)| m)

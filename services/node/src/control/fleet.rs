@@ -7,11 +7,15 @@
 //! default from before a promotion. Anything else — a version it has not loaded — is skew: it keeps serving what it
 //! has and says so.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::decider::Decider;
+use crate::bundles::{Bundles, Kind};
 
-/// The versions a member serves, or that the fleet should serve.
+/// The versions a member serves, or that the fleet should serve. The models have their slots (promotion and
+/// rollback move them); every other bundle kind with a fleet field in the registry is one entry of `bundles`,
+/// written beside them in the record (`"rules": "…", "experiments": "…"`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Versions {
     /// The default model.
@@ -20,11 +24,13 @@ pub struct Versions {
     pub candidate_model: Option<String>,
     /// The default model before the last promotion (what a rollback restores), if any.
     pub previous_model: Option<String>,
-    /// The guardrail rules.
-    pub rules: String,
-    /// The experiments.
-    pub experiments: String,
+    /// Every other kind's version, by its fleet field (`rules`, `experiments`, …).
+    #[serde(flatten)]
+    pub bundles: BTreeMap<String, String>,
 }
+
+/// The model slots, in the record: handled by promotion and rollback, not as plain bundles.
+const MODEL_FIELDS: [&str; 2] = ["default_model", "candidate_model"];
 
 /// Why the record cannot be promoted or rolled back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -38,15 +44,30 @@ pub enum SwitchError {
 }
 
 impl Versions {
-    /// What `decider` serves now.
-    pub fn of(decider: &Decider) -> Self {
-        let world = decider.worlds().current();
+    /// What `bundles` serves now.
+    pub fn of(bundles: &Bundles) -> Self {
+        let world = bundles.world();
+        let others = Kind::ALL.into_iter().filter_map(|kind| {
+            let field = kind
+                .spec()
+                .fleet_field
+                .filter(|f| !MODEL_FIELDS.contains(f))?;
+            Some((field.to_string(), bundles.served(kind)?.version))
+        });
         Self {
             default_model: world.default_model.version().to_string(),
             candidate_model: world.candidate.as_ref().map(|m| m.version().to_string()),
             previous_model: world.previous.as_ref().map(|m| m.version().to_string()),
-            rules: decider.policy().current().meta.version.clone(),
-            experiments: decider.experiments().current().meta.version.clone(),
+            bundles: others.collect(),
+        }
+    }
+
+    /// The version of a fleet field (`None`: nothing of it served).
+    pub fn field(&self, name: &str) -> Option<&str> {
+        match name {
+            "default_model" => Some(&self.default_model),
+            "candidate_model" => self.candidate_model.as_deref(),
+            other => self.bundles.get(other).map(String::as_str),
         }
     }
 
@@ -159,24 +180,20 @@ pub fn step(loaded: &Versions, desired: &Versions) -> Option<Step> {
     None
 }
 
-/// Every field whose version `loaded` and `desired` both serve (the previous model is not served).
-pub const FIELDS: [&str; 4] = ["default_model", "candidate_model", "rules", "experiments"];
-
-fn field<'a>(v: &'a Versions, name: &str) -> Option<&'a str> {
-    match name {
-        "default_model" => Some(&v.default_model),
-        "candidate_model" => v.candidate_model.as_deref(),
-        "rules" => Some(&v.rules),
-        "experiments" => Some(&v.experiments),
-        _ => unreachable!("a field of FIELDS"),
-    }
+/// Every served field of the registry, models first (the previous model is not served).
+pub fn fields() -> impl Iterator<Item = &'static str> {
+    MODEL_FIELDS.into_iter().chain(
+        Kind::ALL
+            .into_iter()
+            .filter_map(|k| k.spec().fleet_field)
+            .filter(|f| !MODEL_FIELDS.contains(f)),
+    )
 }
 
 /// The served fields in which `loaded` differs from `desired`.
 pub fn skew(loaded: &Versions, desired: &Versions) -> Vec<&'static str> {
-    FIELDS
-        .into_iter()
-        .filter(|f| field(loaded, f) != field(desired, f))
+    fields()
+        .filter(|f| loaded.field(f) != desired.field(f))
         .collect()
 }
 
@@ -195,7 +212,7 @@ pub fn adopted(
         .filter(|f| {
             others
                 .iter()
-                .all(|o| o.is_some_and(|o| field(o, f) != field(desired, f)))
+                .all(|o| o.is_some_and(|o| o.field(f) != desired.field(f)))
         })
         .collect();
     if stale.is_empty() {
@@ -209,9 +226,14 @@ pub fn adopted(
                 next.previous_model.clone_from(&mine.previous_model);
             }
             "candidate_model" => next.candidate_model.clone_from(&mine.candidate_model),
-            "rules" => next.rules.clone_from(&mine.rules),
-            "experiments" => next.experiments.clone_from(&mine.experiments),
-            _ => unreachable!("a field of FIELDS"),
+            other => match mine.bundles.get(other) {
+                Some(version) => {
+                    next.bundles.insert(other.to_string(), version.clone());
+                }
+                None => {
+                    next.bundles.remove(other);
+                }
+            },
         }
     }
     Some(next)
@@ -226,8 +248,9 @@ mod tests {
             default_model: default.into(),
             candidate_model: candidate.map(Into::into),
             previous_model: previous.map(Into::into),
-            rules: "r1".into(),
-            experiments: "e1".into(),
+            bundles: [("rules", "r1"), ("experiments", "e1")]
+                .map(|(f, v)| (f.to_string(), v.to_string()))
+                .into(),
         }
     }
 
@@ -284,7 +307,7 @@ mod tests {
         let desired = v("m2", None, Some("m1"));
         assert!(skew(&v("m2", None, None), &desired).is_empty());
         let mut other = v("m1", Some("m2"), None);
-        other.rules = "r2".into();
+        other.bundles.insert("rules".into(), "r2".into());
         assert_eq!(
             skew(&other, &desired),
             ["default_model", "candidate_model", "rules"]
@@ -302,19 +325,19 @@ mod tests {
         assert_eq!(adopted(&mine, &desired, &[None, Some(&mine)]), None);
         // Nobody serves m1 any more (every node was restarted with new files).
         let mut rules = v("m5", None, None);
-        rules.rules = "r9".into();
+        rules.bundles.insert("rules".into(), "r9".into());
         assert_eq!(
             adopted(&mine, &desired, &[Some(&rules)]),
             Some(v("m4", None, None))
         );
         // Only the fields nobody serves are replaced.
         let mut mine_rules = mine.clone();
-        mine_rules.rules = "r2".into();
+        mine_rules.bundles.insert("rules".into(), "r2".into());
         let mut next = desired.clone();
-        next.rules = "r2".into();
+        next.bundles.insert("rules".into(), "r2".into());
         assert_eq!(adopted(&mine_rules, &desired, &[Some(&old)]), None);
         let mut old_new_rules = old.clone();
-        old_new_rules.rules = "r2".into();
+        old_new_rules.bundles.insert("rules".into(), "r2".into());
         assert_eq!(
             adopted(&mine_rules, &desired, &[Some(&old_new_rules)]),
             Some(next)

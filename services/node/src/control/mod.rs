@@ -3,7 +3,7 @@
 //!
 //! | key under `/aisle/<cluster>/control/` | what | written by |
 //! |---|---|---|
-//! | `kill-switch` | the kill switches in force ([`kill_switch::SwitchRecord`]) | `SetKillSwitch` |
+//! | `kill-switch` | the kill switches in force ([`SwitchRecord`]) | `SetKillSwitch` |
 //! | `versions` | the versions the fleet should serve ([`fleet::Desired`]) | the first node to start (seed), `PromoteModel`, `RollbackModel`, a member when nobody serves the record any more (adopt) |
 //! | `loaded/<node>` | what that member serves and which switches it applies ([`fleet::Loaded`]) | the member, when it changes |
 //!
@@ -28,7 +28,6 @@
 //! This module and [`crate::cluster::membership`] are the only ones that see etcd types.
 
 pub mod fleet;
-pub mod kill_switch;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,11 +39,12 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 
+use crate::bundles::Bundles;
 use crate::cluster::{Cluster, MembershipConfig, membership};
-use crate::decider::Decider;
+use crate::engine::kill_switch::{KillSwitch, SwitchChange, SwitchRecord, Switchboard};
 use crate::error::ApiError;
+use crate::logs::Logs;
 use fleet::{Desired, Loaded, Step, Versions};
-use kill_switch::{KillSwitch, SwitchChange, SwitchRecord};
 
 /// How often etcd is read again, whatever the watch says.
 const RECHECK: Duration = Duration::from_secs(3);
@@ -270,14 +270,30 @@ struct Updated<T> {
     written: bool,
 }
 
+/// What the control records act on in a node.
+#[derive(Debug, Clone)]
+pub struct Parts {
+    /// The bundles served (models are promoted and rolled back here).
+    pub bundles: Arc<Bundles>,
+    /// The kill switches decisions follow.
+    pub switchboard: Arc<Switchboard>,
+    /// The decision trail.
+    pub logs: Logs,
+}
+
 /// The control records of one node: the mirror, the task that follows etcd, and the operations behind the admin
 /// calls.
 pub struct Control {
     node_id: String,
-    decider: Arc<Decider>,
+    /// What this node serves, and promotes or rolls back.
+    bundles: Arc<Bundles>,
+    /// Where the switches decisions follow are set.
+    switchboard: Arc<Switchboard>,
+    /// The decision trail, which records this node's own model moves.
+    logs: Logs,
     etcd: Option<Etcd>,
     mirror: watch::Sender<Mirror>,
-    /// The mod revision of the switches record applied to the decider.
+    /// The mod revision of the switches record applied to the switchboard.
     applied_switches: std::sync::Mutex<i64>,
     /// Serialises reconciliation (the task and the admin calls).
     local: Mutex<Local>,
@@ -294,16 +310,12 @@ impl std::fmt::Debug for Control {
 
 impl Control {
     /// Control records in this node's memory only (static mode).
-    pub fn alone(node_id: &str, decider: Arc<Decider>) -> Arc<Self> {
-        Self::new(node_id, decider, None, true)
+    pub fn alone(node_id: &str, parts: Parts) -> Arc<Self> {
+        Self::new(node_id, parts, None, true)
     }
 
     /// Control records in etcd; run [`Control::follow`] to mirror them.
-    pub fn with_etcd(
-        config: MembershipConfig,
-        decider: Arc<Decider>,
-        cluster: Arc<Cluster>,
-    ) -> Arc<Self> {
+    pub fn with_etcd(config: MembershipConfig, parts: Parts, cluster: Arc<Cluster>) -> Arc<Self> {
         let node_id = config.node_id.clone();
         let etcd = Etcd {
             keys: Keys::new(&config.cluster),
@@ -311,15 +323,17 @@ impl Control {
             client: Mutex::new(None),
             cluster,
         };
-        Self::new(&node_id, decider, Some(etcd), false)
+        Self::new(&node_id, parts, Some(etcd), false)
     }
 
-    fn new(node_id: &str, decider: Arc<Decider>, etcd: Option<Etcd>, read: bool) -> Arc<Self> {
+    fn new(node_id: &str, parts: Parts, etcd: Option<Etcd>, read: bool) -> Arc<Self> {
         metrics::gauge!("aisle_kill_switch_active").set(0.0);
         metrics::gauge!("aisle_fleet_version_skew").set(0.0);
         Arc::new(Self {
             node_id: node_id.to_string(),
-            decider,
+            bundles: parts.bundles,
+            switchboard: parts.switchboard,
+            logs: parts.logs,
             etcd,
             mirror: watch::channel(Mirror {
                 read,
@@ -348,12 +362,12 @@ impl Control {
     pub fn status(&self) -> ControlStatus {
         ControlStatus {
             mirror: self.mirror.borrow().clone(),
-            mine: Versions::of(&self.decider),
-            switches: self.decider.kill_switches().active(),
+            mine: Versions::of(&self.bundles),
+            switches: self.switchboard.active(),
         }
     }
 
-    /// Applies the mirrored switches to the decider, if they changed.
+    /// Applies the mirrored switches to the switchboard, if they changed.
     fn apply_switches(&self) {
         let mut applied = self.applied_switches.lock().expect("switches lock");
         let mirror = self.mirror.borrow();
@@ -362,7 +376,7 @@ impl Control {
         }
         *applied = mirror.switches.mod_revision;
         let switches = &mirror.switches.value.switches;
-        self.decider.kill_switches().set(switches);
+        self.switchboard.set(switches);
         let keys: Vec<String> = switches
             .iter()
             .map(|s| format!("{} -> {:?}", s.key, s.tier))
@@ -473,23 +487,21 @@ impl Control {
         }
     }
 
-    /// Promotes (or rolls back) the fleet's models in the versions record, converges this node, and waits up to
-    /// 5 s for the other members to follow.
+    /// Promotes (or rolls back) the models: in etcd mode, in the fleet's versions record, converging this node and
+    /// waiting up to 5 s for the other members to follow; in static mode, on this node.
     ///
     /// # Errors
-    /// FAILED_PRECONDITION when the record names no candidate (no previous default); UNAVAILABLE when etcd cannot
-    /// be reached; INTERNAL in static mode (switch the node's world instead).
+    /// FAILED_PRECONDITION when there is no candidate (no previous default); UNAVAILABLE when etcd cannot be
+    /// reached.
     pub async fn switch_models(
         &self,
         promote: bool,
         caller: &str,
     ) -> Result<ModelsOutcome, ApiError> {
         let Some(etcd) = &self.etcd else {
-            return Err(ApiError::Internal(
-                "the fleet's versions record exists in etcd mode only".into(),
-            ));
+            return self.switch_here(promote).await;
         };
-        let mine = Versions::of(&self.decider);
+        let mine = Versions::of(&self.bundles);
         let change = if promote { "promote" } else { "rollback" };
         let updated = self
             .update::<Desired>(etcd, &etcd.keys.versions, |current| {
@@ -539,9 +551,27 @@ impl Control {
         }
     }
 
+    /// Promotes (or rolls back) this node's own models (static mode).
+    async fn switch_here(&self, promote: bool) -> Result<ModelsOutcome, ApiError> {
+        let worlds = self.bundles.worlds();
+        let default_model = if promote {
+            worlds.promote().await
+        } else {
+            worlds.rollback().await
+        }?;
+        Ok(ModelsOutcome {
+            desired: Versions::of(&self.bundles),
+            members: vec![MemberModels {
+                node_id: self.node_id.clone(),
+                default_model,
+                converged: true,
+            }],
+        })
+    }
+
     /// Each member's default model and whether it serves the models of `desired`.
     fn member_models(&self, etcd: &Etcd, desired: &Versions) -> Vec<MemberModels> {
-        let mine = Versions::of(&self.decider);
+        let mine = Versions::of(&self.bundles);
         let mirror = self.mirror.borrow();
         self.members(etcd)
             .into_iter()
@@ -771,7 +801,7 @@ impl Control {
 
     /// Creates the versions record from what this node serves, unless another node did first.
     async fn seed(&self, etcd: &Etcd) {
-        let mine = Versions::of(&self.decider);
+        let mine = Versions::of(&self.bundles);
         let node = format!("node {}", self.node_id);
         let seeded = self
             .update::<Desired>(etcd, &etcd.keys.versions, |current| {
@@ -821,8 +851,8 @@ impl Control {
                 now
             }
         };
-        let worlds = self.decider.worlds();
-        let loaded = Versions::of(&self.decider);
+        let worlds = self.bundles.worlds();
+        let loaded = Versions::of(&self.bundles);
         if let Some(step) = fleet::step(&loaded, &desired.versions) {
             let (done, action) = match step {
                 Step::Promote => (worlds.promote().await, "promote_model"),
@@ -839,7 +869,7 @@ impl Control {
                         desired.revision, desired.change, desired.changed_by
                     );
                     let details = serde_json::json!({"default_model": default_model});
-                    if let Err(e) = self.decider.audit_action(action, &by, details).await {
+                    if let Err(e) = self.logs.audit_action(action, &by, details).await {
                         tracing::warn!(target: "aisle::control", error = %e, action,
                             "the decision trail could not record a model switch");
                     }
@@ -848,7 +878,7 @@ impl Control {
                     "could not switch models to follow the fleet's versions record"),
             }
         }
-        let mine = Versions::of(&self.decider);
+        let mine = Versions::of(&self.bundles);
         let skew = fleet::skew(&mine, &desired.versions);
         metrics::gauge!("aisle_fleet_version_skew").set(if skew.is_empty() { 0.0 } else { 1.0 });
         if skew != local.skew {
@@ -908,7 +938,7 @@ impl Control {
     async fn publish(&self, etcd: &Etcd) {
         let me = Loaded {
             node_id: self.node_id.clone(),
-            versions: Versions::of(&self.decider),
+            versions: Versions::of(&self.bundles),
             kill_switch_revision: self.applied_switches().max(0) as u64,
         };
         let held = self
@@ -953,7 +983,7 @@ mod tests {
         serde_json::to_vec(&Loaded {
             node_id: node.into(),
             versions: Versions {
-                rules: rules.into(),
+                bundles: [("rules".to_string(), rules.to_string())].into(),
                 ..Versions::default()
             },
             kill_switch_revision: 0,

@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use aisle_node::server::{Prepared, embedded_experiments, embedded_rules};
+use aisle_node::bundles::{Prepared, embedded_experiments, embedded_rules};
 use aisle_node::{Config, RunningNode};
 use aisle_proto::v1 as pb;
 use aisle_proto::v1::admin_service_client::AdminServiceClient;
@@ -23,7 +23,9 @@ pub fn demo() -> Prepared {
     static DEMO: OnceLock<(Arc<aisle_domain::catalog::Catalog>, aisle_ranking::Model)> =
         OnceLock::new();
     let (catalog, model) = DEMO
-        .get_or_init(|| aisle_node::world::demo(aisle_domain::now_ms()).expect("demo trains"))
+        .get_or_init(|| {
+            aisle_node::bundles::demo::demo(aisle_domain::now_ms()).expect("demo trains")
+        })
         .clone();
     Prepared {
         catalog: Some(catalog),
@@ -226,7 +228,7 @@ pub fn fallback_series(metrics: &str) -> Vec<(Vec<(String, String)>, f64)> {
 /// Asserts that every `aisle_fallbacks_total` series is labelled by `stage` and `reason` only, with values from
 /// their closed sets (so node ids, epochs and error text never make new series); returns the total count.
 pub fn assert_bounded_fallback_labels(metrics: &str) -> f64 {
-    use aisle_node::decision::{Reason, Stage};
+    use aisle_node::engine::decision::{Reason, Stage};
     let stages: Vec<&str> = Stage::ALL.iter().map(|s| s.as_str()).collect();
     let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
     let series = fallback_series(metrics);

@@ -59,7 +59,7 @@ pub fn token_file() -> String {
     let entry = |name: &str, token: &str, scopes: &str, stores: &str| {
         format!(
             "[[token]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = [{scopes}]\n{stores}\n",
-            aisle_node::auth::token_sha256_hex(token)
+            aisle_node::security::auth::token_sha256_hex(token)
         )
     };
     let all = "\"decide\", \"track\", \"subscribe\", \"admin:read\", \"admin:write\"";

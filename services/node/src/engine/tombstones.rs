@@ -1,0 +1,124 @@
+//! Tombstones: forgotten shoppers, by pseudonym, with when they were forgotten. A copy of a session written before
+//! that — kept by a fenced old owner, in a hand-off batch or a replica in flight, queued in an outbox or at a store
+//! edge — is dropped instead of installed, for as long as any such copy can exist.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Tombstones kept at once; beyond it the oldest go first (an erasure flood cannot grow memory without bound).
+pub const MAX_TOMBSTONES: usize = 100_000;
+
+/// Forgotten shoppers, by pseudonym, with when they were forgotten: a copy of a session written before that (on a
+/// fenced old owner, or in a hand-off in flight) is dropped instead of installed. Kept for `ttl`, which must outlive
+/// any copy: `tombstone_ttl_secs` is validated to exceed the session idle TTL (after which every kept copy has been
+/// passivated) plus two leases.
+#[derive(Debug)]
+pub struct Tombstones {
+    ttl_ms: i64,
+    by_ref: Mutex<HashMap<String, i64>>,
+    /// How many the map holds, kept beside it so that the question asked on request paths — is any held? —
+    /// takes no lock.
+    held: AtomicUsize,
+}
+
+impl Tombstones {
+    /// Tombstones kept for `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+            by_ref: Mutex::new(HashMap::new()),
+            held: AtomicUsize::new(0),
+        }
+    }
+
+    /// Records that the shopper named `shopper_ref` was forgotten at `at_ms`. Returns whether this is news (no
+    /// tombstone as recent was held).
+    pub fn record(&self, shopper_ref: &str, at_ms: i64) -> bool {
+        let now = aisle_domain::now_ms();
+        if at_ms.saturating_add(self.ttl_ms) <= now {
+            return false;
+        }
+        let mut by_ref = self.by_ref.lock().expect("tombstones lock");
+        if by_ref.len() >= MAX_TOMBSTONES {
+            by_ref.retain(|_, at| at.saturating_add(self.ttl_ms) > now);
+            while by_ref.len() >= MAX_TOMBSTONES {
+                let oldest = by_ref
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(r, _)| r.clone())
+                    .expect("non-empty");
+                by_ref.remove(&oldest);
+                metrics::counter!("aisle_tombstones_evicted_total").increment(1);
+            }
+        }
+        let entry = by_ref.entry(shopper_ref.to_string()).or_insert(i64::MIN);
+        let news = *entry < at_ms;
+        *entry = (*entry).max(at_ms);
+        self.held.store(by_ref.len(), Ordering::Release);
+        metrics::gauge!("aisle_tombstones").set(by_ref.len() as f64);
+        news
+    }
+
+    /// Whether a session of the shopper named `shopper_ref` last written at `version` (ms, the writer's clock)
+    /// must not be installed: it was forgotten at or after that.
+    pub fn blocks(&self, shopper_ref: &str, version: u64) -> bool {
+        self.blocks_at(shopper_ref, version, aisle_domain::now_ms())
+    }
+
+    fn blocks_at(&self, shopper_ref: &str, version: u64, now: i64) -> bool {
+        let by_ref = self.by_ref.lock().expect("tombstones lock");
+        by_ref.get(shopper_ref).is_some_and(|&at| {
+            at.saturating_add(self.ttl_ms) > now && i64::try_from(version).unwrap_or(i64::MAX) <= at
+        })
+    }
+
+    /// Whether any tombstone is held (installs skip the pseudonym computation when none is).
+    pub fn is_empty(&self) -> bool {
+        self.held.load(Ordering::Acquire) == 0
+    }
+
+    /// The live tombstones: (pseudonym, forgotten at ms).
+    pub fn live(&self) -> Vec<(String, i64)> {
+        let now = aisle_domain::now_ms();
+        let mut by_ref = self.by_ref.lock().expect("tombstones lock");
+        by_ref.retain(|_, at| at.saturating_add(self.ttl_ms) > now);
+        self.held.store(by_ref.len(), Ordering::Release);
+        by_ref.iter().map(|(r, at)| (r.clone(), *at)).collect()
+    }
+
+    /// Until when a tombstone recorded at `at_ms` is kept.
+    pub fn until_ms(&self, at_ms: i64) -> i64 {
+        at_ms.saturating_add(self.ttl_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tombstones_block_older_copies_until_they_expire() {
+        let t = Tombstones::new(Duration::from_secs(60));
+        let now = aisle_domain::now_ms();
+        assert!(t.record("r1", now));
+        assert!(!t.record("r1", now - 5), "an older erasure is no news");
+        assert!(
+            t.blocks("r1", (now - 1_000) as u64),
+            "a copy from before the erasure"
+        );
+        assert!(t.blocks("r1", now as u64));
+        assert!(
+            !t.blocks("r1", (now + 1) as u64),
+            "written after the erasure: a new session"
+        );
+        assert!(!t.blocks("r2", 0));
+        assert!(!t.record("old", now - 61_000), "already expired");
+        assert_eq!(t.live(), vec![("r1".to_string(), now)]);
+        assert!(
+            !t.blocks_at("r1", 0, now + 60_000),
+            "an expired tombstone blocks nothing"
+        );
+    }
+}

@@ -14,7 +14,7 @@
 //! - [`auth`] and [`tls`]: who may call what, and transport security (certificates re-read without a restart).
 //! - [`http`], [`metrics`], [`readiness`]: the HTTP plane.
 //! - [`control`]: the control records in etcd — kill switches, the fleet's versions and what each member serves.
-//! - [`cli`] and [`client`]: the `aisle` command line.
+//! - [`cli`]: the `aisle` command line, one file per command group; the crate's top (nothing here imports it).
 
 #![forbid(unsafe_code)]
 
@@ -25,7 +25,6 @@ pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod cli;
-pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod control;

@@ -20,7 +20,6 @@ pub mod api;
 pub mod audit;
 pub mod bundles;
 pub mod cli;
-pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod control;

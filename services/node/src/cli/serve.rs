@@ -1,73 +1,11 @@
-//! The `aisle` command line: `serve` runs a node; the other commands are clients of a running node.
+//! `aisle serve`'s options ([`ServeArgs`]) and their conversion to a [`Config`]: defaults, then the TOML file,
+//! then environment variables and flags.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 
 use crate::config::{ClusterMode, Config, LogFormat};
-
-/// Aisle: real-time decisioning for retail personalization.
-#[derive(Debug, Parser)]
-#[command(name = "aisle", version)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Commands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run a node (with no bundles given: the embedded demo world).
-    Serve(Box<ServeArgs>),
-    /// Ask a node for a decision.
-    Decide(crate::client::DecideArgs),
-    /// Send a shopper event to a node.
-    Track(crate::client::TrackArgs),
-    /// Stream a store's assist events, as a handheld does.
-    Subscribe(crate::client::SubscribeArgs),
-    /// Erase what a node holds about a shopper.
-    Forget(crate::client::ForgetArgs),
-    /// List the bundles a node has loaded.
-    Bundles(crate::client::AddrArgs),
-    /// Inject a fault into a node's decide pipeline (the node must run with --fault-injection).
-    Fault(crate::client::FaultArgs),
-    /// Show what the shopper's owner holds about a shopper.
-    Describe(crate::client::ForgetArgs),
-    /// Show a node's view of the cluster (members, epoch, a shopper's owner).
-    Cluster(crate::client::ClusterArgs),
-    /// Switch models on every member: promote the candidate to default, or roll back.
-    Model(crate::client::ModelArgs),
-    /// Turn a kill switch on or off: decisions for a surface and/or channel answer from RULES or GENERIC instead
-    /// of the model (on every member, at once, in etcd mode).
-    KillSwitch(crate::client::KillSwitchArgs),
-    /// Check a decision trail offline (no node needed).
-    #[command(subcommand)]
-    Audit(AuditCommand),
-    /// Write the demo world's bundles (catalog.json, model.bin) to a directory, for nodes started with
-    /// --data-dir (a cluster's nodes then serve identical data).
-    ExportDemo {
-        /// Output directory (created if missing).
-        #[arg(long)]
-        out: PathBuf,
-    },
-}
-
-/// `aisle audit` commands.
-#[derive(Debug, Subcommand)]
-pub enum AuditCommand {
-    /// Verify hash-chained decision trails: exit 0 when every chain is intact, 1 naming the first bad record
-    /// otherwise. Each PATH is a live trail file (its sealed segments and head file beside it are included), a
-    /// sealed segment, or a directory.
-    Verify {
-        /// Trail files or directories.
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
 
 /// `aisle serve` options. Each has an environment variable; a TOML file (`--config`) may set any of them too.
 /// Flags win over the environment, which wins over the file.
@@ -367,6 +305,8 @@ fn region_consent(s: &str) -> Result<(String, bool), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
 
     #[test]
     fn flags_override_the_file() {
@@ -443,7 +383,7 @@ mod tests {
     /// The documented systemd unit and example configuration of a store edge are what `aisle serve` accepts.
     #[test]
     fn the_edge_unit_and_its_example_configuration_parse() {
-        let unit = include_str!("../../../deploy/edge/aisle-edge.service");
+        let unit = include_str!("../../../../deploy/edge/aisle-edge.service");
         let exec = unit
             .lines()
             .find_map(|l| l.strip_prefix("ExecStart="))
@@ -451,7 +391,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("aisle-cli-edge-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("edge.toml");
-        std::fs::write(&config, include_str!("../../../deploy/edge/edge.toml")).unwrap();
+        std::fs::write(&config, include_str!("../../../../deploy/edge/edge.toml")).unwrap();
         let args: Vec<String> = exec
             .split_whitespace()
             .skip(1)

@@ -36,6 +36,9 @@ pub mod security;
 pub mod server;
 pub mod shopper;
 
+#[cfg(test)]
+mod testing;
+
 pub use bundles::{Prepared, prepare};
 pub use config::Config;
 pub use server::{RunningNode, run, start};

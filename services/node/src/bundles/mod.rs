@@ -206,7 +206,7 @@ pub(crate) mod tests {
     use aisle_domain::bundle::sha256_hex;
 
     use super::*;
-    use crate::engine::testing;
+    use crate::testing;
 
     /// The small test world as start-up bundles: its catalog and model, the embedded rules and experiments.
     pub(crate) fn prepared() -> Prepared {

@@ -93,9 +93,39 @@ pub async fn follow_views(holdings: Holdings, cluster: Arc<Cluster>) {
 /// other member this node is done for the epoch.
 pub async fn hand_off(holdings: &Holdings, cluster: &Arc<Cluster>, view: &SharedView) -> usize {
     let started = Instant::now();
-    let me = cluster.node_id.clone();
-    let select_view = view.clone();
-    let select_me = me.clone();
+    let (moved, by_owner) = seal(holdings, &cluster.node_id, view).await;
+    let mut refused = Vec::new();
+    for (addr, records) in by_owner {
+        for chunk in records.chunks(BATCH) {
+            if let Err(back) = send(cluster, &addr, view, chunk.to_vec(), false).await {
+                refused.extend(back);
+            }
+        }
+    }
+    if !refused.is_empty() {
+        reroute(holdings, cluster, view, refused).await;
+    }
+    done_everywhere(holdings, cluster, view).await;
+    metrics::counter!("aisle_handoff_sessions_sent_total").increment(moved as u64);
+    if moved > 0 {
+        tracing::info!(
+            epoch = view.epoch,
+            sessions = moved,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "sessions handed off"
+        );
+    }
+    moved
+}
+
+/// Exports (removes) the sessions `me` no longer owns under `view`, drops their cached decisions, and groups them,
+/// in portable form, by their new owner's address. Returns how many were exported, and the groups.
+async fn seal(
+    holdings: &Holdings,
+    me: &str,
+    view: &SharedView,
+) -> (usize, HashMap<String, Vec<pb::SessionRecord>>) {
+    let (select_view, select_me) = (view.clone(), me.to_string());
     let leaving = holdings
         .shoppers
         .sessions
@@ -128,18 +158,12 @@ pub async fn hand_off(holdings: &Holdings, cluster: &Arc<Cluster>, view: &Shared
                 });
         }
     }
-    let moved = leaving.len();
-    let mut refused = Vec::new();
-    for (addr, records) in by_owner {
-        for chunk in records.chunks(BATCH) {
-            if let Err(back) = send(cluster, &addr, view, chunk.to_vec(), false).await {
-                refused.extend(back);
-            }
-        }
-    }
-    if !refused.is_empty() {
-        reroute(holdings, cluster, view, refused).await;
-    }
+    (leaving.len(), by_owner)
+}
+
+/// Tells every other member of `view`, at once, that this node is done for it, with its live tombstones: one that
+/// does not answer delays nobody else's barrier.
+async fn done_everywhere(holdings: &Holdings, cluster: &Arc<Cluster>, view: &SharedView) {
     let tombstones: Vec<pb::Tombstone> = holdings
         .shoppers
         .tombstones
@@ -150,11 +174,10 @@ pub async fn hand_off(holdings: &Holdings, cluster: &Arc<Cluster>, view: &Shared
             forgotten_at_ms,
         })
         .collect();
-    // To every member at once: one that does not answer delays nobody else's barrier.
     let others: Vec<Member> = view
         .members
         .iter()
-        .filter(|m| m.node_id != me)
+        .filter(|m| m.node_id != cluster.node_id)
         .cloned()
         .collect();
     fanout::ask(others, DONE_WITHIN, |m| {
@@ -170,16 +193,6 @@ pub async fn hand_off(holdings: &Holdings, cluster: &Arc<Cluster>, view: &Shared
         }
     })
     .await;
-    metrics::counter!("aisle_handoff_sessions_sent_total").increment(moved as u64);
-    if moved > 0 {
-        tracing::info!(
-            epoch = view.epoch,
-            sessions = moved,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "sessions handed off"
-        );
-    }
-    moved
 }
 
 /// How long sessions a peer refused (their views differed) keep being routed again before they count as lost.

@@ -851,6 +851,16 @@ impl Control {
                 now
             }
         };
+        self.step_towards(desired).await;
+        let (mine, skew) = self.report_skew(local, desired);
+        if skew.is_empty() || now.duration_since(since) < ADOPT_AFTER {
+            return;
+        }
+        self.adopt(etcd, desired, &mine, &skew).await;
+    }
+
+    /// Promotes or rolls back this node's models when that brings them to the record's, and records it.
+    async fn step_towards(&self, desired: &Desired) {
         let worlds = self.bundles.worlds();
         let loaded = Versions::of(&self.bundles);
         if let Some(step) = fleet::step(&loaded, &desired.versions) {
@@ -878,6 +888,10 @@ impl Control {
                     "could not switch models to follow the fleet's versions record"),
             }
         }
+    }
+
+    /// Where this node differs from the record (the gauge, and a log line when it changes); what it serves.
+    fn report_skew(&self, local: &mut Local, desired: &Desired) -> (Versions, Vec<&'static str>) {
         let mine = Versions::of(&self.bundles);
         let skew = fleet::skew(&mine, &desired.versions);
         metrics::gauge!("aisle_fleet_version_skew").set(if skew.is_empty() { 0.0 } else { 1.0 });
@@ -892,9 +906,11 @@ impl Control {
             }
             local.skew.clone_from(&skew);
         }
-        if skew.is_empty() || now.duration_since(since) < ADOPT_AFTER {
-            return;
-        }
+        (mine, skew)
+    }
+
+    /// Records what this node serves when no member of its view serves the recorded versions any more.
+    async fn adopt(&self, etcd: &Etcd, desired: &Desired, mine: &Versions, skew: &[&'static str]) {
         let Some(view) = etcd.cluster.current() else {
             return;
         };
@@ -908,7 +924,7 @@ impl Control {
             .filter(|m| m.node_id != self.node_id)
             .map(|m| mirror.loaded.get(&m.node_id).map(|l| &l.value.versions))
             .collect();
-        let Some(next) = fleet::adopted(&mine, &desired.versions, &others) else {
+        let Some(next) = fleet::adopted(mine, &desired.versions, &others) else {
             return;
         };
         let node = format!("node {}", self.node_id);

@@ -18,6 +18,3 @@ pub mod faults;
 pub mod kill_switch;
 pub mod shoppers;
 pub mod tombstones;
-
-#[cfg(test)]
-pub(crate) mod testing;

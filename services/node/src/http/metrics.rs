@@ -90,7 +90,7 @@ enum Kind {
 }
 use Kind::{Counter, Gauge, Histogram};
 
-/// The node's metrics and what each means (the journal describes its own), in the order `/metrics` lists them.
+/// The node's metrics and what each means (the logs describe their own), in the order `/metrics` lists them.
 const DESCRIBED: &[(Kind, &str, &str)] = &[
     (
         Histogram,
@@ -305,7 +305,6 @@ pub fn describe() {
             Histogram => metrics::describe_histogram!(name, metrics::Unit::Seconds, help),
         }
     }
-    crate::journal::describe_metrics();
 }
 
 /// Renders `/metrics`: the recorder's series, then the process series read now.

@@ -419,6 +419,50 @@ impl Refusal {
     }
 }
 
+/// The identity a request's credential names: its bearer token, else its verified client certificate's common
+/// name; why not (a refusal and its status) when it names none in the table.
+fn identify(
+    table: &Table,
+    authorization: Option<&[u8]>,
+    conn: Option<&ConnInfo>,
+) -> Result<Identity, (Refusal, Status)> {
+    let invalid = |message: String| Err((Refusal::Invalid, Status::unauthenticated(message)));
+    if let Some(value) = authorization {
+        let token = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| {
+                let (scheme, rest) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            })
+            .filter(|t| !t.is_empty());
+        let Some(token) = token else {
+            return invalid("authorization: expected `Bearer <token>`".into());
+        };
+        return match table.token(token) {
+            Some(id) => Ok(id.clone()),
+            None => invalid("authorization: unknown or revoked token".into()),
+        };
+    }
+    let cn = conn
+        .and_then(|c| c.client_certs.as_ref())
+        .and_then(|certs| certs.first())
+        .and_then(crate::security::tls::common_name);
+    match cn {
+        Some(cn) => match table.certificate(&cn) {
+            Some(id) => Ok(id.clone()),
+            None => invalid(format!(
+                "client certificate CN {cn:?} is not in the token file"
+            )),
+        },
+        None => Err((
+            Refusal::Missing,
+            Status::unauthenticated(
+                "missing credential: send `authorization: Bearer <token>` or a client certificate",
+            ),
+        )),
+    }
+}
+
 /// Authenticates and authorizes one request. `None` credentials: an open node, every caller anonymous.
 ///
 /// # Errors
@@ -449,59 +493,9 @@ pub fn check(
     if need == Required::Nothing {
         return Ok(None);
     }
-    let table = credentials.table();
-    let identity = match authorization {
-        Some(value) => {
-            let token = std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| {
-                    let (scheme, rest) = v.split_once(' ')?;
-                    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-                })
-                .filter(|t| !t.is_empty());
-            let Some(token) = token else {
-                return refuse(
-                    Refusal::Invalid,
-                    Status::unauthenticated("authorization: expected `Bearer <token>`"),
-                );
-            };
-            match table.token(token) {
-                Some(id) => id.clone(),
-                None => {
-                    return refuse(
-                        Refusal::Invalid,
-                        Status::unauthenticated("authorization: unknown or revoked token"),
-                    );
-                }
-            }
-        }
-        None => {
-            let cn = conn
-                .and_then(|c| c.client_certs.as_ref())
-                .and_then(|certs| certs.first())
-                .and_then(crate::security::tls::common_name);
-            match cn {
-                Some(cn) => match table.certificate(&cn) {
-                    Some(id) => id.clone(),
-                    None => {
-                        return refuse(
-                            Refusal::Invalid,
-                            Status::unauthenticated(format!(
-                                "client certificate CN {cn:?} is not in the token file"
-                            )),
-                        );
-                    }
-                },
-                None => {
-                    return refuse(
-                        Refusal::Missing,
-                        Status::unauthenticated(
-                            "missing credential: send `authorization: Bearer <token>` or a client certificate",
-                        ),
-                    );
-                }
-            }
-        }
+    let identity = match identify(&credentials.table(), authorization, conn) {
+        Ok(identity) => identity,
+        Err((why, status)) => return refuse(why, status),
     };
     if let Required::Scope(scope) = need
         && !identity.has(scope)

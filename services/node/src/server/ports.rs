@@ -18,7 +18,9 @@ use aisle_proto::v1::peer_service_server::PeerServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_reflection::server::{v1, v1alpha};
+use tower::layer::util::{Identity, Stack};
 
 use super::MAX_REQUEST_BYTES;
 use super::admission::AdmissionLayer;
@@ -83,97 +85,142 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Serves gRPC on the node's ports until `shutdown_rx` says stop. Returns the server tasks and the health
-/// reporter.
+/// What every port's server is built from.
+struct Serving<'a> {
+    node: &'a Arc<Node>,
+    security: &'a Security,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The tower layers in front of the client and admin ports: authentication, then admission.
+type Layers = Stack<AdmissionLayer, Stack<AuthLayer, Identity>>;
+
+impl Serving<'_> {
+    fn config(&self) -> &Config {
+        &self.node.config
+    }
+
+    fn layers(&self) -> Layers {
+        tower::ServiceBuilder::new()
+            .layer(AuthLayer::new(self.security.credentials.clone()))
+            .layer(AdmissionLayer::new(self.config().max_inflight_requests))
+            .into_inner()
+    }
+
+    fn admin(&self) -> AdminServiceServer<AdminApi> {
+        AdminServiceServer::new(AdminApi::new(self.node.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+    }
+
+    /// The client port: Decide, Track, Subscribe; EdgeService on a cloud node; AdminService when it has no port
+    /// of its own; health and reflection.
+    fn client<H: Health>(
+        &self,
+        listener: TcpListener,
+        edge: Option<Arc<EdgeRole>>,
+        health: HealthServer<H>,
+        with_admin: bool,
+    ) -> anyhow::Result<ServerTask> {
+        let (node, config) = (self.node, self.config());
+        let decision = DecisionServiceServer::new(DecisionApi::new(node.clone(), edge))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let associate =
+            AssociateServiceServer::new(AssociateApi::new(node.clone(), self.shutdown.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES);
+        // Store edges call the cloud; an edge serves no edges. An upload wraps one shopper's events of a Track the
+        // edge accepted (at most MAX_REQUEST_BYTES): room for the wrapper, so that no accepted event is refused for
+        // its size on the way up.
+        let edges = (config.role == Role::Cloud).then(|| {
+            EdgeServiceServer::new(EdgeApi::new(node.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES + 16 * 1024)
+        });
+        let (r1, r1a) = reflection(config)?;
+        let tls = self.security.client_tls.clone();
+        let server = server_builder(config)
+            .layer(self.layers())
+            .add_service(decision)
+            .add_service(associate)
+            .add_optional_service(edges)
+            .add_optional_service(with_admin.then(|| self.admin()))
+            .add_service(health)
+            .add_optional_service(r1)
+            .add_optional_service(r1a)
+            .serve_with_incoming_shutdown(
+                incoming(listener, tls, config.max_connections, "client"),
+                stopped(self.shutdown.clone()),
+            );
+        Ok(tokio::spawn(server))
+    }
+
+    /// The admin port: AdminService, health and reflection, behind the same layers as the client port.
+    fn admin_port<H: Health>(
+        &self,
+        listener: TcpListener,
+        health: HealthServer<H>,
+    ) -> anyhow::Result<ServerTask> {
+        let config = self.config();
+        let (r1, r1a) = reflection(config)?;
+        let tls = self.security.client_tls.clone();
+        let server = server_builder(config)
+            .layer(self.layers())
+            .add_service(self.admin())
+            .add_service(health)
+            .add_optional_service(r1)
+            .add_optional_service(r1a)
+            .serve_with_incoming_shutdown(
+                incoming(listener, tls, config.max_connections, "admin"),
+                stopped(self.shutdown.clone()),
+            );
+        Ok(tokio::spawn(server))
+    }
+
+    /// The peer port: PeerService and health, mutual TLS only (no tokens: peers prove themselves by certificate).
+    fn peer_port<H: Health>(
+        &self,
+        listener: TcpListener,
+        holdings: Holdings,
+        health: HealthServer<H>,
+    ) -> ServerTask {
+        let config = self.config();
+        // Peer messages carry hand-off batches: allow them to be large (up to max_peer_message_bytes).
+        let peer = PeerServiceServer::new(PeerApi::new(self.node.clone(), holdings))
+            .max_decoding_message_size(config.max_peer_message_bytes)
+            .max_encoding_message_size(config.max_peer_message_bytes);
+        let tls = self.security.peer_tls.clone();
+        let server = server_builder(config)
+            .layer(AdmissionLayer::new(config.max_inflight_requests))
+            .add_service(peer)
+            .add_service(health)
+            .serve_with_incoming_shutdown(
+                incoming(listener, tls, config.max_connections, "peer"),
+                stopped(self.shutdown.clone()),
+            );
+        tokio::spawn(server)
+    }
+}
+
+/// Serves gRPC on the node's ports until `shutdown` says stop. Returns the server tasks and the health reporter.
 pub(super) fn serve_grpc(
     node: &Arc<Node>,
     edge: Option<Arc<EdgeRole>>,
     holdings: Holdings,
     ports: Ports,
     security: &Security,
-    shutdown_rx: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(Vec<ServerTask>, tonic_health::server::HealthReporter)> {
-    let config = &node.config;
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    let admin = AdminServiceServer::new(AdminApi::new(node.clone()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let layers = || {
-        tower::ServiceBuilder::new()
-            .layer(AuthLayer::new(security.credentials.clone()))
-            .layer(AdmissionLayer::new(config.max_inflight_requests))
-            .into_inner()
+    let serving = Serving {
+        node,
+        security,
+        shutdown,
     };
-    let mut tasks = Vec::new();
-    let decision = DecisionServiceServer::new(DecisionApi::new(node.clone(), edge))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let associate =
-        AssociateServiceServer::new(AssociateApi::new(node.clone(), shutdown_rx.clone()))
-            .max_decoding_message_size(MAX_REQUEST_BYTES);
-    // Store edges call the cloud; an edge serves no edges. An upload wraps one shopper's events of a Track the
-    // edge accepted (at most MAX_REQUEST_BYTES): room for the wrapper, so that no accepted event is refused for its
-    // size on the way up.
-    let edges = (config.role == Role::Cloud).then(|| {
-        EdgeServiceServer::new(EdgeApi::new(node.clone()))
-            .max_decoding_message_size(MAX_REQUEST_BYTES + 16 * 1024)
-    });
-    let (r1, r1a) = reflection(config)?;
-    let client = server_builder(config)
-        .layer(layers())
-        .add_service(decision)
-        .add_service(associate)
-        .add_optional_service(edges)
-        .add_optional_service(ports.admin.is_none().then(|| admin.clone()))
-        .add_service(health.clone())
-        .add_optional_service(r1)
-        .add_optional_service(r1a)
-        .serve_with_incoming_shutdown(
-            incoming(
-                ports.grpc,
-                security.client_tls.clone(),
-                config.max_connections,
-                "client",
-            ),
-            stopped(shutdown_rx.clone()),
-        );
-    tasks.push(tokio::spawn(client));
+    let with_admin = ports.admin.is_none();
+    let mut tasks = vec![serving.client(ports.grpc, edge, health.clone(), with_admin)?];
     if let Some(listener) = ports.admin {
-        let (r1, r1a) = reflection(config)?;
-        let server = server_builder(config)
-            .layer(layers())
-            .add_service(admin)
-            .add_service(health.clone())
-            .add_optional_service(r1)
-            .add_optional_service(r1a)
-            .serve_with_incoming_shutdown(
-                incoming(
-                    listener,
-                    security.client_tls.clone(),
-                    config.max_connections,
-                    "admin",
-                ),
-                stopped(shutdown_rx.clone()),
-            );
-        tasks.push(tokio::spawn(server));
+        tasks.push(serving.admin_port(listener, health.clone())?);
     }
     if let Some(listener) = ports.peer {
-        // Peer messages carry hand-off batches: allow them to be large (up to max_peer_message_bytes).
-        let peer = PeerServiceServer::new(PeerApi::new(node.clone(), holdings))
-            .max_decoding_message_size(config.max_peer_message_bytes)
-            .max_encoding_message_size(config.max_peer_message_bytes);
-        let server = server_builder(config)
-            .layer(AdmissionLayer::new(config.max_inflight_requests))
-            .add_service(peer)
-            .add_service(health)
-            .serve_with_incoming_shutdown(
-                incoming(
-                    listener,
-                    security.peer_tls.clone(),
-                    config.max_connections,
-                    "peer",
-                ),
-                stopped(shutdown_rx),
-            );
-        tasks.push(tokio::spawn(server));
+        tasks.push(serving.peer_port(listener, holdings, health));
     }
     Ok((tasks, health_reporter))
 }

@@ -200,7 +200,7 @@ mod tests {
 
     use super::*;
     use crate::engine::cache::CachedItem;
-    use crate::engine::testing::{served, viewed};
+    use crate::testing::{served, viewed};
 
     fn input(limit: usize) -> DecideInput {
         DecideInput {

@@ -10,6 +10,7 @@
 //! - [`push`] and [`assist`]: per-store assist events for associates' handhelds.
 //! - [`cache`], [`faults`], [`admission`]: the CACHED rung, fault injection and overload protection.
 //! - [`journal`] and [`audit`]: segmented logs (the event log; the hash-chained decision trail) and what they record.
+//! - [`durable`]: writing files that must survive a crash (atomic replacement, directory sync, numbered segments).
 //! - [`privacy`] and [`erasure`]: keyed pseudonyms and tombstones; ForgetShopper and access requests on every member.
 //! - [`auth`] and [`tls`]: who may call what, and transport security (certificates re-read without a restart).
 //! - [`http`], [`metrics`], [`readiness`]: the HTTP plane.
@@ -31,6 +32,7 @@ pub mod config;
 pub mod control;
 pub mod decider;
 pub mod decision;
+pub mod durable;
 pub mod edge;
 pub mod erasure;
 pub mod error;

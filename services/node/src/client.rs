@@ -1044,7 +1044,8 @@ pub async fn model(a: ModelArgs) -> anyhow::Result<()> {
 /// # Errors
 /// The first bad record (file, line, seq and what is wrong), or an unreadable path.
 pub fn audit_verify(paths: &[std::path::PathBuf], as_json: bool) -> anyhow::Result<()> {
-    let report = crate::journal::verify(paths).map_err(|e| anyhow::anyhow!("chain broken: {e}"))?;
+    let report =
+        crate::logs::journal::verify(paths).map_err(|e| anyhow::anyhow!("chain broken: {e}"))?;
     for c in &report.chains {
         let text = format!(
             "{}: intact, {} record(s) in {} segment(s), seq {}..={}{}{}{}",

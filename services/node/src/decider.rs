@@ -44,14 +44,14 @@ use aisle_session::{AssistSignal, Delivery, SessionContext, SessionError, Sessio
 use metrics::{Counter, Histogram};
 use tokio::time::Instant;
 
-use crate::audit::{AdminRecord, AuditLog, EventLog, decision_entry};
 use crate::cache::{CachedDecision, CachedItem, DecisionCache};
 use crate::control::kill_switch::{Switchboard, Switched};
 use crate::decision::{
     DecideInput, DecidedItem, Decision, Fallback, Reason, Serve, Stage, Tier, TrackOutcome,
 };
 use crate::faults::{self, Faults, Mode};
-use crate::journal::{Entry, Journal};
+use crate::logs::audit::{AdminRecord, AuditLog, EventLog, decision_entry};
+use crate::logs::journal::{Entry, Journal};
 use crate::privacy::{Pseudonyms, Tombstones};
 use crate::world::{World, Worlds};
 

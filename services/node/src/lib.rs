@@ -9,8 +9,8 @@
 //! - [`world`]: the catalog and models as one snapshot, owned by the world keeper actor.
 //! - [`push`] and [`assist`]: per-store assist events for associates' handhelds.
 //! - [`cache`], [`faults`], [`admission`]: the CACHED rung, fault injection and overload protection.
-//! - [`journal`] and [`audit`]: segmented logs (the event log; the hash-chained decision trail) and what they record.
-//! - [`durable`]: writing files that must survive a crash (atomic replacement, directory sync, numbered segments).
+//! - [`logs`]: the segmented logs (the event log; the hash-chained decision trail) and what they record;
+//!   [`durable`]: writing files that must survive a crash (atomic replacement, directory sync, numbered segments).
 //! - [`privacy`] and [`erasure`]: keyed pseudonyms and tombstones; ForgetShopper and access requests on every member.
 //! - [`auth`] and [`tls`]: who may call what, and transport security (certificates re-read without a restart).
 //! - [`http`], [`metrics`], [`readiness`]: the HTTP plane.
@@ -22,7 +22,6 @@
 pub mod admission;
 pub mod api;
 pub mod assist;
-pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod cli;
@@ -38,7 +37,7 @@ pub mod erasure;
 pub mod error;
 pub mod faults;
 pub mod http;
-pub mod journal;
+pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod outbox;

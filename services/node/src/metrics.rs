@@ -19,7 +19,7 @@
 //! | `aisle_bundle_loads_total`, `aisle_bundle_refused_total` | counter | kind | bundle swaps and refusals |
 //! | `aisle_inflight_requests` | gauge | | gRPC requests being handled |
 //! | `aisle_shed_requests_total` | counter | | requests refused with RESOURCE_EXHAUSTED |
-//! | `aisle_log_*` | | log | the logs' writers: records written, dropped, failed, write errors, syncs, health, bytes, segments, segments deleted (`journal::describe_metrics`) |
+//! | `aisle_log_*` | | log | the logs' writers: records written, dropped, failed, write errors, syncs, health, bytes, segments, segments deleted (`logs::journal::describe_metrics`) |
 //! | `aisle_erasures_total` | counter | | ForgetShopper erasures carried out on this node |
 //! | `aisle_tombstones` | gauge | | tombstones of forgotten shoppers held |
 //! | `aisle_handoff_sessions_tombstoned_total` | counter | | handed-off sessions dropped because their shopper was forgotten |
@@ -135,7 +135,7 @@ pub fn describe() {
         "aisle_shed_requests_total",
         "requests refused with RESOURCE_EXHAUSTED under overload"
     );
-    crate::journal::describe_metrics();
+    crate::logs::journal::describe_metrics();
     describe_counter!(
         "aisle_erasures_total",
         "ForgetShopper erasures carried out on this node"

@@ -40,6 +40,7 @@ use crate::config::{ClusterMode, Config};
 use crate::control::Control;
 use crate::decider::{Decider, DeciderParts};
 use crate::edge::feed::{BundleFiles, file_key};
+use crate::logs::journal::Journal;
 use crate::node::Node;
 use crate::outbox::{Outbox, OutboxLimits};
 use crate::privacy::{Pseudonyms, Tombstones};
@@ -335,7 +336,7 @@ async fn decider(
     cluster: &Arc<Cluster>,
     pseudonyms: Arc<Pseudonyms>,
 ) -> anyhow::Result<Decider> {
-    let (trail, events) = crate::audit::open_logs(config).await?;
+    let (trail, events) = crate::logs::audit::open_logs(config).await?;
     let worlds = Worlds::start(Initial {
         catalog: prepared.catalog,
         model: prepared.model,
@@ -745,10 +746,7 @@ pub async fn start(
     }));
     let logs = decider.logs();
     if !logs.is_empty() {
-        background.push(tokio::spawn(crate::audit::watch_health(
-            logs,
-            readiness.clone(),
-        )));
+        background.push(tokio::spawn(watch_logs(logs, readiness.clone())));
     }
     if let Some(outbox) = outbox {
         // Alone, a node owns everything: entries wait only when its session actors failed to answer.
@@ -880,6 +878,41 @@ async fn follow_membership(cluster: Arc<Cluster>, readiness: Arc<Readiness>) {
         tokio::select! {
             changed = views.changed() => if changed.is_err() { return },
             _ = tick.tick() => {}
+        }
+    }
+}
+
+/// Keeps `/readyz` telling whether each log can be written (checked every second): a log that cannot is loud —
+/// `degraded` in `/readyz`, a warning in the node's log — while the node keeps serving. It lives here, beside the
+/// other readiness watchers, so that the logs need nothing of the HTTP plane.
+async fn watch_logs(logs: Vec<Journal>, readiness: Arc<Readiness>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut was_failing = vec![false; logs.len()];
+    loop {
+        tick.tick().await;
+        for (log, was) in logs.iter().zip(was_failing.iter_mut()) {
+            let what = match log.name() {
+                "decisions" => "decision trail",
+                _ => "event log",
+            };
+            let health = log.health();
+            match &health.failing {
+                Some(f) => {
+                    if !*was {
+                        tracing::error!(log = log.name(), error = %f.error,
+                            "cannot write the log; keeping records in memory and retrying (see /readyz)");
+                    }
+                    readiness.degrade(what, format!("write failing: {}", f.error));
+                    *was = true;
+                }
+                None => {
+                    if *was {
+                        tracing::info!(log = log.name(), "the log is written again");
+                    }
+                    readiness.restore(what);
+                    *was = false;
+                }
+            }
         }
     }
 }

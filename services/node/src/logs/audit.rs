@@ -2,16 +2,13 @@
 //! shopper's pseudonym is the record's subject, which erasure redacts), and applied shopper events in the event log
 //! (the JSON lines `aisle-train` reads, the shopper named by pseudonym). Both are [`Journal`]s: written by a
 //! background task, so a request never waits on disk (an admin action does: its record is durable before the RPC
-//! returns).
-
-use std::sync::Arc;
+//! returns). [`open_logs`] opens both as the node's configuration says.
 
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::decision::{DecideInput, Decision};
-use crate::journal::{Entry, Journal, JournalConfig};
-use crate::readiness::Readiness;
+use crate::logs::journal::{Entry, Journal, JournalConfig};
 
 /// The decision trail (chained).
 pub type AuditLog = Journal;
@@ -147,38 +144,4 @@ async fn open_log(
         .await
         .map(Some)
         .with_context(|| format!("{what} {path}"))
-}
-
-/// Keeps `/readyz` telling whether each log can be written (checked every second): a log that cannot is loud —
-/// `degraded` in `/readyz`, a warning in the node's log — while the node keeps serving.
-pub async fn watch_health(logs: Vec<Journal>, readiness: Arc<Readiness>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut was_failing = vec![false; logs.len()];
-    loop {
-        tick.tick().await;
-        for (log, was) in logs.iter().zip(was_failing.iter_mut()) {
-            let what = match log.name() {
-                "decisions" => "decision trail",
-                _ => "event log",
-            };
-            let health = log.health();
-            match &health.failing {
-                Some(f) => {
-                    if !*was {
-                        tracing::error!(log = log.name(), error = %f.error,
-                            "cannot write the log; keeping records in memory and retrying (see /readyz)");
-                    }
-                    readiness.degrade(what, format!("write failing: {}", f.error));
-                    *was = true;
-                }
-                None => {
-                    if *was {
-                        tracing::info!(log = log.name(), "the log is written again");
-                    }
-                    readiness.restore(what);
-                    *was = false;
-                }
-            }
-        }
-    }
 }

@@ -36,6 +36,7 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::{Config, Role};
+use crate::durable;
 use crate::node::Node;
 use crate::outbox::QueuedTrack;
 
@@ -135,20 +136,6 @@ fn held_on_disk(dir: &Path) -> BTreeMap<String, Held> {
         }
     }
     held
-}
-
-/// Writes `bytes` to `path` durably: a temporary file, fsync, rename, fsync of the directory.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// The bundle kinds a node cannot start without.
@@ -342,13 +329,13 @@ impl Edge {
                 b.kind
             )));
         }
-        write_durably(&bundle_file(dir, &b.kind), &b.payload)?;
+        durable::replace(&bundle_file(dir, &b.kind), &b.payload)?;
         let held = Held {
             version: b.version.clone(),
             digest: b.digest.clone(),
             created_at_ms: b.created_at_ms,
         };
-        write_durably(
+        durable::replace(
             &dir.join(format!("{}.held.json", b.kind)),
             &serde_json::to_vec(&held).expect("serialises"),
         )?;
@@ -717,13 +704,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("aisle-edge-held-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let put = |kind: &str, bytes: &[u8], digest: String| {
-            write_durably(&bundle_file(&dir, kind), bytes).unwrap();
+            durable::replace(&bundle_file(&dir, kind), bytes).unwrap();
             let held = Held {
                 version: format!("{kind}-v1"),
                 digest,
                 created_at_ms: 7,
             };
-            write_durably(
+            durable::replace(
                 &dir.join(format!("{kind}.held.json")),
                 &serde_json::to_vec(&held).unwrap(),
             )
@@ -739,7 +726,7 @@ mod tests {
         assert_eq!(held.keys().collect::<Vec<_>>(), vec!["catalog"]);
         assert_eq!(held["catalog"].version, "catalog-v1");
         assert!(
-            !dir.join("catalog.tmp").exists(),
+            !durable::temp_path(&bundle_file(&dir, "catalog")).exists(),
             "no temporary file is left"
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -17,7 +17,6 @@
 #![warn(missing_docs)]
 
 pub mod api;
-pub mod audit;
 pub mod bundles;
 pub mod cli;
 pub mod cluster;
@@ -28,7 +27,6 @@ pub mod edge;
 pub mod engine;
 pub mod error;
 pub mod http;
-pub mod journal;
 pub mod logs;
 pub mod node;
 pub mod push;

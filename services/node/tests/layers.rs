@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["shopper", "edge"],
     &["node"],
     &["cluster", "control", "push"],
-    &["engine", "bundles", "logs", "durable", "audit", "journal"],
+    &["engine", "bundles", "logs", "durable"],
     &["config", "error", "security", "http"],
 ];
 

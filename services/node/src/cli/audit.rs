@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
-use crate::journal::{ChainReport, verify as verify_chains};
+use crate::logs::journal::{ChainReport, verify as verify_chains};
 
 /// `aisle audit verify`: checks decision trails offline.
 ///

@@ -46,6 +46,8 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, oneshot};
 
+use crate::durable::{Replacement, SegmentNames, open_append, sync_dir};
+
 /// A segment is closed and a new one started beyond this size.
 const SEGMENT_BYTES: u64 = 8 << 20;
 /// Kinds of record body.
@@ -184,12 +186,13 @@ fn read_segment(path: &Path) -> io::Result<(Vec<Vec<u8>>, u64)> {
     Ok((bodies, at as u64))
 }
 
-fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
-    dir.join(format!("seg-{first_seq:020}.log"))
+/// The outbox's segment files: `seg-<first seq, 20 digits>.log`.
+fn segment_names(dir: &Path) -> SegmentNames {
+    SegmentNames::new(dir, "seg-", ".log")
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    segment_names(dir).path(first_seq)
 }
 
 /// What the writer thread is asked to do.
@@ -281,7 +284,7 @@ impl Writer {
     fn append(&mut self, seq: u64, record: &[u8]) -> io::Result<()> {
         if self.written >= self.segment_bytes {
             let path = segment_path(&self.dir, seq);
-            self.file = OpenOptions::new().create(true).append(true).open(&path)?;
+            self.file = open_append(&path)?;
             sync_dir(&self.dir)?;
             self.written = 0;
             self.segments.push_back(Segment {
@@ -334,8 +337,7 @@ impl Writer {
             if !bodies.iter().any(|b| of_shopper(b)) {
                 continue;
             }
-            let tmp = s.path.with_extension("tmp");
-            let mut out = File::create(&tmp)?;
+            let mut out = Replacement::create(&s.path)?;
             let mut kept = 0u64;
             for body in bodies {
                 if !of_shopper(&body) {
@@ -344,8 +346,7 @@ impl Writer {
                     kept += record.len() as u64;
                 }
             }
-            out.sync_all()?;
-            std::fs::rename(&tmp, &s.path)?;
+            out.commit()?;
             s.live.retain(|seq| !seqs.contains(seq));
             if i == last {
                 self.file = OpenOptions::new().append(true).open(&s.path)?;
@@ -459,16 +460,7 @@ impl Outbox {
     ) -> io::Result<Arc<Self>> {
         std::fs::create_dir_all(dir)?;
         let origin: Arc<str> = format!("{node_id}@{:x}", aisle_domain::now_ms()).into();
-        let mut firsts: Vec<u64> = std::fs::read_dir(dir)?
-            .filter_map(|e| {
-                let name = e.ok()?.file_name().into_string().ok()?;
-                name.strip_prefix("seg-")?
-                    .strip_suffix(".log")?
-                    .parse()
-                    .ok()
-            })
-            .collect();
-        firsts.sort_unstable();
+        let firsts = segment_names(dir).list()?;
         let mut state = State::default();
         let mut segments = VecDeque::new();
         let mut delivered = HashSet::new();
@@ -521,7 +513,7 @@ impl Outbox {
         state.next_seq = next_seq;
         // Appends go to a new segment named by the next sequence number (never after a record cut off above).
         let path = segment_path(dir, next_seq);
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = open_append(&path)?;
         let written = file.metadata()?.len();
         sync_dir(dir)?;
         if segments.back().is_none_or(|s| s.first_seq != next_seq) {

@@ -21,7 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::bundles::Kind;
 use crate::config::Config;
-use crate::durable::outbox::QueuedTrack;
+use crate::durable::{self, outbox::QueuedTrack};
 use crate::error::RemoteError;
 
 /// The link counts as up while the cloud answered within this time (the feed sends a mark every second).
@@ -111,20 +111,6 @@ pub fn held_on_disk(dir: &Path) -> BTreeMap<String, Held> {
         }
     }
     held
-}
-
-/// Writes `bytes` to `path` durably: a temporary file, fsync, rename, fsync of the directory.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(())
 }
 
 impl Link {
@@ -244,13 +230,13 @@ impl Link {
                 b.kind
             )));
         };
-        write_durably(&bundle_file(&self.dir, kind), &b.payload)?;
+        durable::replace(&bundle_file(&self.dir, kind), &b.payload)?;
         let held = Held {
             version: b.version.clone(),
             digest: b.digest.clone(),
             created_at_ms: b.created_at_ms,
         };
-        write_durably(
+        durable::replace(
             &held_file(&self.dir, kind),
             &serde_json::to_vec(&held).expect("serialises"),
         )?;
@@ -443,13 +429,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("aisle-edge-held-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let put = |kind: Kind, bytes: &[u8], digest: String| {
-            write_durably(&bundle_file(&dir, kind), bytes).unwrap();
+            durable::replace(&bundle_file(&dir, kind), bytes).unwrap();
             let held = Held {
                 version: format!("{kind}-v1"),
                 digest,
                 created_at_ms: 7,
             };
-            write_durably(&held_file(&dir, kind), &serde_json::to_vec(&held).unwrap()).unwrap();
+            durable::replace(&held_file(&dir, kind), &serde_json::to_vec(&held).unwrap()).unwrap();
         };
         put(
             Kind::Catalog,
@@ -465,7 +451,7 @@ mod tests {
         assert_eq!(held.keys().collect::<Vec<_>>(), vec!["catalog"]);
         assert_eq!(held["catalog"].version, "catalog-v1");
         assert!(
-            !dir.join("catalog.tmp").exists(),
+            !dir.join("catalog.bin.tmp").exists(),
             "no temporary file is left"
         );
         std::fs::remove_dir_all(&dir).unwrap();

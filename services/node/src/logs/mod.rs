@@ -1,17 +1,32 @@
-//! The node's logs: the decision trail (every decision and admin action, hash-chained) and the event log (every
-//! applied shopper event the shopper consented to, in the format `aisle-train` reads). Both are journals written
-//! off the request path; both name shoppers only by pseudonym.
+//! The node's logs, written off the request path so that a request never waits on disk:
+//!
+//! - the **event log**: every shopper event applied with the shopper's consent, one JSON line each, in the format
+//!   `aisle-train` reads, the shopper named by pseudonym;
+//! - the **decision trail**: one hash-chained record per decision and per admin action, whose erasable subject is
+//!   the shopper's pseudonym; `aisle audit verify` checks it offline.
 //!
 //! [`Logs`] is the part of the node context that writes them: what a decision, a Track, an erasure or an
 //! operator's action leaves behind. The decider knows nothing of it: the use cases record what it decided.
+//!
+//! Modules:
+//!
+//! - [`journal`]: the segmented, durable log both are written to — the writer task, group commit, rotation,
+//!   retention, the hash chain, erasure by rewriting, the verifier.
+//! - [`audit`]: what the records hold, and opening both logs from the node's configuration.
+//!
+//! Watching whether the logs can be written (and saying so in `/readyz`) belongs to the node's start-up, in
+//! `server`: the logs know nothing of the HTTP plane.
+
+pub mod audit;
+pub mod journal;
 
 use std::sync::Arc;
 
 use aisle_domain::event::EventRecord;
 
-use crate::audit::{AdminRecord, decision_entry};
+use self::audit::{AdminRecord, decision_entry};
 use crate::engine::decision::{DecideInput, Decision};
-use crate::journal::{Entry, Journal};
+use self::journal::{Entry, Journal};
 use crate::security::pseudonyms::Pseudonyms;
 
 /// What erasing a shopper from this node's logs did.

@@ -148,7 +148,7 @@ pub(super) async fn assemble(
 ) -> anyhow::Result<Assembled> {
     let membership = membership_config(&config, advertise)?;
     let cluster = cluster(&config, membership.clone(), advertise);
-    let (trail, events) = crate::audit::open_logs(&config).await?;
+    let (trail, events) = crate::logs::audit::open_logs(&config).await?;
     let logs = Logs::new(&config.node_id, security.pseudonyms.clone(), trail, events);
     let bundles = Arc::new(Bundles::start(prepared).await?);
     let shoppers = shoppers(&config, &cluster, security).await?;

@@ -198,7 +198,7 @@ pub async fn start(
     config.validate()?;
     let metrics = crate::http::metrics::install();
     crate::http::metrics::describe();
-    crate::journal::describe_metrics();
+    crate::logs::journal::describe_metrics();
     let security = Security::load(&config)?;
     announce_security(&config, &security);
     let config = Arc::new(config);

@@ -13,7 +13,7 @@ use crate::cluster::handoff::{self, Holdings};
 use crate::cluster::{Cluster, replication};
 use crate::edge::role::Role as EdgeRole;
 use crate::http::readiness::Readiness;
-use crate::journal::Journal;
+use crate::logs::journal::Journal;
 use crate::node::Node;
 use crate::security::Security;
 use crate::shopper::deliver;

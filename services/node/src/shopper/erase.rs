@@ -9,7 +9,7 @@
 //! 2. erases the session it holds (as owner, or as an old owner's copy) and its cached decisions;
 //! 3. redacts retained assist events that name the shopper (their sequence numbers stay, for resuming handhelds);
 //! 4. removes the shopper's lines from its event log and redacts their reference in its decision trail (every
-//!    segment; see `journal`), then records the erasure, with the caller, in the trail;
+//!    segment; see `logs::journal`), then records the erasure, with the caller, in the trail;
 //! 5. removes the shopper's events waiting in its Track outbox, from memory and disk (see `outbox`).
 //!
 //! A member that was away (fenced) during the erasure learns its tombstone from the other members' hand-off

@@ -2,13 +2,13 @@
 //! shopper's pseudonym is the record's subject, which erasure redacts), and applied shopper events in the event log
 //! (the JSON lines `aisle-train` reads, the shopper named by pseudonym). Both are [`Journal`]s: written by a
 //! background task, so a request never waits on disk (an admin action does: its record is durable before the RPC
-//! returns).
+//! returns). [`open_logs`] opens both as the node's configuration says.
 
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::engine::decision::{DecideInput, Decision};
-use crate::journal::{Entry, Journal, JournalConfig};
+use super::journal::{Entry, Journal, JournalConfig};
 
 /// The decision trail (chained).
 pub type AuditLog = Journal;

@@ -22,13 +22,18 @@ fn layer_of(top: &str) -> usize {
     LAYERS
         .iter()
         .position(|l| l.contains(&top))
-        .unwrap_or_else(|| panic!("module {top} is in no layer: add it to LAYERS and to docs/architecture.md"))
+        .unwrap_or_else(|| {
+            panic!("module {top} is in no layer: add it to LAYERS and to docs/architecture.md")
+        })
 }
 
 /// The module path of a source file (`src/cluster/routing.rs` → `cluster::routing`; `lib.rs` → `lib`).
 fn module_of(src: &Path, file: &Path) -> Vec<String> {
     let rel = file.strip_prefix(src).unwrap().with_extension("");
-    let mut parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let mut parts: Vec<String> = rel
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
     if parts.last().is_some_and(|p| p == "mod") {
         parts.pop();
     }
@@ -68,7 +73,11 @@ fn named(module: &[String], code: &str) -> BTreeSet<Vec<String>> {
     let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
     for anchor in ["crate::", "super::", "self::"] {
         for (start, _) in code.match_indices(anchor) {
-            if code[..start].chars().last().is_some_and(|c| ident(c) || c == ':') {
+            if code[..start]
+                .chars()
+                .last()
+                .is_some_and(|c| ident(c) || c == ':')
+            {
                 continue;
             }
             let base = match anchor {
@@ -93,7 +102,7 @@ fn paths(text: &str, mut base: Vec<String>, out: &mut BTreeSet<Vec<String>>) -> 
         if let Some(group) = trimmed.strip_prefix('{') {
             // A group: each comma-separated member is a path from `base`.
             let mut used = 1;
-            let mut inner = &group[..];
+            let mut inner = group;
             loop {
                 let n = paths(inner, base.clone(), out);
                 used += n;
@@ -185,7 +194,9 @@ fn the_node_crate_has_no_import_circle_and_no_import_up_its_layers() {
     for file in &files {
         let from = module_of(&src, file);
         for path in named(&from, &code(file)) {
-            let Some(to) = resolve(&modules, &path) else { continue };
+            let Some(to) = resolve(&modules, &path) else {
+                continue;
+            };
             // Not a dependency: a module and itself, a module re-exporting or declaring its own descendants.
             if to == from || to.starts_with(&from) {
                 continue;
@@ -203,12 +214,19 @@ fn the_node_crate_has_no_import_circle_and_no_import_up_its_layers() {
             }
         }
     }
-    assert!(upward.is_empty(), "imports up the layers:\n{}", upward.join("\n"));
+    assert!(
+        upward.is_empty(),
+        "imports up the layers:\n{}",
+        upward.join("\n")
+    );
     if let Some(circle) = circle(&edges) {
         panic!("import circle: {}", circle.join(" -> "));
     }
     let count: usize = edges.values().map(BTreeSet::len).sum();
-    assert!(count > 100, "the check must see the crate's imports ({count} found)");
+    assert!(
+        count > 100,
+        "the check must see the crate's imports ({count} found)"
+    );
 }
 
 #[test]

@@ -162,7 +162,10 @@ fn versions_table(r: &pb::ClusterStatusResponse) -> String {
         }
         format!("{}\n", line.trim_end())
     };
-    let mut header = format!("  {:<16} {:<28} {:<28}", "", "default model", "candidate model");
+    let mut header = format!(
+        "  {:<16} {:<28} {:<28}",
+        "", "default model", "candidate model"
+    );
     for field in &fields {
         header.push_str(&format!(" {field:<24}"));
     }

@@ -6,9 +6,9 @@
 
 use serde::Serialize;
 
+use super::journal::{Entry, Journal, JournalConfig};
 use crate::config::Config;
 use crate::engine::decision::{DecideInput, Decision};
-use super::journal::{Entry, Journal, JournalConfig};
 
 /// The decision trail (chained).
 pub type AuditLog = Journal;

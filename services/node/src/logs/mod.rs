@@ -25,8 +25,8 @@ use std::sync::Arc;
 use aisle_domain::event::EventRecord;
 
 use self::audit::{AdminRecord, decision_entry};
-use crate::engine::decision::{DecideInput, Decision};
 use self::journal::{Entry, Journal};
+use crate::engine::decision::{DecideInput, Decision};
 use crate::security::pseudonyms::Pseudonyms;
 
 /// What erasing a shopper from this node's logs did.

@@ -2,11 +2,11 @@
 //! (63 categories of 170 items each in 9 departments, 10,710 items), so that generated sessions stay in one
 //! category, visit the right aisles and put expensive items in carts when a scenario wants assist events.
 //!
-//! Only the catalog's shape is mirrored here (category blocks, aisles, base prices): the load generator must not
-//! depend on the server's crates. With another `--items` the same layout repeats over the requested universe.
+//! Only the catalog's shape is mirrored here (category blocks, aisles, base prices), as a copy of the demo world's
+//! table (`aisle_domain::demo`) that is kept in step by hand. With another `--items` the same layout repeats over
+//! the requested universe.
 
-use crate::rng::SplitMix64;
-use crate::zipf::Zipf;
+use aisle_domain::rng::{SplitMix64, Zipf};
 
 /// Items per category in the demo catalog.
 pub const ITEMS_PER_CATEGORY: usize = 170;

@@ -43,14 +43,12 @@ pub mod error;
 pub mod node_cpu;
 pub mod ramp;
 pub mod report;
-pub mod rng;
 pub mod runner;
 pub mod scenario;
 pub mod schedule;
 pub mod stats;
 pub mod subscribe;
 pub mod target;
-pub mod zipf;
 
 pub use error::Error;
 pub use report::RunReport;

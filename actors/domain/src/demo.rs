@@ -235,9 +235,9 @@ fn generate_catalog(rng: &mut SplitMix64, anchor_ms: TimestampMs) -> CatalogFile
                 let stock = if roll < 0.05 {
                     0
                 } else if roll < 0.11 {
-                    rng.range(1, 4) as u32
+                    rng.range_inclusive(1, 4) as u32
                 } else {
-                    rng.range(5, 400) as u32
+                    rng.range_inclusive(5, 400) as u32
                 };
                 let id = format!("sku-{n:06}");
                 items.push(ItemRecord {
@@ -277,16 +277,16 @@ fn generate_offer(
     let roll = rng.next_f64();
     let (starts_at_ms, expires_at_ms) = if roll < 0.2 {
         // Already expired.
-        let end = anchor_ms - rng.range(1, 10) as i64 * DAY_MS;
+        let end = anchor_ms - rng.range_inclusive(1, 10) as i64 * DAY_MS;
         (end - 14 * DAY_MS, end)
     } else if roll < 0.3 {
         // Not started yet.
-        let start = anchor_ms + rng.range(2, 10) as i64 * DAY_MS;
+        let start = anchor_ms + rng.range_inclusive(2, 10) as i64 * DAY_MS;
         (start, start + 14 * DAY_MS)
     } else {
         (
             anchor_ms - 7 * DAY_MS,
-            anchor_ms + rng.range(3, 30) as i64 * DAY_MS,
+            anchor_ms + rng.range_inclusive(3, 30) as i64 * DAY_MS,
         )
     };
     let min_loyalty = match rng.below(10) {
@@ -364,7 +364,7 @@ fn generate_history(
                         && catalog.items[prev].category == catalog.categories[category].name =>
                 {
                     let base = category * ITEMS_PER_CATEGORY;
-                    let offset = (prev - base) as i64 + rng.range(0, 6) as i64 - 3;
+                    let offset = (prev - base) as i64 + rng.range_inclusive(0, 6) as i64 - 3;
                     base + offset.clamp(0, ITEMS_PER_CATEGORY as i64 - 1) as usize
                 }
                 _ if recent && rng.chance(0.15) => {
@@ -378,7 +378,7 @@ fn generate_history(
                 ts_ms: ts,
             });
             if rng.chance(0.12) {
-                ts += rng.range(5, 40) as i64 * 1000;
+                ts += rng.range_inclusive(5, 40) as i64 * 1000;
                 events.push(LoggedEvent {
                     item: catalog.items[item].id.clone(),
                     kind: EventKind::AddToCart,
@@ -387,7 +387,7 @@ fn generate_history(
                 cart.push(item);
             }
             current = Some(item);
-            ts += rng.range(8, 120) as i64 * 1000;
+            ts += rng.range_inclusive(8, 120) as i64 * 1000;
         }
         for item in cart {
             if rng.chance(0.5) {

@@ -1,4 +1,4 @@
-//! Aisle's plain domain types, shared by every actor family, the node and the trainer.
+//! Aisle's plain domain types, shared by every actor family, the node, the trainer and the load generator.
 //!
 //! Nothing here is async or does I/O beyond reading and writing bundle bytes; everything is deterministic so that
 //! the node, the trainer and the tests agree on ids, hashes and the demo world.
@@ -9,7 +9,8 @@
 //! - [`bundle`]: the envelope of every versioned artifact (format version, version, content hash, created-at).
 //! - [`demo`]: the deterministic demo world a node serves when it is given no data.
 //! - [`session`]: the read-only view of a session that ranking works from.
-//! - [`hash`] and [`rng`]: stable hashing (assignment, placement) and a small seeded generator.
+//! - [`hash`] and [`rng`]: stable hashing (assignment, placement), and a small seeded generator with a Zipf sampler
+//!   (the demo world, the trainer's sampling, the load generator's request streams).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

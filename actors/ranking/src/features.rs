@@ -12,10 +12,12 @@
 //!
 //! Changing a feature, its order or its formula is a schema change: bump [`FEATURE_SCHEMA_VERSION`]; nodes refuse
 //! models trained on another schema.
+//!
+//! This module is the bottom of the crate: it is given plain inputs ([`ItemInputs`], [`Profile`], [`Raw`]) and knows
+//! nothing of models, retrieval or catalogs, so the schema can be read, tested and versioned without a bound model,
+//! and everything that computes features (serving, training, the anonymous order) goes through [`compute`] alone.
 
-use aisle_domain::catalog::{BrandIdx, CategoryIdx, ItemIdx};
-
-use crate::served::ServedModel;
+use aisle_domain::catalog::{BrandIdx, CategoryIdx};
 
 /// Version of the schema below.
 pub const FEATURE_SCHEMA_VERSION: u32 = 2;
@@ -54,6 +56,24 @@ pub const FEATURE_NAMES: [&str; N_FEATURES] = [
 
 /// A feature vector.
 pub type Features = [f32; N_FEATURES];
+
+/// What the features read of one catalog item, whatever the decision: its popularity in the training data and its
+/// catalog attributes. A served model keeps one per catalog item, densely, so a candidate's lookup is one load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ItemInputs {
+    /// ln(1 + interaction events in the training data).
+    pub lpop: f32,
+    /// ln(1 + interaction events in the recent window).
+    pub lrpop: f32,
+    /// ln(1 + interaction events in the short window).
+    pub lr6pop: f32,
+    /// Category.
+    pub category: CategoryIdx,
+    /// Brand.
+    pub brand: BrandIdx,
+    /// Natural log of the price in cents; NaN when unknown.
+    pub log_price: f32,
+}
 
 /// Raw generator scores of one candidate, gathered during retrieval (log-ranks already taken among the
 /// decision's candidates).
@@ -151,10 +171,10 @@ fn lookup<K: PartialEq + Copy>(pairs: &[(K, f32)], key: K) -> f32 {
     pairs.iter().find(|p| p.0 == key).map_or(0.0, |p| p.1)
 }
 
-/// Computes the features of `item`.
+/// Computes the features of one candidate: `info` is the item's own inputs, `profile` the decision's and `raw` the
+/// candidate's generator scores in this decision.
 #[inline]
-pub fn compute(model: &ServedModel, profile: &Profile, item: ItemIdx, raw: &Raw) -> Features {
-    let info = &model.items[item as usize];
+pub fn compute(info: &ItemInputs, profile: &Profile, raw: &Raw) -> Features {
     let s = &profile.scale;
     let seen = raw.seen_steps != u16::MAX;
     let recency = if seen {
@@ -201,4 +221,72 @@ pub fn compute(model: &ServedModel, profile: &Profile, item: ItemIdx, raw: &Raw)
 /// The index of a feature by name (for reasons and reports).
 pub fn index_of(name: &str) -> Option<usize> {
     FEATURE_NAMES.iter().position(|n| *n == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schema is computed from plain inputs alone, no model or catalog needed.
+    #[test]
+    fn features_come_from_the_inputs_alone() {
+        let info = ItemInputs {
+            lpop: 2.0,
+            lrpop: 1.0,
+            lr6pop: 0.5,
+            category: 3,
+            brand: 7,
+            log_price: 6.0,
+        };
+        let profile = Profile {
+            scale: Scale {
+                vsknn: 0.5,
+                sr_last: 0.25,
+                ..Scale::default()
+            },
+            log_neighbours: 1.5,
+            inv_neighbours: 0.1,
+            categories: vec![(1, 1.0), (3, 0.4)],
+            brands: vec![(7, 0.8)],
+            log_price: Some((6.0, 0.5)),
+        };
+        let raw = Raw {
+            vsknn: 1.0,
+            neighbours: 4.0,
+            sr_last: 2.0,
+            seen_steps: 1,
+            seen_count: 2,
+            in_cart: true,
+            ..Raw::default()
+        };
+        let f = compute(&info, &profile, &raw);
+        let at = |name: &str| f[index_of(name).expect("a feature of the schema")];
+        assert_eq!(at("vsknn_norm"), 0.5);
+        assert_eq!(at("vsknn_nbfrac"), 0.4);
+        assert_eq!(at("log_neighbours"), 1.5);
+        assert_eq!(at("sr_norm"), 0.5);
+        assert_eq!(at("sr2_log"), 0.0, "no session rule score: exactly zero");
+        assert_eq!((at("lpop"), at("lrpop"), at("lr6pop")), (2.0, 1.0, 0.5));
+        assert_eq!(
+            (at("in_session"), at("is_last"), at("recency")),
+            (1.0, 0.0, 0.5)
+        );
+        assert_eq!(at("count_in_session"), 3f32.ln());
+        assert_eq!(at("category_affinity"), 0.4);
+        assert_eq!(at("brand_affinity"), 0.8);
+        assert_eq!(at("price_fit"), 1.0, "the session's mean price");
+        assert_eq!(at("in_cart"), 1.0);
+
+        // An item the session has not seen, with no known price and no affinity.
+        let unseen = Raw::default();
+        let info = ItemInputs {
+            log_price: f32::NAN,
+            category: 9,
+            ..info
+        };
+        let f = compute(&info, &profile, &unseen);
+        let at = |name: &str| f[index_of(name).expect("a feature of the schema")];
+        assert_eq!((at("in_session"), at("recency")), (0.0, 0.0));
+        assert_eq!((at("price_fit"), at("category_affinity")), (0.0, 0.0));
+    }
 }

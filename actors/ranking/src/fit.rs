@@ -24,7 +24,7 @@ use ndarray::{Array1, Array2};
 use sha2::{Digest, Sha256};
 
 use crate::csr::Csr;
-use crate::features::{FEATURE_NAMES, FEATURE_SCHEMA_VERSION, N_FEATURES, compute};
+use crate::features::{FEATURE_NAMES, FEATURE_SCHEMA_VERSION, N_FEATURES};
 use crate::model::{
     GeneratorParams, LogisticRanker, MODEL_FORMAT_VERSION, Model, ModelData, ModelHeader,
 };
@@ -441,7 +441,7 @@ fn examples(
             out.decisions += 1;
             let (item, raw) = r.candidates[pos];
             out.rows
-                .extend_from_slice(&compute(served, &r.profile, item, &raw));
+                .extend_from_slice(&served.features(&r.profile, item, &raw));
             out.labels.push(true);
             others.clear();
             others.extend((0..r.candidates.len()).filter(|&k| k != pos));
@@ -451,7 +451,7 @@ fn examples(
                 others.swap(k, j);
                 let (item, raw) = r.candidates[others[k]];
                 out.rows
-                    .extend_from_slice(&compute(served, &r.profile, item, &raw));
+                    .extend_from_slice(&served.features(&r.profile, item, &raw));
                 out.labels.push(false);
             }
         }

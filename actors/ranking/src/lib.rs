@@ -1,16 +1,32 @@
 //! Ranking: what a shopper is most likely to want next.
 //!
 //! Pure logic, shared by the node and the trainer so that there is no training/serving skew:
+//! - [`features`]: the feature schema and its one implementation, over plain per-item and per-decision inputs.
 //! - [`model`]: the versioned model bundle (generator indexes + learned ranker) and its validation.
-//! - [`fit`]: building generators from sessions and training the ranker with linfa.
 //! - [`served`]: a model bound to a catalog, with the fallback rungs' lists.
 //! - [`retrieve`]: request-level candidate retrieval (V-SKNN, sequential and association rules, session rules, top
 //!   sellers) with every generator's raw score, normalisers and log-ranks among the candidates.
-//! - [`features`]: the feature schema and its one implementation.
 //! - [`score`]: scoring a partition of the candidates and merging partitions under the guardrails.
+//! - [`fit`]: building generators from sessions and training the ranker with linfa.
 //!
 //! And the actors: [`shard`], the ranking shards that score partitions in parallel. [`rank_local`] runs the same
 //! steps in one thread (the trainer's offline path and the benchmarks).
+//!
+//! The files import each other in one direction only. Bottom to top, each with the files it uses (all below it):
+//! ```text
+//! csr.rs       compressed rows, the generator indexes' layout       —
+//! order.rs     sort keys: a score and an index in one u64           —
+//! features.rs  feature schema and `compute`, from plain inputs      —
+//! model.rs     the model bundle: indexes, ranker, trained schema    csr, features
+//! served.rs    a model bound to a catalog, dense item inputs        csr, features, model
+//! retrieve.rs  one decision's candidates and raw generator scores   features, order, served
+//! score.rs     scores, guardrails, merge; the anonymous order       features, order, retrieve, served
+//! fit.rs       training: generators, examples, logistic ranker      csr, features, model, retrieve, served
+//! shard.rs     the ranking shard actors                             retrieve, score, served
+//! lib.rs       `rank_local`, re-exports                             model, retrieve, score, served, shard
+//! ```
+//! Keeping `features` at the bottom is what lets the trainer and the node share it: a feature vector depends only
+//! on what it is given, never on which model or which path asked.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -65,7 +81,7 @@ pub fn rank_local(
         return LocalRanking {
             items,
             exclusions,
-            candidates: model.anonymous().retrieved.candidates.len(),
+            candidates: score::anonymous(model).candidates.len(),
         };
     }
     let retrieved = retrieve(model, query);

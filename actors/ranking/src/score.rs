@@ -8,12 +8,13 @@
 //! for a category already full of better items (no more of those than selected ones).
 
 use aisle_domain::catalog::{CategoryIdx, ItemIdx};
+use aisle_domain::session::SessionView;
 use aisle_policy::{Admitted, ExclusionCounts, Guard};
 
-use crate::features::{FEATURE_NAMES, Features, N_FEATURES, Profile, Raw, compute};
+use crate::features::{FEATURE_NAMES, Features, N_FEATURES, Profile, Raw};
 use crate::order;
-use crate::retrieve::Retrieved;
-use crate::served::ServedModel;
+use crate::retrieve::{Query, Retrieved, retrieve};
+use crate::served::{Anonymous, ServedModel};
 
 /// A scored candidate.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,7 +76,7 @@ pub fn score_partition(
             out.exclusions.add(e);
             continue;
         }
-        let features = compute(model, profile, *item, raw);
+        let features = model.features(profile, *item, raw);
         all.push(order::descending_then_index(
             model.score(&features),
             k as u32,
@@ -127,7 +128,7 @@ fn best_within_cap(
         }
         let k = order::index(key) as usize;
         let item = candidates[k].0;
-        let category = model.items[item as usize].category;
+        let category = model.items[item as usize].inputs.category;
         if guard.caps_category(category) {
             match per_category.iter_mut().find(|c| c.0 == category) {
                 Some(c) if c.1 >= cap => continue,
@@ -138,22 +139,53 @@ fn best_within_cap(
         best.push(Scored {
             item,
             score: order::value(key),
-            features: compute(model, profile, item, &candidates[k].1),
+            features: model.features(profile, item, &candidates[k].1),
         });
     }
     best
 }
 
-/// Scores the anonymous query's candidates (see [`crate::served::Anonymous`]) from their precomputed order: the
-/// same result as [`score_partition`] over all of them in one partition, without computing a feature of an item
-/// that is not kept. Every candidate still passes the guardrails, so the exclusions counted are the same too.
+/// The anonymous query's candidates in score order ([`Query::is_anonymous`]; see [`Anonymous`]): retrieved and
+/// scored on first use, then kept by the served model.
+pub(crate) fn anonymous(model: &ServedModel) -> &Anonymous {
+    model.anonymous.get_or_init(|| {
+        let view = SessionView::default();
+        let retrieved = retrieve(
+            model,
+            &Query {
+                view: &view,
+                context: &[],
+                candidates: None,
+            },
+        );
+        let mut order: Vec<u64> = retrieved
+            .candidates
+            .iter()
+            .enumerate()
+            .map(|(k, (item, raw))| {
+                let features = model.features(&retrieved.profile, *item, raw);
+                order::descending_then_index(model.score(&features), k as u32)
+            })
+            .collect();
+        order.sort_unstable();
+        Anonymous {
+            candidates: retrieved.candidates,
+            profile: retrieved.profile,
+            order,
+        }
+    })
+}
+
+/// Scores the anonymous query's candidates (see [`anonymous`]) from their precomputed order: the same result as
+/// [`score_partition`] over all of them in one partition, without computing a feature of an item that is not kept.
+/// Every candidate still passes the guardrails, so the exclusions counted are the same too.
 pub(crate) fn score_anonymous(
     model: &ServedModel,
     guard: &Guard<'_>,
     limit: usize,
 ) -> PartitionResult {
-    let anonymous = model.anonymous();
-    let candidates = &anonymous.retrieved.candidates;
+    let anonymous = anonymous(model);
+    let candidates = &anonymous.candidates;
     let mut out = PartitionResult::default();
     for (item, _) in candidates {
         match guard.admit(*item) {
@@ -167,14 +199,7 @@ pub(crate) fn score_anonymous(
             .admit(candidates[order::index(key) as usize].0)
             .is_ok()
     });
-    out.best = best_within_cap(
-        model,
-        &anonymous.retrieved.profile,
-        candidates,
-        guard,
-        keep,
-        in_order,
-    );
+    out.best = best_within_cap(model, &anonymous.profile, candidates, guard, keep, in_order);
     out
 }
 

@@ -6,33 +6,19 @@
 use std::sync::{Arc, OnceLock};
 
 use aisle_domain::bundle::BundleMeta;
-use aisle_domain::catalog::{BrandIdx, Catalog, CategoryIdx, ItemIdx};
+use aisle_domain::catalog::{Catalog, CategoryIdx, ItemIdx};
 
 use crate::csr::Csr;
-use aisle_domain::session::SessionView;
-
-use crate::features::{N_FEATURES, compute};
+use crate::features::{Features, ItemInputs, N_FEATURES, Profile, Raw, compute};
 use crate::model::{GeneratorParams, Model, ModelHeader};
-use crate::order;
-use crate::retrieve::{Query, Retrieved, retrieve};
 
-/// Dense per-item inputs of features (24 bytes per catalog item).
+/// Dense per-item data of a served model (24 bytes per catalog item).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ItemInfo {
     /// Log popularity, normalised to [0, 1] (the fallback rungs' order).
     pub popularity: f32,
-    /// ln(1 + interaction events in the training data).
-    pub lpop: f32,
-    /// ln(1 + interaction events in the recent window).
-    pub lrpop: f32,
-    /// ln(1 + interaction events in the short window).
-    pub lr6pop: f32,
-    /// Category.
-    pub category: CategoryIdx,
-    /// Brand.
-    pub brand: BrandIdx,
-    /// Natural log of the price in cents; NaN when unknown.
-    pub log_price: f32,
+    /// What the features read of the item.
+    pub inputs: ItemInputs,
 }
 
 /// Top sellers kept per category (for retrieval and the RULES rung).
@@ -73,18 +59,23 @@ pub struct ServedModel {
     pub bias: f32,
     /// Model items the catalog does not know (ignored).
     pub unmatched_items: usize,
-    /// The ranking of a query that carries nothing about the shopper, made on first use.
-    anonymous: OnceLock<Anonymous>,
+    /// The ranking of a query that carries nothing about the shopper, made on first use by scoring
+    /// ([`crate::score`], which retrieves and scores it: the model only keeps it, one per model, dropped with it).
+    pub(crate) anonymous: OnceLock<Anonymous>,
 }
 
-/// What ranking does for a query that carries nothing about the shopper ([`Query::is_anonymous`]): the same
-/// candidates with the same features every time, so they are retrieved and scored once per served model and kept
-/// in score order. Only the guardrails, which depend on the request, are applied per decision.
+/// What ranking does for a query that carries nothing about the shopper (an empty session, nothing on screen, no
+/// candidates given): the same candidates with the same features every time, so they are retrieved and scored once
+/// per served model and kept in score order. Only the guardrails, which depend on the request, are applied per
+/// decision.
 #[derive(Debug)]
 pub(crate) struct Anonymous {
-    /// The candidates, as [`retrieve`] gives them for such a query.
-    pub(crate) retrieved: Retrieved,
-    /// Every candidate's [`crate::order`] key (score descending, then candidate index), sorted.
+    /// The candidates with their raw generator scores, in ascending item order, as retrieval gives them for such a
+    /// query.
+    pub(crate) candidates: Vec<(ItemIdx, Raw)>,
+    /// The request-level feature inputs retrieval gives for such a query.
+    pub(crate) profile: Profile,
+    /// Every candidate's order key (score descending, then candidate index), sorted.
     pub(crate) order: Vec<u64>,
 }
 
@@ -162,15 +153,17 @@ impl ServedModel {
             .enumerate()
             .map(|(i, it)| ItemInfo {
                 popularity: pop_feature[i],
-                lpop: popularity[i].ln_1p(),
-                lrpop: recent[i].ln_1p(),
-                lr6pop: short[i].ln_1p(),
-                category: it.category,
-                brand: it.brand,
-                log_price: if it.price_cents > 0 {
-                    (it.price_cents as f32).ln()
-                } else {
-                    f32::NAN
+                inputs: ItemInputs {
+                    lpop: popularity[i].ln_1p(),
+                    lrpop: recent[i].ln_1p(),
+                    lr6pop: short[i].ln_1p(),
+                    category: it.category,
+                    brand: it.brand,
+                    log_price: if it.price_cents > 0 {
+                        (it.price_cents as f32).ln()
+                    } else {
+                        f32::NAN
+                    },
                 },
             })
             .collect();
@@ -224,30 +217,11 @@ impl ServedModel {
         }
     }
 
-    /// The anonymous query's candidates in score order (computed on first use).
-    pub(crate) fn anonymous(&self) -> &Anonymous {
-        self.anonymous.get_or_init(|| {
-            let view = SessionView::default();
-            let retrieved = retrieve(
-                self,
-                &Query {
-                    view: &view,
-                    context: &[],
-                    candidates: None,
-                },
-            );
-            let mut order: Vec<u64> = retrieved
-                .candidates
-                .iter()
-                .enumerate()
-                .map(|(k, (item, raw))| {
-                    let features = compute(self, &retrieved.profile, *item, raw);
-                    order::descending_then_index(self.score(&features), k as u32)
-                })
-                .collect();
-            order.sort_unstable();
-            Anonymous { retrieved, order }
-        })
+    /// The features of candidate `item` of a decision (`profile`, `raw`: what retrieval gave for it): the one
+    /// feature computation, fed this model's inputs for the item.
+    #[inline]
+    pub fn features(&self, profile: &Profile, item: ItemIdx, raw: &Raw) -> Features {
+        compute(&self.items[item as usize].inputs, profile, raw)
     }
 
     /// The model's version label.

@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 
+use aisle_domain::rng::{SplitMix64, Zipf};
 use aisle_proto::v1::{AgeBand, Channel, DecideRequest, LoyaltyTier, ShopperAttributes, Surface};
 
 use crate::catalog::ItemUniverse;
-use crate::rng::SplitMix64;
-use crate::zipf::Zipf;
 
 /// Items asked for per decision.
 pub const DECIDE_LIMIT: u32 = 10;

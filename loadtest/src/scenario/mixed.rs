@@ -8,12 +8,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use aisle_domain::rng::{SplitMix64, Zipf};
 use aisle_proto::v1::{Channel, DecideRequest, EventType, Surface, TrackEvent, TrackRequest};
 
 use crate::catalog::ItemUniverse;
-use crate::rng::SplitMix64;
 use crate::scenario::decide::{DECIDE_LIMIT, channel_for, shopper_id, store_id};
-use crate::zipf::Zipf;
 
 /// Shortest session, in events.
 pub const MIN_SESSION_EVENTS: usize = 5;

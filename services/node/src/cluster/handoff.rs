@@ -402,10 +402,13 @@ async fn deliver(
         let mut call = tonic::Request::new(request.clone());
         call.set_timeout(Duration::from_secs(5));
         let client = cluster.peers.client(addr);
-        match async { client?.hand_off(call).await }.await {
+        match async { client?.hand_off(call).await }
+            .await
+            .map_err(RemoteError::from)
+        {
             Ok(_) => return Ok(()),
-            Err(e) if e.code() == tonic::Code::FailedPrecondition && n > 0 => {
-                tracing::info!(peer = addr, sessions = n, reason = %e.message(),
+            Err(RemoteError::Stale(reason)) if n > 0 => {
+                tracing::info!(peer = addr, sessions = n, %reason,
                     "hand-off refused under this view; routing again under the next one");
                 return Err(request.sessions);
             }

@@ -442,6 +442,74 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
+/// What an outbox directory held at open: the waiting entries, the segments with their waiting entries, and the next
+/// sequence number.
+struct Recovered {
+    state: State,
+    segments: VecDeque<Segment>,
+    next_seq: u64,
+}
+
+/// Reads the segments back in number order, cutting a torn last record off any of them; delivered marks remove
+/// their entries.
+fn recover(dir: &Path) -> io::Result<Recovered> {
+    let firsts = segment_names(dir).list()?;
+    let mut state = State::default();
+    let mut segments = VecDeque::new();
+    let mut delivered = HashSet::new();
+    let mut next_seq = firsts.last().copied().unwrap_or(1);
+    for &first in &firsts {
+        let path = segment_path(dir, first);
+        let (bodies, readable) = read_segment(&path)?;
+        if readable < std::fs::metadata(&path)?.len() {
+            tracing::warn!(path = %path.display(), "cutting a torn record off the end of an outbox segment");
+            OpenOptions::new()
+                .write(true)
+                .open(&path)?
+                .set_len(readable)?;
+        }
+        let mut live = HashSet::new();
+        for body in bodies {
+            match body.first() {
+                Some(&ENTRY) => {
+                    if let Some(entry) = QueuedTrack::decode(&body) {
+                        next_seq = next_seq.max(entry.seq + 1);
+                        live.insert(entry.seq);
+                        state
+                            .by_shopper
+                            .entry(entry.shopper_id.clone())
+                            .or_default()
+                            .push_back(entry.seq);
+                        state.insert(entry);
+                    }
+                }
+                Some(&DELIVERED) => {
+                    if let Some(b) = body.get(1..9).and_then(|b| b.try_into().ok()) {
+                        delivered.insert(u64::from_le_bytes(b));
+                    }
+                }
+                _ => {}
+            }
+        }
+        segments.push_back(Segment {
+            first_seq: first,
+            path,
+            live,
+        });
+    }
+    for seq in delivered {
+        state.remove(seq);
+        for s in &mut segments {
+            s.live.remove(&seq);
+        }
+    }
+    Ok(Recovered {
+        state,
+        segments,
+        next_seq,
+    })
+}
+
 impl Outbox {
     /// Opens (or creates) the outbox in `dir`: reads back what is queued there, cutting off a torn last record,
     /// and takes a new origin, named after `node_id` and the time.
@@ -460,56 +528,11 @@ impl Outbox {
     ) -> io::Result<Arc<Self>> {
         std::fs::create_dir_all(dir)?;
         let origin: Arc<str> = format!("{node_id}@{:x}", aisle_domain::now_ms()).into();
-        let firsts = segment_names(dir).list()?;
-        let mut state = State::default();
-        let mut segments = VecDeque::new();
-        let mut delivered = HashSet::new();
-        let mut next_seq = firsts.last().copied().unwrap_or(1);
-        for &first in &firsts {
-            let path = segment_path(dir, first);
-            let (bodies, readable) = read_segment(&path)?;
-            if readable < std::fs::metadata(&path)?.len() {
-                tracing::warn!(path = %path.display(), "cutting a torn record off the end of an outbox segment");
-                OpenOptions::new()
-                    .write(true)
-                    .open(&path)?
-                    .set_len(readable)?;
-            }
-            let mut live = HashSet::new();
-            for body in bodies {
-                match body.first() {
-                    Some(&ENTRY) => {
-                        if let Some(entry) = QueuedTrack::decode(&body) {
-                            next_seq = next_seq.max(entry.seq + 1);
-                            live.insert(entry.seq);
-                            state
-                                .by_shopper
-                                .entry(entry.shopper_id.clone())
-                                .or_default()
-                                .push_back(entry.seq);
-                            state.insert(entry);
-                        }
-                    }
-                    Some(&DELIVERED) => {
-                        if let Some(b) = body.get(1..9).and_then(|b| b.try_into().ok()) {
-                            delivered.insert(u64::from_le_bytes(b));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            segments.push_back(Segment {
-                first_seq: first,
-                path,
-                live,
-            });
-        }
-        for seq in delivered {
-            state.remove(seq);
-            for s in &mut segments {
-                s.live.remove(&seq);
-            }
-        }
+        let Recovered {
+            mut state,
+            mut segments,
+            next_seq,
+        } = recover(dir)?;
         state.next_seq = next_seq;
         // Appends go to a new segment named by the next sequence number (never after a record cut off above).
         let path = segment_path(dir, next_seq);

@@ -1,7 +1,7 @@
 //! Turning session signals into assist events for store associates, with item suggestions that pass the
 //! guardrails (in stock; nothing age-restricted, since the handheld cannot know the shopper's verified age).
 
-use aisle_domain::catalog::{Catalog, ItemIdx};
+use aisle_domain::catalog::{Catalog, CategoryIdx, ItemIdx};
 use aisle_domain::request::{Channel, ShopperAttributes};
 use aisle_policy::{ExclusionCounts, Guard, PolicyContext, Rules};
 use aisle_proto::v1::{AssistEvent, AssistKind, SuggestedItem};
@@ -42,31 +42,29 @@ pub fn assist_event(
     world: &World,
     rules: &Rules,
 ) -> AssistEvent {
-    let Origin {
-        shopper_ref,
-        node_id,
-        received_at_us,
-    } = origin;
     let now = aisle_domain::now_ms();
-    let ctx = PolicyContext {
-        attributes: ShopperAttributes::default(),
-        channel: Channel::AssociateHandheld,
-        purchased: &[],
-        now_ms: now,
-        max_items_per_category: 0,
-    };
-    let suggest = Suggest {
-        world,
-        guard: Guard::new(rules, &world.catalog, ctx),
-    };
     let event = AssistEvent {
         created_at: Some(prost_types::Timestamp {
             seconds: now.div_euclid(1000),
             nanos: (now.rem_euclid(1000) * 1_000_000) as i32,
         }),
-        produced_by: node_id.to_string(),
-        source_received_at_us: received_at_us,
+        produced_by: origin.node_id.to_string(),
+        source_received_at_us: origin.received_at_us,
         ..Default::default()
+    };
+    let suggest = || Suggest {
+        world,
+        guard: Guard::new(
+            rules,
+            &world.catalog,
+            PolicyContext {
+                attributes: ShopperAttributes::default(),
+                channel: Channel::AssociateHandheld,
+                purchased: &[],
+                now_ms: now,
+                max_items_per_category: 0,
+            },
+        ),
     };
     match signal {
         AssistSignal::HighIntentCart {
@@ -75,22 +73,8 @@ pub fn assist_event(
             cart_value_cents,
             cart,
         } => {
-            // Items bought together with what is in the cart.
-            let mut candidates = Vec::new();
-            for &c in cart {
-                candidates.extend(world.default_model.ar.pairs(c as usize).map(|(t, _)| t));
-            }
-            let items = suggest.items(candidates, cart);
-            let what = format!(
-                "cart worth ${:.2}; suggest {}",
-                *cart_value_cents as f64 / 100.0,
-                names(&items)
-            );
-            let at = Place {
-                shopper_ref,
-                store_id,
-                aisle: aisle.as_deref(),
-            };
+            let (what, items) = high_intent_cart(&suggest(), *cart_value_cents, cart);
+            let at = Place::of(origin.shopper_ref, store_id, aisle);
             shopper_event(event, AssistKind::HighIntentCart, &at, &what, items)
         }
         AssistSignal::Lingering {
@@ -99,24 +83,8 @@ pub fn assist_event(
             category,
             seen,
         } => {
-            let top = world
-                .default_model
-                .category_top
-                .get(*category as usize)
-                .cloned()
-                .unwrap_or_default();
-            let items = suggest.items(top, seen);
-            let what = format!(
-                "browsing {} ({} items looked at); suggest {}",
-                world.catalog.categories[*category as usize].name,
-                seen.len(),
-                names(&items)
-            );
-            let at = Place {
-                shopper_ref,
-                store_id,
-                aisle: aisle.as_deref(),
-            };
+            let (what, items) = lingering(&suggest(), *category, seen);
+            let at = Place::of(origin.shopper_ref, store_id, aisle);
             shopper_event(event, AssistKind::Lingering, &at, &what, items)
         }
         AssistSignal::Replenish {
@@ -125,6 +93,55 @@ pub fn assist_event(
             stock,
         } => replenish_event(event, world, store_id, *item, *stock),
     }
+}
+
+/// A cart worth following up: items bought together with what is in it.
+fn high_intent_cart(
+    suggest: &Suggest<'_>,
+    cart_value_cents: i64,
+    cart: &[ItemIdx],
+) -> (String, Vec<SuggestedItem>) {
+    let mut candidates = Vec::new();
+    for &c in cart {
+        candidates.extend(
+            suggest
+                .world
+                .default_model
+                .ar
+                .pairs(c as usize)
+                .map(|(t, _)| t),
+        );
+    }
+    let items = suggest.items(candidates, cart);
+    let what = format!(
+        "cart worth ${:.2}; suggest {}",
+        cart_value_cents as f64 / 100.0,
+        names(&items)
+    );
+    (what, items)
+}
+
+/// A shopper lingering over one category: its top sellers they have not looked at.
+fn lingering(
+    suggest: &Suggest<'_>,
+    category: CategoryIdx,
+    seen: &[ItemIdx],
+) -> (String, Vec<SuggestedItem>) {
+    let world = suggest.world;
+    let top = world
+        .default_model
+        .category_top
+        .get(category as usize)
+        .cloned()
+        .unwrap_or_default();
+    let items = suggest.items(top, seen);
+    let what = format!(
+        "browsing {} ({} items looked at); suggest {}",
+        world.catalog.categories[category as usize].name,
+        seen.len(),
+        names(&items)
+    );
+    (what, items)
 }
 
 /// An item running out in a store: restock it.
@@ -155,6 +172,16 @@ struct Place<'a> {
     shopper_ref: &'a str,
     store_id: &'a str,
     aisle: Option<&'a str>,
+}
+
+impl<'a> Place<'a> {
+    fn of(shopper_ref: &'a str, store_id: &'a str, aisle: &'a Option<Box<str>>) -> Self {
+        Self {
+            shopper_ref,
+            store_id,
+            aisle: aisle.as_deref(),
+        }
+    }
 }
 
 /// Picks suggestions that pass the guardrails.

@@ -45,6 +45,15 @@ fn with_reasons(
         .collect()
 }
 
+/// What retrieval is asked for a decision: the shopper's view, the items on screen, the storefront's candidates.
+pub fn query<'a>(view: &'a SessionView, input: &'a DecideInput) -> Query<'a> {
+    Query {
+        view,
+        context: &input.context,
+        candidates: input.candidates.as_deref(),
+    }
+}
+
 /// FRESH: retrieves candidates for the shopper's `view` and scores them with `model`, in this thread (a list of
 /// up to a few thousand candidates costs less here than handed to other threads and back).
 pub fn fresh(
@@ -54,12 +63,7 @@ pub fn fresh(
     guard: &Guard<'_>,
     exclusions: &mut ExclusionCounts,
 ) -> Vec<DecidedItem> {
-    let query = Query {
-        view,
-        context: &input.context,
-        candidates: input.candidates.as_deref(),
-    };
-    let local = rank_local(model, &query, guard, input.limit);
+    let local = rank_local(model, &query(view, input), guard, input.limit);
     exclusions.merge(&local.exclusions);
     decided(local.items)
 }

@@ -34,7 +34,7 @@ use aisle_domain::session::SessionView;
 use aisle_experiment::{Assignment, Experiments};
 use aisle_policy::{ConsentDefaults, Exclusion, ExclusionCounts, Guard, Rules, may_personalise};
 use aisle_ranking::score::merge;
-use aisle_ranking::{PolicyInputs, Query, RankError, Ranking, ScoreJob, ServedModel, retrieve};
+use aisle_ranking::{PolicyInputs, RankError, Ranking, ScoreJob, ServedModel, retrieve};
 use tokio::time::Instant;
 
 use self::metrics::DecisionMetrics;
@@ -499,12 +499,7 @@ impl Decider {
         if small {
             return Ok(ladder::fresh(model, view, a.input, a.guard, exclusions));
         }
-        let query = Query {
-            view,
-            context: &a.input.context,
-            candidates: a.input.candidates.as_deref(),
-        };
-        let retrieved = retrieve(model, &query);
+        let retrieved = retrieve(model, &ladder::query(view, a.input));
         let last_item = retrieved.last_item;
         let job = Arc::new(ScoreJob {
             model: model.clone(),

@@ -51,19 +51,74 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The code of a file: without comments (doc links are not imports) and without its test module (from the first
-/// `#[cfg(test)]` on: test modules close the files here).
+/// The code of a file: without comments (doc links are not imports) and without its test modules (`#[cfg(test)]`
+/// followed by a `mod`, inline or in its own file). Other `#[cfg(test)]` items stay: they are imports of test builds.
 fn code(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap();
-    let text = match text.find("#[cfg(test)]") {
-        Some(at) => &text[..at],
-        None => &text[..],
-    };
-    text.lines()
+    let text: String = text
+        .lines()
         .filter(|l| !l.trim_start().starts_with("//"))
         .map(|l| l.split(" // ").next().unwrap_or(""))
         .collect::<Vec<_>>()
-        .join("\n")
+        .join("\n");
+    without_test_modules(&text)
+}
+
+/// `text` without its `#[cfg(test)] mod …` items.
+fn without_test_modules(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "#[cfg(test)]".len()..];
+        let item = after.trim_start();
+        let item = item.strip_prefix("pub(crate) ").unwrap_or(item);
+        if !item.starts_with("mod ") {
+            out.push_str("#[cfg(test)]");
+            rest = after;
+            continue;
+        }
+        let skipped = after.len() - item.len();
+        let end = match item.find(['{', ';']) {
+            Some(i) if item.as_bytes()[i] == b';' => i + 1,
+            Some(i) => i + matching_brace(&item[i..]),
+            None => item.len(),
+        };
+        rest = &after[skipped + end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The length of the block `text` opens (it starts with `{`), skipping string and character literals.
+fn matching_brace(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let (mut depth, mut i) = (0usize, 0usize);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            b'r' if text[i..].starts_with("r#\"") => {
+                i += text[i + 3..].find("\"#").map_or(bytes.len(), |e| e + 4);
+                continue;
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'\'' if bytes.get(i + 2) == Some(&b'\'') => i += 2,
+            _ => {}
+        }
+        i += 1;
+    }
+    bytes.len()
 }
 
 /// The module paths a file's code names: `crate::a::b` (with `{…}` groups expanded), and `super::`/`self::` paths
@@ -259,4 +314,15 @@ fn the_check_finds_a_circle_when_there_is_one() {
     assert_eq!(circle(&edges), None);
     edges.entry(m("c")).or_default().insert(m("a"));
     assert_eq!(circle(&edges).unwrap().len(), 3);
+}
+
+#[test]
+fn test_modules_are_left_out_and_test_only_imports_kept() {
+    let text = "use crate::a;\n#[cfg(test)]\nuse crate::b;\n#[cfg(test)]\nmod tests {\n    use crate::c;\n    let s = \"}\";\n    fn f() {}\n}\nuse crate::d;\n#[cfg(test)]\nmod more;\n";
+    let kept = without_test_modules(text);
+    assert!(kept.contains("crate::a") && kept.contains("crate::b") && kept.contains("crate::d"));
+    assert!(
+        !kept.contains("crate::c") && !kept.contains("mod more"),
+        "{kept}"
+    );
 }

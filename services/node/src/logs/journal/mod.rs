@@ -38,6 +38,7 @@
 
 mod chain;
 mod erase;
+mod rotation;
 mod segments;
 mod start;
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //!   before any handler runs;
 //! - [`tls`]: listeners whose certificates are re-read when their files change; client TLS settings;
 //! - [`pseudonyms`]: the keyed pseudonyms that name shoppers outside the owner's memory;
-//! - [`x509`]: the few certificate fields the node reads.
+//! - `x509`: the few certificate fields the node reads.
 //!
 //! [`Security`] holds what a node loads of them at start, and re-reads.
 

@@ -3,7 +3,7 @@
 //! - [`run`]: the binary's `aisle serve` — validate the configuration, bootstrap a store edge's bundles, prepare
 //!   the bundles, bind, [`start`], wait for the shutdown signal, [`RunningNode::shutdown`].
 //! - [`start`]: on listeners the caller bound (tests pass `127.0.0.1:0`): load the credentials, assemble the node
-//!   context ([`assemble`]), serve its ports ([`ports`]), start its tasks ([`tasks`]).
+//!   context (`assemble`), serve its ports (`ports`), start its tasks (`tasks`).
 //! - [`RunningNode::shutdown`]: leave the cluster (hand sessions off, revoke the lease), stop taking work, end push
 //!   streams, let in-flight calls finish, close the logs, stop the actors.
 

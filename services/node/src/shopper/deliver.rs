@@ -60,7 +60,7 @@ pub async fn apply_queued(
 }
 
 /// Delivers the outbox's entries for as long as the node runs, through `send` (which says whether an entry leaves
-/// the outbox): each shopper's oldest entry, one per shopper at a time, up to [`DELIVERIES_IN_FLIGHT`] at once.
+/// the outbox): each shopper's oldest entry, one per shopper at a time, up to `DELIVERIES_IN_FLIGHT` (32) at once.
 pub async fn drain<F, Fut>(outbox: Arc<Outbox>, send: F)
 where
     F: Fn(Arc<QueuedTrack>) -> Fut,

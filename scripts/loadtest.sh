@@ -21,6 +21,16 @@
 # generator is ./target/release/aisle-loadtest (LOADTEST to override) and shares the machine with the node: both
 # sides pay that alike, which is why the runs alternate.
 #
+# `scripts/loadtest.sh --floor-ratio BIN [--json]`: a decision's price against the health-check floor, one binary.
+# ROUNDS times (default 3) it starts a fresh node of BIN (demo world, own free ports below the ephemeral range),
+# loads it with the `health` scenario (grpc.health.v1 Check: same server, transport and connections, no work) at
+# CPU_RATE/s (default 2000) for CPU_DURATION (default 15 s) after CPU_WARMUP (default 3 s), reads the node's CPU
+# from /proc/<pid>/stat around the recorded window and stops it by PID; then a fresh node the same way with the
+# `decide` scenario. It prints node CPU µs per request for each and their ratio per round, then the medians and the
+# median of the per-round ratios, which is the headline (each ratio is taken between two runs close in time, so it
+# is less exposed to the machine's drift than the ratio of the medians). A rise of the headline means the decision
+# path grew dearer than the transport under it. LOADTEST overrides the load generator as in --compare.
+#
 # `scripts/loadtest.sh --compare-tls BIN [--json]`: the same A/B with one binary, plaintext (OLD) against TLS and a
 # token file (NEW): the NEW node serves TLS with a throwaway CA (scripts/pki.sh) and checks a bearer token on every
 # call, and the load generator speaks TLS and sends the token. The ratio is the cost of security.
@@ -201,6 +211,113 @@ if any(r["errors"] for r in runs):
 if want_json:
     print(json.dumps({"mode": "compare-" + ab, "rounds": int(rounds), "runs": runs, "medians": out,
                       "ratios": ratios}))
+PY
+  exit 0
+fi
+if [ "${1:-}" = "--floor-ratio" ]; then
+  shift
+  [ $# -ge 1 ] || { echo "usage: scripts/loadtest.sh --floor-ratio BIN [--json]" >&2; exit 2; }
+  abs() { case $1 in /*) echo "$1" ;; *) echo "$caller_dir/$1" ;; esac; }
+  node_bin=$(abs "$1")
+  shift
+  json=
+  [ "${1:-}" = "--json" ] && json=1
+  loadtest=${LOADTEST:+$(abs "$LOADTEST")}
+  loadtest=${loadtest:-$bin/aisle-loadtest}
+  for b in "$node_bin" "$loadtest"; do
+    [ -x "$b" ] || { echo "not an executable: $b (build with \`cargo build --release\`)" >&2; exit 2; }
+  done
+  rounds=${ROUNDS:-3}
+  cpu_rate=${CPU_RATE:-2000}
+  cpu_duration=${CPU_DURATION:-15s}
+  cpu_warmup=${CPU_WARMUP:-3s}
+  clk_tck=$(getconf CLK_TCK)
+  work=$(mktemp -d)
+  node_pid=
+  stop_floor_node() {
+    if [ -n "$node_pid" ] && kill -0 "$node_pid" 2>/dev/null; then
+      kill "$node_pid"
+      wait "$node_pid" 2>/dev/null || true
+    fi
+    node_pid=
+  }
+  trap 'stop_floor_node; rm -rf "$work"' EXIT
+  trap 'exit 130' INT TERM
+  # utime + stime ticks of process $1: fields 14 and 15, counted from the last ')' as the command may hold spaces.
+  cpu_ticks() {
+    local stat
+    stat=$(cat "/proc/$1/stat")
+    echo "${stat##*) }" | awk '{ print $12 + $13 }'
+  }
+  port_base=30800  # below the ephemeral range (32768+), where outgoing connections take their ports
+  : >"$work/runs.jsonl"
+  echo "floor ratio of $node_bin: $rounds round(s) of health then decide, each on a fresh node, at $cpu_rate/s for" \
+       "$cpu_duration after $cpu_warmup warm-up; $(nproc) cores shared with the load generator"
+  for round in $(seq 1 "$rounds"); do
+    for scenario in health decide; do
+      grpc_port=$(free_port "$port_base")
+      http_port=$(free_port $((grpc_port + 1)))
+      port_base=$((http_port + 1))
+      target="http://127.0.0.1:$grpc_port"
+      start_node "$node_bin" "floor-$scenario$round" "$grpc_port" "$http_port" "$work/node-$scenario$round.log" 60 \
+        "round $round ($scenario): $node_bin "
+      "$loadtest" run --target "$target" --scenario "$scenario" --rate "$cpu_rate" --duration "$cpu_warmup" \
+        --quiet >/dev/null
+      t0=$(cpu_ticks "$node_pid")
+      "$loadtest" run --target "$target" --scenario "$scenario" --rate "$cpu_rate" --duration "$cpu_duration" \
+        --json >"$work/$scenario$round.out"
+      t1=$(cpu_ticks "$node_pid")
+      stop_floor_node
+      python3 - "$round" "$scenario" "$((t1 - t0))" "$clk_tck" "$work/$scenario$round.out" "$work/runs.jsonl" <<'PY'
+import json, sys
+rnd, scenario, ticks, clk_tck, out, runs = sys.argv[1:]
+r = json.loads(open(out).read().strip().splitlines()[-1])
+requests = r["ok"] + r["errors"]
+cpu_s = int(ticks) / int(clk_tck)
+row = {"round": int(rnd), "scenario": scenario,
+       "cpu_us_per_request": round(cpu_s * 1e6 / requests, 1) if requests else None,
+       "node_cpu_seconds": round(cpu_s, 3), "node_cpu_cores": round(cpu_s / r["duration_s"], 3),
+       "requests": requests, "errors": r["errors"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"]}
+with open(runs, "a") as f:
+    f.write(json.dumps(row) + "\n")
+fmt = lambda v: "-" if v is None else f"{v:.1f}"
+print(f"round {rnd} {scenario:<7} CPU {fmt(row['cpu_us_per_request'])} µs/request ({row['node_cpu_cores']:.2f} cores, "
+      f"{requests} requests, {row['errors']} errors, p99 {row['p99_ms']:.3f} ms)", flush=True)
+PY
+    done
+  done
+  python3 - "$node_bin" "$rounds" "$cpu_rate" "${json:-}" "$work/runs.jsonl" <<'PY'
+import json, statistics, sys
+node_bin, rounds, cpu_rate, want_json, path = sys.argv[1:]
+runs = [json.loads(l) for l in open(path) if l.strip()]
+cpu = {(r["round"], r["scenario"]): r["cpu_us_per_request"] for r in runs}
+fmt = lambda v, f: "-" if v is None else format(v, f)
+def ratio(health, decide):
+    return round(decide / health, 3) if health and decide is not None else None
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+per_round = []
+print()
+print(f"{'round':<8}{'health µs/req':>15}{'decide µs/req':>15}{'decide/health':>15}")
+for n in range(1, int(rounds) + 1):
+    h, d = cpu.get((n, "health")), cpu.get((n, "decide"))
+    per_round.append({"round": n, "health_cpu_us_per_request": h, "decide_cpu_us_per_request": d,
+                      "ratio": ratio(h, d)})
+    print(f"{n:<8}{fmt(h, '.1f'):>15}{fmt(d, '.1f'):>15}{fmt(ratio(h, d), '.3f'):>15}")
+med_h = median(r["health_cpu_us_per_request"] for r in per_round)
+med_d = median(r["decide_cpu_us_per_request"] for r in per_round)
+med_ratio = median(r["ratio"] for r in per_round)
+print(f"{'median':<8}{fmt(med_h, '.1f'):>15}{fmt(med_d, '.1f'):>15}{fmt(med_ratio, '.3f'):>15}")
+print(f"headline: decide/health = {fmt(med_ratio, '.3f')} (median of the {rounds} per-round ratios; the ratio of "
+      f"the medians is {fmt(ratio(med_h, med_d), '.3f')})")
+if any(r["errors"] for r in runs):
+    print(f"warning: some runs had errors: {cpu_rate}/s is not below saturation for every run")
+if want_json:
+    print(json.dumps({"mode": "floor-ratio", "bin": node_bin, "rounds": int(rounds), "cpu_rate": float(cpu_rate),
+                      "runs": runs, "per_round": per_round, "median_health_cpu_us_per_request": med_h,
+                      "median_decide_cpu_us_per_request": med_d, "median_ratio": med_ratio,
+                      "ratio_of_medians": ratio(med_h, med_d)}))
 PY
   exit 0
 fi

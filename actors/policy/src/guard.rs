@@ -11,7 +11,7 @@ use aisle_domain::TimestampMs;
 use aisle_domain::catalog::{Catalog, CategoryIdx, ItemIdx, Offer};
 use aisle_domain::request::{Channel, ShopperAttributes};
 
-use crate::rules::Rules;
+use crate::rules::{Resolved, Rules};
 
 /// Why an item (or its offer) was kept from a shopper. The codes are stable: they label metrics and decision
 /// records.
@@ -151,7 +151,7 @@ pub struct Admitted {
 pub struct Guard<'a> {
     rules: &'a Rules,
     catalog: &'a Catalog,
-    min_ages: Arc<(String, Vec<u8>)>,
+    resolved: Arc<Resolved>,
     ctx: PolicyContext<'a>,
     min_age_cleared: u8,
 }
@@ -160,7 +160,7 @@ impl<'a> Guard<'a> {
     /// Binds the rules to a catalog and a request.
     pub fn new(rules: &'a Rules, catalog: &'a Catalog, ctx: PolicyContext<'a>) -> Self {
         Self {
-            min_ages: rules.category_min_ages(catalog),
+            resolved: rules.resolved(catalog),
             min_age_cleared: ctx.attributes.verified_min_age(),
             rules,
             catalog,
@@ -182,20 +182,23 @@ impl<'a> Guard<'a> {
     ///
     /// # Errors
     /// The exclusion that applies.
+    #[inline]
     pub fn admit(&self, item: ItemIdx) -> Result<(), Exclusion> {
-        let Some(it) = self
-            .catalog
-            .items
+        // One read of the resolved bars per candidate: ranking calls this for every candidate of a decision.
+        let bar = self
+            .resolved
+            .bars
             .get(item as usize)
-            .filter(|it| !it.delisted)
-        else {
-            return Err(Exclusion::UnknownItem);
-        };
-        if it.stock < self.rules.min_stock {
-            return Err(Exclusion::OutOfStock);
+            .copied()
+            .unwrap_or(Resolved::UNKNOWN);
+        if bar >= Resolved::OUT_OF_STOCK {
+            return Err(if bar == Resolved::OUT_OF_STOCK {
+                Exclusion::OutOfStock
+            } else {
+                Exclusion::UnknownItem
+            });
         }
-        let min_age = it.min_age.max(self.min_ages.1[it.category as usize]);
-        if min_age > 0 && self.min_age_cleared < min_age {
+        if bar > 0 && u16::from(self.min_age_cleared) < bar {
             return Err(Exclusion::AgeRestricted);
         }
         if self.rules.exclude_purchased && self.ctx.purchased.contains(&item) {

@@ -137,6 +137,31 @@ mod tests {
     }
 
     #[test]
+    fn one_rules_bundle_resolves_each_catalog_it_guards() {
+        let r = Rules::embedded();
+        let c = catalog();
+        let g = Guard::new(&r, &c, ctx(&[]));
+        assert_eq!(g.admit(idx(&c, "sock-a")), Ok(()));
+        assert_eq!(g.admit(c.items.len() as u32), Err(Exclusion::UnknownItem));
+        // The same content re-indexed over a catalog with one more item: the same content hash, a longer item
+        // table, that item delisted. The rules must not reuse what they resolved for the first catalog.
+        let json = serde_json::json!({
+            "format_version": 1,
+            "version": "base",
+            "categories": [{"name": "Socks"}],
+            "items": [{"id": "extra", "name": "x", "category": "Socks", "price_cents": 1, "stock": 9}]
+        });
+        let base = Catalog::from_json(json.to_string().as_bytes(), "base").unwrap();
+        let over = catalog().rebased(&base).unwrap();
+        assert_eq!(over.meta.content_hash, c.meta.content_hash);
+        let g = Guard::new(&r, &over, ctx(&[]));
+        assert_eq!(g.admit(idx(&over, "extra")), Err(Exclusion::UnknownItem));
+        assert_eq!(g.admit(idx(&over, "sock-a")), Ok(()));
+        assert_eq!(g.admit(idx(&over, "gone")), Err(Exclusion::OutOfStock));
+        assert_eq!(g.admit(idx(&over, "knife")), Err(Exclusion::AgeRestricted));
+    }
+
+    #[test]
     fn age_restrictions_need_a_verified_age_above_the_threshold() {
         let (c, r) = (catalog(), Rules::embedded());
         let (wine, knife) = (idx(&c, "wine"), idx(&c, "knife"));

@@ -117,8 +117,28 @@ pub struct Rules {
     /// See [`RulesFile::exclude_purchased`].
     pub exclude_purchased: bool,
     age_by_category: HashMap<String, u8>,
-    /// Minimum age per category index, resolved for the last catalog seen (keyed by its content hash).
-    resolved: ArcSwapOption<(String, Vec<u8>)>,
+    /// What the guardrails read per candidate, resolved for the last catalog seen.
+    resolved: ArcSwapOption<Resolved>,
+}
+
+/// The item rules that do not depend on the request, resolved once per catalog: a guardrail check per candidate
+/// then reads one small dense array instead of the catalog's item records and the category table.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The catalog's content hash and item count, and the rules' minimum stock, when resolved: a catalog
+    /// re-indexed over another version keeps its content hash but not its length, and `min_stock` is a public
+    /// field.
+    key: (String, usize, u32),
+    /// Per item index: [`Resolved::UNKNOWN`] (delisted), [`Resolved::OUT_OF_STOCK`], else the verified age it
+    /// needs (the strictest of the item's, its category's in the catalog and in the rules; 0: none).
+    pub bars: Vec<u16>,
+}
+
+impl Resolved {
+    /// The bar of a delisted item.
+    pub const UNKNOWN: u16 = 0x200;
+    /// The bar of an item whose stock is below the rules' minimum.
+    pub const OUT_OF_STOCK: u16 = 0x100;
 }
 
 impl Rules {
@@ -191,14 +211,17 @@ impl Rules {
         Self::from_file(file, &bytes, "embedded default").expect("default rules are valid")
     }
 
-    /// Minimum verified age per category index of `catalog` (the stricter of catalog and rules).
-    pub fn category_min_ages(&self, catalog: &Catalog) -> Arc<(String, Vec<u8>)> {
+    /// The item rules resolved for `catalog` (computed on the first call for a catalog, then shared).
+    pub fn resolved(&self, catalog: &Catalog) -> Arc<Resolved> {
         if let Some(r) = self.resolved.load_full()
-            && r.0 == catalog.meta.content_hash
+            && r.key.0 == catalog.meta.content_hash
+            && r.key.1 == catalog.items.len()
+            && r.key.2 == self.min_stock
         {
             return r;
         }
-        let ages = catalog
+        // Minimum verified age per category index (the stricter of catalog and rules).
+        let ages: Vec<u8> = catalog
             .categories
             .iter()
             .map(|c| {
@@ -206,7 +229,27 @@ impl Rules {
                     .max(self.age_by_category.get(&c.name).copied().unwrap_or(0))
             })
             .collect();
-        let r = Arc::new((catalog.meta.content_hash.clone(), ages));
+        let bars = catalog
+            .items
+            .iter()
+            .map(|it| {
+                if it.delisted {
+                    Resolved::UNKNOWN
+                } else if it.stock < self.min_stock {
+                    Resolved::OUT_OF_STOCK
+                } else {
+                    u16::from(it.min_age.max(ages[it.category as usize]))
+                }
+            })
+            .collect();
+        let r = Arc::new(Resolved {
+            key: (
+                catalog.meta.content_hash.clone(),
+                catalog.items.len(),
+                self.min_stock,
+            ),
+            bars,
+        });
         self.resolved.store(Some(r.clone()));
         r
     }

@@ -67,7 +67,9 @@ pub struct LocalRanking {
 /// A query that carries nothing about the shopper ([`Query::is_anonymous`]: a first visit, a shopper without
 /// consent) always gets the same candidates with the same scores; their order is computed once per served model
 /// and each such decision only applies the guardrails to it. The answer and the exclusions counted are the same
-/// as those of the full path.
+/// as those of the full path. A query whose only signal is the items on screen ([`Query::is_on_screen_only`]) gets
+/// the same top sellers, less those the on-screen rules touched: only the touched candidates are scored per
+/// decision, and the rest come from that same order.
 pub fn rank_local(
     model: &ServedModel,
     query: &Query<'_>,
@@ -82,6 +84,18 @@ pub fn rank_local(
             items,
             exclusions,
             candidates: score::anonymous(model).candidates.len(),
+        };
+    }
+    if query.is_on_screen_only()
+        && let Some(on) = retrieve::retrieve_on_screen(model, score::anonymous(model), query)
+    {
+        // No session: no last item to name in a reason.
+        let part = score::score_on_screen(model, &on, guard, limit);
+        let items = score::merge(model, vec![part], guard, limit, None, &mut exclusions);
+        return LocalRanking {
+            items,
+            exclusions,
+            candidates: on.candidates,
         };
     }
     let retrieved = retrieve(model, query);

@@ -27,7 +27,7 @@ use aisle_domain::session::SessionView;
 
 use crate::features::{Profile, Raw, Scale};
 use crate::order;
-use crate::served::ServedModel;
+use crate::served::{Anonymous, ServedModel};
 
 /// What to rank for.
 #[derive(Debug, Clone, Copy)]
@@ -45,9 +45,15 @@ impl Query<'_> {
     /// the session, no cart, no affinities, no price profile, nothing on screen, no candidates given. Every such
     /// query gets the same candidates with the same features (see [`crate::rank_local`]).
     pub fn is_anonymous(&self) -> bool {
+        self.context.is_empty() && self.is_on_screen_only()
+    }
+
+    /// Whether the items on screen (if any) are all the query carries about the shopper: an anonymous query but
+    /// for its context. Only the on-screen rules then touch candidates; every other candidate is a top seller
+    /// with the anonymous query's features (see [`crate::rank_local`]).
+    pub fn is_on_screen_only(&self) -> bool {
         let v = self.view;
         self.candidates.is_none()
-            && self.context.is_empty()
             && v.known_items().next().is_none()
             && v.cart.is_empty()
             && v.category_affinity.is_empty()
@@ -65,6 +71,21 @@ pub struct Retrieved {
     pub profile: Profile,
     /// The session's last known item (the source of the "last item" rules).
     pub last_item: Option<ItemIdx>,
+}
+
+/// The candidates of an on-screen-only query ([`Query::is_on_screen_only`]), split in two: those a generator
+/// touched, with their raw scores, and the untouched top sellers, whose raw scores are the default ones — exactly
+/// those of the anonymous query's candidates, which are scored once per served model.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct OnScreen {
+    /// Candidates a generator touched (their log-ranks set), in ascending item order.
+    pub(crate) touched: Vec<(ItemIdx, Raw)>,
+    /// Per candidate of the anonymous query (its index): whether it is an untouched candidate here too.
+    pub(crate) untouched: Vec<bool>,
+    /// Candidates in all: the touched ones and the untouched top sellers.
+    pub(crate) candidates: usize,
+    /// Request-level feature inputs of the touched candidates.
+    pub(crate) profile: Profile,
 }
 
 /// On-screen items considered.
@@ -181,6 +202,159 @@ fn inverse(max: f32) -> f32 {
 }
 
 fn retrieve_with(model: &ServedModel, query: &Query<'_>, s: &mut Scratch) -> Retrieved {
+    let generated = generate(model, query, s);
+    match query.candidates {
+        Some(given) => {
+            for &i in given {
+                if (i as usize) < model.items.len() {
+                    s.nominate(i);
+                }
+            }
+        }
+        None => union(
+            model,
+            query.view,
+            s,
+            &generated.scale,
+            generated.inv_ar_last,
+        ),
+    }
+    let candidates = finish(model, s, |s, i| {
+        s.peek(i).map_or_else(Raw::default, |slot| slot.raw)
+    });
+    Retrieved {
+        candidates,
+        profile: profile(query.view, &generated),
+        last_item: generated.last_item,
+    }
+}
+
+/// Retrieves the candidates of an on-screen-only query ([`Query::is_on_screen_only`]) without materialising the
+/// untouched top sellers: the same candidate set as [`retrieve`], in two parts (see [`OnScreen`]).
+///
+/// `None` when a normaliser is not finite (a generator's largest score is subnormal): an untouched candidate's
+/// zero score times it would not be zero, so its features would differ from the anonymous query's; [`retrieve`]
+/// handles that case.
+pub(crate) fn retrieve_on_screen(
+    model: &ServedModel,
+    anonymous: &Anonymous,
+    query: &Query<'_>,
+) -> Option<OnScreen> {
+    debug_assert!(query.is_on_screen_only());
+    SCRATCH.with(|s| {
+        let s = &mut *s.borrow_mut();
+        let generated = generate(model, query, s);
+        let sc = &generated.scale;
+        if ![
+            sc.vsknn,
+            sc.sr_last,
+            sc.sr_session,
+            sc.ar_session,
+            sc.sr_all,
+            sc.context,
+        ]
+        .iter()
+        .all(|x| x.is_finite())
+        {
+            return None;
+        }
+        // The union as `union` makes it (no session, so no categories to draw from): the generated items, then
+        // top sellers until the set is full. Only touched items are kept in `s.candidates`; the untouched top
+        // sellers are marked by their index among the anonymous query's candidates.
+        let max = model.params.max_candidates;
+        select_generated(model, s, &generated.scale, generated.inv_ar_last);
+        let mut untouched = vec![false; anonymous.candidates.len()];
+        let mut count = s.candidates.len();
+        for (k, &item) in model.popular.iter().enumerate() {
+            if count >= max {
+                break;
+            }
+            let i = item as usize;
+            if s.candidate_stamp[i] == s.generation {
+                continue;
+            }
+            s.candidate_stamp[i] = s.generation;
+            count += 1;
+            if s.item_stamp[i] == s.generation {
+                s.candidates.push(item);
+            } else {
+                // The anonymous query's candidates are the top sellers its own fill walked, which reaches at
+                // least as far as this one (it starts from no generated item).
+                untouched[anonymous.popular_index[k] as usize] = true;
+            }
+        }
+        let touched = finish(model, s, |s, i| {
+            s.peek(i).map_or_else(Raw::default, |slot| slot.raw)
+        });
+        Some(OnScreen {
+            touched,
+            untouched,
+            candidates: count,
+            profile: profile(query.view, &generated),
+        })
+    })
+}
+
+/// What the generators found, before the union.
+struct Generated {
+    scale: Scale,
+    inv_ar_last: f32,
+    n_neighbours: usize,
+    last_item: Option<ItemIdx>,
+}
+
+fn profile(view: &SessionView, g: &Generated) -> Profile {
+    Profile {
+        scale: g.scale,
+        log_neighbours: (g.n_neighbours as f32).ln_1p(),
+        inv_neighbours: 1.0 / g.n_neighbours.max(1) as f32,
+        categories: view.category_affinity.clone(),
+        brands: view.brand_affinity.clone(),
+        log_price: view.log_price,
+    }
+}
+
+/// Orders the nominated candidates (`s.candidates`) by item, takes their raw scores and sets their log-ranks.
+fn finish(
+    model: &ServedModel,
+    s: &mut Scratch,
+    raw: impl Fn(&Scratch, ItemIdx) -> Raw,
+) -> Vec<(ItemIdx, Raw)> {
+    s.candidates.sort_unstable();
+    let mut candidates: Vec<(ItemIdx, Raw)> = Vec::with_capacity(s.candidates.len());
+    for &i in &s.candidates {
+        candidates.push((i, raw(s, i)));
+    }
+    let missing = ((model.params.max_candidates + 2) as f32).ln();
+    log_ranks(
+        &mut s.ranked,
+        &s.ln,
+        &mut candidates,
+        missing,
+        |r| r.vsknn,
+        |r, v| r.vsknn_lrank = v,
+    );
+    log_ranks(
+        &mut s.ranked,
+        &s.ln,
+        &mut candidates,
+        missing,
+        |r| r.sr_last,
+        |r, v| r.sr_last_lrank = v,
+    );
+    log_ranks(
+        &mut s.ranked,
+        &s.ln,
+        &mut candidates,
+        missing,
+        |r| r.sr_all,
+        |r, v| r.sr_all_lrank = v,
+    );
+    candidates
+}
+
+/// Runs the generators over the session and the items on screen, filling the scratch's slots.
+fn generate(model: &ServedModel, query: &Query<'_>, s: &mut Scratch) -> Generated {
     let p = &model.params;
     let n_items = model.items.len();
     s.prepare(n_items, model.sessions.rows(), p.max_candidates);
@@ -272,68 +446,17 @@ fn retrieve_with(model: &ServedModel, query: &Query<'_>, s: &mut Scratch) -> Ret
         sr_all = sr_all.max(r.sr_all);
         context = context.max(r.context);
     }
-    let scale = Scale {
-        vsknn: inverse(vsknn),
-        sr_last: inverse(sr_last),
-        sr_session: inverse(sr_session),
-        ar_session: inverse(ar_session),
-        sr_all: inverse(sr_all),
-        context: inverse(context),
-    };
-    let inv_ar_last = inverse(ar_last);
-
-    match query.candidates {
-        Some(given) => {
-            for &i in given {
-                if (i as usize) < n_items {
-                    s.nominate(i);
-                }
-            }
-        }
-        None => union(model, view, s, &scale, inv_ar_last),
-    }
-    s.candidates.sort_unstable();
-
-    let mut candidates: Vec<(ItemIdx, Raw)> = Vec::with_capacity(s.candidates.len());
-    for &i in &s.candidates {
-        candidates.push((i, s.peek(i).map_or_else(Raw::default, |slot| slot.raw)));
-    }
-    let missing = ((p.max_candidates + 2) as f32).ln();
-    log_ranks(
-        &mut s.ranked,
-        &s.ln,
-        &mut candidates,
-        missing,
-        |r| r.vsknn,
-        |r, v| r.vsknn_lrank = v,
-    );
-    log_ranks(
-        &mut s.ranked,
-        &s.ln,
-        &mut candidates,
-        missing,
-        |r| r.sr_last,
-        |r, v| r.sr_last_lrank = v,
-    );
-    log_ranks(
-        &mut s.ranked,
-        &s.ln,
-        &mut candidates,
-        missing,
-        |r| r.sr_all,
-        |r, v| r.sr_all_lrank = v,
-    );
-
-    Retrieved {
-        candidates,
-        profile: Profile {
-            scale,
-            log_neighbours: (n_neighbours as f32).ln_1p(),
-            inv_neighbours: 1.0 / n_neighbours.max(1) as f32,
-            categories: view.category_affinity.clone(),
-            brands: view.brand_affinity.clone(),
-            log_price: view.log_price,
+    Generated {
+        scale: Scale {
+            vsknn: inverse(vsknn),
+            sr_last: inverse(sr_last),
+            sr_session: inverse(sr_session),
+            ar_session: inverse(ar_session),
+            sr_all: inverse(sr_all),
+            context: inverse(context),
         },
+        inv_ar_last: inverse(ar_last),
+        n_neighbours,
         last_item,
     }
 }
@@ -348,6 +471,28 @@ fn union(
 ) {
     let p = &model.params;
     let max = p.max_candidates;
+    select_generated(model, s, scale, inv_ar_last);
+    'categories: for &(category, _) in view.category_affinity.iter().take(p.top_categories) {
+        if let Some(top) = model.category_top.get(category as usize) {
+            for &item in top.iter().take(p.category_candidates) {
+                if s.candidates.len() >= max {
+                    break 'categories;
+                }
+                s.nominate(item);
+            }
+        }
+    }
+    for &item in &model.popular {
+        if s.candidates.len() >= max {
+            break;
+        }
+        s.nominate(item);
+    }
+}
+
+/// Nominates the generated items of highest priority, at most `max_candidates`.
+fn select_generated(model: &ServedModel, s: &mut Scratch, scale: &Scale, inv_ar_last: f32) {
+    let max = model.params.max_candidates;
     s.generated.clear();
     for &i in &s.touched {
         let slot = &s.slots[i as usize];
@@ -372,22 +517,6 @@ fn union(
     }
     for k in 0..s.generated.len() {
         let item = order::index(s.generated[k]);
-        s.nominate(item);
-    }
-    'categories: for &(category, _) in view.category_affinity.iter().take(p.top_categories) {
-        if let Some(top) = model.category_top.get(category as usize) {
-            for &item in top.iter().take(p.category_candidates) {
-                if s.candidates.len() >= max {
-                    break 'categories;
-                }
-                s.nominate(item);
-            }
-        }
-    }
-    for &item in &model.popular {
-        if s.candidates.len() >= max {
-            break;
-        }
         s.nominate(item);
     }
 }

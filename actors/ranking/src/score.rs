@@ -13,7 +13,7 @@ use aisle_policy::{Admitted, ExclusionCounts, Guard};
 
 use crate::features::{FEATURE_NAMES, Features, N_FEATURES, Profile, Raw};
 use crate::order;
-use crate::retrieve::{Query, Retrieved, retrieve};
+use crate::retrieve::{OnScreen, Query, Retrieved, retrieve};
 use crate::served::{Anonymous, ServedModel};
 
 /// A scored candidate.
@@ -106,29 +106,49 @@ pub fn score_partition(
         idx += 1;
         Some(all[idx - 1])
     });
-    out.best = best_within_cap(model, profile, candidates, guard, keep, in_order);
+    out.best = best_within_cap(
+        model,
+        guard,
+        keep,
+        in_order.map(|key| pick(key, candidates, profile)),
+    );
     out
 }
 
-/// Walks scored candidates in order (as [`order`] keys) and keeps up to `keep` within the category cap.
-fn best_within_cap(
+/// A scored candidate in order, with what its features are computed from (only if it is kept).
+struct Pick<'a> {
+    item: ItemIdx,
+    score: f32,
+    raw: &'a Raw,
+    profile: &'a Profile,
+}
+
+/// The candidate of an [`order`] key over `candidates`.
+fn pick<'a>(key: u64, candidates: &'a [(ItemIdx, Raw)], profile: &'a Profile) -> Pick<'a> {
+    let (item, raw) = &candidates[order::index(key) as usize];
+    Pick {
+        item: *item,
+        score: order::value(key),
+        raw,
+        profile,
+    }
+}
+
+/// Walks scored candidates in order and keeps up to `keep` within the category cap.
+fn best_within_cap<'a>(
     model: &ServedModel,
-    profile: &Profile,
-    candidates: &[(ItemIdx, Raw)],
     guard: &Guard<'_>,
     keep: usize,
-    in_order: impl Iterator<Item = u64>,
+    in_order: impl Iterator<Item = Pick<'a>>,
 ) -> Vec<Scored> {
     let cap = guard.category_cap();
     let mut per_category: Vec<(CategoryIdx, usize)> = Vec::new();
     let mut best = Vec::with_capacity(keep);
-    for key in in_order {
+    for p in in_order {
         if best.len() >= keep {
             break;
         }
-        let k = order::index(key) as usize;
-        let item = candidates[k].0;
-        let category = model.items[item as usize].inputs.category;
+        let category = model.items[p.item as usize].inputs.category;
         if guard.caps_category(category) {
             match per_category.iter_mut().find(|c| c.0 == category) {
                 Some(c) if c.1 >= cap => continue,
@@ -137,9 +157,9 @@ fn best_within_cap(
             }
         }
         best.push(Scored {
-            item,
-            score: order::value(key),
-            features: model.features(profile, item, &candidates[k].1),
+            item: p.item,
+            score: p.score,
+            features: model.features(p.profile, p.item, p.raw),
         });
     }
     best
@@ -168,17 +188,28 @@ pub(crate) fn anonymous(model: &ServedModel) -> &Anonymous {
             })
             .collect();
         order.sort_unstable();
+        let popular_index = model
+            .popular
+            .iter()
+            .map(|item| {
+                retrieved
+                    .candidates
+                    .binary_search_by_key(item, |c| c.0)
+                    .map_or(u32::MAX, |k| k as u32)
+            })
+            .collect();
         Anonymous {
             candidates: retrieved.candidates,
             profile: retrieved.profile,
             order,
+            popular_index,
         }
     })
 }
 
-/// Scores the anonymous query's candidates (see [`anonymous`]) from their precomputed order: the same result as
-/// [`score_partition`] over all of them in one partition, without computing a feature of an item that is not kept.
-/// Every candidate still passes the guardrails, so the exclusions counted are the same too.
+/// Scores the anonymous query's candidates (see [`crate::served::Anonymous`]) from their precomputed order: the
+/// same result as [`score_partition`] over all of them in one partition, without computing a feature of an item
+/// that is not kept. Every candidate still passes the guardrails, so the exclusions counted are the same too.
 pub(crate) fn score_anonymous(
     model: &ServedModel,
     guard: &Guard<'_>,
@@ -194,13 +225,82 @@ pub(crate) fn score_anonymous(
         }
     }
     let keep = partition_keep(limit, guard);
-    let in_order = anonymous.order.iter().copied().filter(|&key| {
-        guard
-            .admit(candidates[order::index(key) as usize].0)
-            .is_ok()
-    });
-    out.best = best_within_cap(model, &anonymous.profile, candidates, guard, keep, in_order);
+    let profile = &anonymous.profile;
+    let in_order = anonymous
+        .order
+        .iter()
+        .map(|&key| pick(key, candidates, profile))
+        .filter(|p| guard.admit(p.item).is_ok());
+    out.best = best_within_cap(model, guard, keep, in_order);
     out
+}
+
+/// Scores an on-screen-only query's candidates ([`OnScreen`]): the touched ones here, the untouched top sellers
+/// from the anonymous query's precomputed order (their features are the same), merged in one order — the same
+/// result as [`score_partition`] over all of them in one partition, with the same exclusions counted.
+pub(crate) fn score_on_screen(
+    model: &ServedModel,
+    on: &OnScreen,
+    guard: &Guard<'_>,
+    limit: usize,
+) -> PartitionResult {
+    let anonymous = anonymous(model);
+    let candidates = &anonymous.candidates;
+    let mut out = PartitionResult::default();
+    for (k, _) in on.untouched.iter().enumerate().filter(|(_, u)| **u) {
+        match guard.admit(candidates[k].0) {
+            Ok(()) => out.scored += 1,
+            Err(e) => out.exclusions.add(e),
+        }
+    }
+    // Keys of the touched candidates (index: their place in `on.touched`, which is in item order too).
+    let mut touched: Vec<u64> = Vec::with_capacity(on.touched.len());
+    for (k, (item, raw)) in on.touched.iter().enumerate() {
+        if let Err(e) = guard.admit(*item) {
+            out.exclusions.add(e);
+            continue;
+        }
+        let features = model.features(&on.profile, *item, raw);
+        touched.push(order::descending_then_index(
+            model.score(&features),
+            k as u32,
+        ));
+    }
+    out.scored += touched.len();
+    touched.sort_unstable();
+    let keep = partition_keep(limit, guard);
+    let untouched = anonymous
+        .order
+        .iter()
+        .filter(|&&key| on.untouched[order::index(key) as usize])
+        .map(|&key| pick(key, candidates, &anonymous.profile))
+        .filter(|p| guard.admit(p.item).is_ok());
+    let touched = touched
+        .iter()
+        .map(|&key| pick(key, &on.touched, &on.profile));
+    out.best = best_within_cap(model, guard, keep, merge_picks(touched, untouched));
+    out
+}
+
+/// Merges two streams of picks, each in order (score descending, then item), into one in that order.
+fn merge_picks<'a>(
+    a: impl Iterator<Item = Pick<'a>>,
+    b: impl Iterator<Item = Pick<'a>>,
+) -> impl Iterator<Item = Pick<'a>> {
+    let mut a = a.peekable();
+    let mut b = b.peekable();
+    std::iter::from_fn(move || {
+        let a_first = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => y
+                .score
+                .total_cmp(&x.score)
+                .then(x.item.cmp(&y.item))
+                .is_le(),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if a_first { a.next() } else { b.next() }
+    })
 }
 
 /// Scores every candidate of a decision in the calling thread and selects the answer under the guardrails: the

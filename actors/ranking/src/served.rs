@@ -77,6 +77,9 @@ pub(crate) struct Anonymous {
     pub(crate) profile: Profile,
     /// Every candidate's order key (score descending, then candidate index), sorted.
     pub(crate) order: Vec<u64>,
+    /// Per entry of [`ServedModel::popular`]: its index among the candidates (`u32::MAX`: not one), so that an
+    /// on-screen-only query can mark its untouched top sellers (see [`crate::retrieve::OnScreen`]).
+    pub(crate) popular_index: Vec<u32>,
 }
 
 fn log_norm(values: &[f32]) -> Vec<f32> {

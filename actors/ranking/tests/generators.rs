@@ -573,3 +573,105 @@ fn anonymous_queries_rank_as_the_full_path_does() {
     };
     assert!(!query.is_anonymous());
 }
+
+#[test]
+fn on_screen_queries_rank_as_the_full_path_does() {
+    let world = aisle_domain::demo::DemoWorld::generate(5, 1_700_000_000_000, 2_000);
+    let catalog = Arc::new(world.load_catalog());
+    let model = aisle_ranking::fit::fit(
+        &world.history,
+        catalog.clone(),
+        &FitConfig {
+            max_positions: 1_000,
+            negatives: 5,
+            ..Default::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    let served = ServedModel::bind(&model, catalog.clone(), "test");
+    let rules = Rules::embedded();
+    let n = catalog.items.len() as u32;
+    // Items on screen: top sellers (their rules touch other top sellers, which then are scored as touched),
+    // items from the whole catalog, several at once, more than are considered, and an index the catalog does not
+    // have (ignored, as if nothing were on screen).
+    let mut screens: Vec<Vec<u32>> = served.popular.iter().take(12).map(|&i| vec![i]).collect();
+    let mut x = 0x9e37_79b9_u32;
+    for k in 0..40 {
+        let len = 1 + k % 4;
+        screens.push(
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x % n
+                })
+                .collect(),
+        );
+    }
+    screens.push(served.popular.iter().take(14).copied().collect());
+    screens.push(vec![n + 5]);
+    let mut purchased = SessionView::default();
+    purchased.purchased = served.popular.iter().take(4).copied().collect();
+    let verified = ShopperAttributes {
+        age_verified: true,
+        age_band: AgeBand::From21,
+        ..Default::default()
+    };
+    let mut touched_top_sellers = 0;
+    for (s, screen) in screens.iter().enumerate() {
+        let view = if s % 3 == 0 {
+            &purchased
+        } else {
+            &SessionView::default()
+        };
+        let query = Query {
+            view,
+            context: screen,
+            candidates: None,
+        };
+        assert!(query.is_on_screen_only() && !query.is_anonymous());
+        let retrieved = retrieve(&served, &query);
+        touched_top_sellers += retrieved
+            .candidates
+            .iter()
+            .filter(|(i, raw)| raw.context > 0.0 && served.popular[..50].contains(i))
+            .count();
+        for (attributes, cap, limit) in [
+            (ShopperAttributes::default(), 0, 10),
+            (ShopperAttributes::default(), 2, 10),
+            (verified, 1, 20),
+            (verified, 0, 3),
+        ] {
+            let guard = Guard::new(
+                &rules,
+                &catalog,
+                PolicyContext {
+                    attributes,
+                    channel: Channel::Web,
+                    purchased: &view.purchased,
+                    now_ms: 1_700_000_000_000,
+                    max_items_per_category: cap,
+                },
+            );
+            let fast = rank_local(&served, &query, &guard, limit);
+            let mut exclusions = ExclusionCounts::default();
+            let full =
+                aisle_ranking::score::rank(&served, &retrieved, &guard, limit, &mut exclusions);
+            assert_eq!(
+                fast.items, full,
+                "screen {screen:?}, cap {cap}, limit {limit}"
+            );
+            assert_eq!(fast.exclusions, exclusions, "screen {screen:?}");
+            assert_eq!(
+                fast.candidates,
+                retrieved.candidates.len(),
+                "screen {screen:?}"
+            );
+        }
+    }
+    // The interesting case happened: top sellers touched by the rules, so scored here rather than taken from
+    // the anonymous order.
+    assert!(touched_top_sellers > 0);
+}

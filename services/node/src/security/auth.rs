@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
 use anyhow::Context as _;
@@ -95,11 +95,13 @@ impl Identity {
     /// The caller on a node without authentication (loopback demo, or `--insecure` without a token file): every
     /// scope.
     pub fn anonymous() -> Self {
-        Self {
+        // Made once: an open node asks for it on every request, and a fresh one would allocate its name each time.
+        static ANONYMOUS: LazyLock<Identity> = LazyLock::new(|| Identity {
             name: "anonymous".into(),
             scopes: Scope::ALL.iter().fold(0, |a, s| a | s.bit()),
             stores: None,
-        }
+        });
+        ANONYMOUS.clone()
     }
 
     /// Whether the identity holds `scope`.

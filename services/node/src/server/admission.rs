@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
+use metrics::Gauge;
 use tonic::Status;
 use tower::{Layer, Service};
 
@@ -14,14 +15,19 @@ use tower::{Layer, Service};
 pub(super) struct AdmissionLayer {
     limit: usize,
     inflight: Arc<AtomicUsize>,
+    /// The `aisle_inflight_requests` handle, registered once: every request sets it twice, and a lookup by name
+    /// builds and hashes the key each time.
+    gauge: Gauge,
 }
 
 impl AdmissionLayer {
-    /// A layer admitting at most `limit` requests at once (0: unlimited).
+    /// A layer admitting at most `limit` requests at once (0: unlimited). Make it after the metrics recorder is
+    /// installed: the gauge's handle is taken here.
     pub(super) fn new(limit: usize) -> Self {
         Self {
             limit,
             inflight: Arc::new(AtomicUsize::new(0)),
+            gauge: metrics::gauge!("aisle_inflight_requests"),
         }
     }
 }
@@ -34,6 +40,7 @@ impl<S> Layer<S> for AdmissionLayer {
             inner,
             limit: self.limit,
             inflight: self.inflight.clone(),
+            gauge: self.gauge.clone(),
         }
     }
 }
@@ -44,14 +51,15 @@ pub(super) struct Admission<S> {
     inner: S,
     limit: usize,
     inflight: Arc<AtomicUsize>,
+    gauge: Gauge,
 }
 
-struct Inflight(Arc<AtomicUsize>);
+struct Inflight(Arc<AtomicUsize>, Gauge);
 
 impl Drop for Inflight {
     fn drop(&mut self) {
         let now = self.0.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::gauge!("aisle_inflight_requests").set(now as f64);
+        self.1.set(now as f64);
     }
 }
 
@@ -76,7 +84,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let now = self.inflight.fetch_add(1, Ordering::Relaxed) + 1;
-        let guard = Inflight(self.inflight.clone());
+        let guard = Inflight(self.inflight.clone(), self.gauge.clone());
         // Health checks are always admitted: an overloaded node is still alive.
         let is_health = req.uri().path().starts_with("/grpc.health.v1.");
         if self.limit > 0 && now > self.limit && !is_health {
@@ -89,7 +97,7 @@ where
             ));
             return Box::pin(async move { Ok(status.into_http()) });
         }
-        metrics::gauge!("aisle_inflight_requests").set(now as f64);
+        self.gauge.set(now as f64);
         // The clone that was polled ready serves this call; the fresh clone waits for the next poll_ready.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

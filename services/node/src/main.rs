@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use aisle_node::cli::Cli;
 use clap::Parser;
 
+/// mimalloc instead of the system allocator: a decision allocates and frees some seventy blocks (response strings,
+/// candidate lists, cache entries), and glibc's malloc and free took about a tenth of the node's CPU for it
+/// (`docs/BENCHMARKS.md`, and the perf report of this change).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

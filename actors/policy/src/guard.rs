@@ -207,6 +207,44 @@ impl<'a> Guard<'a> {
         Ok(())
     }
 
+    /// Applies [`Guard::admit`] to every item and counts the exclusions: returns how many it admits. The same
+    /// counts as calling it item by item, in one loop with a single comparison for an admissible item — ranking
+    /// counts some 500 candidates per decision this way.
+    pub fn admit_all(
+        &self,
+        items: impl Iterator<Item = ItemIdx>,
+        counts: &mut ExclusionCounts,
+    ) -> usize {
+        let bars = &self.resolved.bars;
+        // A bar above the shopper's cleared age excludes: both flags are above any age, and an age bar of 0
+        // never is.
+        let cleared = u16::from(self.min_age_cleared);
+        let purchased = if self.rules.exclude_purchased {
+            self.ctx.purchased
+        } else {
+            &[]
+        };
+        let mut admitted = 0;
+        for item in items {
+            let bar = bars
+                .get(item as usize)
+                .copied()
+                .unwrap_or(Resolved::UNKNOWN);
+            if bar > cleared {
+                counts.add(match bar {
+                    Resolved::UNKNOWN => Exclusion::UnknownItem,
+                    Resolved::OUT_OF_STOCK => Exclusion::OutOfStock,
+                    _ => Exclusion::AgeRestricted,
+                });
+            } else if !purchased.is_empty() && purchased.contains(&item) {
+                counts.add(Exclusion::AlreadyPurchased);
+            } else {
+                admitted += 1;
+            }
+        }
+        admitted
+    }
+
     /// The item's offer, if it clears every offer rule now.
     ///
     /// # Errors

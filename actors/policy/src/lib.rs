@@ -137,6 +137,48 @@ mod tests {
     }
 
     #[test]
+    fn admit_all_counts_what_admit_says_item_by_item() {
+        let c = catalog();
+        let everything: Vec<u32> = (0..c.items.len() as u32 + 2).collect();
+        let purchased = [idx(&c, "sock-b"), idx(&c, "gone")];
+        let verified = ShopperAttributes {
+            age_verified: true,
+            age_band: AgeBand::From21,
+            ..Default::default()
+        };
+        for (rules, attributes, bought) in [
+            (
+                Rules::embedded(),
+                ShopperAttributes::default(),
+                &purchased[..],
+            ),
+            (Rules::embedded(), verified, &purchased[..]),
+            (Rules::embedded(), ShopperAttributes::default(), &[][..]),
+        ] {
+            let g = Guard::new(
+                &rules,
+                &c,
+                PolicyContext {
+                    attributes,
+                    ..ctx(bought)
+                },
+            );
+            let mut one_by_one = ExclusionCounts::default();
+            let mut admitted = 0;
+            for &i in &everything {
+                match g.admit(i) {
+                    Ok(()) => admitted += 1,
+                    Err(e) => one_by_one.add(e),
+                }
+            }
+            let mut all = ExclusionCounts::default();
+            assert_eq!(g.admit_all(everything.iter().copied(), &mut all), admitted);
+            assert_eq!(all, one_by_one);
+            assert!(one_by_one.get(Exclusion::UnknownItem) == 2);
+        }
+    }
+
+    #[test]
     fn one_rules_bundle_resolves_each_catalog_it_guards() {
         let r = Rules::embedded();
         let c = catalog();

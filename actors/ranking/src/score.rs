@@ -217,13 +217,13 @@ pub(crate) fn score_anonymous(
 ) -> PartitionResult {
     let anonymous = anonymous(model);
     let candidates = &anonymous.candidates;
-    let mut out = PartitionResult::default();
-    for (item, _) in candidates {
-        match guard.admit(*item) {
-            Ok(()) => out.scored += 1,
-            Err(e) => out.exclusions.add(e),
-        }
-    }
+    let mut exclusions = ExclusionCounts::default();
+    let scored = guard.admit_all(candidates.iter().map(|c| c.0), &mut exclusions);
+    let mut out = PartitionResult {
+        scored,
+        exclusions,
+        ..PartitionResult::default()
+    };
     let keep = partition_keep(limit, guard);
     let profile = &anonymous.profile;
     let in_order = anonymous
@@ -246,13 +246,20 @@ pub(crate) fn score_on_screen(
 ) -> PartitionResult {
     let anonymous = anonymous(model);
     let candidates = &anonymous.candidates;
-    let mut out = PartitionResult::default();
-    for (k, _) in on.untouched.iter().enumerate().filter(|(_, u)| **u) {
-        match guard.admit(candidates[k].0) {
-            Ok(()) => out.scored += 1,
-            Err(e) => out.exclusions.add(e),
-        }
-    }
+    let mut exclusions = ExclusionCounts::default();
+    let scored = guard.admit_all(
+        candidates
+            .iter()
+            .zip(&on.untouched)
+            .filter(|(_, u)| **u)
+            .map(|(c, _)| c.0),
+        &mut exclusions,
+    );
+    let mut out = PartitionResult {
+        scored,
+        exclusions,
+        ..PartitionResult::default()
+    };
     // Keys of the touched candidates (index: their place in `on.touched`, which is in item order too).
     let mut touched: Vec<u64> = Vec::with_capacity(on.touched.len());
     for (k, (item, raw)) in on.touched.iter().enumerate() {

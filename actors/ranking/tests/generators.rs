@@ -612,8 +612,10 @@ fn on_screen_queries_rank_as_the_full_path_does() {
     }
     screens.push(served.popular.iter().take(14).copied().collect());
     screens.push(vec![n + 5]);
-    let mut purchased = SessionView::default();
-    purchased.purchased = served.popular.iter().take(4).copied().collect();
+    let purchased = SessionView {
+        purchased: served.popular.iter().take(4).copied().collect(),
+        ..SessionView::default()
+    };
     let verified = ShopperAttributes {
         age_verified: true,
         age_band: AgeBand::From21,

@@ -1,6 +1,6 @@
 //! Memory and activation of sessions in a node's session actors: activate 1,000,000 sessions (first event each),
 //! then bring each to a realistic few dozen events, and report the activation rate and the resident memory they
-//! take. Prints one JSON line.
+//! take, under the allocator the `aisle` binary uses. Prints one JSON line.
 //!
 //! `cargo bench -p aisle-node --bench sessions_memory` (SESSIONS=N to change the count).
 
@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use aisle_domain::demo::DemoWorld;
 use aisle_domain::event::{EventKind, ItemRef, ShopperEvent};
 use aisle_session::{SessionSettings, Sessions};
+
+/// The allocator the `aisle` binary ships with (`src/main.rs`), so the resident memory is the node's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -87,11 +87,31 @@ start_node() {
   fi
 }
 
+# A path as the caller gave it, from where the caller stands.
+abs() { case $1 in /*) echo "$1" ;; *) echo "$caller_dir/$1" ;; esac; }
+
+# CPU ticks (user + system) of process $1 so far. The command name (field 2) may hold spaces: count from the last
+# ')'; utime and stime are fields 14 and 15, so the 12th and 13th after it.
+cpu_ticks() {
+  local stat
+  stat=$(cat "/proc/$1/stat")
+  echo "${stat##*) }" | awk '{ print $12 + $13 }'
+}
+
+# Stops the node start_node started (by its PID), if it still runs.
+stop_started_node() {
+  if [ -n "${node_pid:-}" ] && kill -0 "$node_pid" 2>/dev/null; then
+    kill "$node_pid"
+    wait "$node_pid" 2>/dev/null || true
+  fi
+  node_pid=
+}
+
 if [ "${1:-}" = "--compare-replication" ] || [ "${1:-}" = "--compare-outbox" ]; then
   ab=${1#--compare-}
   shift
   [ $# -ge 1 ] || { echo "usage: scripts/loadtest.sh --compare-$ab BIN [--json]" >&2; exit 2; }
-  case $1 in /*) node_bin=$1 ;; *) node_bin=$caller_dir/$1 ;; esac
+  node_bin=$(abs "$1")
   shift
   json=
   [ "${1:-}" = "--json" ] && json=1
@@ -128,7 +148,6 @@ if [ "${1:-}" = "--compare-replication" ] || [ "${1:-}" = "--compare-outbox" ]; 
     --initial-cluster "ab=http://127.0.0.1:$((etcd_port + 1))" >"$work/etcd.log" 2>&1 &
   etcd_pid=$!
   trap 'stop_all; kill $etcd_pid 2>/dev/null || true; wait $etcd_pid 2>/dev/null || true; rm -rf "$work"' EXIT
-  ticks() { local stat; stat=$(cat "/proc/$1/stat"); echo "${stat##*) }" | awk '{ print $12 + $13 }'; }
   port_base=30700  # below the ephemeral range (32768+), where outgoing connections take their ports
   : >"$work/runs.jsonl"
   if [ "$ab" = replication ]; then
@@ -169,10 +188,10 @@ if [ "${1:-}" = "--compare-replication" ] || [ "${1:-}" = "--compare-outbox" ]; 
       client_args=(--ca-cert "$pki/ca.pem" --token "$(cat "$pki/token")")
       "$loadtest" run --target "$target" "${client_args[@]}" --scenario mixed --rate "$cpu_rate" \
         --duration "$cpu_warmup" --quiet >/dev/null
-      t0=0; for p in "${node_pids[@]}"; do t0=$((t0 + $(ticks "$p"))); done
+      t0=0; for p in "${node_pids[@]}"; do t0=$((t0 + $(cpu_ticks "$p"))); done
       "$loadtest" run --target "$target" "${client_args[@]}" --scenario mixed --rate "$cpu_rate" \
         --duration "$cpu_duration" --json >"$work/cpu-$label$round.out"
-      t1=0; for p in "${node_pids[@]}"; do t1=$((t1 + $(ticks "$p"))); done
+      t1=0; for p in "${node_pids[@]}"; do t1=$((t1 + $(cpu_ticks "$p"))); done
       replicated=$(curl -fs "http://127.0.0.1:${metrics_port[1]}/metrics" \
         | awk '/^aisle_replication_sessions_total\{result="sent"\}/ { print $2 }')
       stop_all
@@ -217,7 +236,6 @@ fi
 if [ "${1:-}" = "--floor-ratio" ]; then
   shift
   [ $# -ge 1 ] || { echo "usage: scripts/loadtest.sh --floor-ratio BIN [--json]" >&2; exit 2; }
-  abs() { case $1 in /*) echo "$1" ;; *) echo "$caller_dir/$1" ;; esac; }
   node_bin=$(abs "$1")
   shift
   json=
@@ -234,21 +252,8 @@ if [ "${1:-}" = "--floor-ratio" ]; then
   clk_tck=$(getconf CLK_TCK)
   work=$(mktemp -d)
   node_pid=
-  stop_floor_node() {
-    if [ -n "$node_pid" ] && kill -0 "$node_pid" 2>/dev/null; then
-      kill "$node_pid"
-      wait "$node_pid" 2>/dev/null || true
-    fi
-    node_pid=
-  }
-  trap 'stop_floor_node; rm -rf "$work"' EXIT
+  trap 'stop_started_node; rm -rf "$work"' EXIT
   trap 'exit 130' INT TERM
-  # utime + stime ticks of process $1: fields 14 and 15, counted from the last ')' as the command may hold spaces.
-  cpu_ticks() {
-    local stat
-    stat=$(cat "/proc/$1/stat")
-    echo "${stat##*) }" | awk '{ print $12 + $13 }'
-  }
   port_base=30800  # below the ephemeral range (32768+), where outgoing connections take their ports
   : >"$work/runs.jsonl"
   echo "floor ratio of $node_bin: $rounds round(s) of health then decide, each on a fresh node, at $cpu_rate/s for" \
@@ -267,7 +272,7 @@ if [ "${1:-}" = "--floor-ratio" ]; then
       "$loadtest" run --target "$target" --scenario "$scenario" --rate "$cpu_rate" --duration "$cpu_duration" \
         --json >"$work/$scenario$round.out"
       t1=$(cpu_ticks "$node_pid")
-      stop_floor_node
+      stop_started_node
       python3 - "$round" "$scenario" "$((t1 - t0))" "$clk_tck" "$work/$scenario$round.out" "$work/runs.jsonl" <<'PY'
 import json, sys
 rnd, scenario, ticks, clk_tck, out, runs = sys.argv[1:]
@@ -325,8 +330,6 @@ if [ "${1:-}" = "--compare" ] || [ "${1:-}" = "--compare-tls" ]; then
   tls_mode=
   [ "$1" = "--compare-tls" ] && tls_mode=1
   shift
-  # Paths as the caller gave them, from where the caller stands.
-  abs() { case $1 in /*) echo "$1" ;; *) echo "$caller_dir/$1" ;; esac; }
   if [ -n "$tls_mode" ]; then
     [ $# -ge 1 ] || { echo "usage: scripts/loadtest.sh --compare-tls BIN [--json]" >&2; exit 2; }
     old_bin=$(abs "$1") new_bin=$(abs "$1")
@@ -358,23 +361,8 @@ if [ "${1:-}" = "--compare" ] || [ "${1:-}" = "--compare-tls" ]; then
 
   work=$(mktemp -d)
   node_pid=
-  stop_compare_node() {
-    if [ -n "$node_pid" ] && kill -0 "$node_pid" 2>/dev/null; then
-      kill "$node_pid"
-      wait "$node_pid" 2>/dev/null || true
-    fi
-    node_pid=
-  }
-  trap 'stop_compare_node; rm -rf "$work"' EXIT
+  trap 'stop_started_node; rm -rf "$work"' EXIT
   trap 'exit 130' INT TERM
-
-  # CPU ticks (user + system) of process $1 so far. The command name (field 2) may hold spaces: count from the
-  # last ')'; utime and stime are fields 14 and 15, so the 12th and 13th after it.
-  cpu_ticks() {
-    local stat
-    stat=$(cat "/proc/$1/stat")
-    echo "${stat##*) }" | awk '{ print $12 + $13 }'
-  }
 
   port_base=50600
   : >"$work/runs.jsonl"
@@ -416,7 +404,7 @@ if [ "${1:-}" = "--compare" ] || [ "${1:-}" = "--compare-tls" ]; then
       "$loadtest" ramp --target "$target" "${client_args[@]}" --scenario decide --start "$ramp_start" --step "$ramp_step" \
         --max "$ramp_max" --step-duration "$ramp_step_duration" --settle "$ramp_settle" \
         --p99-target-ms "$ramp_target_ms" --stop-after-failures "$ramp_failures" --json >"$work/ramp-$label$round.out"
-      stop_compare_node
+      stop_started_node
       python3 - "$side" "$label$round" "$node_bin" "$((t1 - t0))" "$clk_tck" \
         "$work/cpu-$label$round.out" "$work/ramp-$label$round.out" "$work/runs.jsonl" <<'PY'
 import json, sys
@@ -485,14 +473,7 @@ http_port=$(free_port 9561)
 
 work=$(mktemp -d)
 node_pid=
-stop_node() {
-  if [ -n "$node_pid" ] && kill -0 "$node_pid" 2>/dev/null; then
-    kill "$node_pid"
-    wait "$node_pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap stop_node EXIT INT TERM
+trap 'stop_started_node; rm -rf "$work"' EXIT INT TERM
 
 start_node "$bin/aisle" loadtest "$grpc_port" "$http_port" "$work/node.log" 30 "the node "
 echo "node (pid $node_pid) ready on 127.0.0.1:$grpc_port; load generator on the same machine ($(nproc) cores)"

@@ -483,8 +483,8 @@ fn sharded_scoring_equals_one_pass_scoring() {
     }
 }
 
-#[test]
-fn anonymous_queries_rank_as_the_full_path_does() {
+/// The demo world's catalog and a model fitted on its history, served: the world the fast paths are checked on.
+fn demo_served() -> (Arc<Catalog>, ServedModel) {
     let world = aisle_domain::demo::DemoWorld::generate(5, 1_700_000_000_000, 2_000);
     let catalog = Arc::new(world.load_catalog());
     let model = aisle_ranking::fit::fit(
@@ -499,6 +499,57 @@ fn anonymous_queries_rank_as_the_full_path_does() {
     )
     .unwrap();
     let served = ServedModel::bind(&model, catalog.clone(), "test");
+    (catalog, served)
+}
+
+/// Ranks `query` with `rank_local` (whose fast paths are under test) and with the full path (`retrieved` scored by
+/// `score::rank`) under four guards — default and verified shoppers, with and without a per-category cap, limits
+/// below and above a page — and asserts the same items, exclusion counts and candidate count. Returns each
+/// guard's (items returned, limit).
+fn assert_ranks_as_the_full_path(
+    served: &ServedModel,
+    query: &Query<'_>,
+    retrieved: &aisle_ranking::Retrieved,
+    rules: &Rules,
+    what: &str,
+) -> Vec<(usize, usize)> {
+    let verified = ShopperAttributes {
+        age_verified: true,
+        age_band: AgeBand::From21,
+        ..Default::default()
+    };
+    let mut returned = Vec::new();
+    for (attributes, cap, limit) in [
+        (ShopperAttributes::default(), 0, 10),
+        (ShopperAttributes::default(), 2, 10),
+        (verified, 1, 20),
+        (verified, 0, 3),
+    ] {
+        let guard = Guard::new(
+            rules,
+            &served.catalog,
+            PolicyContext {
+                attributes,
+                channel: Channel::Web,
+                purchased: &query.view.purchased,
+                now_ms: 1_700_000_000_000,
+                max_items_per_category: cap,
+            },
+        );
+        let fast = rank_local(served, query, &guard, limit);
+        let mut exclusions = ExclusionCounts::default();
+        let full = aisle_ranking::score::rank(served, retrieved, &guard, limit, &mut exclusions);
+        assert_eq!(fast.items, full, "{what}, cap {cap}, limit {limit}");
+        assert_eq!(fast.exclusions, exclusions, "{what}, cap {cap}");
+        assert_eq!(fast.candidates, retrieved.candidates.len(), "{what}");
+        returned.push((fast.items.len(), limit));
+    }
+    returned
+}
+
+#[test]
+fn anonymous_queries_rank_as_the_full_path_does() {
+    let (catalog, served) = demo_served();
     let rules = Rules::embedded();
     // Anonymous views: nothing at all; only searches and purchases (which the guardrails use, not ranking); only
     // items the catalog does not know.
@@ -516,11 +567,6 @@ fn anonymous_queries_rank_as_the_full_path_does() {
         kind: EventKind::View,
         ts_ms: 1,
     });
-    let verified = ShopperAttributes {
-        age_verified: true,
-        age_band: AgeBand::From21,
-        ..Default::default()
-    };
     for view in [SessionView::default(), searched, unknown] {
         let query = Query {
             view: &view,
@@ -528,32 +574,11 @@ fn anonymous_queries_rank_as_the_full_path_does() {
             candidates: None,
         };
         assert!(query.is_anonymous());
-        for (attributes, cap, limit) in [
-            (ShopperAttributes::default(), 0, 10),
-            (ShopperAttributes::default(), 2, 10),
-            (verified, 1, 20),
-            (verified, 0, 3),
-        ] {
-            let guard = Guard::new(
-                &rules,
-                &catalog,
-                PolicyContext {
-                    attributes,
-                    channel: Channel::Web,
-                    purchased: &view.purchased,
-                    now_ms: 1_700_000_000_000,
-                    max_items_per_category: cap,
-                },
-            );
-            let fast = rank_local(&served, &query, &guard, limit);
-            let retrieved = retrieve(&served, &query);
-            let mut exclusions = ExclusionCounts::default();
-            let full =
-                aisle_ranking::score::rank(&served, &retrieved, &guard, limit, &mut exclusions);
-            assert_eq!(fast.items, full, "cap {cap}, limit {limit}");
-            assert_eq!(fast.exclusions, exclusions);
-            assert_eq!(fast.candidates, retrieved.candidates.len());
-            assert_eq!(fast.items.len(), limit);
+        let retrieved = retrieve(&served, &query);
+        for (returned, limit) in
+            assert_ranks_as_the_full_path(&served, &query, &retrieved, &rules, "anonymous")
+        {
+            assert_eq!(returned, limit);
         }
     }
     // Anything about the shopper takes the full path.
@@ -576,20 +601,7 @@ fn anonymous_queries_rank_as_the_full_path_does() {
 
 #[test]
 fn on_screen_queries_rank_as_the_full_path_does() {
-    let world = aisle_domain::demo::DemoWorld::generate(5, 1_700_000_000_000, 2_000);
-    let catalog = Arc::new(world.load_catalog());
-    let model = aisle_ranking::fit::fit(
-        &world.history,
-        catalog.clone(),
-        &FitConfig {
-            max_positions: 1_000,
-            negatives: 5,
-            ..Default::default()
-        },
-        &mut |_| {},
-    )
-    .unwrap();
-    let served = ServedModel::bind(&model, catalog.clone(), "test");
+    let (catalog, served) = demo_served();
     let rules = Rules::embedded();
     let n = catalog.items.len() as u32;
     // Items on screen: top sellers (their rules touch other top sellers, which then are scored as touched),
@@ -616,11 +628,6 @@ fn on_screen_queries_rank_as_the_full_path_does() {
         purchased: served.popular.iter().take(4).copied().collect(),
         ..SessionView::default()
     };
-    let verified = ShopperAttributes {
-        age_verified: true,
-        age_band: AgeBand::From21,
-        ..Default::default()
-    };
     let mut touched_top_sellers = 0;
     for (s, screen) in screens.iter().enumerate() {
         let view = if s % 3 == 0 {
@@ -640,38 +647,13 @@ fn on_screen_queries_rank_as_the_full_path_does() {
             .iter()
             .filter(|(i, raw)| raw.context > 0.0 && served.popular[..50].contains(i))
             .count();
-        for (attributes, cap, limit) in [
-            (ShopperAttributes::default(), 0, 10),
-            (ShopperAttributes::default(), 2, 10),
-            (verified, 1, 20),
-            (verified, 0, 3),
-        ] {
-            let guard = Guard::new(
-                &rules,
-                &catalog,
-                PolicyContext {
-                    attributes,
-                    channel: Channel::Web,
-                    purchased: &view.purchased,
-                    now_ms: 1_700_000_000_000,
-                    max_items_per_category: cap,
-                },
-            );
-            let fast = rank_local(&served, &query, &guard, limit);
-            let mut exclusions = ExclusionCounts::default();
-            let full =
-                aisle_ranking::score::rank(&served, &retrieved, &guard, limit, &mut exclusions);
-            assert_eq!(
-                fast.items, full,
-                "screen {screen:?}, cap {cap}, limit {limit}"
-            );
-            assert_eq!(fast.exclusions, exclusions, "screen {screen:?}");
-            assert_eq!(
-                fast.candidates,
-                retrieved.candidates.len(),
-                "screen {screen:?}"
-            );
-        }
+        assert_ranks_as_the_full_path(
+            &served,
+            &query,
+            &retrieved,
+            &rules,
+            &format!("screen {screen:?}"),
+        );
     }
     // The interesting case happened: top sellers touched by the rules, so scored here rather than taken from
     // the anonymous order.

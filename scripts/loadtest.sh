@@ -98,6 +98,17 @@ cpu_ticks() {
   echo "${stat##*) }" | awk '{ print $12 + $13 }'
 }
 
+# The load generator: $LOADTEST (a path from where the caller stands), else this build's.
+loadtest_bin() { if [ -n "${LOADTEST:-}" ]; then abs "$LOADTEST"; else echo "$bin/aisle-loadtest"; fi; }
+
+# Exits 2, naming it, unless every argument is an executable.
+require_executables() {
+  local b
+  for b in "$@"; do
+    [ -x "$b" ] || { echo "not an executable: $b (build with \`cargo build --release\`)" >&2; exit 2; }
+  done
+}
+
 # Stops the node start_node started (by its PID), if it still runs.
 stop_started_node() {
   if [ -n "${node_pid:-}" ] && kill -0 "$node_pid" 2>/dev/null; then
@@ -115,10 +126,8 @@ if [ "${1:-}" = "--compare-replication" ] || [ "${1:-}" = "--compare-outbox" ]; 
   shift
   json=
   [ "${1:-}" = "--json" ] && json=1
-  loadtest=${LOADTEST:-$bin/aisle-loadtest}
-  for b in "$node_bin" "$loadtest"; do
-    [ -x "$b" ] || { echo "not an executable: $b (build with \`cargo build --release\`)" >&2; exit 2; }
-  done
+  loadtest=$(loadtest_bin)
+  require_executables "$node_bin" "$loadtest"
   command -v etcd >/dev/null || { echo "etcd is not installed (make deps)" >&2; exit 2; }
   rounds=${ROUNDS:-3}
   cpu_rate=${CPU_RATE:-1000}
@@ -240,11 +249,8 @@ if [ "${1:-}" = "--floor-ratio" ]; then
   shift
   json=
   [ "${1:-}" = "--json" ] && json=1
-  loadtest=${LOADTEST:+$(abs "$LOADTEST")}
-  loadtest=${loadtest:-$bin/aisle-loadtest}
-  for b in "$node_bin" "$loadtest"; do
-    [ -x "$b" ] || { echo "not an executable: $b (build with \`cargo build --release\`)" >&2; exit 2; }
-  done
+  loadtest=$(loadtest_bin)
+  require_executables "$node_bin" "$loadtest"
   rounds=${ROUNDS:-3}
   cpu_rate=${CPU_RATE:-2000}
   cpu_duration=${CPU_DURATION:-15s}
@@ -341,11 +347,8 @@ if [ "${1:-}" = "--compare" ] || [ "${1:-}" = "--compare-tls" ]; then
   fi
   json=
   [ "${1:-}" = "--json" ] && json=1
-  loadtest=${LOADTEST:+$(abs "$LOADTEST")}
-  loadtest=${loadtest:-$bin/aisle-loadtest}
-  for b in "$old_bin" "$new_bin" "$loadtest"; do
-    [ -x "$b" ] || { echo "not an executable: $b (build with \`cargo build --release\`)" >&2; exit 2; }
-  done
+  loadtest=$(loadtest_bin)
+  require_executables "$old_bin" "$new_bin" "$loadtest"
   rounds=${ROUNDS:-3}
   cpu_rate=${CPU_RATE:-2000}
   cpu_duration=${CPU_DURATION:-15s}

@@ -35,12 +35,13 @@ done
 [ -f "$dir/bundles/model.bin" ] || "$bin" export-demo --out "$dir/bundles" >/dev/null
 
 for i in 1 2 3; do
+  peer_cert "$pki" "node-$i"
   AISLE_LOG=${AISLE_LOG:-info} "$bin" serve --node-id "node-$i" \
     --grpc-addr "127.0.0.1:$((50050 + i))" --http-addr "127.0.0.1:$((9089 + i))" \
     --peer-addr "127.0.0.1:$((50060 + i))" \
     --tls-cert "$pki/server.pem" --tls-key "$pki/server.key" --auth-tokens "$pki/tokens.toml" \
     --pseudonym-key "$pki/pseudonym.key" \
-    --peer-tls-cert "$pki/peer.pem" --peer-tls-key "$pki/peer.key" --peer-tls-ca "$pki/ca.pem" \
+    --peer-tls-cert "$pki/peer-node-$i.pem" --peer-tls-key "$pki/peer-node-$i.key" --peer-tls-ca "$pki/ca.pem" \
     --cluster etcd --etcd-endpoints "https://127.0.0.1:$etcd_port" \
     --etcd-ca "$pki/ca.pem" --etcd-cert "$pki/etcd-client.pem" --etcd-key "$pki/etcd-client.key" \
     --data-dir "$dir/bundles" \

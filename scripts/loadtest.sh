@@ -179,13 +179,14 @@ if [ "${1:-}" = "--compare-replication" ] || [ "${1:-}" = "--compare-outbox" ]; 
         grpc=$(free_port "$port_base"); http=$(free_port $((grpc + 1))); peer=$(free_port $((http + 1)))
         port_base=$((peer + 1))
         [ "$i" = 1 ] && target="https://127.0.0.1:$grpc"
+        peer_cert "$pki" "ab-$i"
         start_node "$node_bin" "ab-$i" "$grpc" "$http" "$work/node-$label$round-$i.log" 60 \
           "run $label$round node $i: " --peer-addr "127.0.0.1:$peer" --cluster etcd \
           --cluster-name "ab-$label$round" --etcd-endpoints "https://127.0.0.1:$etcd_port" \
           --etcd-ca "$pki/ca.pem" --etcd-cert "$pki/etcd-client.pem" --etcd-key "$pki/etcd-client.key" \
           --tls-cert "$pki/server.pem" --tls-key "$pki/server.key" --auth-tokens "$pki/tokens.toml" \
           --pseudonym-key "$pki/pseudonym.key" \
-          --peer-tls-cert "$pki/peer.pem" --peer-tls-key "$pki/peer.key" --peer-tls-ca "$pki/ca.pem" \
+          --peer-tls-cert "$pki/peer-ab-$i.pem" --peer-tls-key "$pki/peer-ab-$i.key" --peer-tls-ca "$pki/ca.pem" \
           --replication-ms "$ms" "${extra[@]}"
         pids+=("$node_pid") node_pids+=("$node_pid")
         metrics_port[$i]=$http

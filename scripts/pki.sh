@@ -1,8 +1,8 @@
 # Sourced by scripts that need a throwaway PKI on loopback (make cluster-up, the TLS A/B of loadtest.sh).
 # make_local_pki DIR: a CA (ca.pem, ca.key) and, signed by it, EC P-256 certificates for 127.0.0.1 and localhost:
-# server.pem/.key (client ports), peer.pem/.key (peers, server and client), etcd.pem/.key (etcd's server) and
-# etcd-client.pem/.key (CN aisle); a random bearer token (token) and the token file holding its digest with every
-# scope (tokens.toml); a pseudonym key (pseudonym.key). Does nothing when DIR/ca.pem exists.
+# server.pem/.key (client ports), etcd.pem/.key (etcd's server) and etcd-client.pem/.key (CN aisle); a random
+# bearer token (token) and the token file holding its digest with every scope (tokens.toml); a pseudonym key
+# (pseudonym.key). Does nothing when DIR/ca.pem exists. Each node's peer certificate: peer_cert DIR NODE_ID.
 make_local_pki() {
   local pki=$1 san="subjectAltName=IP:127.0.0.1,DNS:localhost"
   if [ -f "$pki/ca.pem" ]; then
@@ -14,8 +14,6 @@ make_local_pki() {
     -subj "/CN=aisle local CA" -days 30 -out "$pki/ca.pem" 2>/dev/null
   _pki_cert "$pki" server aisle-node "$san
 extendedKeyUsage=serverAuth"
-  _pki_cert "$pki" peer aisle-peer "$san
-extendedKeyUsage=serverAuth,clientAuth"
   _pki_cert "$pki" etcd etcd "$san
 extendedKeyUsage=serverAuth,clientAuth"
   _pki_cert "$pki" etcd-client aisle "extendedKeyUsage=clientAuth"
@@ -27,6 +25,15 @@ name = "local-operator"
 sha256 = "$(sha256sum <"$pki/token" | cut -d' ' -f1)"
 scopes = ["decide", "track", "subscribe", "admin:read", "admin:write"]
 TOML
+}
+
+# peer_cert DIR NODE_ID: peer-NODE_ID.pem and .key, the peer certificate of node NODE_ID (server and client), which
+# names the node in its URI SAN spiffe://aisle/node/NODE_ID as the peer port requires. Kept when it exists.
+peer_cert() {
+  local pki=$1 id=$2
+  [ -f "$pki/peer-$id.pem" ] && return 0
+  _pki_cert "$pki" "peer-$id" "$id" "subjectAltName=IP:127.0.0.1,DNS:localhost,URI:spiffe://aisle/node/$id
+extendedKeyUsage=serverAuth,clientAuth"
 }
 
 # _pki_cert DIR NAME CN EXTENSIONS: NAME.pem and NAME.key signed by DIR's CA.

@@ -614,7 +614,7 @@ def check_consistency(docs: list[dict], where: str, namespace: str = NAMESPACE,
     check(os.path.basename(env["AISLE_CONFIG"]["value"]) in cm["data"], w + "the config ConfigMap lacks the file")
     check(env["AISLE_DATA_DIR"]["value"] in mounts, w + "AISLE_DATA_DIR is not a mounted volume")
     check_log_volume(sts, c, env, w)
-    secret_files = check_secret_mounts(c, pod, env, w)
+    secret_files = check_secret_mounts(c, pod, env, f"{sts['metadata']['name']}-0", w)
     check_security_env(env, etcd_mode, w)
     # Services: each selects the nodes and carries one kind of traffic, on its own named port.
     node_svcs = [s for s in by_kind(docs, "Service") if s["spec"].get("selector", {}).get(
@@ -753,36 +753,54 @@ def check_log_volume(sts: dict, c: dict, env: dict, w: str) -> None:
                                       f"segment) need {need} bytes: more than 90% of the {size}-byte log volume")
 
 
-def check_secret_mounts(c: dict, pod: dict, env: dict, w: str) -> dict[str, tuple[str, str]]:
-    """Every credential file the node re-reads is a key of a Secret volume mounted whole (no subPath), read-only.
-    Returns {env name: (Secret name, key)}."""
+def projected_secrets(v: dict) -> list[dict] | None:
+    """The Secret sources of a projected volume made of Secrets only (None for any other volume)."""
+    sources = v.get("projected", {}).get("sources")
+    if not sources or any(set(src) != {"secret"} for src in sources):
+        return None
+    return [src["secret"] for src in sources]
+
+
+def check_secret_mounts(c: dict, pod: dict, env: dict, pod_name: str, w: str) -> dict[str, tuple[str, str]]:
+    """Every credential file the node re-reads is a key of a Secret volume (or of a projected volume of Secrets)
+    mounted whole (no subPath), read-only. `$(POD_NAME)` in a path is read as `pod_name`. Returns {env name: (Secret
+    name, key)}."""
     volumes = {v["name"]: v for v in pod["volumes"]}
     out = {}
     for m in c["volumeMounts"]:
         v = volumes.get(m["name"], {})
-        if "secret" in v:
+        if "secret" in v or projected_secrets(v) is not None:
             check("subPath" not in m and "subPathExpr" not in m,
                   w + f"Secret volume {m['name']} is mounted with subPath: rotation would never reach the file")
             check(m.get("readOnly") is True, w + f"Secret volume {m['name']} must be mounted readOnly")
-            check(v["secret"].get("defaultMode", 0o644) & 0o007 == 0, w + f"Secret volume {m['name']} is world-readable")
+            mode = (v.get("secret") or v.get("projected") or {}).get("defaultMode", 0o644)
+            check(mode & 0o007 == 0, w + f"Secret volume {m['name']} is world-readable")
     for k, key in SECRET_FILE_ENV.items():
         if k not in env:
             continue
-        path = env[k]["value"]
+        path = env[k]["value"].replace("$(POD_NAME)", pod_name)
         found = [m for m in c["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
         check(found, w + f"{k}={path} is on no mounted volume")
         m = max(found, key=lambda x: len(x["mountPath"]))
         v = volumes[m["name"]]
-        check("secret" in v, w + f"{k}={path} must come from a Secret volume, not {sorted(set(v) - {'name'})}")
+        projected = projected_secrets(v)
+        check("secret" in v or projected is not None,
+              w + f"{k}={path} must come from a Secret volume, not {sorted(set(v) - {'name'})}")
         rel = path[len(m["mountPath"].rstrip("/")) + 1:]
         check("/" not in rel, w + f"{k}={path}: the file must be a key at the top of its Secret volume")
+        if projected is not None:
+            hits = [(src["name"], i["key"]) for src in projected for i in src.get("items", []) if i["path"] == rel]
+            check(len(hits) == 1, w + f"{k}: {rel} must be exactly one item of the projected Secrets, not {hits}")
+            secret, rel = hits[0]
+        else:
+            secret = v["secret"]["secretName"]
+            items = v["secret"].get("items")
+            if items:
+                check(any(i["path"] == rel for i in items), w + f"{k}: {rel} is not among the projected items")
+                rel = next(i["key"] for i in items if i["path"] == rel)
         if key is not None:
             check(rel == key, w + f"{k} must name the Secret key {key}, not {rel}")
-        items = v["secret"].get("items")
-        if items:
-            check(any(i["path"] == rel for i in items), w + f"{k}: {rel} is not among the projected items")
-            rel = next(i["key"] for i in items if i["path"] == rel)
-        out[k] = (v["secret"]["secretName"], rel)
+        out[k] = (secret, rel)
     return out
 
 
@@ -948,6 +966,7 @@ CERTIFICATE_SCHEMA = {
                      "renewBefore": {"type": "string", "pattern": "^([0-9]+(\\.[0-9]+)?(h|m|s))+$"},
                      "commonName": {"type": "string", "maxLength": 64},
                      "dnsNames": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                     "uris": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": "^spiffe://"}},
                      "ipAddresses": {"type": "array", "items": {"type": "string"}},
                      "usages": {"type": "array", "items": {"enum": [
                          "digital signature", "key encipherment", "server auth", "client auth"]}},
@@ -981,10 +1000,20 @@ def check_certificates(docs: list[dict], sts: dict, secret_files: dict, etcd_mod
     check(not missing, w + f"the client certificate lacks the Service names {missing}")
     check("server auth" in client["usages"], w + "the client certificate needs the server auth usage")
     if etcd_mode:
-        peer = cert_for("AISLE_PEER_TLS_CERT")
-        want = f"*.{sts['spec']['serviceName']}.{namespace}.svc.{domain}"
-        check(peer["dnsNames"] == [want], w + f"the peer certificate must name {want}, not {peer['dnsNames']}")
-        check({"server auth", "client auth"} <= set(peer["usages"]), w + "the peer certificate needs server and client auth")
+        # One peer certificate per pod the StatefulSet may run, each naming its pod (DNS and the node URI SAN).
+        base = secret_files["AISLE_PEER_TLS_CERT"][0].rsplit("-", 1)[0]
+        peers = sorted((c for c in certs.values() if c["spec"]["secretName"].startswith(base + "-")),
+                       key=lambda c: int(c["spec"]["secretName"].rsplit("-", 1)[1]))
+        check(len(peers) >= sts["spec"].get("replicas", 1),
+              w + f"{len(peers)} peer certificates for {sts['spec'].get('replicas', 1)} pods")
+        for i, cert in enumerate(peers):
+            peer, pod = cert["spec"], f"{name}-{i}"
+            check(peer["secretName"] == f"{base}-{i}", w + f"peer certificate {i} writes {peer['secretName']}")
+            want = f"{pod}.{sts['spec']['serviceName']}.{namespace}.svc.{domain}"
+            check(peer["dnsNames"] == [want], w + f"the peer certificate of {pod} must name {want}, not {peer['dnsNames']}")
+            check(peer.get("uris") == [f"spiffe://aisle/node/{pod}"],
+                  w + f"the peer certificate of {pod} must carry the URI SAN spiffe://aisle/node/{pod}")
+            check({"server auth", "client auth"} <= set(peer["usages"]), w + "the peer certificate needs server and client auth")
     etcd_sts = [d for d in by_kind(docs, "StatefulSet") if d is not sts]
     if etcd_sts and "AISLE_ETCD_CERT" in secret_files:
         e = etcd_sts[0]
@@ -1469,8 +1498,20 @@ def container_process(docs: list[dict], podspec: dict, c: dict, pod_name: str, n
                     files = {i["path"]: files[i["key"]] for i in items}
                 write_secret_dir(d, files)
                 secret_dirs.setdefault(name, []).append((d, items))
+            elif projected_secrets(v) is not None:
+                # The Secrets' items side by side in one directory; an optional Secret the test lacks is left out,
+                # as the kubelet leaves out one not (yet) created.
+                files = {}
+                for src in projected_secrets(v):
+                    name = src["name"]
+                    if name not in secrets:
+                        check(src.get("optional") is True, f"the test has no content for Secret {name}")
+                        continue
+                    files.update({i["path"]: secrets[name][i["key"]] for i in src["items"]})
+                    secret_dirs.setdefault(name, []).append((d, src["items"]))
+                write_secret_dir(d, files)
             else:
-                check("emptyDir" in v, f"the test maps ConfigMap, Secret and emptyDir volumes only, not {v}")
+                check("emptyDir" in v, f"the test maps ConfigMap, Secret (also projected) and emptyDir volumes only, not {v}")
         mounts[m["mountPath"]] = d
     env = dict(base_env)
     env["HOSTNAME"] = pod_name  # as the kubelet sets it
@@ -1680,7 +1721,7 @@ class PKI:
         return open(os.path.join(self.dir, name)).read()
 
     def issue(self, common_name: str | None = None, dns: list[str] = (), ips: list[str] = (),
-              usages: list[str] = ("digital signature", "server auth")) -> dict[str, str]:
+              usages: list[str] = ("digital signature", "server auth"), uris: list[str] = ()) -> dict[str, str]:
         self.n += 1
         base = f"cert{self.n}"
         subject = f"/CN={common_name}" if common_name else "/O=aisle k8s-check"
@@ -1695,7 +1736,7 @@ class PKI:
             ext.append("keyUsage=critical," + ",".join(ku))
         if eku:
             ext.append("extendedKeyUsage=" + ",".join(eku))
-        sans = [f"DNS:{d}" for d in dns] + [f"IP:{i}" for i in ips]
+        sans = [f"DNS:{d}" for d in dns] + [f"IP:{i}" for i in ips] + [f"URI:{u}" for u in uris]
         if sans:
             ext.append("subjectAltName=" + ",".join(sans))
         with open(os.path.join(self.dir, f"{base}.ext"), "w") as f:
@@ -1706,7 +1747,7 @@ class PKI:
 
     def from_certificate(self, spec: dict) -> dict[str, str]:
         return self.issue(spec.get("commonName"), spec.get("dnsNames", []), spec.get("ipAddresses", []),
-                          spec.get("usages", ["digital signature", "key encipherment"]))
+                          spec.get("usages", ["digital signature", "key encipherment"]), spec.get("uris", []))
 
     def files(self, name: str, pem: dict[str, str]) -> tuple[str, str]:
         """Writes a certificate and key to files for a client (CLI, etcdctl): (cert path, key path)."""

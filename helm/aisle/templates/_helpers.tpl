@@ -97,6 +97,18 @@ certManager.enabled, the Secret the chart's Certificate writes.
 {{- end -}}
 {{- end -}}
 
+{{/*
+How many node ordinals the peer certificates cover: every pod the StatefulSet may run (up to the autoscaler's
+maxReplicas when it is on). Pod <fullname>-<i> presents the Secret <peerTLSSecret>-<i>.
+*/}}
+{{- define "aisle.peerSlots" -}}
+{{- if .Values.autoscaling.enabled -}}
+{{- int .Values.autoscaling.maxReplicas -}}
+{{- else -}}
+{{- int .Values.replicaCount -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "aisle.etcdServerSecret" -}}
 {{- if include "aisle.etcdBundled" . -}}
 {{- if .Values.etcd.bundled.tls.serverSecretName -}}
@@ -223,7 +235,7 @@ authentication, a shared pseudonym key, and TLS (with auth) to etcd.
 {{- end -}}
 {{- if $etcdMode -}}
 {{- if not (include "aisle.peerTLSSecret" .) -}}
-{{- fail "cluster.mode etcd needs mutual TLS between the nodes: set tls.peer.secretName (tls.crt, tls.key for *.<fullname>-peers.<namespace>.svc.<clusterDomain>, and ca.crt, the cluster CA) or certManager.enabled — or insecure: true" -}}
+{{- fail "cluster.mode etcd needs mutual TLS between the nodes: set tls.peer.secretName (Secrets <secretName>-<i>, one per pod: tls.crt, tls.key naming the pod as spiffe://aisle/node/<fullname>-<i>, and ca.crt, the cluster CA) or certManager.enabled — or insecure: true" -}}
 {{- end -}}
 {{- if $bundled -}}
 {{- if not (include "aisle.etcdServerSecret" .) -}}

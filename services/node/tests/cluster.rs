@@ -1183,10 +1183,10 @@ async fn a_late_hand_off_batch_does_not_overwrite_a_newer_session() {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&common::pki::pki().cluster_ca.cert))
         .domain_name("localhost")
-        .identity(Identity::from_pem(
-            &common::pki::pki().peer.cert,
-            &common::pki::pki().peer.key,
-        ));
+        .identity({
+            let peer = common::pki::pki().peer(&sender.node_id);
+            Identity::from_pem(&peer.cert, &peer.key)
+        });
     let channel = Channel::from_shared(format!("https://127.0.0.1:{peer_port}"))
         .unwrap()
         .tls_config(tls)

@@ -445,8 +445,9 @@ async fn peers_need_a_cluster_certificate_and_forged_peer_calls_change_nothing()
                 .is_err()
         );
     }
+    let member = pki::pki().peer(pki::SECURED_NODE);
     let mut peer = s
-        .peer(Some(&pki::pki().peer))
+        .peer(Some(&member))
         .await
         .expect("a cluster certificate connects");
     assert!(peer.fetch_assist(fetch).await.is_ok());
@@ -483,8 +484,13 @@ async fn peers_need_a_cluster_certificate_and_forged_peer_calls_change_nothing()
         view_fingerprint: fingerprint,
         tombstones: Vec::new(),
     };
+    let e = peer
+        .hand_off(handoff("intruder", view.fingerprint, true))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("from_node"), "{e:?}");
     for forged in [
-        handoff("intruder", view.fingerprint, true),
         handoff("secured-node", view.fingerprint ^ 1, true),
         handoff("secured-node", view.fingerprint, true),
     ] {
@@ -511,9 +517,234 @@ async fn peers_need_a_cluster_certificate_and_forged_peer_calls_change_nothing()
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(e.code(), Code::PermissionDenied);
     assert_eq!(hub.last_sequence("store-9"), 0);
     assert!(hub.since("store-9", 0).is_empty());
+    s.node.shutdown().await;
+}
+
+/// Calls every PeerService method once, from `from_node` under the node's view, and gives each one's code.
+async fn every_peer_method(
+    peer: &mut PeerServiceClient<Channel>,
+    from_node: &str,
+    view: &aisle_node::cluster::SharedView,
+) -> Vec<(&'static str, Code)> {
+    let (epoch, fingerprint) = (view.epoch, view.fingerprint);
+    let from = from_node.to_string();
+    let shopper = "victim".to_string();
+    let describe = pb::ForwardDescribeRequest {
+        shopper_id: shopper.clone(),
+        epoch,
+        from_node: from.clone(),
+        view_fingerprint: fingerprint,
+    };
+    vec![
+        (
+            "ForwardDecide",
+            code(
+                peer.forward_decide(pb::ForwardDecideRequest {
+                    request: Some(common::decide_req(&shopper, pb::Surface::Home)),
+                    epoch,
+                    from_node: from.clone(),
+                    budget_us: 50_000,
+                    view_fingerprint: fingerprint,
+                    client: String::new(),
+                })
+                .await,
+            ),
+        ),
+        (
+            "ForwardTrack",
+            code(
+                peer.forward_track(pb::ForwardTrackRequest {
+                    request: Some(pb::TrackRequest {
+                        events: vec![common::event(&shopper, pb::EventType::View, "sku-1")],
+                        request_id: String::new(),
+                    }),
+                    epoch,
+                    from_node: from.clone(),
+                    view_fingerprint: fingerprint,
+                    ..Default::default()
+                })
+                .await,
+            ),
+        ),
+        (
+            "DescribeHeld",
+            code(
+                peer.describe_held(pb::DescribeHeldRequest {
+                    shopper_id: shopper.clone(),
+                    from_node: from.clone(),
+                })
+                .await,
+            ),
+        ),
+        (
+            "EraseShopper",
+            code(
+                peer.erase_shopper(pb::EraseShopperRequest {
+                    shopper_id: shopper.clone(),
+                    from_node: from.clone(),
+                    caller: "token:dpo".into(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+        ),
+        (
+            "ForwardDescribe",
+            code(peer.forward_describe(describe.clone()).await),
+        ),
+        ("FetchSession", code(peer.fetch_session(describe).await)),
+        (
+            "HandOff",
+            code(
+                peer.hand_off(pb::HandOffRequest {
+                    epoch,
+                    from_node: from.clone(),
+                    done: true,
+                    view_fingerprint: fingerprint,
+                    ..Default::default()
+                })
+                .await,
+            ),
+        ),
+        (
+            "PublishAssist",
+            code(
+                peer.publish_assist(pb::PublishAssistRequest {
+                    event: Some(pb::AssistEvent {
+                        store_id: "store-1".into(),
+                        message: "injected".into(),
+                        ..Default::default()
+                    }),
+                    epoch,
+                    view_fingerprint: fingerprint,
+                })
+                .await,
+            ),
+        ),
+        (
+            "ReplicateAssist",
+            code(
+                peer.replicate_assist(pb::ReplicateAssistRequest {
+                    events: Vec::new(),
+                    from_node: from.clone(),
+                })
+                .await,
+            ),
+        ),
+        (
+            "HoldView",
+            code(
+                peer.hold_view(pb::HoldViewRequest {
+                    from_node: from.clone(),
+                    view_fingerprint: fingerprint,
+                    epoch,
+                })
+                .await,
+            ),
+        ),
+        (
+            "ReplicateSessions",
+            code(
+                peer.replicate_sessions(pb::ReplicateSessionsRequest {
+                    from_node: from.clone(),
+                    epoch,
+                    view_fingerprint: fingerprint,
+                    sessions: Vec::new(),
+                })
+                .await,
+            ),
+        ),
+        (
+            "FetchAssist",
+            code(
+                peer.fetch_assist(pb::FetchAssistRequest {
+                    store_id: "store-1".into(),
+                    after: 0,
+                })
+                .await,
+            ),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_members_are_peers_and_a_member_speaks_only_for_itself() {
+    let s = Secured::start().await;
+    let item = common::catalog().items[0].id.to_string();
+    let mut decisions = DecisionServiceClient::new(s.client_port().await);
+    decisions
+        .track(req(
+            pb::TrackRequest {
+                events: vec![
+                    common::event("victim", pb::EventType::View, &item),
+                    common::event("victim", pb::EventType::AddToCart, &item),
+                ],
+                request_id: String::new(),
+            },
+            Some(pki::TOKEN_TRACK),
+        ))
+        .await
+        .unwrap();
+    let view = s.node.node.cluster.current().unwrap();
+    let intruder = pki::pki().peer("intruder");
+    // Certificates of the cluster CA: one without the peer marker (an etcd or tooling client certificate), a
+    // peer certificate of a node that is not a member (each naming itself), and a member's certificate whose
+    // messages name another node. Every PeerService method refuses all three with PERMISSION_DENIED.
+    let cases = [
+        ("no peer marker", &pki::pki().cluster_client, "secured-node"),
+        ("not a member", &intruder, "intruder"),
+        (
+            "from_node of another node",
+            &pki::pki().peer(pki::SECURED_NODE),
+            "node-b",
+        ),
+    ];
+    for (what, identity, from_node) in cases {
+        let mut peer = s
+            .peer(Some(identity))
+            .await
+            .expect("the cluster CA's certificate connects");
+        let codes = every_peer_method(&mut peer, from_node, &view).await;
+        assert_eq!(codes.len(), 12, "one call per PeerService method");
+        for (method, got) in &codes {
+            // FetchAssist and PublishAssist carry no from_node: a member may call them for itself.
+            let member_call = what == "from_node of another node"
+                && matches!(*method, "FetchAssist" | "PublishAssist");
+            if !member_call {
+                assert_eq!(
+                    *got,
+                    Code::PermissionDenied,
+                    "{what}: {method}; all: {codes:?}"
+                );
+            }
+        }
+    }
+    // Nothing was erased, described or replaced: the shopper's session is whole.
+    let mut admin = AdminServiceClient::new(s.admin_port().await);
+    let held = admin
+        .describe_shopper(req(
+            pb::DescribeShopperRequest {
+                shopper_id: "victim".into(),
+            },
+            Some(pki::TOKEN_ADMIN_READ),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(held.events_applied, 2, "{held:?}");
+    // The member itself, speaking for itself, is served (here: a bare `done` and the assist fetch).
+    let mut member = s
+        .peer(Some(&pki::pki().peer(pki::SECURED_NODE)))
+        .await
+        .unwrap();
+    let codes = every_peer_method(&mut member, pki::SECURED_NODE, &view).await;
+    let get = |m: &str| codes.iter().find(|(n, _)| *n == m).unwrap().1;
+    assert_eq!(get("HandOff"), Code::Ok, "{codes:?}");
+    assert_eq!(get("FetchAssist"), Code::Ok, "{codes:?}");
+    assert_eq!(get("DescribeHeld"), Code::Ok, "{codes:?}");
     s.node.shutdown().await;
 }
 

@@ -230,6 +230,21 @@ impl Cluster {
         }
     }
 
+    /// Whether `node_id` is a member of this node's view, or of the view before it (a member that left still
+    /// hands its sessions off). Waits up to `wait` for a view naming it: a joining node may send its first messages
+    /// before this node sees the view that admits it.
+    pub async fn knows_peer(&self, node_id: &str, wait: Duration) -> bool {
+        let named =
+            |v: &Option<SharedView>| v.as_ref().is_some_and(|v| v.member(node_id).is_some());
+        if named(&self.views.borrow()) || named(&self.previous_view()) {
+            return true;
+        }
+        let mut views = self.views.clone();
+        tokio::time::timeout(wait, views.wait_for(named))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// Starts the barrier of a new view (called by the view-change task before it hands sessions off).
     pub fn begin_epoch(&self, view: &SharedView) {
         self.barrier().begin(view);

@@ -50,6 +50,7 @@ impl Security {
                     key: key.clone(),
                     client_ca: config.tls_client_ca.clone(),
                     client_certs: ClientCerts::Optional,
+                    names_node: None,
                 },
             )?),
             _ => None,
@@ -63,6 +64,7 @@ impl Security {
                         key: key.clone(),
                         client_ca: config.peer_tls_ca.clone(),
                         client_certs: ClientCerts::Required,
+                        names_node: Some(config.node_id.clone()),
                     },
                 )?)
             }

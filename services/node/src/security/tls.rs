@@ -51,6 +51,9 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
     /// Whether client certificates are required.
     pub client_certs: ClientCerts,
+    /// The peer port's: the node id its certificate must name in its URI SAN `spiffe://<trust domain>/node/<id>`
+    /// (the certificate is also this node's client certificate towards its peers, who check it).
+    pub names_node: Option<String>,
 }
 
 impl TlsFiles {
@@ -99,6 +102,17 @@ fn roots(path: &Path) -> anyhow::Result<rustls::RootCertStore> {
 /// Builds a server configuration from the files.
 fn server_config(files: &TlsFiles) -> anyhow::Result<rustls::ServerConfig> {
     let certs = read_certs(&files.cert)?;
+    if let Some(node) = &files.names_node {
+        let named = super::x509::peer_node_id(certs[0].as_ref());
+        anyhow::ensure!(
+            named.as_deref() == Some(node.as_str()),
+            "{}: a peer certificate must name this node in one URI SAN spiffe://<trust domain>{}{node} \
+             (it names {})",
+            files.cert.display(),
+            super::x509::PEER_URI_PATH,
+            named.map_or_else(|| "no node".to_string(), |n| format!("node {n:?}")),
+        );
+    }
     let key = read_key(&files.key)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -251,6 +265,9 @@ pub struct ConnInfo {
     pub remote: Option<std::net::SocketAddr>,
     /// The verified client certificate chain, leaf first (TLS listeners with client CAs only).
     pub client_certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// The node id the verified client certificate names as a peer (its URI SAN
+    /// `spiffe://<trust domain>/node/<id>`), read once per connection.
+    pub peer_node: Option<Arc<str>>,
 }
 
 enum Io {
@@ -376,6 +393,7 @@ pub fn incoming(
                     info: ConnInfo {
                         remote: Some(remote),
                         client_certs: None,
+                        peer_node: None,
                     },
                     _permit: permit,
                 };
@@ -394,11 +412,17 @@ pub fn incoming(
                             .1
                             .peer_certificates()
                             .map(|c| Arc::new(c.to_vec()));
+                        let peer_node = client_certs
+                            .as_ref()
+                            .and_then(|c| c.first())
+                            .and_then(|leaf| super::x509::peer_node_id(leaf.as_ref()))
+                            .map(Arc::from);
                         let conn = Conn {
                             io: Io::Tls(Box::new(stream)),
                             info: ConnInfo {
                                 remote: Some(remote),
                                 client_certs,
+                                peer_node,
                             },
                             _permit: permit,
                         };
@@ -424,6 +448,11 @@ pub fn incoming(
 /// The common name of a DER certificate's subject, if it has one.
 pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     super::x509::subject_common_name(cert.as_ref())
+}
+
+/// The node id a peer certificate (DER) names in its URI SAN `spiffe://<trust domain>/node/<id>`, if it is one.
+pub fn peer_node_id(cert: &[u8]) -> Option<String> {
+    super::x509::peer_node_id(cert)
 }
 
 /// TLS for the node's clients (to peers, or the CLI to a node): the CA that signs the server's certificate and,

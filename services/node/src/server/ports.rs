@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | client (`grpc_addr`) | Decide, Track, Subscribe, EdgeService on a cloud node, AdminService when there is no admin port, health, reflection | authentication, admission |
 //! | admin (`admin_addr`) | AdminService, health, reflection | authentication, admission |
-//! | peer (`peer_addr`, etcd mode) | PeerService, health | mutual TLS with the cluster CA, admission |
+//! | peer (`peer_addr`, etcd mode) | PeerService, health | mutual TLS with the cluster CA, admission, members only |
 //! | HTTP (`http_addr`) | `/metrics`, `/healthz`, `/readyz` | — |
 
 use std::sync::Arc;
@@ -28,7 +28,7 @@ use crate::api::admin::AdminApi;
 use crate::api::associate::AssociateApi;
 use crate::api::decision::DecisionApi;
 use crate::api::edge::EdgeApi;
-use crate::api::peer::PeerApi;
+use crate::api::peer::{MembersOnlyLayer, PeerApi};
 use crate::cluster::handoff::Holdings;
 use crate::config::{Config, Role};
 use crate::edge::role::Role as EdgeRole;
@@ -189,6 +189,7 @@ impl Serving<'_> {
         let tls = self.security.peer_tls.clone();
         let server = server_builder(config)
             .layer(AdmissionLayer::new(config.max_inflight_requests))
+            .layer(MembersOnlyLayer::new(self.node.cluster.clone()))
             .add_service(peer)
             .add_service(health)
             .serve_with_incoming_shutdown(

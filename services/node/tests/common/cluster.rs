@@ -557,6 +557,7 @@ impl TestCluster {
         let f = self.etcd.files.clone();
         let outbox = self.dir.0.join(format!("node-{i}-outbox"));
         let n = &mut self.nodes[i];
+        let (peer_cert, peer_key) = super::pki::pki().write_peer(&self.dir.0.join("pki"), &n.id);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -577,9 +578,9 @@ impl TestCluster {
             .arg(&outbox)
             .args(client_port_args(&f))
             .arg("--peer-tls-cert")
-            .arg(&f.peer_cert)
+            .arg(&peer_cert)
             .arg("--peer-tls-key")
-            .arg(&f.peer_key)
+            .arg(&peer_key)
             .arg("--peer-tls-ca")
             .arg(&f.cluster_ca)
             .arg("--etcd-ca")

@@ -4,8 +4,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -31,8 +32,12 @@ pub struct Pki {
     pub unknown_caller: Pem,
     /// The cluster CA: signs the peer certificates.
     pub cluster_ca: Pem,
-    /// The peer certificate every test node presents (server and client, 127.0.0.1).
-    pub peer: Pem,
+    cluster_issuer: CertifiedIssuer<'static, KeyPair>,
+    /// A client certificate of the cluster CA that is not a peer certificate (no node URI SAN), as an etcd or
+    /// tooling client certificate signed by a shared issuer would be.
+    pub cluster_client: Pem,
+    /// Peer certificates made so far, by node id ([`Pki::peer`]).
+    peers: Mutex<HashMap<String, Pem>>,
     /// Signs etcd's certificates.
     pub etcd_ca: Pem,
     /// etcd's server certificate (127.0.0.1).
@@ -122,6 +127,26 @@ fn leaf(
     }
 }
 
+/// A peer certificate of `issuer` for node `node_id`: server and client, 127.0.0.1 and localhost, and the URI SAN
+/// `spiffe://aisle/node/<node_id>` naming the node.
+fn peer_leaf(issuer: &CertifiedIssuer<'static, KeyPair>, node_id: &str) -> Pem {
+    use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    let mut params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, node_id);
+    params.subject_alt_names.push(rcgen::SanType::URI(
+        format!("spiffe://aisle/node/{node_id}").try_into().unwrap(),
+    ));
+    params.extended_key_usages = vec![ServerAuth, ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, issuer).unwrap();
+    Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    }
+}
+
 fn pem_of(ca: &CertifiedIssuer<'static, KeyPair>) -> Pem {
     Pem {
         cert: ca.pem(),
@@ -142,17 +167,14 @@ pub fn pki() -> &'static Pki {
             server: leaf(&client_ca, "aisle-node", &loopback, &[ServerAuth]),
             operator: leaf(&client_ca, "test-operator", &[], &[ClientAuth]),
             unknown_caller: leaf(&client_ca, "somebody-else", &[], &[ClientAuth]),
-            peer: leaf(
-                &cluster_ca,
-                "aisle-peer",
-                &loopback,
-                &[ServerAuth, ClientAuth],
-            ),
+            peers: Mutex::new(HashMap::new()),
+            cluster_client: leaf(&cluster_ca, "aisle", &[], &[ClientAuth]),
             etcd_server: leaf(&etcd_ca, "etcd", &loopback, &[ServerAuth, ClientAuth]),
             etcd_root: leaf(&etcd_ca, "root", &[], &[ClientAuth]),
             etcd_aisle: leaf(&etcd_ca, "aisle", &[], &[ClientAuth]),
             client_ca: pem_of(&client_ca),
             cluster_ca: pem_of(&cluster_ca),
+            cluster_issuer: cluster_ca,
             etcd_ca: pem_of(&etcd_ca),
         }
     })
@@ -177,6 +199,9 @@ pub struct Files {
     pub pseudonym_key: PathBuf,
 }
 
+/// The node id whose peer certificate [`Pki::write`] writes.
+pub const SECURED_NODE: &str = "secured-node";
+
 /// The pseudonym key of test clusters (hex).
 pub const PSEUDONYM_KEY: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 
@@ -187,7 +212,26 @@ fn put(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 impl Pki {
-    /// Writes the PEM files and the token file into `dir`.
+    /// The peer certificate of node `node_id` (made once per node id).
+    pub fn peer(&self, node_id: &str) -> Pem {
+        let mut peers = self.peers.lock().unwrap();
+        peers
+            .entry(node_id.to_string())
+            .or_insert_with(|| peer_leaf(&self.cluster_issuer, node_id))
+            .clone()
+    }
+
+    /// Writes node `node_id`'s peer certificate and key into `dir`: their paths.
+    pub fn write_peer(&self, dir: &Path, node_id: &str) -> (PathBuf, PathBuf) {
+        std::fs::create_dir_all(dir).unwrap();
+        let pem = self.peer(node_id);
+        (
+            put(dir, &format!("peer-{node_id}.pem"), &pem.cert),
+            put(dir, &format!("peer-{node_id}.key"), &pem.key),
+        )
+    }
+
+    /// Writes the PEM files and the token file into `dir` (the peer certificate: node `secured-node`'s).
     pub fn write(&self, dir: &Path) -> Files {
         std::fs::create_dir_all(dir).unwrap();
         Files {
@@ -195,8 +239,8 @@ impl Pki {
             server_cert: put(dir, "server.pem", &self.server.cert),
             server_key: put(dir, "server.key", &self.server.key),
             cluster_ca: put(dir, "cluster-ca.pem", &self.cluster_ca.cert),
-            peer_cert: put(dir, "peer.pem", &self.peer.cert),
-            peer_key: put(dir, "peer.key", &self.peer.key),
+            peer_cert: put(dir, "peer.pem", &self.peer(SECURED_NODE).cert),
+            peer_key: put(dir, "peer.key", &self.peer(SECURED_NODE).key),
             etcd_ca: put(dir, "etcd-ca.pem", &self.etcd_ca.cert),
             etcd_server_cert: put(dir, "etcd-server.pem", &self.etcd_server.cert),
             etcd_server_key: put(dir, "etcd-server.key", &self.etcd_server.key),

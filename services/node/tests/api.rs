@@ -565,6 +565,71 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_accepted_is_lost() {
         "{}",
         s.message()
     );
+    // NUL, a right-to-left override and a newline in ids and free text: refused, naming the field and the
+    // character, in Decide, Track and Subscribe alike.
+    for (bad, code_point) in [
+        ("shop\0per", "U+0000"),
+        ("evil\u{202E}gpj", "U+202E"),
+        ("two\nlines", "U+000A"),
+    ] {
+        let s = refused(&mut t, decide_req(bad, pb::Surface::Home)).await;
+        assert_eq!(s.code(), Code::InvalidArgument, "{bad:?}: {s:?}");
+        assert!(
+            s.message().starts_with("shopper_id: ") && s.message().contains(code_point),
+            "{bad:?}: {}",
+            s.message()
+        );
+        let s = refused(
+            &mut t,
+            pb::DecideRequest {
+                store_id: bad.into(),
+                ..decide_req("steady", pb::Surface::Home)
+            },
+        )
+        .await;
+        assert!(s.message().starts_with("store_id: "), "{}", s.message());
+        let s = refused_track(
+            &mut t,
+            vec![
+                event("steady", pb::EventType::View, &coffee[0]),
+                pb::TrackEvent {
+                    aisle: bad.into(),
+                    store_id: "store-1".into(),
+                    ..event("steady", pb::EventType::AisleScan, &coffee[1])
+                },
+            ],
+        )
+        .await;
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(
+            s.message().starts_with("events[1].aisle: ") && s.message().contains(code_point),
+            "{}",
+            s.message()
+        );
+        let s = refused_track(
+            &mut t,
+            vec![pb::TrackEvent {
+                query: bad.into(),
+                ..event("steady", pb::EventType::Search, "")
+            }],
+        )
+        .await;
+        assert!(
+            s.message().starts_with("events[0].query: "),
+            "{}",
+            s.message()
+        );
+        let s = t
+            .associates
+            .subscribe(pb::SubscribeRequest {
+                store_id: bad.into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().starts_with("store_id: "), "{}", s.message());
+    }
     // Over 256 KiB: OUT_OF_RANGE, naming the size.
     let huge: Vec<_> = (0..1_000)
         .map(|_| pb::TrackEvent {

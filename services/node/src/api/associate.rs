@@ -17,6 +17,7 @@ use crate::error::ApiError;
 use crate::node::Node;
 use crate::push::hub::{PushHub, Subscription};
 use crate::security::auth::Identity;
+use crate::shopper::validate;
 
 /// Events buffered per subscriber between the hub and the connection.
 const STREAM_BUFFER: usize = 256;
@@ -207,12 +208,8 @@ impl AssociateService for AssociateApi {
         if req.store_id.is_empty() {
             return Err(ApiError::invalid("store_id", "required").into());
         }
-        if req.store_id.len() > aisle_domain::MAX_ID_BYTES {
-            return Err(ApiError::invalid("store_id", "longer than 256 bytes").into());
-        }
-        if req.associate_id.len() > aisle_domain::MAX_ID_BYTES {
-            return Err(ApiError::invalid("associate_id", "longer than 256 bytes").into());
-        }
+        validate::id(|| "store_id".into(), &req.store_id, true)?;
+        validate::id(|| "associate_id".into(), &req.associate_id, false)?;
         for (i, k) in req.kinds.iter().enumerate() {
             if pb::AssistKind::try_from(*k).is_err() || *k == 0 {
                 return Err(ApiError::invalid(

@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::node::Node;
 use crate::security::auth::Identity;
 use crate::shopper::deliver::{QueuedOutcome, apply_queued};
-use crate::shopper::{fetch, shopper_id};
+use crate::shopper::{fetch, shopper_id, validate};
 /// Bundle kinds an edge may name as held.
 const MAX_HELD: usize = 16;
 
@@ -26,9 +26,7 @@ fn store(identity: &Identity, store_id: &str) -> Result<(), ApiError> {
     if store_id.is_empty() {
         return Err(ApiError::required("store_id"));
     }
-    if store_id.len() > aisle_domain::MAX_ID_BYTES {
-        return Err(ApiError::invalid("store_id", "longer than 256 bytes"));
-    }
+    validate::id(|| "store_id".into(), store_id, true)?;
     if !identity.may_act_for_store(store_id) {
         return Err(ApiError::PermissionDenied(format!(
             "{} may not act for store {store_id:?}",
@@ -108,9 +106,7 @@ impl EdgeService for EdgeApi {
             .delivery
             .as_ref()
             .ok_or_else(|| ApiError::required("delivery"))?;
-        if delivery.origin.is_empty() || delivery.origin.len() > aisle_domain::MAX_ID_BYTES {
-            return Err(ApiError::invalid("delivery.origin", "1 to 256 bytes").into());
-        }
+        validate::id(|| "delivery.origin".into(), &delivery.origin, true)?;
         let track = req
             .request
             .as_ref()

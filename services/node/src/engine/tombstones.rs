@@ -7,6 +7,16 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+/// How far ahead of this node's clock a tombstone may be dated (clock skew between members, or between the cloud
+/// and an edge). One dated later is refused: it would outlive its TTL by the difference, and a forged one would
+/// never expire.
+pub const MAX_FUTURE_MS: i64 = 60_000;
+
+/// Whether a tombstone dated `at_ms` is dated too far in the future to accept.
+pub fn too_far_ahead(at_ms: i64) -> bool {
+    at_ms > aisle_domain::now_ms().saturating_add(MAX_FUTURE_MS)
+}
+
 /// Tombstones kept at once; beyond it the oldest go first (an erasure flood cannot grow memory without bound).
 pub const MAX_TOMBSTONES: usize = 100_000;
 
@@ -34,10 +44,16 @@ impl Tombstones {
     }
 
     /// Records that the shopper named `shopper_ref` was forgotten at `at_ms`. Returns whether this is news (no
-    /// tombstone as recent was held).
+    /// tombstone as recent was held). One dated more than [`MAX_FUTURE_MS`] ahead is refused (counted in
+    /// `aisle_tombstones_refused_total`).
     pub fn record(&self, shopper_ref: &str, at_ms: i64) -> bool {
         let now = aisle_domain::now_ms();
         if at_ms.saturating_add(self.ttl_ms) <= now {
+            return false;
+        }
+        if at_ms > now.saturating_add(MAX_FUTURE_MS) {
+            metrics::counter!("aisle_tombstones_refused_total", "reason" => "future").increment(1);
+            tracing::warn!(at_ms, now, "tombstone dated in the future refused");
             return false;
         }
         let mut by_ref = self.by_ref.lock().expect("tombstones lock");
@@ -115,6 +131,12 @@ mod tests {
         );
         assert!(!t.blocks("r2", 0));
         assert!(!t.record("old", now - 61_000), "already expired");
+        assert!(
+            !t.record("future", now + MAX_FUTURE_MS + 10_000),
+            "dated in the future"
+        );
+        assert!(!t.blocks("future", 1));
+        assert!(t.record("skewed", now + 1_000), "within the clock skew");
         assert_eq!(t.live(), vec![("r1".to_string(), now)]);
         assert!(
             !t.blocks_at("r1", 0, now + 60_000),

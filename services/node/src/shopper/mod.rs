@@ -40,9 +40,7 @@ pub fn shopper_id(value: &str) -> Result<&str, ApiError> {
     if value.is_empty() {
         return Err(ApiError::required("shopper_id"));
     }
-    if value.len() > aisle_domain::MAX_ID_BYTES {
-        return Err(ApiError::invalid("shopper_id", "longer than 256 bytes"));
-    }
+    validate::id(|| "shopper_id".into(), value, true)?;
     Ok(value)
 }
 

@@ -35,8 +35,8 @@ pub const MAX_QUANTITY: u32 = 10_000;
 /// Earliest accepted event time: 2000-01-01T00:00:00Z.
 const EARLIEST_MS: i64 = 946_684_800_000;
 
-/// Checks an id: required or optional, at most 256 bytes.
-fn id(field: impl Fn() -> String, value: &str, required: bool) -> Result<(), ApiError> {
+/// Checks an id: required or optional, at most 256 bytes, no control or bidi characters.
+pub(crate) fn id(field: impl Fn() -> String, value: &str, required: bool) -> Result<(), ApiError> {
     if value.is_empty() && required {
         return Err(ApiError::invalid(field(), "required"));
     }
@@ -46,7 +46,21 @@ fn id(field: impl Fn() -> String, value: &str, required: bool) -> Result<(), Api
             format!("longer than {MAX_ID_BYTES} bytes ({} bytes)", value.len()),
         ));
     }
-    Ok(())
+    text(field, value)
+}
+
+/// Checks free text (and ids): no control characters (NUL, newlines, escapes) and no bidirectional controls.
+pub(crate) fn text(field: impl Fn() -> String, value: &str) -> Result<(), ApiError> {
+    match aisle_domain::forbidden_char(value) {
+        None => Ok(()),
+        Some(c) => Err(ApiError::invalid(
+            field(),
+            format!(
+                "holds the control or bidirectional character U+{:04X}, which is not allowed",
+                c as u32
+            ),
+        )),
+    }
 }
 
 fn surface(value: i32) -> Result<Surface, ApiError> {
@@ -316,6 +330,7 @@ fn track_event(
             format!("longer than {MAX_QUERY_BYTES} bytes"),
         ));
     }
+    text(|| f("query"), &e.query)?;
     let store_required = matches!(kind, EventKind::StoreEnter | EventKind::AisleScan);
     id(|| f("store_id"), &e.store_id, store_required)?;
     if kind == EventKind::AisleScan && e.aisle.is_empty() {
@@ -469,6 +484,7 @@ pub fn kill_switch(
             ),
         ));
     }
+    text(|| "reason".into(), &req.reason)?;
     if !req.on {
         return Ok(if req.all {
             SwitchChange::AllOff

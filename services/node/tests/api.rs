@@ -6,26 +6,11 @@ mod common;
 use std::time::Duration;
 
 use aisle_proto::v1 as pb;
-use common::{TestNode, catalog, decide_req, event, http_get};
+use common::{TestNode, catalog, decide_req, event, http_get, items_of};
 use tonic::Code;
 
 fn ids(r: &pb::DecideResponse) -> Vec<String> {
     r.items.iter().map(|i| i.item_id.clone()).collect()
-}
-
-/// In-stock, unrestricted items of a category, by category name.
-fn items_of(category: &str) -> Vec<String> {
-    let c = catalog();
-    let idx = c
-        .categories
-        .iter()
-        .position(|x| x.name == category)
-        .unwrap() as u16;
-    c.items_in_category(idx)
-        .iter()
-        .filter(|&&i| c.item(i).stock >= 5)
-        .map(|&i| c.item(i).id.to_string())
-        .collect()
 }
 
 #[tokio::test]

@@ -95,6 +95,24 @@ impl Secured {
             .expect("TLS connects")
     }
 
+    /// Tracks two events (a view and an add-to-cart) of shopper `victim`.
+    async fn track_victim(&self) {
+        let item = common::catalog().items[0].id.to_string();
+        DecisionServiceClient::new(self.client_port().await)
+            .track(req(
+                pb::TrackRequest {
+                    events: vec![
+                        common::event("victim", pb::EventType::View, &item),
+                        common::event("victim", pb::EventType::AddToCart, &item),
+                    ],
+                    request_id: String::new(),
+                },
+                Some(pki::TOKEN_TRACK),
+            ))
+            .await
+            .unwrap();
+    }
+
     async fn client_port(&self) -> Channel {
         self.channel(self.node.grpc_addr, None).await
     }
@@ -391,22 +409,8 @@ async fn every_rpc_needs_a_credential_with_its_scope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_need_a_cluster_certificate_and_forged_peer_calls_change_nothing() {
     let s = Secured::start().await;
-    let item = common::catalog().items[0].id.to_string();
-    let mut decisions = DecisionServiceClient::new(s.client_port().await);
     let mut admin = AdminServiceClient::new(s.admin_port().await);
-    decisions
-        .track(req(
-            pb::TrackRequest {
-                events: vec![
-                    common::event("victim", pb::EventType::View, &item),
-                    common::event("victim", pb::EventType::AddToCart, &item),
-                ],
-                request_id: String::new(),
-            },
-            Some(pki::TOKEN_TRACK),
-        ))
-        .await
-        .unwrap();
+    s.track_victim().await;
     let describe = |admin: &mut AdminServiceClient<Channel>| {
         let mut admin = admin.clone();
         async move {
@@ -673,21 +677,7 @@ async fn every_peer_method(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_members_are_peers_and_a_member_speaks_only_for_itself() {
     let s = Secured::start().await;
-    let item = common::catalog().items[0].id.to_string();
-    let mut decisions = DecisionServiceClient::new(s.client_port().await);
-    decisions
-        .track(req(
-            pb::TrackRequest {
-                events: vec![
-                    common::event("victim", pb::EventType::View, &item),
-                    common::event("victim", pb::EventType::AddToCart, &item),
-                ],
-                request_id: String::new(),
-            },
-            Some(pki::TOKEN_TRACK),
-        ))
-        .await
-        .unwrap();
+    s.track_victim().await;
     let view = s.node.node.cluster.current().unwrap();
     let intruder = pki::pki().peer("intruder");
     // Certificates of the cluster CA: one without the peer marker (an etcd or tooling client certificate), a
@@ -745,6 +735,134 @@ async fn only_members_are_peers_and_a_member_speaks_only_for_itself() {
     assert_eq!(get("HandOff"), Code::Ok, "{codes:?}");
     assert_eq!(get("FetchAssist"), Code::Ok, "{codes:?}");
     assert_eq!(get("DescribeHeld"), Code::Ok, "{codes:?}");
+    s.node.shutdown().await;
+}
+
+/// A Decide or Track request with `token` and, when given, a shopper assertion.
+fn asserted<T>(message: T, token: &str, assertion: Option<&str>) -> Request<T> {
+    let mut r = req(message, Some(token));
+    if let Some(a) = assertion {
+        r.metadata_mut()
+            .insert("x-aisle-shopper", a.parse().unwrap());
+    }
+    r
+}
+
+fn ids(r: &pb::DecideResponse) -> Vec<String> {
+    r.items.iter().map(|i| i.item_id.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shopper_bound_token_acts_only_for_the_shopper_its_assertion_names() {
+    let s = Secured::start().await;
+    let mut decisions = DecisionServiceClient::new(s.client_port().await);
+    let now = aisle_domain::now_ms() / 1_000;
+    let claims = |sub: &str, exp: i64| serde_json::json!({"sub": sub, "exp": exp});
+    let kiosk = pki::kiosk_assertion(&claims("kiosk-shopper", now + 300));
+    let app = pki::app_assertion(&claims("kiosk-shopper", now + 300));
+    let home = |shopper: &str| common::decide_req(shopper, pb::Surface::Home);
+
+    // A valid assertion: OK, with either kind of key.
+    for (token, assertion) in [(pki::TOKEN_KIOSK, &kiosk), (pki::TOKEN_APP, &app)] {
+        let r = decisions
+            .decide(asserted(home("kiosk-shopper"), token, Some(assertion)))
+            .await;
+        assert!(r.is_ok(), "{token}: {r:?}");
+    }
+    // Another shopper: PERMISSION_DENIED naming the field, never the value.
+    for (token, assertion) in [(pki::TOKEN_KIOSK, &kiosk), (pki::TOKEN_APP, &app)] {
+        let e = decisions
+            .decide(asserted(home("someone-else"), token, Some(assertion)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().starts_with("shopper_id: "), "{e:?}");
+        assert!(!e.message().contains("someone-else"), "{e:?}");
+    }
+    // Expired, missing, signed with the other token's key, or forged: UNAUTHENTICATED.
+    let expired = pki::kiosk_assertion(&claims("kiosk-shopper", now - 120));
+    let wrong_key = pki::app_assertion(&claims("kiosk-shopper", now + 300));
+    for (what, assertion) in [
+        ("expired", Some(expired.as_str())),
+        ("missing", None),
+        ("the app's key on the kiosk token", Some(wrong_key.as_str())),
+        ("garbage", Some("a.b.c")),
+    ] {
+        let e = decisions
+            .decide(asserted(home("kiosk-shopper"), pki::TOKEN_KIOSK, assertion))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{what}: {e:?}");
+        assert!(e.message().contains("x-aisle-shopper"), "{what}: {e:?}");
+    }
+    // Track: every event must be the asserted shopper's; a batch with another shopper's event applies nothing.
+    let tea = common::items_of("Tea");
+    let views = |shopper: &str| -> Vec<pb::TrackEvent> {
+        tea.iter()
+            .take(5)
+            .map(|i| common::event(shopper, pb::EventType::View, i))
+            .collect()
+    };
+    let mut mixed = views("kiosk-shopper");
+    mixed.push(common::event("someone-else", pb::EventType::View, &tea[0]));
+    let e = decisions
+        .track(asserted(
+            pb::TrackRequest {
+                events: mixed,
+                request_id: String::new(),
+            },
+            pki::TOKEN_KIOSK,
+            Some(&kiosk),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().starts_with("events[5].shopper_id: "), "{e:?}");
+
+    // Consent: the region's default here is no consent. A full storefront token's `consent: true` uses the
+    // history; a shopper-bound token's cannot widen the default, so its decision is the anonymous one.
+    let mut anonymous = home("kiosk-shopper");
+    anonymous.consent = Some(false);
+    let before = decisions
+        .decide(req(anonymous.clone(), Some(pki::TOKEN_ALL)))
+        .await
+        .unwrap()
+        .into_inner();
+    decisions
+        .track(asserted(
+            pb::TrackRequest {
+                events: views("kiosk-shopper"),
+                request_id: String::new(),
+            },
+            pki::TOKEN_KIOSK,
+            Some(&kiosk),
+        ))
+        .await
+        .unwrap();
+    let storefront = decisions
+        .decide(req(home("kiosk-shopper"), Some(pki::TOKEN_ALL)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(
+        ids(&storefront),
+        ids(&before),
+        "consent: true uses the history"
+    );
+    let bound = decisions
+        .decide(asserted(
+            home("kiosk-shopper"),
+            pki::TOKEN_KIOSK,
+            Some(&kiosk),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ids(&bound),
+        ids(&before),
+        "a shopper-bound consent: true does not override the default"
+    );
     s.node.shutdown().await;
 }
 

@@ -13,7 +13,9 @@ use tonic::{Request, Response, Status};
 
 use crate::config::{Placements, Site};
 use crate::edge::role::Role;
+use crate::error::ApiError;
 use crate::node::Node;
+use crate::security::assertion::Asserted;
 use crate::security::auth::Identity;
 use crate::shopper::decide::DecideCall;
 use crate::shopper::track::{Batch, TRACK_BUDGET};
@@ -57,8 +59,23 @@ impl DecisionService for DecisionApi {
             Duration::from_millis(config.max_budget_ms),
         );
         let at = placement.map_or(Site::Edge, |p| p.at);
-        let client = Identity::of(&request).name;
-        let req = request.into_inner();
+        let identity = Identity::of(&request);
+        let mut req = request.into_inner();
+        if let Some(asserted) = &identity.asserted {
+            bound(
+                asserted,
+                "shopper_id",
+                &req.shopper_id,
+                "store_id",
+                &req.store_id,
+            )?;
+            // A shopper-bound caller's consent may narrow what the shopper recorded or the region's default allows,
+            // never widen it: its `true` counts as no statement.
+            if req.consent == Some(true) {
+                req.consent = None;
+            }
+        }
+        let client = identity.name;
         let call = DecideCall::new(&self.node, &req, &client, deadline)?;
         let answer = match &self.edge {
             Some(edge) => edge.decide(&self.node, &call, at).await?,
@@ -76,7 +93,19 @@ impl DecisionService for DecisionApi {
         // outbox when the owner does not answer by then.
         let budget = super::budget(request.metadata(), TRACK_BUDGET, TRACK_BUDGET);
         let keep = (budget / 4).max(Duration::from_millis(20)).min(budget / 2);
+        let asserted = Identity::of(&request).asserted;
         let req = request.into_inner();
+        if let Some(asserted) = &asserted {
+            for (i, e) in req.events.iter().enumerate() {
+                bound(
+                    asserted,
+                    &format!("events[{i}].shopper_id"),
+                    &e.shopper_id,
+                    &format!("events[{i}].store_id"),
+                    &e.store_id,
+                )?;
+            }
+        }
         let batch = Batch::new(&self.node, &req, super::now_us())?;
         let outcome = match &self.edge {
             Some(edge) => edge.track(&self.node, batch, received + budget).await?,
@@ -90,4 +119,32 @@ impl DecisionService for DecisionApi {
             duplicates: 0,
         }))
     }
+}
+
+/// A shopper-bound caller's request must be about the shopper its assertion names (and, when the assertion names a
+/// store, at that store; an empty store field is no store).
+///
+/// # Errors
+/// PERMISSION_DENIED naming the field, never the value.
+fn bound(
+    asserted: &Asserted,
+    shopper_field: &str,
+    shopper_id: &str,
+    store_field: &str,
+    store_id: &str,
+) -> Result<(), ApiError> {
+    if shopper_id != asserted.sub {
+        return Err(ApiError::PermissionDenied(format!(
+            "{shopper_field}: not the shopper the x-aisle-shopper assertion names"
+        )));
+    }
+    if let Some(store) = &asserted.store
+        && !store_id.is_empty()
+        && store_id != store
+    {
+        return Err(ApiError::PermissionDenied(format!(
+            "{store_field}: not the store the x-aisle-shopper assertion names"
+        )));
+    }
+    Ok(())
 }

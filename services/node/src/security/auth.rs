@@ -12,6 +12,12 @@
 //! scopes = ["decide", "track"]
 //! stores = ["store-1"]         # optional: limits `subscribe` and `edge` to these stores
 //!
+//! [[token]]                     # a kiosk's, an app's or a browser's token: shopper-bound
+//! name = "kiosk"
+//! sha256 = "…"
+//! scopes = ["decide", "track"]
+//! shopper_assertion = { hs256_secret_file = "kiosk.secret" }   # or { ed25519_public_key_file = "login.pub" }
+//!
 //! [[certificate]]               # a client certificate (signed by tls_client_ca) with this subject CN
 //! name = "pos-fleet"
 //! common_name = "pos.store-1.example"
@@ -30,7 +36,11 @@ use sha2::{Digest, Sha256};
 use tonic::Status;
 use tower::{Layer, Service};
 
+use crate::security::assertion::{self, Asserted, Verifier};
 use crate::security::tls::ConnInfo;
+
+/// The metadata key of a shopper assertion.
+pub const SHOPPER_ASSERTION: &str = "x-aisle-shopper";
 
 /// What an identity may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,6 +99,10 @@ pub struct Identity {
     pub name: Arc<str>,
     scopes: u8,
     stores: Option<Arc<HashSet<String>>>,
+    /// Shopper-bound: Decide and Track need an assertion this verifies.
+    assertion: Option<Arc<Verifier>>,
+    /// What the request's verified assertion states (shopper-bound identities, per request).
+    pub asserted: Option<Arc<Asserted>>,
 }
 
 impl Identity {
@@ -100,6 +114,8 @@ impl Identity {
             name: "anonymous".into(),
             scopes: Scope::ALL.iter().fold(0, |a, s| a | s.bit()),
             stores: None,
+            assertion: None,
+            asserted: None,
         });
         ANONYMOUS.clone()
     }
@@ -112,6 +128,11 @@ impl Identity {
     /// Whether the identity may subscribe to `store_id`'s assist stream.
     pub fn may_subscribe(&self, store_id: &str) -> bool {
         self.has(Scope::Subscribe) && self.stores.as_ref().is_none_or(|s| s.contains(store_id))
+    }
+
+    /// Whether the identity is shopper-bound (its Decide and Track calls carry a verified shopper assertion).
+    pub fn is_shopper_bound(&self) -> bool {
+        self.assertion.is_some()
     }
 
     /// Whether the identity may speak for `store_id` (a token limited to some stores: only for those).
@@ -138,6 +159,30 @@ struct TokenEntry {
     scopes: Vec<String>,
     #[serde(default)]
     stores: Option<Vec<String>>,
+    #[serde(default)]
+    shopper_assertion: Option<AssertionEntry>,
+}
+
+/// A token's `shopper_assertion`: how its assertions are verified (paths relative to the token file's directory).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssertionEntry {
+    #[serde(default)]
+    hs256_secret_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    ed25519_public_key_file: Option<std::path::PathBuf>,
+}
+
+impl AssertionEntry {
+    fn verifier(&self, base: &Path) -> anyhow::Result<Verifier> {
+        match (&self.hs256_secret_file, &self.ed25519_public_key_file) {
+            (Some(secret), None) => Verifier::hs256_from_file(&base.join(secret)),
+            (None, Some(key)) => Verifier::ed25519_from_file(&base.join(key)),
+            _ => anyhow::bail!(
+                "shopper_assertion: give exactly one of hs256_secret_file and ed25519_public_key_file"
+            ),
+        }
+    }
 }
 
 /// One `[[certificate]]` table.
@@ -197,6 +242,8 @@ fn identity(
         name: format!("{kind}:{name}").into(),
         scopes: bits,
         stores: stores.map(|s| Arc::new(s.iter().cloned().collect())),
+        assertion: None,
+        asserted: None,
     })
 }
 
@@ -220,16 +267,37 @@ pub fn token_sha256_hex(token: &str) -> String {
 }
 
 impl Table {
-    /// Parses a token file.
+    /// Parses a token file (files it names, relative to the current directory).
     ///
     /// # Errors
     /// Invalid TOML, an unknown scope, a malformed digest, or a name used twice (the entry is named).
     pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Self::parse_in(text, Path::new("."))
+    }
+
+    /// Parses a token file whose relative paths (shopper assertion keys) are relative to `base`.
+    ///
+    /// # Errors
+    /// As [`Table::parse`]; an unreadable or invalid assertion key (named).
+    pub fn parse_in(text: &str, base: &Path) -> anyhow::Result<Self> {
         let file: TokenFile = toml::from_str(text).context("invalid token file")?;
         let mut table = Table::default();
         let mut names = HashSet::new();
         for t in &file.token {
-            let id = identity("token", &t.name, &t.scopes, t.stores.as_ref())?;
+            let mut id = identity("token", &t.name, &t.scopes, t.stores.as_ref())?;
+            if let Some(entry) = &t.shopper_assertion {
+                anyhow::ensure!(
+                    !Scope::ALL
+                        .into_iter()
+                        .any(|s| !matches!(s, Scope::Decide | Scope::Track) && id.has(s)),
+                    "token {:?}: a shopper-bound token (shopper_assertion) may hold decide and track only",
+                    t.name
+                );
+                let verifier = entry
+                    .verifier(base)
+                    .with_context(|| format!("token {:?}", t.name))?;
+                id.assertion = Some(Arc::new(verifier));
+            }
             anyhow::ensure!(
                 names.insert(id.name.clone()),
                 "token {:?}: name used twice",
@@ -314,7 +382,8 @@ impl Credentials {
     fn read(path: &Path) -> anyhow::Result<Table> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read token file {}", path.display()))?;
-        Table::parse(&text).with_context(|| format!("token file {}", path.display()))
+        let base = path.parent().unwrap_or(Path::new("."));
+        Table::parse_in(&text, base).with_context(|| format!("token file {}", path.display()))
     }
 
     /// Re-reads the file when it changed. Returns whether a new table is in use.
@@ -408,6 +477,7 @@ enum Refusal {
     Invalid,
     Scope,
     NotServed,
+    Assertion,
 }
 
 impl Refusal {
@@ -417,6 +487,7 @@ impl Refusal {
             Refusal::Invalid => "invalid_credential",
             Refusal::Scope => "missing_scope",
             Refusal::NotServed => "not_served",
+            Refusal::Assertion => "invalid_assertion",
         }
     }
 }
@@ -474,6 +545,7 @@ pub fn check(
     credentials: Option<&Credentials>,
     path: &str,
     authorization: Option<&[u8]>,
+    shopper_assertion: Option<&[u8]>,
     conn: Option<&ConnInfo>,
 ) -> Result<Option<Identity>, Status> {
     let need = required(path);
@@ -495,7 +567,7 @@ pub fn check(
     if need == Required::Nothing {
         return Ok(None);
     }
-    let identity = match identify(&credentials.table(), authorization, conn) {
+    let mut identity = match identify(&credentials.table(), authorization, conn) {
         Ok(identity) => identity,
         Err((why, status)) => return refuse(why, status),
     };
@@ -510,6 +582,27 @@ pub fn check(
                 scope.name()
             )),
         );
+    }
+    if let Some(verifier) = &identity.assertion {
+        // A shopper-bound token holds only decide and track (checked when the file is read).
+        let Some(jws) = shopper_assertion.and_then(|v| std::str::from_utf8(v).ok()) else {
+            return refuse(
+                Refusal::Assertion,
+                Status::unauthenticated(format!(
+                    "{SHOPPER_ASSERTION}: {} requires a shopper assertion (a signed JWS naming the shopper)",
+                    identity.name
+                )),
+            );
+        };
+        match assertion::verify(jws, verifier, aisle_domain::now_ms() / 1_000) {
+            Ok(asserted) => identity.asserted = Some(Arc::new(asserted)),
+            Err(refused) => {
+                return refuse(
+                    Refusal::Assertion,
+                    Status::unauthenticated(refused.to_string()),
+                );
+            }
+        }
     }
     Ok(Some(identity))
 }
@@ -571,6 +664,7 @@ where
             req.headers()
                 .get(http::header::AUTHORIZATION)
                 .map(|v| v.as_bytes()),
+            req.headers().get(SHOPPER_ASSERTION).map(|v| v.as_bytes()),
             req.extensions().get::<ConnInfo>(),
         );
         match checked {
@@ -651,6 +745,70 @@ mod tests {
     }
 
     #[test]
+    fn shopper_bound_tokens_need_one_good_key_and_only_decide_and_track() {
+        let dir = std::env::temp_dir().join(format!("aisle-auth-bound-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k.secret"), "0123456789abcdef0123456789abcdef\n").unwrap();
+        std::fs::write(dir.join("short.secret"), "too short").unwrap();
+        let entry = |scopes: &str, assertion: &str| {
+            format!(
+                "[[token]]\nname='kiosk'\nsha256='{}'\nscopes=[{scopes}]\nshopper_assertion = {assertion}\n",
+                token_sha256_hex("kiosk")
+            )
+        };
+        let table = Table::parse_in(
+            &entry("'decide', 'track'", "{ hs256_secret_file = 'k.secret' }"),
+            &dir,
+        )
+        .unwrap();
+        assert!(table.token("kiosk").unwrap().is_shopper_bound());
+        for (scopes, assertion, says) in [
+            (
+                "'decide', 'subscribe'",
+                "{ hs256_secret_file = 'k.secret' }",
+                "decide and track only",
+            ),
+            (
+                "'decide'",
+                "{ hs256_secret_file = 'short.secret' }",
+                "at least 32 bytes",
+            ),
+            (
+                "'decide'",
+                "{ hs256_secret_file = 'missing' }",
+                "cannot read",
+            ),
+            ("'decide'", "{ }", "exactly one"),
+            (
+                "'decide'",
+                "{ hs256_secret_file = 'k.secret', ed25519_public_key_file = 'k.secret' }",
+                "exactly one",
+            ),
+            (
+                "'decide'",
+                "{ ed25519_public_key_file = 'k.secret' }",
+                "32 key bytes",
+            ),
+        ] {
+            let e = format!(
+                "{:#}",
+                Table::parse_in(&entry(scopes, assertion), &dir).unwrap_err()
+            );
+            assert!(e.contains("kiosk") && e.contains(says), "{assertion}: {e}");
+        }
+        // Without an assertion the token is refused before any handler; the message names the metadata key.
+        let creds = Credentials {
+            file: crate::security::tls::WatchedFile::new(&dir.join("none")),
+            table: ArcSwap::from_pointee(table),
+        };
+        let decide = "/aisle.v1.DecisionService/Decide";
+        let e = check(Some(&creds), decide, Some(b"Bearer kiosk"), None, None).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(e.message().starts_with("x-aisle-shopper: "), "{e:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn methods_map_to_scopes_and_unknown_ones_are_refused() {
         assert_eq!(
             required("/aisle.v1.DecisionService/Decide"),
@@ -687,7 +845,7 @@ mod tests {
         let creds = Credentials::load(&path).unwrap();
         let decide = "/aisle.v1.DecisionService/Decide";
         let code = |auth: Option<&str>, path: &str| {
-            check(Some(&creds), path, auth.map(str::as_bytes), None)
+            check(Some(&creds), path, auth.map(str::as_bytes), None, None)
                 .map(|_| tonic::Code::Ok)
                 .unwrap_or_else(|s| s.code())
         };
@@ -708,7 +866,8 @@ mod tests {
         assert_eq!(code(Some("bearer web-secret"), decide), tonic::Code::Ok);
         assert_eq!(code(None, "/grpc.health.v1.Health/Check"), tonic::Code::Ok);
         // No message ever carries the token.
-        let status = check(Some(&creds), decide, Some(b"Bearer hh-secret"), None).unwrap_err();
+        let status =
+            check(Some(&creds), decide, Some(b"Bearer hh-secret"), None, None).unwrap_err();
         assert!(
             !status.message().contains("hh-secret"),
             "{}",

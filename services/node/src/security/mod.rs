@@ -1,5 +1,6 @@
 //! Who may call what, and how the node's traffic is protected:
 //!
+//! - [`assertion`]: shopper assertions (signed statements of the shopper id) that shopper-bound tokens require;
 //! - [`auth`]: callers' identities (bearer tokens, client certificates) and scopes, checked in a tower layer
 //!   before any handler runs;
 //! - [`tls`]: listeners whose certificates are re-read when their files change; client TLS settings;
@@ -8,6 +9,7 @@
 //!
 //! [`Security`] holds what a node loads of them at start, and re-reads.
 
+pub mod assertion;
 pub mod auth;
 pub mod pseudonyms;
 pub mod tls;

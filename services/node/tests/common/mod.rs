@@ -146,6 +146,21 @@ pub fn decide_req(shopper: &str, surface: pb::Surface) -> pb::DecideRequest {
     }
 }
 
+/// In-stock, unrestricted items of a category, by category name.
+pub fn items_of(category: &str) -> Vec<String> {
+    let c = catalog();
+    let idx = c
+        .categories
+        .iter()
+        .position(|x| x.name == category)
+        .unwrap() as u16;
+    c.items_in_category(idx)
+        .iter()
+        .filter(|&&i| c.item(i).stock >= 5)
+        .map(|&i| c.item(i).id.to_string())
+        .collect()
+}
+
 /// An event of a shopper.
 pub fn event(shopper: &str, kind: pb::EventType, item: &str) -> pb::TrackEvent {
     pb::TrackEvent {

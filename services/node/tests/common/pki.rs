@@ -55,15 +55,43 @@ pub const TOKEN_TRACK: &str = "t-track-0123456789";
 pub const TOKEN_SUBSCRIBE_STORE_1: &str = "t-subscribe-store-1";
 pub const TOKEN_ADMIN_READ: &str = "t-admin-read-0123456789";
 pub const TOKEN_ADMIN_WRITE: &str = "t-admin-write-0123456789";
+/// A kiosk's token: shopper-bound, its assertions HS256 with [`KIOSK_SECRET`].
+pub const TOKEN_KIOSK: &str = "t-kiosk-0123456789";
+/// The kiosk token's assertion secret.
+pub const KIOSK_SECRET: &[u8] = b"kiosk-secret-0123456789abcdef-0123456789";
+/// An app's token: shopper-bound, its assertions EdDSA with [`app_login_key`].
+pub const TOKEN_APP: &str = "t-app-0123456789";
+
+/// The app's login service key (Ed25519), which signs the app token's assertions.
+pub fn app_login_key() -> &'static ring::signature::Ed25519KeyPair {
+    static KEY: OnceLock<ring::signature::Ed25519KeyPair> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let pkcs8 =
+            ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                .unwrap();
+        ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
+    })
+}
+
+/// A shopper assertion for the kiosk token: `claims` signed with [`KIOSK_SECRET`].
+pub fn kiosk_assertion(claims: &serde_json::Value) -> String {
+    aisle_node::security::assertion::sign_hs256(KIOSK_SECRET, claims)
+}
+
+/// A shopper assertion for the app token: `claims` signed with [`app_login_key`].
+pub fn app_assertion(claims: &serde_json::Value) -> String {
+    aisle_node::security::assertion::sign_ed25519(app_login_key(), claims)
+}
+
 /// The token of store `store-1`'s edge node (scopes `edge`, and `decide` for the surfaces it forwards).
 pub const TOKEN_EDGE: &str = "t-edge-store-1-0123456789";
 
 /// The token file: one token per scope (the subscribe one limited to `store-1`), one with every scope, and the
 /// `test-operator` certificate with every scope.
 pub fn token_file() -> String {
-    let entry = |name: &str, token: &str, scopes: &str, stores: &str| {
+    let entry = |name: &str, token: &str, scopes: &str, extra: &str| {
         format!(
-            "[[token]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = [{scopes}]\n{stores}\n",
+            "[[token]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = [{scopes}]\n{extra}\n",
             aisle_node::security::auth::token_sha256_hex(token)
         )
     };
@@ -85,6 +113,18 @@ pub fn token_file() -> String {
             TOKEN_EDGE,
             "\"edge\", \"decide\"",
             "stores = [\"store-1\"]",
+        ),
+        entry(
+            "kiosk",
+            TOKEN_KIOSK,
+            "\"decide\", \"track\"",
+            "shopper_assertion = { hs256_secret_file = \"kiosk.secret\" }",
+        ),
+        entry(
+            "app",
+            TOKEN_APP,
+            "\"decide\", \"track\"",
+            "shopper_assertion = { ed25519_public_key_file = \"app-login.pub\" }",
         ),
         format!(
             "[[certificate]]\nname = \"operator\"\ncommon_name = \"test-operator\"\nscopes = [{all}]\n"
@@ -231,9 +271,15 @@ impl Pki {
         )
     }
 
-    /// Writes the PEM files and the token file into `dir` (the peer certificate: node `secured-node`'s).
+    /// Writes the PEM files and the token file into `dir` (the peer certificate: node `secured-node`'s), with the
+    /// shopper-bound tokens' assertion keys beside it.
     pub fn write(&self, dir: &Path) -> Files {
+        use base64::Engine as _;
+        use ring::signature::KeyPair as _;
         std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("kiosk.secret"), KIOSK_SECRET).unwrap();
+        let public = base64::engine::general_purpose::STANDARD.encode(app_login_key().public_key());
+        std::fs::write(dir.join("app-login.pub"), format!("{public}\n")).unwrap();
         Files {
             client_ca: put(dir, "client-ca.pem", &self.client_ca.cert),
             server_cert: put(dir, "server.pem", &self.server.cert),

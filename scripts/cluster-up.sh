@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts a local cluster on loopback, secured like a production one: a real etcd over TLS with client certificates,
 # and three Aisle nodes with distinct node ids serving the same demo bundles, with TLS and a token on their client
-# ports and mutual TLS between them. A throwaway CA, the certificates and a token are made here with openssl.
+# ports and mutual TLS between them, each with its own peer certificate. A throwaway CA, the certificates and a
+# token are made here with openssl; the demo bundles are signed with a throwaway release key (`aisle bundle keygen`,
+# `aisle bundle sign`) and the nodes load only bundles that key signed (--trusted-keys).
 # State, logs, pids and credentials live in .aisle/cluster/; `make cluster-down` stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +35,10 @@ for _ in $(seq 1 100); do
 done
 
 [ -f "$dir/bundles/model.bin" ] || "$bin" export-demo --out "$dir/bundles" >/dev/null
+[ -f "$pki/release.key" ] || "$bin" bundle keygen --out "$pki/release.key" >"$pki/trusted.pub"
+for f in catalog.json model.bin; do
+  "$bin" bundle sign --key "$pki/release.key" "$dir/bundles/$f" >/dev/null
+done
 
 for i in 1 2 3; do
   peer_cert "$pki" "node-$i"
@@ -44,7 +50,7 @@ for i in 1 2 3; do
     --peer-tls-cert "$pki/peer-node-$i.pem" --peer-tls-key "$pki/peer-node-$i.key" --peer-tls-ca "$pki/ca.pem" \
     --cluster etcd --etcd-endpoints "https://127.0.0.1:$etcd_port" \
     --etcd-ca "$pki/ca.pem" --etcd-cert "$pki/etcd-client.pem" --etcd-key "$pki/etcd-client.key" \
-    --data-dir "$dir/bundles" \
+    --data-dir "$dir/bundles" --trusted-keys "$pki/trusted.pub" \
     >"$dir/node-$i.log" 2>&1 &
   echo "node-$i $!" >>"$dir/pids"
 done

@@ -42,6 +42,7 @@ async fn node() -> RunningNode {
         rules: embedded_rules(),
         experiments: embedded_experiments(),
         files: Vec::new(),
+        trusted: None,
     };
     let mut config = Config {
         node_id: "bench".into(),

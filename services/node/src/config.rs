@@ -323,6 +323,9 @@ pub struct Config {
     /// The pseudonym key file (hex keys, one per line, current first; docs/privacy.md). None: a key generated for
     /// this run (loopback only, unless `insecure`).
     pub pseudonym_key: Option<PathBuf>,
+    /// Public keys bundles must be signed with (one base64 Ed25519 key a line; `bundles::signature`). None:
+    /// bundle files are loaded unsigned.
+    pub trusted_keys: Option<PathBuf>,
     /// How long a forgotten shopper's tombstone stops an older copy of their session from coming back (default
     /// 3,600 s; at least the session idle TTL plus two leases, after which no copy can be left).
     pub tombstone_ttl_secs: u64,
@@ -429,6 +432,7 @@ impl Default for Config {
             max_peer_message_bytes: 64 * 1024 * 1024,
             max_stores: 10_000,
             pseudonym_key: None,
+            trusted_keys: None,
             tombstone_ttl_secs: 3_600,
         }
     }

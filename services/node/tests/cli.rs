@@ -303,3 +303,94 @@ fn bad_configuration_is_reported_by_name() {
     assert!(stderr.contains("given without a model"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn with_trusted_keys_only_signed_bundles_load_at_start_and_on_change() {
+    let dir = std::env::temp_dir().join(format!("aisle-cli-signed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let (ok, _, stderr) = aisle(&["export-demo", "--out", &path("bundles")]);
+    assert!(ok, "{stderr}");
+    let (ok, public, stderr) = aisle(&["bundle", "keygen", "--out", &path("release.key")]);
+    assert!(ok, "{stderr}");
+    std::fs::write(path("trusted.pub"), &public).unwrap();
+    let (ok, _, stderr) = aisle(&["bundle", "keygen", "--out", &path("release.key")]);
+    assert!(
+        !ok && stderr.contains("release.key"),
+        "keygen never overwrites a key: {stderr}"
+    );
+    let model = path("bundles/model.bin");
+    let catalog = path("bundles/catalog.json");
+    let serve_args = |trail: &str| {
+        vec![
+            "--trusted-keys".to_string(),
+            path("trusted.pub"),
+            "--data-dir".into(),
+            path("bundles"),
+            "--decision-log".into(),
+            path(trail),
+        ]
+    };
+    let refused_start = |why: &str| {
+        let mut args = vec![
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ];
+        let extra = serve_args("refused.jsonl");
+        args.extend(extra.iter().map(String::as_str));
+        let (ok, _, stderr) = aisle(&args);
+        assert!(!ok, "the node started: {stderr}");
+        assert!(stderr.contains(why), "{why}: {stderr}");
+    };
+    // Unsigned: the node does not start, and says which file and why.
+    refused_start("unsigned");
+    for file in [&model, &catalog] {
+        let (ok, out, stderr) = aisle(&["bundle", "sign", "--key", &path("release.key"), file]);
+        assert!(ok, "{stderr}");
+        assert_eq!(out.trim(), format!("{file}.sig"));
+    }
+    // Tampered after signing: refused too.
+    let good = std::fs::read(&model).unwrap();
+    let mut tampered = good.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    std::fs::write(&model, &tampered).unwrap();
+    refused_start("bad signature");
+    std::fs::write(&model, &good).unwrap();
+
+    // Signed: it serves; a tampered new version is refused on change, the signed one keeps serving, and the
+    // refusal is counted and in the trail.
+    let extra = serve_args("trail.jsonl");
+    let (mut proc, grpc, http, _logs) =
+        serve(&extra.iter().map(String::as_str).collect::<Vec<_>>());
+    let version = |grpc: &str| {
+        json(&["decide", "--addr", grpc, "--shopper", "s1", "--json"])["model_version"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let first = version(&grpc);
+    std::fs::write(&model, &tampered).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !metrics(&http).contains("aisle_bundle_signature_refused_total{kind=\"model\"} 1") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal counted: {}",
+            metrics(&http)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(version(&grpc), first, "the signed model keeps serving");
+    let _ = proc.0.kill();
+    wait_exit(&mut proc, Duration::from_secs(10));
+    let trail = std::fs::read_to_string(path("trail.jsonl")).unwrap();
+    let refusal = trail
+        .lines()
+        .find(|l| l.contains("bundle_refused"))
+        .unwrap_or_else(|| panic!("no refusal in the trail: {trail}"));
+    assert!(refusal.contains("bad signature"), "{refusal}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aisle_node::bundles::signature;
 use aisle_proto::v1 as pb;
 use aisle_proto::v1::associate_service_client::AssociateServiceClient;
 use aisle_proto::v1::decision_service_client::DecisionServiceClient;
@@ -628,6 +629,99 @@ async fn through_a_60_s_wan_cut_the_edge_decides_fresh_and_the_cloud_gets_every_
     );
     assist_task.abort();
     c.kill(0);
+}
+
+/// Writes `bytes` to `path` and signs it with `key` (`path.sig`).
+fn write_signed(key: &ring::signature::Ed25519KeyPair, path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+    std::fs::write(signature::sig_path(path), signature::sign(key, bytes)).unwrap();
+}
+
+/// The default model's version an edge serves, as its BundleStatus says.
+async fn edge_model(edge: &EdgeNode) -> String {
+    edge.admin()
+        .await
+        .bundle_status(pb::BundleStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .bundles
+        .into_iter()
+        .find(|b| b.kind == "model" && b.role == "default")
+        .unwrap()
+        .version
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_with_trusted_keys_refuses_an_unsigned_or_tampered_bundle_from_the_feed() {
+    // Every bundle the cloud serves is signed; the cloud itself checks nothing, the edge trusts one key.
+    let keys = TempDir::new("keys");
+    let (pem, public) = signature::generate().unwrap();
+    let key = signature::signing_key(pem.as_bytes()).unwrap();
+    let trusted = keys.0.join("trusted.pub");
+    std::fs::write(&trusted, format!("{public}\n")).unwrap();
+    let rules = keys.0.join("rules.json");
+    let experiments = keys.0.join("experiments.json");
+    write_signed(
+        &key,
+        &rules,
+        &serde_json::to_vec(&aisle_policy::rules::default_rules_file()).unwrap(),
+    );
+    write_signed(
+        &key,
+        &experiments,
+        &serde_json::to_vec(&aisle_experiment::default_experiments_file()).unwrap(),
+    );
+    let mut c = TestCluster::builder()
+        .nodes(0)
+        .arg("--rules")
+        .arg(rules.to_str().unwrap())
+        .arg("--experiments")
+        .arg(experiments.to_str().unwrap())
+        .start()
+        .await;
+    let (catalog, model) = c.bundle_files();
+    for file in [&catalog, &model] {
+        let bytes = std::fs::read(file).unwrap();
+        write_signed(&key, file, &bytes);
+    }
+    let i = c.add_node();
+    c.restart(i);
+    c.wait_for_members(1, Duration::from_secs(60)).await;
+    let edge = EdgeNode::start(&c, 0, STORE, &["--trusted-keys", trusted.to_str().unwrap()]).await;
+    edge.wait_ready(Duration::from_secs(60)).await;
+    edge.wait_online(Duration::from_secs(20)).await;
+    let first = common::demo().model.0.header.version.clone();
+    assert_eq!(edge_model(&edge).await, first);
+
+    // A new model whose file no longer matches its signature (tampered, or shipped unsigned beside an old .sig):
+    // the cloud (no trusted keys) serves it, the edge refuses it and keeps serving the signed one.
+    let mut next = common::demo().model.0;
+    next.header.version = "unsigned-next".into();
+    std::fs::write(&model, next.to_bytes()).unwrap();
+    until(
+        Duration::from_secs(30),
+        "the edge refuses the model",
+        || async { edge.metric("aisle_bundle_signature_refused_total").await >= 1.0 },
+    )
+    .await;
+    assert_eq!(
+        edge_model(&edge).await,
+        first,
+        "the signed model keeps serving"
+    );
+    let mut client = edge.client().await;
+    let r = decide(
+        &mut client,
+        decide_req("signed-1", pb::Surface::Home, pb::Channel::Kiosk),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.model_version, first);
+    // The refusal is logged, naming the signature.
+    let log = edge.log_tail(400);
+    assert!(log.contains("bundle refused: signature"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,6 +85,7 @@ async fn a_refit_after_forget_shopper_learns_nothing_of_the_shopper() {
         rules: embedded_rules(),
         experiments: embedded_experiments(),
         files: Vec::new(),
+        trusted: None,
     };
     let node = start(
         config,

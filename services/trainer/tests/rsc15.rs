@@ -193,6 +193,7 @@ async fn predict_offline_and_through_a_live_node_give_the_same_lists() {
         rules: embedded_rules(),
         experiments: embedded_experiments(),
         files: Vec::new(),
+        trusted: None,
     };
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();

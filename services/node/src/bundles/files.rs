@@ -22,23 +22,12 @@ pub struct BundleFile {
     pub digest: String,
     /// The file.
     pub bytes: Arc<Vec<u8>>,
+    /// Its Ed25519 signature (64 bytes), when it came with one.
+    pub signature: Option<Arc<Vec<u8>>>,
 }
 
-impl BundleFile {
-    /// The file of the bundle `meta` describes.
-    pub fn new(meta: &BundleMeta, bytes: Arc<Vec<u8>>, digest: String) -> Self {
-        Self {
-            version: meta.version.clone(),
-            created_at_ms: meta.created_at_ms,
-            served_since_ms: meta.loaded_at_ms,
-            digest,
-            bytes,
-        }
-    }
-}
-
-/// A file kept: the key of the bundle parsed from it ([`file_key`]), the file, and its SHA-256.
-type Kept = (String, Arc<Vec<u8>>, String);
+/// A file kept: the key of the bundle parsed from it ([`file_key`]), the file, its SHA-256 and its signature.
+type Kept = (String, Arc<Vec<u8>>, String, Option<Arc<Vec<u8>>>);
 
 /// The key a bundle's file is kept under: its version and content hash (two versions may share a payload).
 pub fn file_key(meta: &BundleMeta) -> String {
@@ -52,13 +41,13 @@ pub struct BundleFiles {
 }
 
 impl BundleFiles {
-    /// Keeps the file the bundle `meta` describes was loaded from.
-    pub fn keep(&self, meta: &BundleMeta, bytes: Arc<Vec<u8>>) {
+    /// Keeps the file the bundle `meta` describes was loaded from, with its signature.
+    pub fn keep(&self, meta: &BundleMeta, bytes: Arc<Vec<u8>>, signature: Option<Arc<Vec<u8>>>) {
         let key = file_key(meta);
         let digest = sha256_hex(&bytes);
         let mut files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
-        files.retain(|(k, _, _)| *k != key);
-        files.push_back((key, bytes, digest));
+        files.retain(|(k, ..)| *k != key);
+        files.push_back((key, bytes, digest, signature));
         while files.len() > KEPT {
             files.pop_front();
         }
@@ -70,7 +59,14 @@ impl BundleFiles {
         let files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
         files
             .iter()
-            .find(|(k, _, _)| *k == key)
-            .map(|(_, b, d)| BundleFile::new(meta, b.clone(), d.clone()))
+            .find(|(k, ..)| *k == key)
+            .map(|(_, bytes, digest, signature)| BundleFile {
+                version: meta.version.clone(),
+                created_at_ms: meta.created_at_ms,
+                served_since_ms: meta.loaded_at_ms,
+                digest: digest.clone(),
+                bytes: bytes.clone(),
+                signature: signature.clone(),
+            })
     }
 }

@@ -15,6 +15,7 @@
 pub mod demo;
 pub mod files;
 pub mod registry;
+pub mod signature;
 pub mod start;
 pub mod watch;
 pub mod world;
@@ -28,6 +29,7 @@ use aisle_policy::{Policy, Rules};
 
 pub use files::{BundleFile, BundleFiles};
 pub use registry::Kind;
+pub use signature::TrustedKeys;
 pub use start::{Prepared, embedded_experiments, embedded_rules, prepare};
 pub use world::{ModelRole, World, WorldError, Worlds};
 
@@ -41,6 +43,8 @@ pub struct Bundles {
     policy: Policy,
     experiments: ExperimentsHandle,
     files: BundleFiles,
+    /// The keys new versions must be signed with (None: not checked).
+    trusted: Option<Arc<TrustedKeys>>,
 }
 
 impl Bundles {
@@ -50,8 +54,8 @@ impl Bundles {
     /// When an owner actor cannot be spawned.
     pub async fn start(prepared: Prepared) -> Result<Self, ractor::SpawnErr> {
         let files = BundleFiles::default();
-        for (meta, file) in prepared.files {
-            files.keep(&meta, file);
+        for (meta, file, signature) in prepared.files {
+            files.keep(&meta, file, signature);
         }
         Ok(Self {
             worlds: Worlds::start(world::Initial {
@@ -63,6 +67,7 @@ impl Bundles {
             policy: Policy::start(prepared.rules).await?,
             experiments: ExperimentsHandle::start(prepared.experiments).await?,
             files,
+            trusted: prepared.trusted,
         })
     }
 
@@ -86,7 +91,9 @@ impl Bundles {
         &self.worlds
     }
 
-    /// Loads a new version of a bundle through its owner, and keeps its file for the edge feed.
+    /// Loads a new version of a bundle through its owner, and keeps its file (and `signature`, the raw 64 bytes)
+    /// for the edge feed. With trusted keys, a file not signed by one of them is refused before it is parsed
+    /// (`aisle_bundle_signature_refused_total{kind}`).
     ///
     /// # Errors
     /// Why it was refused (the last good version keeps serving).
@@ -94,8 +101,18 @@ impl Bundles {
         &self,
         kind: Kind,
         file: Arc<Vec<u8>>,
+        signature: Option<Arc<Vec<u8>>>,
         source: &str,
     ) -> Result<BundleMeta, String> {
+        if let Some(trusted) = &self.trusted {
+            signature::refused(
+                kind,
+                trusted,
+                &file,
+                signature.as_deref().map(Vec::as_slice),
+            )
+            .map_err(|e| format!("{source}: {e}"))?;
+        }
         let bytes = file.as_ref().clone();
         let loaded = match kind {
             Kind::Catalog => self
@@ -124,7 +141,7 @@ impl Bundles {
                 .await
                 .map_err(|e| e.to_string()),
         }?;
-        self.files.keep(&loaded, file);
+        self.files.keep(&loaded, file, signature);
         Ok(loaded)
     }
 
@@ -189,7 +206,7 @@ impl Bundles {
         }
         let bytes =
             Arc::new(serde_json::to_vec(&world.catalog.to_file()).expect("catalogs serialise"));
-        self.files.keep(meta, bytes);
+        self.files.keep(meta, bytes, None);
         self.files.get(meta)
     }
 
@@ -218,6 +235,7 @@ pub(crate) mod tests {
             rules: embedded_rules(),
             experiments: embedded_experiments(),
             files: Vec::new(),
+            trusted: None,
         }
     }
 
@@ -255,7 +273,7 @@ pub(crate) mod tests {
         let bundles = Bundles::start(prepared()).await.unwrap();
         let file = Arc::new(rules_file("rules-2"));
         let meta = bundles
-            .load(Kind::Rules, file.clone(), "rules.json")
+            .load(Kind::Rules, file.clone(), None, "rules.json")
             .await
             .unwrap();
         assert_eq!(meta.version, "rules-2");
@@ -285,7 +303,7 @@ pub(crate) mod tests {
         let bundles = Bundles::start(prepared()).await.unwrap();
         for kind in Kind::ALL {
             let refused = bundles
-                .load(kind, Arc::new(b"not a bundle".to_vec()), "broken")
+                .load(kind, Arc::new(b"not a bundle".to_vec()), None, "broken")
                 .await;
             assert!(refused.is_err(), "{kind} accepted garbage");
         }
@@ -304,6 +322,7 @@ pub(crate) mod tests {
             .load(
                 Kind::CandidateModel,
                 Arc::new(model.to_bytes()),
+                None,
                 "candidate.bin",
             )
             .await

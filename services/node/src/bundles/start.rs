@@ -3,7 +3,6 @@
 //! with the file and the reason. Rules and experiments fall back to the embedded defaults; with neither a catalog
 //! nor a model the node builds the [`super::demo`] world and trains its model.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use aisle_domain::bundle::BundleMeta;
@@ -14,7 +13,18 @@ use aisle_ranking::Model;
 use anyhow::Context;
 
 use super::Kind;
+use super::signature::{self, TrustedKeys};
 use crate::config::Config;
+
+/// A bundle file as read: its bytes, where it came from, and its signature (`FILE.sig`) when it has one.
+struct Read {
+    bytes: Vec<u8>,
+    source: String,
+    signature: Option<Vec<u8>>,
+}
+
+/// A bundle's identity, its file and the file's signature.
+pub type KeptFile = (BundleMeta, Arc<Vec<u8>>, Option<Arc<Vec<u8>>>);
 
 /// The bundles a node starts with, parsed and validated once.
 #[derive(Debug)]
@@ -30,8 +40,10 @@ pub struct Prepared {
     /// Experiments.
     pub experiments: Experiments,
     /// The files the bundles were read from (or their encoded form, for bundles built here), with the identity of
-    /// the bundle parsed from each: what the bundle feed sends to store edges.
-    pub files: Vec<(BundleMeta, Arc<Vec<u8>>)>,
+    /// the bundle parsed from each and its signature: what the bundle feed sends to store edges.
+    pub files: Vec<KeptFile>,
+    /// The keys bundle files must be signed with (`trusted_keys`; None: not checked).
+    pub trusted: Option<Arc<TrustedKeys>>,
 }
 
 /// The embedded default rules.
@@ -55,15 +67,27 @@ fn embedded_experiments_file() -> Vec<u8> {
 
 const EMBEDDED: &str = "embedded default";
 
-/// A kind's file as the configuration names it, read: its bytes and where they came from.
-fn read_kind(kind: Kind, config: &Config) -> anyhow::Result<Option<(Vec<u8>, String)>> {
-    kind.file(config)
-        .map(|p| Ok((read(&p)?, p.display().to_string())))
-        .transpose()
-}
-
-fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+/// A kind's file as the configuration names it, read with its signature; with `trusted` keys, refused unless one
+/// of them signed it.
+fn read_kind(
+    kind: Kind,
+    config: &Config,
+    trusted: Option<&TrustedKeys>,
+) -> anyhow::Result<Option<Read>> {
+    let Some(path) = kind.file(config) else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let signature = signature::read_for(&path)?;
+    if let Some(trusted) = trusted {
+        signature::refused(kind, trusted, &bytes, signature.as_deref())
+            .with_context(|| format!("{} {}", kind.name(), path.display()))?;
+    }
+    Ok(Some(Read {
+        bytes,
+        source: path.display().to_string(),
+        signature,
+    }))
 }
 
 /// Loads the bundles the configuration names; with neither a catalog nor a model, builds the demo world and trains
@@ -73,26 +97,47 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 /// When a named bundle is missing or invalid (the message says which and why), or a catalog is given without a
 /// model.
 pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
+    let trusted = config
+        .trusted_keys
+        .as_deref()
+        .map(TrustedKeys::load)
+        .transpose()?
+        .map(Arc::new);
+    let trusted_ref = trusted.as_deref();
     let mut files = Vec::new();
-    let mut keep = |meta: &BundleMeta, bytes: Vec<u8>| files.push((meta.clone(), Arc::new(bytes)));
-    let (rules_file, source) =
-        read_kind(Kind::Rules, config)?.unwrap_or_else(|| (embedded_rules_file(), EMBEDDED.into()));
-    let rules = Rules::from_json(&rules_file, &source)?;
-    keep(&rules.meta, rules_file);
-    let (experiments_file, source) = read_kind(Kind::Experiments, config)?
-        .unwrap_or_else(|| (embedded_experiments_file(), EMBEDDED.into()));
-    let experiments = Experiments::from_json(&experiments_file, &source)?;
-    keep(&experiments.meta, experiments_file);
-    let candidate = match read_kind(Kind::CandidateModel, config)? {
-        Some((bytes, source)) => {
-            let model = Model::from_bytes(&bytes)?;
-            keep(&model.meta(&source), bytes);
-            Some((model, source))
+    let mut keep = |meta: &BundleMeta, bytes: Vec<u8>, signature: Option<Vec<u8>>| {
+        files.push((meta.clone(), Arc::new(bytes), signature.map(Arc::new)));
+    };
+    // Rules and experiments fall back to the embedded defaults, built into the binary (trusted as it is).
+    let read = read_kind(Kind::Rules, config, trusted_ref)?.unwrap_or_else(|| Read {
+        bytes: embedded_rules_file(),
+        source: EMBEDDED.into(),
+        signature: None,
+    });
+    let rules = Rules::from_json(&read.bytes, &read.source)?;
+    keep(&rules.meta, read.bytes, read.signature);
+    let read = read_kind(Kind::Experiments, config, trusted_ref)?.unwrap_or_else(|| Read {
+        bytes: embedded_experiments_file(),
+        source: EMBEDDED.into(),
+        signature: None,
+    });
+    let experiments = Experiments::from_json(&read.bytes, &read.source)?;
+    keep(&experiments.meta, read.bytes, read.signature);
+    let candidate = match read_kind(Kind::CandidateModel, config, trusted_ref)? {
+        Some(read) => {
+            let model = Model::from_bytes(&read.bytes)?;
+            keep(&model.meta(&read.source), read.bytes, read.signature);
+            Some((model, read.source))
         }
         None => None,
     };
-    let (catalog, (model, source), model_file) = catalog_and_model(config).await?;
-    keep(&model.meta(&source), model_file);
+    let (catalog, (model, source), model_file, catalog_file) =
+        catalog_and_model(config, trusted_ref).await?;
+    keep(&model.meta(&source), model_file.bytes, model_file.signature);
+    // A catalog read from a file is sent to edges as that file, with its signature.
+    if let (Some(catalog), Some(read)) = (&catalog, catalog_file) {
+        keep(&catalog.meta, read.bytes, read.signature);
+    }
     Ok(Prepared {
         catalog,
         model: (model, source),
@@ -100,22 +145,26 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         rules,
         experiments,
         files,
+        trusted,
     })
 }
 
 /// The catalog and default model the configuration names, or the demo world's. The model's file comes third
-/// (encoded here for the demo model).
+/// (encoded here for the demo model), the catalog's fourth (when it was read from one).
 async fn catalog_and_model(
     config: &Config,
-) -> anyhow::Result<(Option<Arc<Catalog>>, (Model, String), Vec<u8>)> {
-    match read_kind(Kind::Model, config)? {
-        Some((model_file, source)) => {
-            let model = Model::from_bytes(&model_file)?;
-            let catalog = match read_kind(Kind::Catalog, config)? {
-                Some((bytes, source)) => Some(Arc::new(Catalog::from_json(&bytes, &source)?)),
+    trusted: Option<&TrustedKeys>,
+) -> anyhow::Result<(Option<Arc<Catalog>>, (Model, String), Read, Option<Read>)> {
+    match read_kind(Kind::Model, config, trusted)? {
+        Some(read) => {
+            let model = Model::from_bytes(&read.bytes)?;
+            let catalog_file = read_kind(Kind::Catalog, config, trusted)?;
+            let catalog = match &catalog_file {
+                Some(c) => Some(Arc::new(Catalog::from_json(&c.bytes, &c.source)?)),
                 None => None,
             };
-            Ok((catalog, (model, source), model_file))
+            let source = read.source.clone();
+            Ok((catalog, (model, source), read, catalog_file))
         }
         None => {
             if let Some(catalog) = Kind::Catalog.file(config) {
@@ -131,11 +180,16 @@ async fn catalog_and_model(
                 tokio::task::spawn_blocking(move || super::demo::demo(anchor)).await??;
             tracing::info!(items = catalog.len(), elapsed_ms = started.elapsed().as_millis() as u64,
                 model = %model.header.version, "demo world ready");
-            let model_file = model.to_bytes();
+            let model_file = Read {
+                bytes: model.to_bytes(),
+                source: String::new(),
+                signature: None,
+            };
             Ok((
                 Some(catalog),
                 (model, "embedded demo (trained at start-up)".to_string()),
                 model_file,
+                None,
             ))
         }
     }

@@ -1,23 +1,30 @@
 //! Watching the bundle files: at every poll (`bundle_poll_secs`, driven by the node's start-up) each kind's file, as
-//! the registry resolves it, is checked for a change of modification time or size; a changed file is loaded
-//! through its owner. An invalid version is refused and logged, and the last good one keeps serving; the caller
+//! the registry resolves it, and its signature file (`FILE.sig`) are checked for a change of modification time or
+//! size; a changed file is loaded, with its signature, through its owner. An invalid version is refused and logged, and the last good one keeps serving; the caller
 //! records both outcomes in the decision trail.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use aisle_domain::bundle::BundleMeta;
 
-use super::{Bundles, Kind};
+use super::{Bundles, Kind, signature};
 use crate::config::Config;
 use crate::security::tls::stamp;
+
+/// The stamps of a bundle file and of its signature file.
+type Stamps = (Option<(SystemTime, u64)>, Option<(SystemTime, u64)>);
+
+fn stamps(path: &Path) -> Stamps {
+    (stamp(path), stamp(&signature::sig_path(path)))
+}
 
 /// A bundle file being watched.
 struct Watched {
     kind: Kind,
     path: PathBuf,
-    seen: Option<(SystemTime, u64)>,
+    seen: Stamps,
 }
 
 /// The bundle files the configuration names, as first seen.
@@ -28,7 +35,7 @@ fn watched_files(config: &Config) -> Vec<Watched> {
             let path = kind.file(config)?;
             Some(Watched {
                 kind,
-                seen: stamp(&path),
+                seen: stamps(&path),
                 path,
             })
         })
@@ -66,8 +73,8 @@ impl Watcher {
     pub async fn poll(&mut self, bundles: &Bundles) -> Vec<Change> {
         let mut changes = Vec::new();
         for w in &mut self.watched {
-            let now = stamp(&w.path);
-            if now.is_none() || now == w.seen {
+            let now = stamps(&w.path);
+            if now.0.is_none() || now == w.seen {
                 continue;
             }
             w.seen = now;
@@ -75,7 +82,14 @@ impl Watcher {
                 continue;
             };
             let file = w.path.display().to_string();
-            let outcome = bundles.load(w.kind, Arc::new(bytes), &file).await;
+            let outcome = match signature::read_for(&w.path) {
+                Ok(sig) => {
+                    bundles
+                        .load(w.kind, Arc::new(bytes), sig.map(Arc::new), &file)
+                        .await
+                }
+                Err(e) => Err(format!("{e:#}")),
+            };
             if let Err(error) = &outcome {
                 tracing::warn!(file = %file, %error, "new bundle version refused");
             }

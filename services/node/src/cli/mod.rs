@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 mod audit;
+mod bundle;
 mod cluster;
 mod connect;
 mod fleet;
@@ -76,6 +77,9 @@ pub enum Command {
     /// Check a decision trail offline (no node needed).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Sign bundle files, and make signing keys (no node needed).
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// Write the demo world's bundles (catalog.json, model.bin) to a directory, for nodes started with
     /// --data-dir (a cluster's nodes then serve identical data).
     ExportDemo {
@@ -98,6 +102,27 @@ pub enum AuditCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `aisle bundle` commands.
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Sign a bundle file: writes FILE.sig, the Ed25519 signature nodes and edges with --trusted-keys require.
+    Sign {
+        /// The signing key: Ed25519 PKCS#8, PEM or DER (`aisle bundle keygen`, or `openssl genpkey -algorithm
+        /// ed25519`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The bundle file (catalog, model, rules or experiments).
+        file: PathBuf,
+    },
+    /// Make a signing key: writes the private key (PEM, mode 0600) and prints its public key line, for the
+    /// trusted-keys file.
+    Keygen {
+        /// Where to write the private key (must not exist).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -126,5 +151,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::KillSwitch(a) => kill_switch::kill_switch(a).await,
         Command::ExportDemo { out } => crate::bundles::demo::export_demo(&out).await,
         Command::Audit(AuditCommand::Verify { paths, json }) => audit::verify(&paths, json),
+        Command::Bundle(BundleCommand::Sign { key, file }) => bundle::sign(&key, &file),
+        Command::Bundle(BundleCommand::Keygen { out }) => bundle::keygen(&out),
     }
 }

@@ -193,6 +193,10 @@ pub struct ServeArgs {
     /// loopback only].
     #[arg(long, env = "AISLE_PSEUDONYM_KEY")]
     pub pseudonym_key: Option<PathBuf>,
+    /// Public keys every bundle file (catalog, models, rules, experiments) must be signed with: one base64
+    /// Ed25519 key a line (`aisle bundle keygen`, `aisle bundle sign`) [default: bundles are not checked].
+    #[arg(long, env = "AISLE_TRUSTED_KEYS")]
+    pub trusted_keys: Option<PathBuf>,
     /// Serve gRPC server reflection [default: true].
     #[arg(long, env = "AISLE_REFLECTION")]
     pub reflection: Option<bool>,
@@ -275,7 +279,8 @@ impl ServeArgs {
             etcd_key,
             etcd_user,
             etcd_password_file,
-            pseudonym_key
+            pseudonym_key,
+            trusted_keys
         );
         if self.fault_injection {
             c.fault_injection = true;

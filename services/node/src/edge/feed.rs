@@ -61,6 +61,7 @@ pub async fn run(
                 created_at_ms: f.created_at_ms,
                 served_since_ms: f.served_since_ms,
                 payload: f.bytes.as_ref().clone(),
+                signature: f.signature.as_deref().cloned().unwrap_or_default(),
             });
             if !send(&tx, update).await {
                 return;

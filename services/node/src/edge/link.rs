@@ -230,7 +230,21 @@ impl Link {
                 b.kind
             )));
         };
-        durable::replace(&bundle_file(&self.dir, kind), &b.payload)?;
+        let file = bundle_file(&self.dir, kind);
+        // The signature first: a crash between the two leaves the old file with a signature it fails (refused at
+        // the next start, and fetched again), never a new file passing under an old signature.
+        let sig = crate::bundles::signature::sig_path(&file);
+        if b.signature.is_empty() {
+            match std::fs::remove_file(&sig) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        } else {
+            use base64::Engine as _;
+            let text = base64::engine::general_purpose::STANDARD.encode(&b.signature);
+            durable::replace(&sig, format!("{text}\n").as_bytes())?;
+        }
+        durable::replace(&file, &b.payload)?;
         let held = Held {
             version: b.version.clone(),
             digest: b.digest.clone(),

@@ -194,11 +194,17 @@ impl Role {
             return refuse("unknown kind".into());
         };
         let source = format!("cloud {} {}", b.kind, b.version);
+        let signature = (!b.signature.is_empty()).then(|| Arc::new(b.signature.clone()));
         if let Err(e) = node
             .bundles
-            .load(kind, Arc::new(b.payload.clone()), &source)
+            .load(kind, Arc::new(b.payload.clone()), signature, &source)
             .await
         {
+            let details = serde_json::json!({"kind": b.kind, "version": b.version, "digest": b.digest, "error": e});
+            let _ = node
+                .logs
+                .audit_action("bundle_refused", "cloud", details)
+                .await;
             return refuse(e);
         }
         if let Err(e) = self.link.store(&b) {

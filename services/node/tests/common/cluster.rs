@@ -536,6 +536,11 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
+    /// The catalog and model files every node is started with.
+    pub fn bundle_files(&self) -> (PathBuf, PathBuf) {
+        self.bundles.clone()
+    }
+
     pub fn builder() -> Builder {
         Builder {
             nodes: 3,

@@ -34,6 +34,7 @@ pub fn demo() -> Prepared {
         rules: embedded_rules(),
         experiments: embedded_experiments(),
         files: Vec::new(),
+        trusted: None,
     }
 }
 

@@ -47,6 +47,13 @@
 # outbox (OLD) and with one (NEW, `--outbox-dir` per node in the work directory): the cost of numbering every Track
 # for exactly-once delivery when nothing needs queueing.
 #
+# `scripts/loadtest.sh --fair-share BIN [--json]`: a caller past its `rate_per_sec` against a well-behaved one, one
+# node with TLS and a token file (scripts/pki.sh) holding two tokens: `victim` (no limits) and `abuser`
+# (`rate_per_sec = ABUSER_LIMIT`, default 200). ROUNDS times (default 3) it runs the victim alone (`decide` at
+# VICTIM_RATE, default 1000/s, for FAIR_DURATION, default 15 s), then the victim again while the abuser sends
+# ABUSER_RATE (default 4000/s) beside it, and reports the victim's p99 in both and their ratio (target: at most
+# 1.5), and what the abuser got (OK against RESOURCE_EXHAUSTED). Alone and under abuse alternate.
+#
 # With DECISION_LOG=1 every node of either comparison writes its decision log (`--decision-log`, a fresh file per
 # run in the work directory): `DECISION_LOG=1 scripts/loadtest.sh --compare OLD NEW` prices a change to the log.
 set -euo pipefail
@@ -117,6 +124,85 @@ stop_started_node() {
   fi
   node_pid=
 }
+
+if [ "${1:-}" = "--fair-share" ]; then
+  shift
+  [ $# -ge 1 ] || { echo "usage: scripts/loadtest.sh --fair-share BIN [--json]" >&2; exit 2; }
+  node_bin=$(abs "$1")
+  shift
+  json=
+  [ "${1:-}" = "--json" ] && json=1
+  loadtest=$(loadtest_bin)
+  require_executables "$node_bin" "$loadtest"
+  rounds=${ROUNDS:-3}
+  victim_rate=${VICTIM_RATE:-1000}
+  abuser_rate=${ABUSER_RATE:-4000}
+  abuser_limit=${ABUSER_LIMIT:-200}
+  fair_duration=${FAIR_DURATION:-15s}
+  work=$(mktemp -d)
+  node_pid= abuser_pid=
+  trap 'stop_started_node; [ -n "$abuser_pid" ] && kill "$abuser_pid" 2>/dev/null; rm -rf "$work"' EXIT
+  trap 'exit 130' INT TERM
+  # shellcheck source=scripts/pki.sh
+  . scripts/pki.sh
+  make_local_pki "$work/pki"
+  victim=$(head -c 24 /dev/urandom | base64 | tr -d '/+=\n') abuser=$(head -c 24 /dev/urandom | base64 | tr -d '/+=\n')
+  cat >"$work/tokens.toml" <<TOML
+[[token]]
+name = "victim"
+sha256 = "$(printf %s "$victim" | sha256sum | cut -d' ' -f1)"
+scopes = ["decide"]
+[[token]]
+name = "abuser"
+sha256 = "$(printf %s "$abuser" | sha256sum | cut -d' ' -f1)"
+scopes = ["decide"]
+rate_per_sec = $abuser_limit
+TOML
+  grpc=$(free_port 50700); http=$(free_port $((grpc + 1)))
+  start_node "$node_bin" fair-share "$grpc" "$http" "$work/node.log" 60 "$node_bin: " \
+    --tls-cert "$work/pki/server.pem" --tls-key "$work/pki/server.key" --auth-tokens "$work/tokens.toml"
+  target="https://127.0.0.1:$grpc"
+  run() { # run TOKEN RATE OUT
+    "$loadtest" run --target "$target" --ca-cert "$work/pki/ca.pem" --token "$1" --scenario decide --rate "$2" \
+      --duration "$fair_duration" --json >"$3"
+  }
+  echo "fair share on $node_bin: victim decide at $victim_rate/s for $fair_duration, alone and beside an abuser" \
+       "sending $abuser_rate/s past its rate_per_sec = $abuser_limit; $rounds round(s); $(nproc) cores shared with" \
+       "both load generators"
+  "$loadtest" run --target "$target" --ca-cert "$work/pki/ca.pem" --token "$victim" --scenario decide \
+    --rate "$victim_rate" --duration 3s --quiet >/dev/null
+  for round in $(seq 1 "$rounds"); do
+    run "$victim" "$victim_rate" "$work/alone-$round.out"
+    run "$abuser" "$abuser_rate" "$work/abuser-$round.out" &
+    abuser_pid=$!
+    run "$victim" "$victim_rate" "$work/abused-$round.out"
+    wait "$abuser_pid"; abuser_pid=
+  done
+  stop_started_node
+  python3 - "$rounds" "$abuser_limit" "${json:-}" "$work" <<'PY'
+import json, statistics, sys
+rounds, limit, want_json, work = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+last = lambda path: json.loads(open(path).read().strip().splitlines()[-1])
+rows = []
+for r in range(1, rounds + 1):
+    alone, abused, abuser = (last(f"{work}/{k}-{r}.out") for k in ("alone", "abused", "abuser"))
+    rows.append({"round": r, "alone_p99_ms": alone["p99_ms"], "abused_p99_ms": abused["p99_ms"],
+                 "ratio": round(abused["p99_ms"] / alone["p99_ms"], 3),
+                 "victim_errors": alone["errors"] + abused["errors"],
+                 "abuser_ok": abuser["ok"], "abuser_errors_by_code": abuser["errors_by_code"],
+                 "abuser_ok_per_sec": round(abuser["ok"] / abuser["duration_s"], 1)})
+    x = rows[-1]
+    print(f"round {r}: victim p99 alone {x['alone_p99_ms']:.3f} ms, beside the abuser {x['abused_p99_ms']:.3f} ms "
+          f"(ratio {x['ratio']:.3f}); victim errors {x['victim_errors']}; abuser {x['abuser_ok']} OK "
+          f"({x['abuser_ok_per_sec']}/s against rate_per_sec {limit}), refused {x['abuser_errors_by_code']}")
+median = statistics.median(x["ratio"] for x in rows)
+print(f"median victim p99 ratio (beside the abuser / alone): {median:.3f} (target: at most 1.5)")
+if want_json:
+    print(json.dumps({"mode": "fair_share", "rounds": rounds, "abuser_limit": limit, "runs": rows,
+                      "median_ratio": median}))
+PY
+  exit 0
+fi
 
 if [ "${1:-}" = "--compare-replication" ] || [ "${1:-}" = "--compare-outbox" ]; then
   ab=${1#--compare-}

@@ -866,6 +866,74 @@ async fn a_shopper_bound_token_acts_only_for_the_shopper_its_assertion_names() {
     s.node.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_past_its_rate_is_refused_with_a_retry_hint_and_others_are_not() {
+    let s = Secured::start().await;
+    let decisions = DecisionServiceClient::new(s.client_port().await);
+    let home = || common::decide_req("fair-1", pb::Surface::Home);
+    // A burst of 20 at once: at most 5 a second, at most 2 in flight.
+    let calls = (0..20).map(|_| {
+        let mut d = decisions.clone();
+        async move { d.decide(req(home(), Some(pki::TOKEN_LIMITED))).await }
+    });
+    let results = futures_join_all(calls).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let refused: Vec<&tonic::Status> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!((1..=5).contains(&ok), "{ok} admitted of 20");
+    assert_eq!(ok + refused.len(), 20);
+    for e in &refused {
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert!(
+            e.message().contains("rate_per_sec") || e.message().contains("max_concurrent"),
+            "{e:?}"
+        );
+        let hint: u64 = e
+            .metadata()
+            .get("x-aisle-retry-after-ms")
+            .expect("a retry hint")
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=1_000).contains(&hint), "{hint}");
+    }
+    // Another caller is not held back meanwhile.
+    let mut d = decisions.clone();
+    for _ in 0..20 {
+        assert!(d.decide(req(home(), Some(pki::TOKEN_DECIDE))).await.is_ok());
+    }
+    // Its bucket refills: the limited caller is admitted again.
+    common::eventually(
+        "the limited caller is admitted again",
+        Duration::from_secs(2),
+        || {
+            let mut d = decisions.clone();
+            async move {
+                d.decide(req(home(), Some(pki::TOKEN_LIMITED)))
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
+    s.node.shutdown().await;
+}
+
+/// Runs futures concurrently and gives their outputs in order.
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
 #[tokio::test]
 async fn a_node_reachable_from_other_hosts_refuses_to_start_open() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_aisle"))

@@ -17,6 +17,8 @@
 //! sha256 = "…"
 //! scopes = ["decide", "track"]
 //! shopper_assertion = { hs256_secret_file = "kiosk.secret" }   # or { ed25519_public_key_file = "login.pub" }
+//! rate_per_sec = 50              # optional, any entry: fair share (security::fair)
+//! max_concurrent = 20
 //!
 //! [[certificate]]               # a client certificate (signed by tls_client_ca) with this subject CN
 //! name = "pos-fleet"
@@ -37,10 +39,13 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use crate::security::assertion::{self, Asserted, Verifier};
+use crate::security::fair::{Admitted, Limits};
 use crate::security::tls::ConnInfo;
 
 /// The metadata key of a shopper assertion.
 pub const SHOPPER_ASSERTION: &str = "x-aisle-shopper";
+/// The metadata key of the retry hint (milliseconds) sent with a fair-share refusal.
+pub const RETRY_AFTER_MS: &str = "x-aisle-retry-after-ms";
 
 /// What an identity may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,7 +97,7 @@ impl Scope {
 }
 
 /// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Identity {
     /// Who: `token:<name>`, `cert:<name>` or, on an open node, `anonymous`. Goes into admin logs and decision
     /// records.
@@ -103,7 +108,17 @@ pub struct Identity {
     assertion: Option<Arc<Verifier>>,
     /// What the request's verified assertion states (shopper-bound identities, per request).
     pub asserted: Option<Arc<Asserted>>,
+    /// Its fair share (`rate_per_sec`, `max_concurrent`), shared by all its requests.
+    limits: Option<Arc<Limits>>,
 }
+
+impl PartialEq for Identity {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.scopes == other.scopes && self.stores == other.stores
+    }
+}
+
+impl Eq for Identity {}
 
 impl Identity {
     /// The caller on a node without authentication (loopback demo, or `--insecure` without a token file): every
@@ -116,6 +131,7 @@ impl Identity {
             stores: None,
             assertion: None,
             asserted: None,
+            limits: None,
         });
         ANONYMOUS.clone()
     }
@@ -161,6 +177,10 @@ struct TokenEntry {
     stores: Option<Vec<String>>,
     #[serde(default)]
     shopper_assertion: Option<AssertionEntry>,
+    #[serde(default)]
+    rate_per_sec: Option<u32>,
+    #[serde(default)]
+    max_concurrent: Option<u32>,
 }
 
 /// A token's `shopper_assertion`: how its assertions are verified (paths relative to the token file's directory).
@@ -193,6 +213,10 @@ struct CertEntry {
     scopes: Vec<String>,
     #[serde(default)]
     stores: Option<Vec<String>>,
+    #[serde(default)]
+    rate_per_sec: Option<u32>,
+    #[serde(default)]
+    max_concurrent: Option<u32>,
 }
 
 /// The token file. Unknown keys are allowed (teams keep notes, owners, expiry reminders beside the entries).
@@ -209,6 +233,25 @@ struct TokenFile {
 pub struct Table {
     tokens: HashMap<[u8; 32], Identity>,
     certificates: HashMap<String, Identity>,
+}
+
+/// A fair share from an entry's `rate_per_sec` and `max_concurrent`.
+fn limits(
+    kind: &str,
+    name: &str,
+    rate_per_sec: Option<u32>,
+    max_concurrent: Option<u32>,
+) -> anyhow::Result<Option<Arc<Limits>>> {
+    use crate::security::fair::{MAX_CONCURRENT, MAX_RATE_PER_SEC};
+    anyhow::ensure!(
+        rate_per_sec.is_none_or(|r| (1..=MAX_RATE_PER_SEC).contains(&r)),
+        "{kind} {name:?}: rate_per_sec must be 1 to {MAX_RATE_PER_SEC}"
+    );
+    anyhow::ensure!(
+        max_concurrent.is_none_or(|c| (1..=MAX_CONCURRENT).contains(&c)),
+        "{kind} {name:?}: max_concurrent must be 1 to {MAX_CONCURRENT}"
+    );
+    Ok(Limits::new(rate_per_sec, max_concurrent).map(Arc::new))
 }
 
 fn identity(
@@ -244,6 +287,7 @@ fn identity(
         stores: stores.map(|s| Arc::new(s.iter().cloned().collect())),
         assertion: None,
         asserted: None,
+        limits: None,
     })
 }
 
@@ -285,6 +329,7 @@ impl Table {
         let mut names = HashSet::new();
         for t in &file.token {
             let mut id = identity("token", &t.name, &t.scopes, t.stores.as_ref())?;
+            id.limits = limits("token", &t.name, t.rate_per_sec, t.max_concurrent)?;
             if let Some(entry) = &t.shopper_assertion {
                 anyhow::ensure!(
                     !Scope::ALL
@@ -312,7 +357,8 @@ impl Table {
             );
         }
         for c in &file.certificate {
-            let id = identity("cert", &c.name, &c.scopes, c.stores.as_ref())?;
+            let mut id = identity("cert", &c.name, &c.scopes, c.stores.as_ref())?;
+            id.limits = limits("certificate", &c.name, c.rate_per_sec, c.max_concurrent)?;
             anyhow::ensure!(
                 names.insert(id.name.clone()),
                 "certificate {:?}: name used twice",
@@ -607,6 +653,21 @@ pub fn check(
     Ok(Some(identity))
 }
 
+/// Admits a request of a caller with a fair share, or refuses it with RESOURCE_EXHAUSTED and a retry hint (in the
+/// message and in metadata `x-aisle-retry-after-ms`), counted in `aisle_auth_refused_total`.
+fn fair_share(limits: &Limits, path: &str) -> Result<Admitted, Status> {
+    limits.admit().map_err(|over| {
+        metrics::counter!("aisle_auth_refused_total",
+            "service" => service_label(path), "reason" => over.label())
+        .increment(1);
+        let mut status = Status::resource_exhausted(over.to_string());
+        if let Ok(v) = over.retry_ms().to_string().parse() {
+            status.metadata_mut().insert(RETRY_AFTER_MS, v);
+        }
+        status
+    })
+}
+
 /// The tower layer running [`check`] in front of a port's services.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
@@ -667,16 +728,32 @@ where
             req.headers().get(SHOPPER_ASSERTION).map(|v| v.as_bytes()),
             req.extensions().get::<ConnInfo>(),
         );
-        match checked {
-            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+        let admitted = match checked {
+            Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
             Ok(identity) => {
+                let admitted = match identity.as_ref().and_then(|i| i.limits.as_deref()) {
+                    None => None,
+                    Some(limits) => match fair_share(limits, req.uri().path()) {
+                        Ok(admitted) => Some(admitted),
+                        Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
+                    },
+                };
                 if let Some(identity) = identity {
                     req.extensions_mut().insert(identity);
                 }
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(inner.call(req))
+                admitted
             }
+        };
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        match admitted {
+            // Unlimited callers: the inner future as it is.
+            None => Box::pin(inner.call(req)),
+            Some(admitted) => Box::pin(async move {
+                let response = inner.call(req).await;
+                drop(admitted);
+                response
+            }),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! - [`assertion`]: shopper assertions (signed statements of the shopper id) that shopper-bound tokens require;
 //! - [`auth`]: callers' identities (bearer tokens, client certificates) and scopes, checked in a tower layer
 //!   before any handler runs;
+//! - [`fair`]: each caller's fair share (`rate_per_sec`, `max_concurrent`), enforced in the same layer;
 //! - [`tls`]: listeners whose certificates are re-read when their files change; client TLS settings;
 //! - [`pseudonyms`]: the keyed pseudonyms that name shoppers outside the owner's memory;
 //! - `x509`: the few certificate fields the node reads.
@@ -11,6 +12,7 @@
 
 pub mod assertion;
 pub mod auth;
+pub mod fair;
 pub mod pseudonyms;
 pub mod tls;
 mod x509;

@@ -55,6 +55,8 @@ pub const TOKEN_TRACK: &str = "t-track-0123456789";
 pub const TOKEN_SUBSCRIBE_STORE_1: &str = "t-subscribe-store-1";
 pub const TOKEN_ADMIN_READ: &str = "t-admin-read-0123456789";
 pub const TOKEN_ADMIN_WRITE: &str = "t-admin-write-0123456789";
+/// A `decide` token with a fair share: 5 requests a second, 2 in flight.
+pub const TOKEN_LIMITED: &str = "t-limited-0123456789";
 /// A kiosk's token: shopper-bound, its assertions HS256 with [`KIOSK_SECRET`].
 pub const TOKEN_KIOSK: &str = "t-kiosk-0123456789";
 /// The kiosk token's assertion secret.
@@ -113,6 +115,12 @@ pub fn token_file() -> String {
             TOKEN_EDGE,
             "\"edge\", \"decide\"",
             "stores = [\"store-1\"]",
+        ),
+        entry(
+            "limited",
+            TOKEN_LIMITED,
+            "\"decide\"",
+            "rate_per_sec = 5\nmax_concurrent = 2",
         ),
         entry(
             "kiosk",

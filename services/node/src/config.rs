@@ -542,6 +542,15 @@ impl Config {
             if self.upstream.is_none() {
                 return bad("upstream: required with role = edge (the cloud's gRPC address)");
             }
+            if let Some(upstream) = &self.upstream
+                && !upstream.starts_with("https://")
+                && !self.insecure
+            {
+                return bad(
+                    "upstream: must be https:// (the edge sends its store's token and shoppers' events over it), \
+                     or pass --insecure for a test bench",
+                );
+            }
             if self.edge_dir.is_none() {
                 return bad(
                     "edge_dir: required with role = edge (bundles and the queue for the cloud)",
@@ -964,6 +973,17 @@ mod tests {
             })
             .contains("edge_dir: required")
         );
+        let plain = Config {
+            upstream: Some("http://aisle.example.com".into()),
+            ..edge.clone()
+        };
+        assert!(err(plain.clone()).contains("upstream: must be https://"));
+        Config {
+            insecure: true,
+            ..plain
+        }
+        .validate()
+        .unwrap();
         assert!(
             err(Config {
                 cluster: ClusterMode::Etcd,

@@ -12,6 +12,7 @@ use aisle_proto::v1 as pb;
 use aisle_proto::v1::admin_service_client::AdminServiceClient;
 use aisle_proto::v1::associate_service_client::AssociateServiceClient;
 use aisle_proto::v1::decision_service_client::DecisionServiceClient;
+use aisle_proto::v1::edge_service_client::EdgeServiceClient;
 use aisle_proto::v1::peer_service_client::PeerServiceClient;
 use common::cluster::{Etcd, TempDir};
 use common::pki::{self, Files, Pem};
@@ -24,6 +25,8 @@ struct Secured {
     _etcd: Etcd,
     _dir: TempDir,
     decision_log: std::path::PathBuf,
+    /// The token file the node re-reads.
+    tokens: std::path::PathBuf,
 }
 
 fn secured_config(files: &Files, etcd: &Etcd, dir: &TempDir) -> Config {
@@ -58,6 +61,7 @@ impl Secured {
         etcd.enable_auth().await;
         let config = secured_config(&files, &etcd, &dir);
         let decision_log = config.decision_log.clone().unwrap();
+        let tokens = config.auth_tokens.clone().unwrap();
         let mut prepared = common::demo();
         // A candidate, so that promote and rollback can succeed.
         prepared.candidate = Some((prepared.model.0.clone(), "candidate".into()));
@@ -71,6 +75,7 @@ impl Secured {
             _etcd: etcd,
             _dir: dir,
             decision_log,
+            tokens,
         };
         let cluster = s.node.node.cluster.clone();
         common::eventually(
@@ -916,6 +921,145 @@ async fn a_caller_past_its_rate_is_refused_with_a_retry_hint_and_others_are_not(
         },
     )
     .await;
+    s.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_tokens_open_subscribe_stream_ends_within_the_reload_interval() {
+    let s = Secured::start().await;
+    let mut associates = AssociateServiceClient::new(s.client_port().await);
+    let mut stream = associates
+        .subscribe(req(
+            pb::SubscribeRequest {
+                store_id: "store-1".into(),
+                ..Default::default()
+            },
+            Some(pki::TOKEN_SUBSCRIBE_STORE_1),
+        ))
+        .await
+        .expect("the handheld subscribes")
+        .into_inner();
+    let original = std::fs::read_to_string(&s.tokens).unwrap();
+    // A change that keeps the handheld's entry: its stream stays open.
+    std::fs::write(&s.tokens, format!("{original}\n# rotated the ops token\n")).unwrap();
+    let reload = Duration::from_secs(s.node.node.config.credential_reload_secs);
+    let quiet = tokio::time::timeout(reload * 2 + Duration::from_secs(1), stream.message()).await;
+    assert!(
+        quiet.is_err(),
+        "the stream ended on an unrelated change: {quiet:?}"
+    );
+    // The handheld's entry removed: the stream ends with UNAUTHENTICATED within the reload interval.
+    let handheld = original
+        .split("[[")
+        .find(|entry| entry.contains("handheld-store-1"))
+        .unwrap();
+    std::fs::write(&s.tokens, original.replace(&format!("[[{handheld}"), "")).unwrap();
+    let revoked_at = tokio::time::Instant::now();
+    let ended = tokio::time::timeout(reload * 2 + Duration::from_secs(2), stream.message())
+        .await
+        .expect("the stream ends within the reload interval");
+    let status = ended.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
+    assert!(revoked_at.elapsed() <= reload * 2 + Duration::from_secs(2));
+    s.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_token_uploads_only_its_stores_events_and_its_session_copies_are_audited() {
+    let s = Secured::start().await;
+    let mut edge = EdgeServiceClient::new(s.client_port().await);
+    let mut admin = AdminServiceClient::new(s.admin_port().await);
+    let item = common::catalog().items[0].id.to_string();
+    let at = |store: &str| pb::TrackEvent {
+        store_id: store.into(),
+        ..common::event("uploaded", pb::EventType::View, &item)
+    };
+    let upload = |events: Vec<pb::TrackEvent>, seq: u64| pb::UploadRequest {
+        store_id: "store-1".into(),
+        request: Some(pb::TrackRequest {
+            events,
+            request_id: String::new(),
+        }),
+        delivery: Some(pb::DeliveryKey {
+            origin: "edge-store-1".into(),
+            seq,
+        }),
+        received_at_us: 0,
+    };
+    let applied = |admin: &mut AdminServiceClient<Channel>| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .describe_shopper(req(
+                    pb::DescribeShopperRequest {
+                        shopper_id: "uploaded".into(),
+                    },
+                    Some(pki::TOKEN_ADMIN_READ),
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .events_applied
+        }
+    };
+    // Another store's event in the batch: refused whole, naming the field.
+    let e = edge
+        .upload(req(
+            upload(vec![at("store-1"), at("store-2")], 1),
+            Some(pki::TOKEN_EDGE),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().starts_with("request.events[1].store_id: "),
+        "{e:?}"
+    );
+    assert_eq!(
+        applied(&mut admin).await,
+        0,
+        "nothing of a refused upload is applied"
+    );
+    // Its own store's events: applied.
+    edge.upload(req(
+        upload(vec![at("store-1"), at("store-1")], 2),
+        Some(pki::TOKEN_EDGE),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(applied(&mut admin).await, 2);
+    // An upload for a store the token is not for: refused before anything is read.
+    let mut other = upload(vec![at("store-2")], 3);
+    other.store_id = "store-2".into();
+    let e = edge
+        .upload(req(other, Some(pki::TOKEN_EDGE)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // A session copy is in the trail, with the edge, the store and the shopper's pseudonym (never the id).
+    edge.fetch_session(req(
+        pb::FetchSessionRequest {
+            shopper_id: "uploaded".into(),
+            store_id: "store-1".into(),
+        },
+        Some(pki::TOKEN_EDGE),
+    ))
+    .await
+    .unwrap();
+    let trail = std::fs::read_to_string(&s.decision_log).unwrap();
+    let record = trail
+        .lines()
+        .find(|l| l.contains("edge_session_fetched"))
+        .unwrap_or_else(|| panic!("no session copy in the trail: {trail}"));
+    assert!(
+        record.contains("token:edge-store-1") && record.contains("\"store_id\":\"store-1\""),
+        "{record}"
+    );
+    assert!(
+        !record.contains("\"uploaded\""),
+        "the shopper id reached the trail: {record}"
+    );
     s.node.shutdown().await;
 }
 

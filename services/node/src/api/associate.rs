@@ -135,7 +135,10 @@ async fn forward(
     tx: mpsc::Sender<Result<pb::AssistEvent, Status>>,
     mut shutdown: watch::Receiver<bool>,
     slot: Slot,
+    caller: Identity,
 ) {
+    let revoked = caller.revoked();
+    tokio::pin!(revoked);
     let _subscribed = Subscribed::new();
     let _slot = slot;
     let wanted = |e: &pb::AssistEvent| kinds.is_empty() || kinds.contains(&e.kind);
@@ -183,6 +186,13 @@ async fn forward(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             () = tx.closed() => return,
+            () = &mut revoked => {
+                tracing::info!(caller = %caller.name, "subscribe stream ended: credential revoked");
+                let _ = tx
+                    .send(Err(Status::unauthenticated("credential revoked or changed in the token file")))
+                    .await;
+                return;
+            }
             () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
                 let _ = tx
                     .send(Err(Status::unavailable(format!(
@@ -231,7 +241,14 @@ impl AssociateService for AssociateApi {
         tracing::info!(store = %req.store_id, associate = %req.associate_id, resume_after = ?req.resume_after,
             replay = sub.replay.len(), gap = sub.gap, "handheld subscribed");
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(forward(sub, req.kinds, tx, self.shutdown.clone(), slot));
+        tokio::spawn(forward(
+            sub,
+            req.kinds,
+            tx,
+            self.shutdown.clone(),
+            slot,
+            caller,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

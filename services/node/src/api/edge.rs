@@ -72,13 +72,25 @@ impl EdgeService for EdgeApi {
             "edge bundle feed opened");
         metrics::counter!("aisle_edge_feeds_opened_total").increment(1);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(feed::run(
+        let feed = feed::run(
             self.node.bundles.clone(),
             self.node.shoppers.tombstones.clone(),
             self.node.id().to_string(),
             held,
-            tx,
-        ));
+            tx.clone(),
+        );
+        // The feed lasts as long as the edge's credential: a revoked token ends it within the reload interval.
+        tokio::spawn(async move {
+            tokio::select! {
+                () = feed => {}
+                () = identity.revoked() => {
+                    tracing::info!(target: "aisle::admin", caller = %identity.name, "edge bundle feed ended: credential revoked");
+                    let _ = tx
+                        .send(Err(Status::unauthenticated("credential revoked or changed in the token file")))
+                        .await;
+                }
+            }
+        });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -92,6 +104,18 @@ impl EdgeService for EdgeApi {
         let req = request.into_inner();
         store(&identity, &req.store_id)?;
         let shopper = shopper_id(&req.shopper_id)?;
+        // Every session copy an edge takes is in the trail: which edge, for which store, of whom (by pseudonym).
+        let details = serde_json::json!({
+            "store_id": req.store_id,
+            "shopper_ref": self.node.shoppers.pseudonyms.of(shopper),
+        });
+        self.node
+            .logs
+            .audit_action("edge_session_fetched", &identity.name, details)
+            .await
+            .map_err(|e| {
+                ApiError::Unavailable(format!("the decision trail cannot record the copy: {e}"))
+            })?;
         Ok(Response::new(fetch::fetch(&self.node, shopper).await?))
     }
 
@@ -111,8 +135,24 @@ impl EdgeService for EdgeApi {
             .request
             .as_ref()
             .ok_or_else(|| ApiError::required("request"))?;
+        // An edge speaks for its store only: an event at another store is refused, and nothing of the upload is
+        // applied. Events without a store (a web event passing through the store's node) are the edge's word.
+        if let Some(i) = track
+            .events
+            .iter()
+            .position(|e| !e.store_id.is_empty() && e.store_id != req.store_id)
+        {
+            return Err(ApiError::PermissionDenied(format!(
+                "request.events[{i}].store_id: not the store this upload is for (store_id)"
+            ))
+            .into());
+        }
+        // The delivery origin is bound to the store: one store's edge cannot write into another's exactly-once
+        // numbering.
+        let origin = format!("{}@{}", delivery.origin, req.store_id);
+        validate::id(|| "delivery.origin (with @store_id)".into(), &origin, true)?;
         let delivery = Delivery {
-            origin: delivery.origin.as_str().into(),
+            origin: origin.into(),
             seq: delivery.seq,
         };
         match apply_queued(&self.node, track, req.received_at_us, delivery).await {

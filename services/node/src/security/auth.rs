@@ -110,6 +110,15 @@ pub struct Identity {
     pub asserted: Option<Arc<Asserted>>,
     /// Its fair share (`rate_per_sec`, `max_concurrent`), shared by all its requests.
     limits: Option<Arc<Limits>>,
+    /// What it was admitted with, and the token file to re-check that against (set by [`AuthLayer`]).
+    admitted_by: Option<(Credential, Arc<Credentials>)>,
+}
+
+/// The credential an identity was admitted with: a token's digest or a client certificate's common name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Credential {
+    Token([u8; 32]),
+    Certificate(String),
 }
 
 impl PartialEq for Identity {
@@ -132,6 +141,7 @@ impl Identity {
             assertion: None,
             asserted: None,
             limits: None,
+            admitted_by: None,
         });
         ANONYMOUS.clone()
     }
@@ -144,6 +154,24 @@ impl Identity {
     /// Whether the identity may subscribe to `store_id`'s assist stream.
     pub fn may_subscribe(&self, store_id: &str) -> bool {
         self.has(Scope::Subscribe) && self.stores.as_ref().is_none_or(|s| s.contains(store_id))
+    }
+
+    /// Resolves when the credential this identity was admitted with no longer admits it with the same scopes (its
+    /// entry removed or changed in the token file); never for an identity admitted without one (an open node). Long
+    /// streams select on it, so a revoked caller's stream ends within the reload interval.
+    pub async fn revoked(&self) {
+        let Some((credential, credentials)) = &self.admitted_by else {
+            return std::future::pending().await;
+        };
+        let mut changes = credentials.changes();
+        loop {
+            if !credentials.table().admits(credential, self) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Whether the identity is shopper-bound (its Decide and Track calls carry a verified shopper assertion).
@@ -288,6 +316,7 @@ fn identity(
         assertion: None,
         asserted: None,
         limits: None,
+        admitted_by: None,
     })
 }
 
@@ -389,6 +418,17 @@ impl Table {
         self.tokens.get(&digest)
     }
 
+    /// Whether `credential` still names `identity` (same name and scopes).
+    fn admits(&self, credential: &Credential, identity: &Identity) -> bool {
+        let now = match credential {
+            Credential::Token(digest) => self.tokens.get(digest),
+            Credential::Certificate(cn) => self.certificates.get(cn),
+        };
+        now.is_some_and(|i| {
+            i.name == identity.name && i.scopes == identity.scopes && i.stores == identity.stores
+        })
+    }
+
     /// The identity of a verified client certificate's common name.
     pub fn certificate(&self, common_name: &str) -> Option<&Identity> {
         self.certificates.get(common_name)
@@ -410,6 +450,8 @@ impl Table {
 pub struct Credentials {
     file: crate::security::tls::WatchedFile,
     table: ArcSwap<Table>,
+    /// Bumped whenever a new table is in use.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl Credentials {
@@ -422,6 +464,7 @@ impl Credentials {
         Ok(Arc::new(Self {
             file: crate::security::tls::WatchedFile::new(path),
             table: ArcSwap::from_pointee(table),
+            generation: tokio::sync::watch::Sender::new(0),
         }))
     }
 
@@ -441,6 +484,7 @@ impl Credentials {
             Ok(table) => {
                 tracing::info!(identities = table.len(), "token file reloaded");
                 self.table.store(Arc::new(table));
+                self.generation.send_modify(|g| *g += 1);
                 metrics::counter!("aisle_token_file_reloads_total").increment(1);
                 true
             }
@@ -458,6 +502,11 @@ impl Credentials {
     /// The current table.
     pub fn table(&self) -> Arc<Table> {
         self.table.load_full()
+    }
+
+    /// Tells when a new table is in use.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 }
 
@@ -542,6 +591,7 @@ impl Refusal {
 /// name; why not (a refusal and its status) when it names none in the table.
 fn identify(
     table: &Table,
+    credentials: Option<&Arc<Credentials>>,
     authorization: Option<&[u8]>,
     conn: Option<&ConnInfo>,
 ) -> Result<Identity, (Refusal, Status)> {
@@ -558,7 +608,16 @@ fn identify(
             return invalid("authorization: expected `Bearer <token>`".into());
         };
         return match table.token(token) {
-            Some(id) => Ok(id.clone()),
+            Some(id) => {
+                let mut id = id.clone();
+                id.admitted_by = credentials.map(|c| {
+                    (
+                        Credential::Token(Sha256::digest(token.as_bytes()).into()),
+                        c.clone(),
+                    )
+                });
+                Ok(id)
+            }
             None => invalid("authorization: unknown or revoked token".into()),
         };
     }
@@ -568,7 +627,12 @@ fn identify(
         .and_then(crate::security::tls::common_name);
     match cn {
         Some(cn) => match table.certificate(&cn) {
-            Some(id) => Ok(id.clone()),
+            Some(id) => {
+                let mut id = id.clone();
+                id.admitted_by =
+                    credentials.map(|c| (Credential::Certificate(cn.clone()), c.clone()));
+                Ok(id)
+            }
             None => invalid(format!(
                 "client certificate CN {cn:?} is not in the token file"
             )),
@@ -588,7 +652,7 @@ fn identify(
 /// UNAUTHENTICATED for a missing or unknown credential, PERMISSION_DENIED for a missing scope, UNIMPLEMENTED for a
 /// method this port does not serve.
 pub fn check(
-    credentials: Option<&Credentials>,
+    credentials: Option<&Arc<Credentials>>,
     path: &str,
     authorization: Option<&[u8]>,
     shopper_assertion: Option<&[u8]>,
@@ -613,7 +677,8 @@ pub fn check(
     if need == Required::Nothing {
         return Ok(None);
     }
-    let mut identity = match identify(&credentials.table(), authorization, conn) {
+    let mut identity = match identify(&credentials.table(), Some(credentials), authorization, conn)
+    {
         Ok(identity) => identity,
         Err((why, status)) => return refuse(why, status),
     };
@@ -720,7 +785,7 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let checked = check(
-            self.credentials.as_deref(),
+            self.credentials.as_ref(),
             req.uri().path(),
             req.headers()
                 .get(http::header::AUTHORIZATION)
@@ -874,10 +939,11 @@ mod tests {
             assert!(e.contains("kiosk") && e.contains(says), "{assertion}: {e}");
         }
         // Without an assertion the token is refused before any handler; the message names the metadata key.
-        let creds = Credentials {
+        let creds = Arc::new(Credentials {
             file: crate::security::tls::WatchedFile::new(&dir.join("none")),
             table: ArcSwap::from_pointee(table),
-        };
+            generation: tokio::sync::watch::Sender::new(0),
+        });
         let decide = "/aisle.v1.DecisionService/Decide";
         let e = check(Some(&creds), decide, Some(b"Bearer kiosk"), None, None).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);

@@ -231,8 +231,9 @@ impl Link {
             )));
         };
         let file = bundle_file(&self.dir, kind);
-        // The signature first: a crash between the two leaves the old file with a signature it fails (refused at
-        // the next start, and fetched again), never a new file passing under an old signature.
+        // The signature first, then the file. A crash between the two leaves a pair that fails the signature
+        // check, never a file loaded under a signature that is not its own. With trusted keys the edge then refuses
+        // to start from that directory (the error names the file): remove its bundles to fetch a fresh set.
         let sig = crate::bundles::signature::sig_path(&file);
         if b.signature.is_empty() {
             match std::fs::remove_file(&sig) {

@@ -329,6 +329,10 @@ pub struct Config {
     /// How long a forgotten shopper's tombstone stops an older copy of their session from coming back (default
     /// 3,600 s; at least the session idle TTL plus two leases, after which no copy can be left).
     pub tombstone_ttl_secs: u64,
+    /// How long the journal of erasures is kept for store edges that were offline for longer than the tombstone TTL
+    /// (default 2,592,000 s = 30 days; at least `tombstone_ttl_secs`). An edge offline for longer is told that its
+    /// catch-up is incomplete.
+    pub erasure_journal_secs: u64,
     /// Stores with assist logs on this node when the catalog names no stores; beyond it the least recently used
     /// store without subscribers is dropped (default 10,000).
     pub max_stores: usize,
@@ -434,6 +438,7 @@ impl Default for Config {
             pseudonym_key: None,
             trusted_keys: None,
             tombstone_ttl_secs: 3_600,
+            erasure_journal_secs: 30 * 86_400,
         }
     }
 }
@@ -625,6 +630,9 @@ impl Config {
                 "tombstone_ttl_secs: must be at least session_idle_ttl_secs plus two lease_ttl_secs (an old \
                  owner's copy of a session lives that long)",
             );
+        }
+        if self.erasure_journal_secs < self.tombstone_ttl_secs {
+            return bad("erasure_journal_secs: must be at least tombstone_ttl_secs");
         }
         if self.log_segment_bytes < 4096 || self.log_segment_secs == 0 || self.log_sync_ms == 0 {
             return bad(

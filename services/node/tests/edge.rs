@@ -25,7 +25,16 @@ const STORE: &str = "store-1";
 /// A cloud of two nodes serving the demo model as default and `candidate` (another version) as candidate, and an
 /// edge for [`STORE`] whose upstream is node 0.
 async fn cloud_and_edge(candidate: Option<&Path>, edge_args: &[&str]) -> (TestCluster, EdgeNode) {
-    let mut c = TestCluster::builder().nodes(0).start().await;
+    cloud_and_edge_from(TestCluster::builder(), candidate, edge_args).await
+}
+
+/// [`cloud_and_edge`] with the cloud's nodes built by `builder`.
+async fn cloud_and_edge_from(
+    builder: common::cluster::Builder,
+    candidate: Option<&Path>,
+    edge_args: &[&str],
+) -> (TestCluster, EdgeNode) {
+    let mut c = builder.nodes(0).start().await;
     for _ in 0..2 {
         let i = c.add_node();
         match candidate {
@@ -139,12 +148,20 @@ async fn a_shopper_who_browsed_online_brings_their_session_into_the_store_and_ha
         r
     };
     let mut as_edge = EdgeServiceClient::new(channel);
-    let copy = as_edge
+    // Not in the store yet (by what the cloud holds): no copy, even for the store's own token.
+    let not_in_store = as_edge
         .fetch_session(fetch(STORE, common::pki::TOKEN_EDGE))
         .await
-        .unwrap()
-        .into_inner();
-    assert!(!copy.session.is_empty(), "the owner's copy");
+        .unwrap_err();
+    assert_eq!(
+        not_in_store.code(),
+        tonic::Code::PermissionDenied,
+        "{not_in_store:?}"
+    );
+    assert!(
+        not_in_store.message().starts_with("shopper_id: "),
+        "{not_in_store:?}"
+    );
     let other_store = as_edge
         .fetch_session(fetch("store-2", common::pki::TOKEN_EDGE))
         .await
@@ -189,6 +206,13 @@ async fn a_shopper_who_browsed_online_brings_their_session_into_the_store_and_ha
         "{first:?}"
     );
     assert_eq!(first.served_by, format!("edge-{STORE}"));
+    // The entry went up before the copy was taken: now the cloud places the shopper in the store.
+    let copy = as_edge
+        .fetch_session(fetch(STORE, common::pki::TOKEN_EDGE))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!copy.session.is_empty(), "the owner's copy");
     let ids = |r: &pb::DecideResponse| {
         r.items
             .iter()
@@ -223,7 +247,8 @@ async fn a_shopper_who_browsed_online_brings_their_session_into_the_store_and_ha
         "a shopper with no history gets another answer"
     );
 
-    // A shopper whose first in-store call is a Decide (no STORE_ENTER, e.g. a kiosk scan): the same.
+    // A shopper whose first in-store call is a Decide (no STORE_ENTER, no scan): nothing reported them in the store,
+    // so the cloud copies nothing and the edge answers from what it holds. Their entry then brings the copy.
     let walk_in = "online-then-kiosk";
     for item in ["sku-000200", "sku-000201"] {
         let mut e = common::event(walk_in, pb::EventType::View, item);
@@ -234,19 +259,32 @@ async fn a_shopper_who_browsed_online_brings_their_session_into_the_store_and_ha
     let online = decide(&mut cloud, req(), Duration::from_secs(1))
         .await
         .unwrap();
+    let refused = edge
+        .metric("aisle_edge_session_fetches_total{result=\"refused\"}")
+        .await;
+    let unreported = decide(&mut at_edge, req(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(site(&unreported), pb::DecisionSite::Edge);
+    let mut edge_admin = edge.admin().await;
+    let held = describe(&mut edge_admin, walk_in).await;
+    assert_eq!(held.events_applied, 0, "no copy without an entry: {held:?}");
+    assert_eq!(
+        edge.metric("aisle_edge_session_fetches_total{result=\"refused\"}")
+            .await,
+        refused + 1.0
+    );
+    let mut enter = in_store(walk_in, pb::EventType::StoreEnter, "");
+    enter.item_id.clear();
+    track(&mut at_edge, vec![enter]).await.unwrap();
     let first = decide(&mut at_edge, req(), Duration::from_secs(1))
         .await
         .unwrap();
     assert_eq!(site(&first), pb::DecisionSite::Edge);
-    assert_eq!(
-        ids(&first),
-        ids(&online),
-        "the first in-store call fetched the session"
-    );
+    assert_eq!(ids(&first), ids(&online), "the entry brought the session");
 
     // A first in-store Track (a POS scan, no STORE_ENTER) fetches the session too; a STORE_ENTER that refuses
     // consent copies nothing.
-    let mut edge_admin = edge.admin().await;
     for (who, consent) in [("online-then-pos", true), ("online-then-refuses", false)] {
         let mut e = common::event(who, pb::EventType::View, "sku-000300");
         e.consent = Some(true);
@@ -801,6 +839,73 @@ async fn a_shopper_forgotten_in_the_cloud_is_erased_at_the_edge_queued_events_in
         kept.events_applied, 4,
         "the other shopper's events reach the cloud"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_offline_for_twice_the_tombstone_ttl_uploads_nothing_of_a_shopper_forgotten_meanwhile()
+ {
+    // Short lifetimes in the cloud: a session idles out after 6 s, so a tombstone may expire after 10 s.
+    const TOMBSTONE_TTL: Duration = Duration::from_secs(10);
+    let builder = TestCluster::builder()
+        .lease_ttl_secs(2)
+        .arg("--session-idle-ttl-secs")
+        .arg("6")
+        .arg("--tombstone-ttl-secs")
+        .arg("10");
+    let (c, edge) = cloud_and_edge_from(builder, None, &[]).await;
+    let mut at_edge = edge.client().await;
+    edge.wan.set_cut(true);
+    for s in ["gone-long", "stays-long"] {
+        let mut enter = in_store(s, pb::EventType::StoreEnter, "");
+        enter.item_id.clear();
+        let mut events = vec![enter];
+        events.extend(
+            (0..3).map(|k| in_store(s, pb::EventType::View, &format!("sku-{:06}", 400 + k))),
+        );
+        track(&mut at_edge, events).await.unwrap();
+    }
+    let mut edge_admin = edge.admin().await;
+    let held = describe(&mut edge_admin, "gone-long").await;
+    assert_eq!(
+        held.held.iter().map(|h| h.queued_events).sum::<u32>(),
+        4,
+        "{held:?}"
+    );
+
+    // Forgotten in the cloud while the store is cut off; the cut lasts twice the tombstone's life, so the cloud's
+    // tombstone is gone when the edge comes back (the cut is the scenario: a fixed time, not a condition).
+    let receipt = c
+        .admin(0)
+        .await
+        .forget_shopper(pb::ForgetShopperRequest {
+            shopper_id: "gone-long".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(receipt.receipts.len(), 2);
+    tokio::time::sleep(TOMBSTONE_TTL * 2).await;
+    edge.wan.set_cut(false);
+
+    edge.wait_for_queue_drained(Duration::from_secs(30)).await;
+    let d = describe(&mut edge_admin, "gone-long").await;
+    assert_eq!(d.events_applied, 0, "erased at the edge: {d:?}");
+    for i in 0..2 {
+        let mut admin = c.admin(i).await;
+        assert_eq!(
+            describe(&mut admin, "gone-long").await.events_applied,
+            0,
+            "the forgotten shopper came back to the cloud (asked at node {i})"
+        );
+    }
+    let mut admin = c.admin(1).await;
+    assert_eq!(
+        describe(&mut admin, "stays-long").await.events_applied,
+        4,
+        "the other shopper's queued events went up"
+    );
+    assert!(edge.metric("aisle_edge_uploaded_events_total").await >= 4.0);
+    assert_eq!(edge.metric("aisle_edge_erasure_gaps_total").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

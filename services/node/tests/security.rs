@@ -546,6 +546,7 @@ async fn every_peer_method(
         epoch,
         from_node: from.clone(),
         view_fingerprint: fingerprint,
+        store_id: String::new(),
     };
     vec![
         (
@@ -966,7 +967,8 @@ async fn a_revoked_tokens_open_subscribe_stream_ends_within_the_reload_interval(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_edge_token_uploads_only_its_stores_events_and_its_session_copies_are_audited() {
+async fn an_edge_token_uploads_only_its_stores_events_and_copies_only_its_stores_shoppers_audited()
+{
     let s = Secured::start().await;
     let mut edge = EdgeServiceClient::new(s.client_port().await);
     let mut admin = AdminServiceClient::new(s.admin_port().await);
@@ -1003,6 +1005,39 @@ async fn an_edge_token_uploads_only_its_stores_events_and_its_session_copies_are
                 .events_applied
         }
     };
+    let fetch = |edge: &mut EdgeServiceClient<Channel>| {
+        let mut edge = edge.clone();
+        async move {
+            edge.fetch_session(req(
+                pb::FetchSessionRequest {
+                    shopper_id: "uploaded".into(),
+                    store_id: "store-1".into(),
+                },
+                Some(pki::TOKEN_EDGE),
+            ))
+            .await
+        }
+    };
+    // A shopper never seen at the store: no copy, naming the field, not the value.
+    let e = fetch(&mut edge).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().starts_with("shopper_id: "), "{e:?}");
+    assert!(!e.message().contains("uploaded"), "{e:?}");
+    // Nor one the cloud places in another store.
+    let mut decisions = DecisionServiceClient::new(s.client_port().await);
+    decisions
+        .track(req(
+            pb::TrackRequest {
+                events: vec![at("store-2")],
+                request_id: String::new(),
+            },
+            Some(pki::TOKEN_TRACK),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(applied(&mut admin).await, 1);
+    let e = fetch(&mut edge).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     // Another store's event in the batch: refused whole, naming the field.
     let e = edge
         .upload(req(
@@ -1018,7 +1053,7 @@ async fn an_edge_token_uploads_only_its_stores_events_and_its_session_copies_are
     );
     assert_eq!(
         applied(&mut admin).await,
-        0,
+        1,
         "nothing of a refused upload is applied"
     );
     // Its own store's events: applied.
@@ -1028,7 +1063,7 @@ async fn an_edge_token_uploads_only_its_stores_events_and_its_session_copies_are
     ))
     .await
     .unwrap();
-    assert_eq!(applied(&mut admin).await, 2);
+    assert_eq!(applied(&mut admin).await, 3);
     // An upload for a store the token is not for: refused before anything is read.
     let mut other = upload(vec![at("store-2")], 3);
     other.store_id = "store-2".into();
@@ -1037,16 +1072,21 @@ async fn an_edge_token_uploads_only_its_stores_events_and_its_session_copies_are
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    // A session copy is in the trail, with the edge, the store and the shopper's pseudonym (never the id).
-    edge.fetch_session(req(
-        pb::FetchSessionRequest {
-            shopper_id: "uploaded".into(),
-            store_id: "store-1".into(),
-        },
-        Some(pki::TOKEN_EDGE),
-    ))
-    .await
-    .unwrap();
+    // The store's own events reached the cloud: now the shopper is in the store, and the copy holds all of them.
+    let copy = fetch(&mut edge).await.unwrap().into_inner();
+    let session: serde_json::Value = serde_json::from_slice(&copy.session).unwrap();
+    assert_eq!(session["store_id"], "store-1", "{session}");
+    // Out of the store again: no copy.
+    let mut exit = at("store-1");
+    exit.r#type = pb::EventType::StoreExit as i32;
+    exit.item_id.clear();
+    edge.upload(req(upload(vec![exit], 4), Some(pki::TOKEN_EDGE)))
+        .await
+        .unwrap();
+    let e = fetch(&mut edge).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // Every copy asked for is in the trail, with the edge, the store, the shopper's pseudonym (never the id) and
+    // whether it was handed out.
     let trail = std::fs::read_to_string(&s.decision_log).unwrap();
     let record = trail
         .lines()
@@ -1055,6 +1095,21 @@ async fn an_edge_token_uploads_only_its_stores_events_and_its_session_copies_are
     assert!(
         record.contains("token:edge-store-1") && record.contains("\"store_id\":\"store-1\""),
         "{record}"
+    );
+    let results: Vec<&str> = trail
+        .lines()
+        .filter(|l| l.contains("edge_session_fetched"))
+        .map(|l| {
+            ["\"refused\"", "\"copied\""]
+                .into_iter()
+                .find(|r| l.contains(r))
+                .unwrap_or("?")
+        })
+        .collect();
+    assert_eq!(
+        results,
+        ["\"refused\"", "\"refused\"", "\"copied\"", "\"refused\""],
+        "{trail}"
     );
     assert!(
         !record.contains("\"uploaded\""),

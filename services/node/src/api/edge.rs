@@ -13,6 +13,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::edge::feed;
+use crate::engine::tombstones;
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::security::auth::Identity;
@@ -66,6 +67,13 @@ impl EdgeService for EdgeApi {
         if req.held.len() > MAX_HELD {
             return Err(ApiError::invalid("held", format!("at most {MAX_HELD} bundles")).into());
         }
+        if req.erasures_since_ms < 0 || tombstones::too_far_ahead(req.erasures_since_ms) {
+            return Err(ApiError::invalid(
+                "erasures_since_ms",
+                "a time in ms since the epoch, not in the future",
+            )
+            .into());
+        }
         let held: BTreeMap<String, String> =
             req.held.into_iter().map(|h| (h.kind, h.digest)).collect();
         tracing::info!(target: "aisle::admin", %caller, store = %req.store_id, held = held.len(),
@@ -77,6 +85,7 @@ impl EdgeService for EdgeApi {
             self.node.shoppers.tombstones.clone(),
             self.node.id().to_string(),
             held,
+            req.erasures_since_ms,
             tx.clone(),
         );
         // The feed lasts as long as the edge's credential: a revoked token ends it within the reload interval.
@@ -104,10 +113,18 @@ impl EdgeService for EdgeApi {
         let req = request.into_inner();
         store(&identity, &req.store_id)?;
         let shopper = shopper_id(&req.shopper_id)?;
-        // Every session copy an edge takes is in the trail: which edge, for which store, of whom (by pseudonym).
+        let answer = fetch::fetch(&self.node, shopper, &req.store_id).await;
+        // Every session copy an edge asks for is in the trail: which edge, for which store, of whom (by pseudonym),
+        // and whether it was handed out. A copy the trail cannot record is not handed out.
+        let result = match &answer {
+            Ok(_) => "copied",
+            Err(e) if e.code() == tonic::Code::PermissionDenied => "refused",
+            Err(_) => "failed",
+        };
         let details = serde_json::json!({
             "store_id": req.store_id,
             "shopper_ref": self.node.shoppers.pseudonyms.of(shopper),
+            "result": result,
         });
         self.node
             .logs
@@ -116,7 +133,7 @@ impl EdgeService for EdgeApi {
             .map_err(|e| {
                 ApiError::Unavailable(format!("the decision trail cannot record the copy: {e}"))
             })?;
-        Ok(Response::new(fetch::fetch(&self.node, shopper).await?))
+        Ok(Response::new(answer?))
     }
 
     async fn upload(

@@ -291,6 +291,7 @@ impl PeerService for PeerApi {
         let call = FetchSessionCall {
             node: &self.node,
             shopper_id: &req.shopper_id,
+            store_id: &req.store_id,
         };
         let from = sender(req.epoch, req.view_fingerprint);
         let deadline = Instant::now() + SHOPPER_CALL;

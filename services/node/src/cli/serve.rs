@@ -99,6 +99,9 @@ pub struct ServeArgs {
     /// Keep a forgotten shopper's tombstone this long, seconds [default: 3600].
     #[arg(long, env = "AISLE_TOMBSTONE_TTL_SECS")]
     pub tombstone_ttl_secs: Option<u64>,
+    /// Keep the journal of erasures that store edges catch up on this long, seconds [default: 2592000].
+    #[arg(long, env = "AISLE_ERASURE_JOURNAL_SECS")]
+    pub erasure_journal_secs: Option<u64>,
     /// Log format.
     #[arg(long, env = "AISLE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -243,7 +246,8 @@ impl ServeArgs {
             log_retention_hours,
             log_max_bytes,
             log_sync_ms,
-            tombstone_ttl_secs
+            tombstone_ttl_secs,
+            erasure_journal_secs
         );
         macro_rules! set_opt {
             ($($field:ident),*) => {

@@ -568,6 +568,9 @@ pub async fn receive(
         // the barrier cannot complete before a copy of a forgotten shopper's session kept here is erased.
         if request.done {
             apply_tombstones(holdings, &request.tombstones).await;
+            // A member's `done` carries every live tombstone it holds: this node's erasure journal now knows the
+            // last TTL's erasures, from before it started too.
+            holdings.shoppers.tombstones.inherited_live();
             cluster.done_from(&request.from_node, request.view_fingerprint);
         }
         return Ok((0, 0));

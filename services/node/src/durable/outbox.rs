@@ -431,6 +431,8 @@ pub struct Outbox {
     writer: Mutex<mpsc::Sender<Command>>,
     /// Woken when an entry may be delivered (queued, or a call ahead of one resolved).
     ready: Notify,
+    /// Woken when an entry left (delivered) or a call in flight resolved.
+    drained: Notify,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -565,6 +567,7 @@ impl Outbox {
             state: Mutex::new(state),
             writer: Mutex::new(tx),
             ready: Notify::new(),
+            drained: Notify::new(),
         });
         outbox.publish();
         Ok(outbox)
@@ -614,6 +617,7 @@ impl Outbox {
         if next_waits {
             self.ready.notify_one();
         }
+        self.drained.notify_waiters();
     }
 
     /// Whether calls or entries of `shopper_id` are in flight or waiting.
@@ -731,6 +735,24 @@ impl Outbox {
         if removed.is_some() {
             self.send(Command::Delivered(seq));
             self.publish();
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Waits, at most `timeout`, until nothing of `shopper_id` is in flight or waiting; whether that is so.
+    pub async fn wait_delivered(&self, shopper_id: &str, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            // Registered before the check, so that a delivery between the check and the wait is not missed.
+            drained.as_mut().enable();
+            if !self.has_pending(shopper_id) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                return !self.has_pending(shopper_id);
+            }
         }
     }
 
@@ -751,6 +773,7 @@ impl Outbox {
             seqs.into_iter().filter_map(|s| state.remove(s)).collect()
         };
         self.publish();
+        self.drained.notify_waiters();
         let events = removed.iter().map(|e| e.events()).sum();
         let seqs: HashSet<u64> = removed.iter().map(|e| e.seq).collect();
         let (ack, done) = oneshot::channel();

@@ -6,7 +6,9 @@
 //! serves with what the edge holds (by SHA-256 of the file), sends each bundle that differs, whole, and then a
 //! `Synced` mark; with no change, a `Synced` mark every [`HEARTBEAT`] tells the edge it is still current. So a
 //! promotion or a new rules file reaches a connected edge within [`POLL`], and an edge that reconnects names its
-//! digests and receives only what changed meanwhile. Erasures (tombstones) go down the same stream.
+//! digests and receives only what changed meanwhile. Erasures (tombstones) go down the same stream, ahead of
+//! bundles: on connecting, every erasure in the journal since the edge's last `Synced` mark (less
+//! [`CLOCK_SKEW_MS`]), then each new one; the edge uploads nothing before the first `Synced` mark.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -22,6 +24,9 @@ use crate::engine::tombstones::Tombstones;
 pub const POLL: Duration = Duration::from_millis(250);
 /// A `Synced` mark at least this often, so that the edge tells a quiet link from a dead one.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Erasures are sent from this long before the edge's last `Synced` mark (erasures recorded by another member whose
+/// clock runs behind).
+pub const CLOCK_SKEW_MS: i64 = 60_000;
 /// Sends one update; false when the edge hung up.
 async fn send(
     tx: &mpsc::Sender<Result<pb::SyncUpdate, tonic::Status>>,
@@ -34,21 +39,42 @@ async fn send(
     .is_ok()
 }
 
-/// Feeds one edge until it hangs up: the bundles it lacks, then changes, `Synced` marks and tombstones.
+/// Feeds one edge until it hangs up: the erasures since `erasures_since_ms` (0: none) and the bundles it lacks,
+/// then changes, `Synced` marks and tombstones.
 pub async fn run(
     bundles: Arc<Bundles>,
     tombstones: Arc<Tombstones>,
     node_id: String,
     held: BTreeMap<String, String>,
+    erasures_since_ms: i64,
     tx: mpsc::Sender<Result<pb::SyncUpdate, tonic::Status>>,
 ) {
     let mut held = held;
     let mut tombstones_sent: HashSet<(String, i64)> = HashSet::new();
     let mut last_mark: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(POLL);
+    let mut catch_up = if erasures_since_ms > 0 {
+        tombstones.since(erasures_since_ms.saturating_sub(CLOCK_SKEW_MS))
+    } else {
+        Vec::new()
+    };
     loop {
         tick.tick().await;
         let mut changed = false;
+        // Erasures first: an edge back after a long cut erases before anything else arrives.
+        for (shopper_ref, at_ms) in catch_up.drain(..).chain(tombstones.live()) {
+            if !tombstones_sent.insert((shopper_ref.clone(), at_ms)) {
+                continue;
+            }
+            let update = pb::sync_update::Update::Forgotten(pb::Tombstone {
+                shopper_ref,
+                forgotten_at_ms: at_ms,
+            });
+            if !send(&tx, update).await {
+                return;
+            }
+            changed = true;
+        }
         for (kind, f) in bundles.files() {
             let kind = kind.name();
             if held.get(kind) == Some(&f.digest) {
@@ -70,23 +96,11 @@ pub async fn run(
             held.insert(kind.to_string(), f.digest.clone());
             changed = true;
         }
-        for (shopper_ref, at_ms) in tombstones.live() {
-            if !tombstones_sent.insert((shopper_ref.clone(), at_ms)) {
-                continue;
-            }
-            let update = pb::sync_update::Update::Forgotten(pb::Tombstone {
-                shopper_ref,
-                forgotten_at_ms: at_ms,
-            });
-            if !send(&tx, update).await {
-                return;
-            }
-            changed = true;
-        }
         if changed || last_mark.is_none_or(|t| t.elapsed() >= HEARTBEAT) {
             let update = pb::sync_update::Update::Synced(pb::Synced {
                 at_ms: aisle_domain::now_ms(),
                 node: node_id.clone(),
+                erasures_complete_since_ms: tombstones.complete_since(),
             });
             if !send(&tx, update).await {
                 return;

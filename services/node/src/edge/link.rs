@@ -52,6 +52,22 @@ struct State {
     /// A bundle the cloud serves that this edge refused, and since when.
     refused: Option<Instant>,
     held: BTreeMap<String, Held>,
+    /// The cloud's time of the last `Synced` mark (0: never): the feed sends erasures since then on connecting.
+    erasures_synced_ms: i64,
+    /// When `erasures_synced_ms` was last written to disk.
+    erasures_saved: Option<Instant>,
+    /// The current feed has sent its first `Synced` mark: every erasure since the last one is applied, and queued
+    /// events may go up.
+    caught_up: bool,
+}
+
+/// How often the time of the last `Synced` mark is written to disk (an edge restarted offline asks for erasures
+/// since up to this much earlier than needed).
+const ERASURES_SAVE: Duration = Duration::from_secs(10);
+
+/// The file holding the cloud's time of the last `Synced` mark (`edge_dir/bundles/erasures.synced`).
+fn erasures_file(dir: &Path) -> PathBuf {
+    dir.join("erasures.synced")
 }
 
 /// The edge's side of the link to the cloud.
@@ -129,6 +145,10 @@ impl Link {
         }
         let dir = bundles_dir(config).expect("validated: edge_dir is set");
         let held = held_on_disk(&dir);
+        let erasures_synced_ms = std::fs::read_to_string(erasures_file(&dir))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
         Ok(Arc::new(Self {
             store_id: config.store_id.clone().unwrap_or_default(),
             dir,
@@ -138,6 +158,7 @@ impl Link {
             started: Instant::now(),
             state: Mutex::new(State {
                 held,
+                erasures_synced_ms,
                 ..State::default()
             }),
         }))
@@ -175,9 +196,50 @@ impl Link {
             .is_some_and(|t| t.elapsed() < LINK_SILENCE)
     }
 
-    /// The feed said the edge holds everything the cloud serves.
-    pub fn synced(&self) {
-        self.state().synced = Some(Instant::now());
+    /// The feed said the edge holds everything the cloud serves, and (having sent them first) every erasure since
+    /// the last mark: queued events may go up. Its time is kept (on disk every [`ERASURES_SAVE`]); a gap in the
+    /// cloud's erasure journal is counted in `aisle_edge_erasure_gaps_total` and logged.
+    pub fn synced(&self, mark: &pb::Synced) {
+        let (asked, save) = {
+            let mut state = self.state();
+            state.synced = Some(Instant::now());
+            let asked = (!state.caught_up).then_some(state.erasures_synced_ms);
+            state.caught_up = true;
+            state.erasures_synced_ms = state.erasures_synced_ms.max(mark.at_ms);
+            let save = asked.is_some()
+                || state
+                    .erasures_saved
+                    .is_none_or(|t| t.elapsed() >= ERASURES_SAVE);
+            if save {
+                state.erasures_saved = Some(Instant::now());
+            }
+            (asked, save.then_some(state.erasures_synced_ms))
+        };
+        if let Some(since) = asked.filter(|&s| s > 0)
+            && mark.erasures_complete_since_ms > since
+        {
+            metrics::counter!("aisle_edge_erasure_gaps_total").increment(1);
+            tracing::error!(since, complete_since = mark.erasures_complete_since_ms, node = %mark.node,
+                "the cloud cannot list every erasure since this edge last synced (offline longer than its \
+                 erasure_journal_secs, or the cloud restarted meanwhile): queued events of a shopper forgotten in \
+                 that gap may bring them back; see docs/privacy.md");
+        }
+        if let Some(at) = save
+            && let Err(e) =
+                durable::replace(&erasures_file(&self.dir), format!("{at}\n").as_bytes())
+        {
+            tracing::warn!(error = %e, "cannot write the time of the last sync");
+        }
+    }
+
+    /// The feed broke: queued events wait for the next feed's first `Synced` mark.
+    pub fn feed_lost(&self) {
+        self.state().caught_up = false;
+    }
+
+    /// Whether the current feed has caught up on erasures (queued events may go up).
+    pub fn caught_up(&self) -> bool {
+        self.state().caught_up
     }
 
     /// The edge refused a version the cloud serves (it stays behind until a good one arrives).
@@ -198,17 +260,20 @@ impl Link {
         &self,
         timeout: Duration,
     ) -> anyhow::Result<tonic::Streaming<pb::SyncUpdate>> {
-        let request = pb::SyncBundlesRequest {
-            store_id: self.store_id.clone(),
-            held: self
-                .state()
-                .held
-                .iter()
-                .map(|(kind, h)| pb::HeldBundle {
-                    kind: kind.clone(),
-                    digest: h.digest.clone(),
-                })
-                .collect(),
+        let request = {
+            let state = self.state();
+            pb::SyncBundlesRequest {
+                store_id: self.store_id.clone(),
+                held: state
+                    .held
+                    .iter()
+                    .map(|(kind, h)| pb::HeldBundle {
+                        kind: kind.clone(),
+                        digest: h.digest.clone(),
+                    })
+                    .collect(),
+                erasures_since_ms: state.erasures_synced_ms,
+            }
         };
         let mut client = self.client();
         let stream =
@@ -322,8 +387,13 @@ impl Link {
         EdgeServiceClient::new(self.channel()).max_decoding_message_size(MAX_BUNDLE_BYTES)
     }
 
-    /// Uploads one queued entry; whether it leaves the queue (applied, a duplicate, or refused for good).
+    /// Uploads one queued entry; whether it leaves the queue (applied, a duplicate, or refused for good). Nothing
+    /// goes up before the feed has caught up on erasures ([`Link::caught_up`]): an entry of a shopper forgotten
+    /// meanwhile is purged by then.
     pub async fn upload(&self, entry: &QueuedTrack) -> bool {
+        if !self.caught_up() {
+            return false;
+        }
         let request = pb::UploadRequest {
             store_id: self.store_id.clone(),
             request: Some(entry.request.clone()),

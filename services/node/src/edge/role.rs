@@ -7,6 +7,8 @@
 //! - **Sessions follow the shopper** ([`Role::pull_session`], [`Role::hand_back`]): on `STORE_ENTER`, or the
 //!   first in-store call of a shopper this edge holds nothing for, the edge copies the cloud's session; it decides
 //!   from its copy while the shopper is in the store, and drops it on `STORE_EXIT` (the cloud has every event).
+//!   The cloud copies a session only to the store its session of record places the shopper in, so a Track first
+//!   uploads its events (waiting up to a third of its budget) and then asks.
 //! - **Decide** ([`Role::decide`]): surfaces the placement table sends to the cloud are forwarded within their
 //!   budget less a reserve; the edge answers itself when the cloud is late, fails, refuses, or is away.
 //! - **Track** ([`Role::track`]): every shopper's events are queued for the cloud first (fsync'd), then applied
@@ -158,6 +160,7 @@ impl Role {
                     tracing::debug!(error = %e, "bundle feed from the cloud interrupted");
                 }
                 refused = now_refused;
+                self.link.feed_lost();
                 self.link.reconnect();
             }
             tokio::time::sleep(RETRY).await;
@@ -174,7 +177,7 @@ impl Role {
             self.link.contact();
             match update.update {
                 Some(pb::sync_update::Update::Bundle(b)) => self.apply_bundle(node, b).await,
-                Some(pb::sync_update::Update::Synced(_)) => self.link.synced(),
+                Some(pb::sync_update::Update::Synced(mark)) => self.link.synced(&mark),
                 Some(pb::sync_update::Update::Forgotten(t)) => apply_tombstone(node, &t).await,
                 None => {}
             }
@@ -221,7 +224,7 @@ impl Role {
 
     /// Copies the cloud's session of `shopper_id` here, when the shopper has none here or is `entering` the store
     /// with nothing of theirs waiting in the queue — at most once per visit, within `budget`. Whether a session
-    /// was installed.
+    /// was installed. The cloud hands it out only when its session places the shopper in this store.
     pub async fn pull_session(
         &self,
         node: &Node,
@@ -229,6 +232,13 @@ impl Role {
         entering: bool,
         budget: Duration,
     ) -> bool {
+        self.asks(node, shopper_id, entering) && self.copy_session(node, shopper_id, budget).await
+    }
+
+    /// Whether the cloud's session of `shopper_id` is to be asked for now (the ask is recorded): the shopper has
+    /// none here or is `entering`, nothing of theirs waits in the queue, it was not asked for in this visit yet,
+    /// and the cloud is reachable.
+    fn asks(&self, node: &Node, shopper_id: &str, entering: bool) -> bool {
         let sessions = &node.shoppers.sessions;
         if (sessions.holds_now(shopper_id) && !entering) || queued(node, shopper_id) {
             return false;
@@ -240,12 +250,24 @@ impl Role {
             self.forget_fetch(shopper_id);
             return false;
         }
+        true
+    }
+
+    /// Fetches the cloud's session of `shopper_id` within `budget` and installs it; whether it was installed.
+    async fn copy_session(&self, node: &Node, shopper_id: &str, budget: Duration) -> bool {
         let answer = match self
             .link
             .fetch_session(shopper_id, self.fetch_timeout.min(budget))
             .await
         {
             Ok(a) => a,
+            Err(RemoteError::Denied(why)) => {
+                // The cloud does not place the shopper in this store (yet): the edge serves from its own copy.
+                metrics::counter!("aisle_edge_session_fetches_total", "result" => "refused")
+                    .increment(1);
+                tracing::debug!(%why, "the cloud refused to copy a session to this store");
+                return false;
+            }
             Err(e) => {
                 metrics::counter!("aisle_edge_session_fetches_total", "result" => "failed")
                     .increment(1);
@@ -396,12 +418,10 @@ impl Role {
         for call in batch.calls() {
             let has = |kind: EventKind| call.events.iter().any(|e| e.kind == kind);
             // The shopper's first in-store call (or STORE_ENTER) brings their cloud session here — unless they just
-            // refused consent: nothing of theirs is copied then.
-            if !call.events.iter().any(|e| e.consent == Some(false)) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                self.pull_session(node, &call.shopper_id, has(EventKind::StoreEnter), left / 2)
-                    .await;
-            }
+            // refused consent: nothing of theirs is copied then. The cloud copies a session only to the store it
+            // places the shopper in, so the call's events go up first.
+            let asks = !call.events.iter().any(|e| e.consent == Some(false))
+                && self.asks(node, &call.shopper_id, has(EventKind::StoreEnter));
             let request = call.as_received();
             let n = request.events.len();
             if let Err(e) = outbox
@@ -417,15 +437,24 @@ impl Role {
                     _ => ApiError::Unavailable(why),
                 });
             }
-            let applied = match router.at_owner(&call, deadline).await {
-                Routed::Answered(o) => o,
-                Routed::NoOwner(why) => {
-                    tracing::warn!(%why, "queued for the cloud but not applied here");
-                    TrackOutcome::default()
-                }
-                Routed::Failed(e) => {
-                    tracing::warn!(error = %e, "queued for the cloud but not applied here");
-                    TrackOutcome::default()
+            let left = || deadline.saturating_duration_since(Instant::now());
+            // A copy taken after the events reached the cloud already holds them.
+            let copied = asks
+                && outbox.wait_delivered(&call.shopper_id, left() / 3).await
+                && self.copy_session(node, &call.shopper_id, left() / 2).await;
+            let applied = if copied {
+                TrackOutcome::default()
+            } else {
+                match router.at_owner(&call, deadline).await {
+                    Routed::Answered(o) => o,
+                    Routed::NoOwner(why) => {
+                        tracing::warn!(%why, "queued for the cloud but not applied here");
+                        TrackOutcome::default()
+                    }
+                    Routed::Failed(e) => {
+                        tracing::warn!(error = %e, "queued for the cloud but not applied here");
+                        TrackOutcome::default()
+                    }
                 }
             };
             outcome += TrackOutcome {
@@ -480,10 +509,11 @@ async fn install(node: &Node, shopper_id: &str, session: &[u8]) -> bool {
 
 /// Erases, at this edge, the shopper a tombstone from the cloud names: their session, queued events and log lines.
 async fn apply_tombstone(node: &Node, t: &pb::Tombstone) {
-    if !node
-        .shoppers
-        .tombstones
-        .record(&t.shopper_ref, t.forgotten_at_ms)
+    let tombstones = &node.shoppers.tombstones;
+    // An erasure older than the TTL (an edge catching up after a long cut) is no tombstone any more, but what the
+    // edge holds of the shopper still goes.
+    if !tombstones.record(&t.shopper_ref, t.forgotten_at_ms)
+        && !tombstones.expired(t.forgotten_at_ms)
     {
         return;
     }

@@ -2,7 +2,7 @@
 //! that — kept by a fenced old owner, in a hand-off batch or a replica in flight, queued in an outbox or at a store
 //! edge — is dropped instead of installed, for as long as any such copy can exist.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -24,6 +24,13 @@ pub const MAX_TOMBSTONES: usize = 100_000;
 /// fenced old owner, or in a hand-off in flight) is dropped instead of installed. Kept for `ttl`, which must outlive
 /// any copy: `tombstone_ttl_secs` is validated to exceed the session idle TTL (after which every kept copy has been
 /// passivated) plus two leases.
+///
+/// Beside them, a journal of erasures kept longer (`erasure_journal_secs`, default 30 days): a store edge that was
+/// offline for longer than the TTL asks for every erasure since it last synced ([`Tombstones::since`]) before its
+/// queued events go up, so that they do not bring a forgotten shopper back. The journal holds at most
+/// [`MAX_TOMBSTONES`] entries and only what this node learnt since it started (erasures fan out to every member, and
+/// live tombstones travel with hand-offs, [`Tombstones::inherited_live`]); [`Tombstones::complete_since`] says from
+/// when it is complete.
 #[derive(Debug)]
 pub struct Tombstones {
     ttl_ms: i64,
@@ -31,16 +38,88 @@ pub struct Tombstones {
     /// How many the map holds, kept beside it so that the question asked on request paths — is any held? —
     /// takes no lock.
     held: AtomicUsize,
+    journal: Mutex<Journal>,
+}
+
+/// Erasures by time, kept `keep_ms`.
+#[derive(Debug)]
+struct Journal {
+    keep_ms: i64,
+    entries: BTreeSet<(i64, String)>,
+    /// From when this node learnt of erasures: its start, or earlier once a member's live tombstones came.
+    known_since_ms: i64,
+    /// Past the newest entry evicted for room (0: none evicted).
+    evicted_before_ms: i64,
 }
 
 impl Tombstones {
-    /// Tombstones kept for `ttl`.
+    /// Tombstones kept for `ttl`, with no journal beyond them.
     pub fn new(ttl: Duration) -> Self {
+        Self::with_journal(ttl, ttl)
+    }
+
+    /// Tombstones kept for `ttl`, and a journal of erasures kept for `journal` (at least `ttl`).
+    pub fn with_journal(ttl: Duration, journal: Duration) -> Self {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         Self {
-            ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+            ttl_ms: ms(ttl),
             by_ref: Mutex::new(HashMap::new()),
             held: AtomicUsize::new(0),
+            journal: Mutex::new(Journal {
+                keep_ms: ms(journal.max(ttl)),
+                entries: BTreeSet::new(),
+                known_since_ms: aisle_domain::now_ms(),
+                evicted_before_ms: 0,
+            }),
         }
+    }
+
+    /// Whether a tombstone dated `at_ms` has expired (it no longer blocks copies; an edge that learns of it late
+    /// still erases).
+    pub fn expired(&self, at_ms: i64) -> bool {
+        at_ms.saturating_add(self.ttl_ms) <= aisle_domain::now_ms()
+    }
+
+    fn journal(&self, shopper_ref: &str, at_ms: i64, now: i64) {
+        let mut j = self.journal.lock().expect("journal lock");
+        let horizon = now.saturating_sub(j.keep_ms);
+        while j.entries.first().is_some_and(|(at, _)| *at <= horizon) {
+            j.entries.pop_first();
+        }
+        j.entries.insert((at_ms, shopper_ref.to_string()));
+        while j.entries.len() > MAX_TOMBSTONES {
+            if let Some((at, _)) = j.entries.pop_first() {
+                j.evicted_before_ms = j.evicted_before_ms.max(at.saturating_add(1));
+                metrics::counter!("aisle_erasure_journal_evicted_total").increment(1);
+            }
+        }
+        metrics::gauge!("aisle_erasure_journal_entries").set(j.entries.len() as f64);
+    }
+
+    /// A member's live tombstones were applied here: the journal is complete for the last TTL, whenever this node
+    /// started.
+    pub fn inherited_live(&self) {
+        let since = aisle_domain::now_ms().saturating_sub(self.ttl_ms);
+        let mut j = self.journal.lock().expect("journal lock");
+        j.known_since_ms = j.known_since_ms.min(since);
+    }
+
+    /// The journal's erasures dated `since_ms` or later: (pseudonym, forgotten at ms), oldest first.
+    pub fn since(&self, since_ms: i64) -> Vec<(String, i64)> {
+        let j = self.journal.lock().expect("journal lock");
+        j.entries
+            .range((since_ms, String::new())..)
+            .map(|(at, r)| (r.clone(), *at))
+            .collect()
+    }
+
+    /// From when the journal holds every erasure this node learnt of: its start, the journal's retention, or past
+    /// an entry evicted for room, whichever is latest.
+    pub fn complete_since(&self) -> i64 {
+        let j = self.journal.lock().expect("journal lock");
+        j.known_since_ms
+            .max(j.evicted_before_ms)
+            .max(aisle_domain::now_ms().saturating_sub(j.keep_ms))
     }
 
     /// Records that the shopper named `shopper_ref` was forgotten at `at_ms`. Returns whether this is news (no
@@ -74,6 +153,10 @@ impl Tombstones {
         *entry = (*entry).max(at_ms);
         self.held.store(by_ref.len(), Ordering::Release);
         metrics::gauge!("aisle_tombstones").set(by_ref.len() as f64);
+        drop(by_ref);
+        if news {
+            self.journal(shopper_ref, at_ms, now);
+        }
         news
     }
 
@@ -113,6 +196,38 @@ impl Tombstones {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_journal_lists_erasures_since_a_time_and_says_from_when_it_is_complete() {
+        let t = Tombstones::with_journal(Duration::from_secs(60), Duration::from_secs(3_600));
+        let now = aisle_domain::now_ms();
+        let started = t.complete_since();
+        assert!(
+            started <= now && now - started < 5_000,
+            "complete from the start"
+        );
+        assert!(t.record("a", now - 30_000));
+        assert!(t.record("b", now - 10_000));
+        assert!(
+            !t.record("b", now - 20_000),
+            "an older erasure of b is no news"
+        );
+        assert!(
+            !t.record("old", now - 61_000),
+            "older than the TTL: no tombstone, no entry"
+        );
+        assert_eq!(t.since(now - 20_000), vec![("b".to_string(), now - 10_000)]);
+        assert_eq!(t.since(0).len(), 2);
+        assert!(t.expired(now - 61_000) && !t.expired(now - 59_000));
+        // A member's live tombstones make it complete for the last TTL.
+        t.inherited_live();
+        let inherited = t.complete_since();
+        assert!(inherited < started && (now - 60_000 - inherited).abs() < 5_000);
+        // A journal kept no longer than the TTL is complete only for the TTL.
+        let short = Tombstones::new(Duration::from_secs(60));
+        short.inherited_live();
+        assert!(short.complete_since() >= now - 60_000);
+    }
 
     #[test]
     fn tombstones_block_older_copies_until_they_expire() {

@@ -108,9 +108,10 @@ async fn shoppers(
             Duration::from_secs(config.cache_ttl_secs),
         )),
         pseudonyms: security.pseudonyms.clone(),
-        tombstones: Arc::new(Tombstones::new(Duration::from_secs(
-            config.tombstone_ttl_secs,
-        ))),
+        tombstones: Arc::new(Tombstones::with_journal(
+            Duration::from_secs(config.tombstone_ttl_secs),
+            Duration::from_secs(config.erasure_journal_secs),
+        )),
     })
 }
 

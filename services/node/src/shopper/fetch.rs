@@ -1,5 +1,9 @@
 //! A copy of a shopper's session for a store edge, taken at their owner: the edge serves the shopper in the store
 //! from it, while the owner keeps the session of record.
+//!
+//! An edge reaches only its store: the owner hands out a copy only when its session of record places the shopper
+//! in the asking edge's store (their store entry, or another event at that store, reached the cloud — the edge
+//! uploads it before it asks). Any other shopper, and one the cloud holds nothing of, is PERMISSION_DENIED.
 
 use aisle_proto::v1 as pb;
 use tokio::time::Instant;
@@ -18,6 +22,8 @@ pub struct FetchSessionCall<'a> {
     pub node: &'a Node,
     /// The shopper.
     pub shopper_id: &'a str,
+    /// The store whose edge asks.
+    pub store_id: &'a str,
 }
 
 impl AtOwner for FetchSessionCall<'_> {
@@ -30,15 +36,21 @@ impl AtOwner for FetchSessionCall<'_> {
 
     async fn local(&self, _view: &SharedView) -> Result<Self::Output, LocalError> {
         let node = self.node;
-        let session = node
+        let context = node
             .shoppers
             .sessions
             .snapshot_now(self.shopper_id)
-            .map(|context| {
-                let catalog = node.bundles.world().catalog.clone();
-                serde_json::to_vec(&context.to_portable(&catalog)).expect("sessions serialise")
-            })
-            .unwrap_or_default();
+            .filter(|c| c.store_id() == Some(self.store_id))
+            .ok_or_else(|| {
+                LocalError::Failed(ApiError::PermissionDenied(
+                    "shopper_id: not in store_id's store by the events the cloud holds (upload the store entry \
+                     first)"
+                        .into(),
+                ))
+            })?;
+        let catalog = node.bundles.world().catalog.clone();
+        let session =
+            serde_json::to_vec(&context.to_portable(&catalog)).expect("sessions serialise");
         Ok(pb::FetchSessionResponse {
             session,
             served_by: node.id().to_string(),
@@ -51,18 +63,36 @@ impl AtOwner for FetchSessionCall<'_> {
         owner: &Member,
         deadline: Instant,
     ) -> Result<Self::Output, RemoteError> {
-        let call = owner_request(self.node, self.shopper_id, view, deadline);
+        let mut call = owner_request(self.node, self.shopper_id, view, deadline);
+        call.get_mut().store_id = self.store_id.to_string();
         let mut client = self.node.cluster.peers.client(&owner.addr)?;
-        Ok(client.fetch_session(call).await?.into_inner())
+        match client.fetch_session(call).await.map_err(RemoteError::from) {
+            Ok(answer) => Ok(answer.into_inner()),
+            // The owner's refusal (not in the store) is the edge's answer, not a reason to look elsewhere.
+            Err(RemoteError::Denied(message)) => Err(RemoteError::Invalid(ApiError::Owner {
+                code: tonic::Code::PermissionDenied,
+                message,
+            })),
+            Err(e) => Err(e),
+        }
     }
 }
 
-/// A copy of the shopper's session from their owner (empty when they have none).
+/// A copy of the shopper's session from their owner, for the edge of `store_id`.
 ///
 /// # Errors
-/// UNAVAILABLE when no owner can be reached (the message says why); the owner's error otherwise.
-pub async fn fetch(node: &Node, shopper_id: &str) -> Result<pb::FetchSessionResponse, ApiError> {
-    let call = FetchSessionCall { node, shopper_id };
+/// PERMISSION_DENIED when the owner's session does not place the shopper in that store; UNAVAILABLE when no owner
+/// can be reached (the message says why); the owner's error otherwise.
+pub async fn fetch(
+    node: &Node,
+    shopper_id: &str,
+    store_id: &str,
+) -> Result<pb::FetchSessionResponse, ApiError> {
+    let call = FetchSessionCall {
+        node,
+        shopper_id,
+        store_id,
+    };
     Router::new(&node.cluster)
         .run(&call, Instant::now() + FETCH_CALL)
         .await

@@ -56,6 +56,7 @@ fn owner_request(
         epoch: view.epoch,
         from_node: node.id().to_string(),
         view_fingerprint: view.fingerprint,
+        store_id: String::new(),
     });
     call.set_timeout(deadline.saturating_duration_since(Instant::now()));
     call

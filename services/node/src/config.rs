@@ -312,6 +312,11 @@ pub struct Config {
     pub max_subscribe_streams: usize,
     /// Subscribe streams open at once per identity (default 256).
     pub max_subscribe_streams_per_caller: usize,
+    /// Store edges' bundle feeds (`EdgeService/SyncBundles`) open at once on this node (default 1,000).
+    pub max_edge_feeds: usize,
+    /// Bundle feeds open at once per identity (default 4: an edge holds one, and a reconnect may briefly overlap
+    /// with the old one until its dead connection is noticed).
+    pub max_edge_feeds_per_caller: usize,
     /// Connections open at once per listener; beyond it new connections are closed (default 4,096).
     pub max_connections: usize,
     /// Concurrent HTTP/2 streams per connection (default 256).
@@ -430,6 +435,8 @@ impl Default for Config {
             max_sessions: 500_000,
             max_subscribe_streams: 10_000,
             max_subscribe_streams_per_caller: 256,
+            max_edge_feeds: 1_000,
+            max_edge_feeds_per_caller: 4,
             max_connections: 4_096,
             max_concurrent_streams: 256,
             keepalive_secs: 30,
@@ -654,6 +661,9 @@ impl Config {
             return bad(
                 "max_subscribe_streams, max_subscribe_streams_per_caller: must be positive",
             );
+        }
+        if self.max_edge_feeds == 0 || self.max_edge_feeds_per_caller == 0 {
+            return bad("max_edge_feeds, max_edge_feeds_per_caller: must be positive");
         }
         if self.max_peer_message_bytes < 1024 * 1024 {
             return bad("max_peer_message_bytes: must be at least 1 MiB");

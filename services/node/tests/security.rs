@@ -1118,6 +1118,64 @@ async fn an_edge_token_uploads_only_its_stores_events_and_copies_only_its_stores
     s.node.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_token_holds_only_a_few_bundle_feeds_at_once() {
+    let s = Secured::start().await;
+    let edge = EdgeServiceClient::new(s.client_port().await);
+    let open = || {
+        let mut edge = edge.clone();
+        async move {
+            edge.sync_bundles(req(
+                pb::SyncBundlesRequest {
+                    store_id: "store-1".into(),
+                    held: Vec::new(),
+                    erasures_since_ms: 0,
+                },
+                Some(pki::TOKEN_EDGE),
+            ))
+            .await
+        }
+    };
+    let per_caller = s.node.node.config.max_edge_feeds_per_caller;
+    let mut feeds = Vec::new();
+    for _ in 0..per_caller {
+        feeds.push(open().await.expect("a feed within the cap").into_inner());
+    }
+    let e = open().await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().starts_with("max_edge_feeds_per_caller ("),
+        "{e:?}"
+    );
+    // The open feeds still flow (a Synced mark comes every second).
+    let first = tokio::time::timeout(Duration::from_secs(5), feeds[0].message())
+        .await
+        .expect("the feed answers")
+        .unwrap();
+    assert!(first.is_some());
+    // One hung up: its place is freed once the node notices (at its next send, within a heartbeat).
+    feeds.pop();
+    let started = tokio::time::Instant::now();
+    loop {
+        match open().await {
+            Ok(f) => {
+                feeds.push(f.into_inner());
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "the place of a closed feed was not freed"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    drop(feeds);
+    s.node.shutdown().await;
+}
+
 /// Runs futures concurrently and gives their outputs in order.
 async fn futures_join_all<F: std::future::Future + Send + 'static>(
     futures: impl Iterator<Item = F>,

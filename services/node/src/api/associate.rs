@@ -2,9 +2,8 @@
 //! `subscribe`, optionally limited to some stores). Streams are capped in total and per caller; a node shutting
 //! down ends them so that handhelds resume on another node after their last sequence.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use aisle_proto::v1 as pb;
 use aisle_proto::v1::associate_service_server::AssociateService;
@@ -17,6 +16,7 @@ use crate::error::ApiError;
 use crate::node::Node;
 use crate::push::hub::{PushHub, Subscription};
 use crate::security::auth::Identity;
+use crate::security::fair::{Slot, StreamSlots};
 use crate::shopper::validate;
 
 /// Events buffered per subscriber between the hub and the connection.
@@ -38,76 +38,11 @@ impl AssociateApi {
         Self {
             hub: node.push.hub.clone(),
             slots: Arc::new(StreamSlots::new(
+                "max_subscribe_streams",
                 config.max_subscribe_streams,
                 config.max_subscribe_streams_per_caller,
             )),
             shutdown,
-        }
-    }
-}
-
-/// Open Subscribe streams, in total and per identity, under their caps.
-#[derive(Debug)]
-pub struct StreamSlots {
-    max_total: usize,
-    max_per_caller: usize,
-    open: Mutex<(usize, HashMap<Arc<str>, usize>)>,
-}
-
-/// One open stream's place; freed when the stream ends, however it ends.
-#[derive(Debug)]
-pub struct Slot {
-    slots: Arc<StreamSlots>,
-    caller: Arc<str>,
-}
-
-impl StreamSlots {
-    /// Caps of `max_total` streams, `max_per_caller` per identity.
-    pub fn new(max_total: usize, max_per_caller: usize) -> Self {
-        Self {
-            max_total,
-            max_per_caller,
-            open: Mutex::new((0, HashMap::new())),
-        }
-    }
-
-    /// Takes a place for `caller`'s new stream.
-    ///
-    /// # Errors
-    /// RESOURCE_EXHAUSTED naming the cap that is reached.
-    pub fn take(self: &Arc<Self>, caller: &Arc<str>) -> Result<Slot, ApiError> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if open.0 >= self.max_total {
-            return Err(ApiError::ResourceExhausted(format!(
-                "max_subscribe_streams ({}) reached on this node",
-                self.max_total
-            )));
-        }
-        let mine = open.1.entry(caller.clone()).or_insert(0);
-        if *mine >= self.max_per_caller {
-            return Err(ApiError::ResourceExhausted(format!(
-                "max_subscribe_streams_per_caller ({}) reached for {caller}",
-                self.max_per_caller
-            )));
-        }
-        *mine += 1;
-        open.0 += 1;
-        Ok(Slot {
-            slots: self.clone(),
-            caller: caller.clone(),
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.0 -= 1;
-        if let Some(n) = open.1.get_mut(&self.caller) {
-            *n -= 1;
-            if *n == 0 {
-                open.1.remove(&self.caller);
-            }
         }
     }
 }
@@ -250,33 +185,5 @@ impl AssociateService for AssociateApi {
             caller,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_caps_are_per_identity_and_in_total_and_freed_when_streams_end() {
-        let slots = Arc::new(StreamSlots::new(3, 2));
-        let (a, b): (Arc<str>, Arc<str>) = ("token:a".into(), "token:b".into());
-        let a1 = slots.take(&a).unwrap();
-        let _a2 = slots.take(&a).unwrap();
-        let e = slots.take(&a).unwrap_err();
-        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
-        assert!(
-            e.to_string()
-                .contains("max_subscribe_streams_per_caller (2)"),
-            "{e}"
-        );
-        let _b1 = slots.take(&b).unwrap();
-        let e = slots.take(&b).unwrap_err();
-        assert!(e.to_string().contains("max_subscribe_streams (3)"), "{e}");
-        drop(a1);
-        assert!(
-            slots.take(&b).is_ok(),
-            "a place is freed when a stream ends"
-        );
     }
 }

@@ -17,6 +17,7 @@ use crate::engine::tombstones;
 use crate::error::ApiError;
 use crate::node::Node;
 use crate::security::auth::Identity;
+use crate::security::fair::StreamSlots;
 use crate::shopper::deliver::{QueuedOutcome, apply_queued};
 use crate::shopper::{fetch, shopper_id, validate};
 /// Bundle kinds an edge may name as held.
@@ -41,12 +42,19 @@ fn store(identity: &Identity, store_id: &str) -> Result<(), ApiError> {
 #[derive(Debug, Clone)]
 pub struct EdgeApi {
     node: Arc<Node>,
+    /// Open bundle feeds, under `max_edge_feeds` and `max_edge_feeds_per_caller`.
+    feeds: Arc<StreamSlots>,
 }
 
 impl EdgeApi {
     /// A service over `node`.
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        let feeds = Arc::new(StreamSlots::new(
+            "max_edge_feeds",
+            node.config.max_edge_feeds,
+            node.config.max_edge_feeds_per_caller,
+        ));
+        Self { node, feeds }
     }
 }
 
@@ -74,6 +82,8 @@ impl EdgeService for EdgeApi {
             )
             .into());
         }
+        // Each feed copies whole bundles: one identity may hold only a few at once.
+        let slot = self.feeds.take(&caller)?;
         let held: BTreeMap<String, String> =
             req.held.into_iter().map(|h| (h.kind, h.digest)).collect();
         tracing::info!(target: "aisle::admin", %caller, store = %req.store_id, held = held.len(),
@@ -90,6 +100,8 @@ impl EdgeService for EdgeApi {
         );
         // The feed lasts as long as the edge's credential: a revoked token ends it within the reload interval.
         tokio::spawn(async move {
+            // The feed's place is freed when it ends, however it ends.
+            let _slot = slot;
             tokio::select! {
                 () = feed => {}
                 () = identity.revoked() => {

@@ -3,7 +3,11 @@
 //! beyond either gets RESOURCE_EXHAUSTED with a retry hint before any handler runs, so one caller's flood is
 //! answered cheaply and leaves the node's capacity to the others. The state lives with the identity: it starts
 //! afresh when the token file is re-read.
+//!
+//! Long-lived streams are capped apart ([`StreamSlots`]): Subscribe streams (`max_subscribe_streams`) and store edges'
+//! bundle feeds (`max_edge_feeds`), each in total and per identity.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -157,6 +161,75 @@ impl Limits {
     }
 }
 
+/// Open streams of one kind (Subscribe streams, edge feeds), in total and per identity, under their caps.
+#[derive(Debug)]
+pub struct StreamSlots {
+    /// The setting of the total cap (the per-caller one is it with `_per_caller`), named in refusals.
+    setting: &'static str,
+    max_total: usize,
+    max_per_caller: usize,
+    open: Mutex<(usize, HashMap<Arc<str>, usize>)>,
+}
+
+/// One open stream's place; freed when the stream ends, however it ends.
+#[derive(Debug)]
+pub struct Slot {
+    slots: Arc<StreamSlots>,
+    caller: Arc<str>,
+}
+
+impl StreamSlots {
+    /// Caps of `max_total` streams, `max_per_caller` per identity, set by `setting` (and `{setting}_per_caller`).
+    pub fn new(setting: &'static str, max_total: usize, max_per_caller: usize) -> Self {
+        Self {
+            setting,
+            max_total,
+            max_per_caller,
+            open: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    /// Takes a place for `caller`'s new stream.
+    ///
+    /// # Errors
+    /// RESOURCE_EXHAUSTED naming the cap that is reached.
+    pub fn take(self: &Arc<Self>, caller: &Arc<str>) -> Result<Slot, crate::error::ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.0 >= self.max_total {
+            return Err(crate::error::ApiError::ResourceExhausted(format!(
+                "{} ({}) reached on this node",
+                self.setting, self.max_total
+            )));
+        }
+        let mine = open.1.entry(caller.clone()).or_insert(0);
+        if *mine >= self.max_per_caller {
+            return Err(crate::error::ApiError::ResourceExhausted(format!(
+                "{}_per_caller ({}) reached for {caller}",
+                self.setting, self.max_per_caller
+            )));
+        }
+        *mine += 1;
+        open.0 += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            caller: caller.clone(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.0 -= 1;
+        if let Some(n) = open.1.get_mut(&self.caller) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.caller);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,5 +276,28 @@ mod tests {
         drop((b, c));
         assert_eq!(l.inflight(), 0);
         assert!(Limits::new(None, None).is_none());
+    }
+
+    #[test]
+    fn stream_caps_are_per_identity_and_in_total_and_freed_when_streams_end() {
+        let slots = Arc::new(StreamSlots::new("max_subscribe_streams", 3, 2));
+        let (a, b): (Arc<str>, Arc<str>) = ("token:a".into(), "token:b".into());
+        let a1 = slots.take(&a).unwrap();
+        let _a2 = slots.take(&a).unwrap();
+        let e = slots.take(&a).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            e.to_string()
+                .contains("max_subscribe_streams_per_caller (2)"),
+            "{e}"
+        );
+        let _b1 = slots.take(&b).unwrap();
+        let e = slots.take(&b).unwrap_err();
+        assert!(e.to_string().contains("max_subscribe_streams (3)"), "{e}");
+        drop(a1);
+        assert!(
+            slots.take(&b).is_ok(),
+            "a place is freed when a stream ends"
+        );
     }
 }

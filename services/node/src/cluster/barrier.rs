@@ -99,11 +99,17 @@ impl Barrier {
         if self.fingerprint() == Some(fingerprint) {
             let removed = self.awaiting.remove(from);
             removed && self.awaiting.is_empty()
-        } else {
+        } else if self.early.contains_key(&fingerprint) || self.early.len() < EARLY_VIEWS {
+            // Senders are members (their certificates say so), so a view's set holds at most its members.
             self.early
                 .entry(fingerprint)
                 .or_default()
                 .insert(from.to_string());
+            false
+        } else {
+            // Markers for more unseen views than any churn produces: dropped (that view's barrier then waits for
+            // its timeout instead), so the map stays bounded.
+            metrics::counter!("aisle_handoff_early_done_dropped_total").increment(1);
             false
         }
     }
@@ -207,6 +213,20 @@ mod tests {
         assert_eq!(b.gate(&from_b, &v, t0), Gate::Open);
         // A second marker from the same member changes nothing.
         assert!(!b.done_from("c", v.fingerprint));
+    }
+
+    #[test]
+    fn early_markers_stay_bounded() {
+        let mut b = Barrier::new("a");
+        let v = view(1, &["a", "b", "c"]);
+        // Markers for views not seen yet: a flood of fingerprints keeps at most EARLY_VIEWS of them.
+        for f in 0..(EARLY_VIEWS as u64 * 10) {
+            assert!(!b.done_from("b", 1_000_000 + f));
+        }
+        assert_eq!(b.early.len(), EARLY_VIEWS);
+        // The view's own barrier then awaits every other member: the dropped markers are not counted.
+        assert!(!b.begin(&v));
+        assert_eq!(b.awaiting(), ["b", "c"]);
     }
 
     #[test]

@@ -21,12 +21,16 @@ use crate::error::{ApiError, RemoteError};
 const ATTEMPTS: u64 = 10;
 /// How long one attempt may take.
 const CALL: Duration = Duration::from_secs(2);
+/// Assist events waiting for their orderer on this node; beyond it new ones are dropped
+/// (`aisle_assist_events_dropped_total{reason="queue_full"}`): an orderer that is away for long must not grow memory
+/// without bound.
+pub const MAX_QUEUED: usize = 10_000;
 
 /// Where this node's assist events go.
 #[derive(Clone)]
 pub struct Publisher {
     hub: Arc<PushHub>,
-    tx: Option<mpsc::UnboundedSender<AssistEvent>>,
+    tx: Option<mpsc::Sender<AssistEvent>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -43,7 +47,7 @@ impl Publisher {
         if !cluster.is_clustered() {
             return Self { hub, tx: None };
         }
-        let (tx, mut rx) = mpsc::unbounded_channel::<AssistEvent>();
+        let (tx, mut rx) = mpsc::channel::<AssistEvent>(MAX_QUEUED);
         let task_hub = hub.clone();
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
@@ -60,7 +64,11 @@ impl Publisher {
                 self.hub.publish(event);
             }
             Some(tx) => {
-                let _ = tx.send(event);
+                if let Err(mpsc::error::TrySendError::Full(event)) = tx.try_send(event) {
+                    metrics::counter!("aisle_assist_events_dropped_total", "reason" => "queue_full")
+                        .increment(1);
+                    tracing::warn!(store = %event.store_id, "assist event dropped: {MAX_QUEUED} wait for orderers");
+                }
             }
         }
     }
@@ -115,7 +123,7 @@ async fn publish_clustered(hub: &PushHub, cluster: &Cluster, event: AssistEvent)
         }
         tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
     }
-    metrics::counter!("aisle_assist_events_dropped_total").increment(1);
+    metrics::counter!("aisle_assist_events_dropped_total", "reason" => "no_orderer").increment(1);
     tracing::warn!(store = %event.store_id, "assist event dropped: no orderer for the store answered");
 }
 

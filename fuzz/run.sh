@@ -12,7 +12,7 @@ FUZZ_DIR=$(pwd)
 SECS=${1:-600}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(catalog model rules experiments session_import request_validation)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(catalog model rules experiments session_import request_validation assertion bundle_signature)
 
 max_len() {
     case "$1" in
@@ -24,13 +24,16 @@ max_len() {
 }
 
 ./seeds.sh || exit 1
-# Five targets need only the actors (--no-default-features); request_validation also needs services/node, which
-# is built separately so that a node that does not compile only skips that one target.
+# Five targets need only the actors (--no-default-features); three also need services/node, and are built
+# separately so that a node that does not compile only skips those.
+NODE_TARGETS=" request_validation assertion bundle_signature "
 nice -n 15 cargo +nightly fuzz build --no-default-features || exit 1
 NODE_OK=1
-if [[ " ${TARGETS[*]} " == *" request_validation "* ]]; then
-    nice -n 15 cargo +nightly fuzz build request_validation || NODE_OK=0
-fi
+for t in "${TARGETS[@]}"; do
+    if [[ "$NODE_TARGETS" == *" $t "* ]]; then
+        nice -n 15 cargo +nightly fuzz build "$t" || NODE_OK=0
+    fi
+done
 
 LOGS="$FUZZ_DIR/artifacts/logs"
 mkdir -p "$LOGS"
@@ -38,10 +41,10 @@ status=0
 summary=()
 for t in "${TARGETS[@]}"; do
     features=(--no-default-features)
-    if [ "$t" = request_validation ]; then
+    if [[ "$NODE_TARGETS" == *" $t "* ]]; then
         features=()
         if [ $NODE_OK = 0 ]; then
-            summary+=("request_validation   SKIPPED: services/node does not compile"); status=1; continue
+            summary+=("$(printf '%-20s' "$t") SKIPPED: services/node does not compile"); status=1; continue
         fi
     fi
     log="$LOGS/$t.log"

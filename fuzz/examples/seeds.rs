@@ -222,5 +222,46 @@ fn main() {
         "track.pb",
         &track.encode_to_vec(),
     );
+    // assertion: the first byte picks the mode (0 raw text, 1 signed claims, 2 signed header and claims)
+    let claims = format!(
+        r#"{{"sub":"shopper-1","exp":{},"store":"store-1"}}"#,
+        NOW_MS / 1000 + 600
+    );
+    write(
+        &dir,
+        "assertion",
+        "claims",
+        &[&[1u8][..], claims.as_bytes()].concat(),
+    );
+    let header = br#"{"alg":"HS256","typ":"JWT"}"#;
+    let both = [&[2u8, header.len() as u8][..], header, claims.as_bytes()].concat();
+    write(&dir, "assertion", "header-claims", &both);
+    write(
+        &dir,
+        "assertion",
+        "raw",
+        b"\0eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzIiwiZXhwIjoxfQ.c2lnbmF0dXJl",
+    );
+
+    // bundle_signature: the first byte picks the mode (0 trusted-keys file, 1 signature file, 2 a signed file)
+    write(
+        &dir,
+        "bundle_signature",
+        "keys",
+        b"\0# release key\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n\nO2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik=\n",
+    );
+    let sig = format!("{}\n", "A".repeat(86) + "==");
+    write(
+        &dir,
+        "bundle_signature",
+        "sig",
+        &[&[1u8][..], sig.as_bytes()].concat(),
+    );
+    write(
+        &dir,
+        "bundle_signature",
+        "file",
+        &[&[2u8][..], catalog_json().as_bytes()].concat(),
+    );
     eprintln!("seeds written under {}", dir.display());
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use aisle_domain::MAX_ID_BYTES;
 use aisle_fuzz::{NOW_MS, catalog, check_answer, rules, served};
-use aisle_node::shopper::validate::{self, MAX_CANDIDATES, MAX_CONTEXT, MAX_EVENTS, MAX_LIMIT};
 use aisle_node::error::ApiError;
+use aisle_node::shopper::validate::{self, MAX_CANDIDATES, MAX_CONTEXT, MAX_EVENTS, MAX_LIMIT};
 use aisle_policy::{ConsentDefaults, Guard, PolicyContext};
 use aisle_proto::v1 as pb;
 use aisle_ranking::{Query, rank_local};

@@ -157,9 +157,8 @@ pub enum Refused {
 }
 
 #[derive(Deserialize)]
-struct Header<'a> {
-    #[serde(borrow)]
-    alg: std::borrow::Cow<'a, str>,
+struct Header {
+    alg: String,
 }
 
 #[derive(Deserialize)]
@@ -168,6 +167,20 @@ struct Claims {
     exp: i64,
     #[serde(default)]
     store: Option<String>,
+}
+
+/// Reads a JWS part as UTF-8 JSON (RFC 7515, 7519), all of it: every member is parsed, also those the node does not
+/// read (a parser reading straight into the struct would skip their bytes unchecked), and of a member named twice the
+/// last counts.
+fn strict_json<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    not_utf8: &'static str,
+    not_json: &'static str,
+) -> Result<T, Refused> {
+    let text = std::str::from_utf8(bytes).map_err(|_| Refused::Malformed(not_utf8))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|_| Refused::Malformed(not_json))?;
+    T::deserialize(value).map_err(|_| Refused::Malformed(not_json))
 }
 
 /// Verifies `jws` with `verifier` at `now_secs` (seconds since the Unix epoch).
@@ -189,9 +202,11 @@ pub fn verify(jws: &str, verifier: &Verifier, now_secs: i64) -> Result<Asserted,
             .decode(part)
             .map_err(|_| Refused::Malformed(what))
     };
-    let header_json = decode(header_part, "header is not base64url")?;
-    let header: Header<'_> = serde_json::from_slice(&header_json)
-        .map_err(|_| Refused::Malformed("header is not JSON"))?;
+    let header: Header = strict_json(
+        &decode(header_part, "header is not base64url")?,
+        "header is not UTF-8",
+        "header is not JSON with a string alg",
+    )?;
     if header.alg != verifier.alg() {
         return Err(Refused::Algorithm(verifier.alg()));
     }
@@ -200,8 +215,11 @@ pub fn verify(jws: &str, verifier: &Verifier, now_secs: i64) -> Result<Asserted,
     if !verifier.verifies(&jws.as_bytes()[..signed_len], &signature) {
         return Err(Refused::Signature);
     }
-    let claims: Claims = serde_json::from_slice(&decode(claims, "claims are not base64url")?)
-        .map_err(|_| Refused::Malformed("claims need a string sub and an integer exp"))?;
+    let claims: Claims = strict_json(
+        &decode(claims, "claims are not base64url")?,
+        "claims are not UTF-8",
+        "claims need a string sub and an integer exp",
+    )?;
     if claims.exp.saturating_add(LEEWAY_SECS) <= now_secs {
         return Err(Refused::Expired);
     }
@@ -282,6 +300,18 @@ mod tests {
         assert_eq!(verify(&jws, &hs, NOW), Err(Refused::Algorithm("HS256")));
     }
 
+    /// An HS256 JWS over claims given as raw bytes (which `sign_hs256` cannot write).
+    fn sign_hs256_raw(claims: impl AsRef<[u8]>) -> String {
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256"}"#);
+        let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.as_ref()));
+        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).unwrap();
+        mac.update(input.as_bytes());
+        format!(
+            "{input}.{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        )
+    }
+
     #[test]
     fn expired_forged_and_malformed_assertions_are_refused() {
         let hs = Verifier::Hs256(SECRET.to_vec());
@@ -322,6 +352,20 @@ mod tests {
         let no_exp = sign_hs256(SECRET, &json!({"sub": "s1"}));
         assert!(matches!(
             verify(&no_exp, &hs, NOW),
+            Err(Refused::Malformed(_))
+        ));
+        // Signed, with invalid UTF-8 in a member the node does not read (found by the fuzzer): refused all the same.
+        let mut raw = format!(r#"{{"sub":"s1","exp":{},"x":""#, NOW + 60).into_bytes();
+        raw.extend_from_slice(b"\xe0b\"}");
+        let jws = sign_hs256_raw(&raw);
+        assert_eq!(
+            verify(&jws, &hs, NOW),
+            Err(Refused::Malformed("claims are not UTF-8"))
+        );
+        // Nor a lone surrogate there.
+        let lone = sign_hs256_raw(format!(r#"{{"sub":"s1","exp":{},"x":"\ud800"}}"#, NOW + 60));
+        assert!(matches!(
+            verify(&lone, &hs, NOW),
             Err(Refused::Malformed(_))
         ));
     }

@@ -16,6 +16,8 @@
 #     ip, nft             network-partition tests -> iproute2 nftables
 #     curl                scripts that wait on HTTP endpoints -> curl
 #     python3 venv        Kubernetes manifest validation builds a venv with pip -> python3-venv
+#     cargo-deny 0.20     .ci/run's dependency audit (deny.toml) -> cargo install cargo-deny --locked (crates.io;
+#                         about 3 minutes on 2 cores)
 #
 # The Rust toolchain itself is expected (rustup); see the README. Runs as root, or as a user with sudo.
 set -euo pipefail
@@ -110,4 +112,14 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is missing: install Rust with rustup (https://rustup.rs), then run this again" >&2
   exit 1
+fi
+
+# cargo-deny, for .ci/run's dependency audit. After the packages: it builds with the C compiler checked above.
+if ! $build_only && ! cargo deny --version 2>/dev/null | grep -q '^cargo-deny 0\.20\.'; then
+  echo "installing: cargo-deny 0.20.2 (cargo install --locked)" >&2
+  if ! cargo install cargo-deny --locked --version 0.20.2 >"$probe_dir/cargo-deny.log" 2>&1; then
+    tail -n 20 "$probe_dir/cargo-deny.log" >&2
+    echo "cargo install cargo-deny failed" >&2
+    exit 1
+  fi
 fi

@@ -18,7 +18,9 @@
 #   3. In private mount and PID namespaces (the host's network namespace is shared, so apt and crates.io work),
 #      mounts /proc, /dev, /sys and, read-only, the host's Rust toolchain:
 #        $RUSTUP_HOME (default ~/.rustup)   -> /opt/rustup     (read-only bind)
-#        $CARGO_HOME/bin                    -> /opt/cargo/bin  (read-only bind: the rustup proxies)
+#        rustup and its proxies only        -> /opt/cargo/bin  (a copy of rustup and links to it: cargo, rustc, ...;
+#                                                             tools installed on this host with `cargo install`,
+#                                                             cargo-deny say, must not reach the root)
 #      The root's own CARGO_HOME is /root/.cargo (writable). Its registry/ is an overlay whose lower layer is the
 #      host's $CARGO_HOME/registry (never written) and whose upper layer lives in the root, so crates the host has
 #      already downloaded are not fetched again and new ones land in the root only. Without overlayfs, the root
@@ -29,7 +31,8 @@
 #      then the README's steps:
 #        make run  (on free ports) in the background until GET /readyz answers 200 on its HTTP port;
 #        aisle decide --shopper s1 --surface home against it; the node stopped by its process group id;
-#        scripts/deps.sh (full mode: what `make test` installs);
+#        scripts/deps.sh (full mode: what `make test` installs, and cargo-deny);
+#        .ci/run's dependency audit: cargo deny check licenses bans sources;
 #        cargo build --workspace --all-targets --release (the release profile shares the crates `make run` built;
 #          a debug build would compile every crate a second time);
 #        with --full, `make test` as well (debug profile; long).
@@ -159,6 +162,16 @@ inside() {
   for tool in protoc etcd ip nft curl python3; do
     if command -v "$tool" >/dev/null 2>&1; then echo "   $tool: present"; else echo "   $tool: absent"; fi
   done
+  echo "   cargo-deny: $(cargo deny --version 2>/dev/null || echo absent)"
+
+  # -- 3b. .ci/run's dependency audit (deny.toml) with the cargo-deny deps.sh installed -------------------------
+  start=$(date +%s)
+  echo "== cargo deny --locked -L error check licenses bans sources"
+  if cargo deny --locked -L error check licenses bans sources; then
+    record audit PASS $(($(date +%s) - start))
+  else
+    record audit FAIL $(($(date +%s) - start))
+  fi
 
   # -- 4. every target builds -----------------------------------------------------------------------------------
   start=$(date +%s)
@@ -318,6 +331,16 @@ cp "$ca_bundle" "$root/etc/ssl/host-ca.crt"
 mkdir -p "$root/opt/rustup" "$root/opt/cargo/bin" "$root/root/.cargo/registry" "$root/var/cache/fresh/upper" \
   "$root/var/cache/fresh/work" "$root/proc" "$root/dev" "$root/sys"
 cp "$0" "$root/usr/local/bin/fresh-machine-inside.sh"
+# rustup and the proxies that name it (cargo, rustc, rustfmt, ...), and nothing else of the host's cargo bin.
+rm -rf "${root:?}/opt/cargo/bin" && mkdir -p "$root/opt/cargo/bin"
+cp "$cargo_bin/rustup" "$root/opt/cargo/bin/rustup"
+for tool in "$cargo_bin"/*; do
+  name=$(basename "$tool")
+  [ "$name" != rustup ] || continue
+  if { [ -L "$tool" ] && [ "$(basename "$(readlink "$tool")")" = rustup ]; } || cmp -s "$tool" "$cargo_bin/rustup"; then
+    ln -s rustup "$root/opt/cargo/bin/$name"
+  fi
+done
 
 # Two free loopback ports for the node (other builds and nodes may run on this machine).
 read -r grpc_port http_port < <(python3 - <<'EOF' 2>/dev/null || echo "50151 9190"
@@ -349,8 +372,6 @@ unshare --mount --propagation private --pid --fork --kill-child bash -euo pipefa
   mount --rbind /sys "$root/sys"
   mount --bind "$rustup_home" "$root/opt/rustup"
   mount -o remount,bind,ro "$root/opt/rustup"
-  mount --bind "$cargo_bin" "$root/opt/cargo/bin"
-  mount -o remount,bind,ro "$root/opt/cargo/bin"
   if [ -d "$cargo_home/registry" ] && mount -t overlay overlay \
       -o "lowerdir=$cargo_home/registry,upperdir=$root/var/cache/fresh/upper,workdir=$root/var/cache/fresh/work" \
       "$root/root/.cargo/registry"; then

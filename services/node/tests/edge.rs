@@ -162,6 +162,14 @@ async fn a_shopper_who_browsed_online_brings_their_session_into_the_store_and_ha
         not_in_store.message().starts_with("shopper_id: "),
         "{not_in_store:?}"
     );
+    // The same answer, word for word, whichever of the two cloud nodes owns the shopper (eight shoppers: both).
+    for k in 0..8 {
+        let mut r = fetch(STORE, common::pki::TOKEN_EDGE);
+        r.get_mut().shopper_id = format!("never-in-store-{k}");
+        let e = as_edge.fetch_session(r).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(e.message().starts_with("shopper_id: "), "{e:?}");
+    }
     let other_store = as_edge
         .fetch_session(fetch("store-2", common::pki::TOKEN_EDGE))
         .await

@@ -66,14 +66,17 @@ impl AtOwner for FetchSessionCall<'_> {
         let mut call = owner_request(self.node, self.shopper_id, view, deadline);
         call.get_mut().store_id = self.store_id.to_string();
         let mut client = self.node.cluster.peers.client(&owner.addr)?;
-        match client.fetch_session(call).await.map_err(RemoteError::from) {
+        match client.fetch_session(call).await {
             Ok(answer) => Ok(answer.into_inner()),
-            // The owner's refusal (not in the store) is the edge's answer, not a reason to look elsewhere.
-            Err(RemoteError::Denied(message)) => Err(RemoteError::Invalid(ApiError::Owner {
-                code: tonic::Code::PermissionDenied,
-                message,
-            })),
-            Err(e) => Err(e),
+            // The owner's refusal (not in the store) is the edge's answer, word for word, not a reason to look
+            // elsewhere.
+            Err(s) if s.code() == tonic::Code::PermissionDenied => {
+                Err(RemoteError::Invalid(ApiError::Owner {
+                    code: s.code(),
+                    message: s.message().to_string(),
+                }))
+            }
+            Err(s) => Err(s.into()),
         }
     }
 }
